@@ -1,0 +1,227 @@
+"""Thin typer commands: parse options, call the pipeline, map errors to exit codes.
+
+Exit status: 0 a report was written; 1 ``--fail-on`` matched a finding; 2 bad input.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from nandoctor.errors import NandoctorError
+
+app = typer.Typer(
+    name="nandoctor", add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
+    help="A doctor for PyTorch training runs that go wrong: loss that turns NaN, explodes, goes negative "
+         "or will not move.\n\nPoint it at one YAML file naming your model, data, loss and optimizer "
+         "(see configs/ for examples). It runs short probe trainings on copies of your set-up and writes "
+         "a ranked diagnosis: report.md, report.html, report.json and plots/.",
+)
+err = Console(stderr=True)
+out = Console()
+
+SEVERITIES = ("info", "warning", "critical")
+
+ConfigArg = Annotated[Path, typer.Argument(help="The YAML config naming your model, data, loss and optimizer.",
+                                           show_default=False)]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Folder for report.md/.html/.json and plots/.")]
+BudgetOpt = Annotated[float, typer.Option("--budget", "-b", min=1.0,
+                                          help="Seconds the whole run may take; probes are sized to fit.")]
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N (default: the config's).")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Seed for every probe (default: the config's, else 0).")]
+FailOpt = Annotated[Optional[str], typer.Option("--fail-on", help="Exit 1 when a finding at or above this severity "
+                                                                  "(info, warning, critical) is found: for CI.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars; only the summary.")]
+
+
+class RichProgress:
+    """Live progress: one bar per probe."""
+
+    def __init__(self, console: Console):
+        self.bar = Progress(TextColumn("{task.description:<34}"), BarColumn(), TaskProgressColumn(),
+                            TimeElapsedColumn(), console=console, transient=False)
+        self.tasks: dict[str, int] = {}
+
+    def __enter__(self):
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.stop()
+
+    def start(self, name, title, total=None):
+        self.tasks[name] = self.bar.add_task(title, total=total)
+
+    def update(self, name, done, total=None):
+        task = self.tasks.get(name)
+        if task is None:
+            return
+        if total is not None:
+            self.bar.update(task, total=total, completed=done)
+        else:
+            self.bar.advance(task, done)
+
+    def finish(self, name, result):
+        task = self.tasks.get(name)
+        if task is not None:
+            total = self.bar.tasks[task].total or 1
+            mark = {"ok": "", "failed": " [red](failed)", "skipped": " [yellow](skipped)"}.get(result.status, "")
+            self.bar.update(task, total=total, completed=total,
+                            description=self.bar.tasks[task].description + mark)
+
+
+class Silent:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    def start(self, *a, **k): ...
+    def update(self, *a, **k): ...
+    def finish(self, *a, **k): ...
+
+
+def summary_table(report, top: int = 8) -> Table:
+    colors = {"critical": "red", "warning": "yellow", "info": "blue"}
+    table = Table(title=f"verdict: {report.verdict}", title_justify="left")
+    table.add_column("#", justify="right")
+    table.add_column("severity")
+    table.add_column("code")
+    table.add_column("finding")
+    table.add_column("status")
+    for i, f in enumerate(report.findings[:top], 1):
+        status = {True: "confirmed", False: "cure failed", None: "suspected"}[f.confirmed]
+        table.add_row(str(i), f"[{colors.get(f.severity, 'white')}]{f.severity}", f.code, f.title, status)
+    return table
+
+
+def run_command(config: Path, outdir: Path, budget: float, probes, device, seed, fail_on, quiet,
+                probe_options=None) -> None:
+    """The shared body of the three commands."""
+    from nandoctor.pipeline import diagnose
+
+    if fail_on is not None and fail_on not in SEVERITIES:
+        err.print(f"[red]error:[/red] --fail-on {fail_on!r} is not a severity.\nWhat to do: use one of "
+                  f"{', '.join(SEVERITIES)}.")
+        raise typer.Exit(2)
+    progress = Silent() if quiet or not sys.stderr.isatty() else RichProgress(err)
+    try:
+        with progress:
+            report = diagnose(config, budget=budget, probes=probes, device=device, seed=seed, out=outdir,
+                              progress=progress, probe_options=probe_options)
+    except NandoctorError as exc:
+        err.print(f"[red]error:[/red] {exc.render()}", highlight=False, markup=False)
+        raise typer.Exit(exc.exit_code)
+    if report.findings:
+        out.print(summary_table(report))
+    else:
+        out.print("[green]verdict: healthy[/green] — no problem found.")
+    out.print(f"Report: {outdir / 'report.html'} (also report.md, report.json)  "
+              f"[{report.elapsed_seconds:.1f} s]")
+    if fail_on is not None and any(SEVERITIES.index(f.severity) >= SEVERITIES.index(fail_on)
+                                   for f in report.findings):
+        raise typer.Exit(1)
+
+
+@app.command()
+def diagnose(config: ConfigArg, out_dir: OutOpt = Path("nandoctor-report"), budget: BudgetOpt = 120.0,
+             probes: Annotated[Optional[str], typer.Option(
+                 "--probes", help="Comma-separated probes to run (default: all). See `nandoctor probes`.")] = None,
+             device: DeviceOpt = None, seed: SeedOpt = None, fail_on: FailOpt = None, quiet: QuietOpt = False):
+    """Run the whole battery and write a ranked diagnosis, most likely root cause first.
+
+    Example: nandoctor diagnose configs/classification.yaml --budget 60 --out report/
+    """
+    names = [p for p in probes.split(",") if p.strip()] if probes else None
+    run_command(config, out_dir, budget, names, device, seed, fail_on, quiet)
+
+
+@app.command("scan-data")
+def scan_data(config: ConfigArg, out_dir: OutOpt = Path("nandoctor-report"), budget: BudgetOpt = 120.0,
+              device: DeviceOpt = None, seed: SeedOpt = None, fail_on: FailOpt = None, quiet: QuietOpt = False):
+    """Find the dirty samples: NaN/Inf, labels out of range, unnormalised or constant features, outliers.
+
+    Example: nandoctor scan-data configs/csv.yaml
+    """
+    run_command(config, out_dir, budget, ["data_scan"], device, seed, fail_on, quiet)
+
+
+@app.command("lr-sweep")
+def lr_sweep(config: ConfigArg, out_dir: OutOpt = Path("nandoctor-report"), budget: BudgetOpt = 120.0,
+             min_lr: Annotated[float, typer.Option("--min-lr", help="Lowest learning rate of the sweep.")] = 1e-7,
+             max_lr: Annotated[float, typer.Option("--max-lr", help="Highest learning rate of the sweep.")] = 10.0,
+             steps: Annotated[Optional[int], typer.Option("--steps", help="Sweep steps (default: fit the budget).")] = None,
+             device: DeviceOpt = None, seed: SeedOpt = None, fail_on: FailOpt = None, quiet: QuietOpt = False):
+    """Sweep the learning rate: where training works, where it diverges, and which LR to use.
+
+    Example: nandoctor lr-sweep configs/classification.yaml --min-lr 1e-6 --max-lr 1
+    """
+    if not 0 < min_lr < max_lr:
+        err.print("[red]error:[/red] --min-lr must be positive and below --max-lr.\n"
+                  "What to do: e.g. --min-lr 1e-7 --max-lr 10.")
+        raise typer.Exit(2)
+    run_command(config, out_dir, budget, ["lr_sweep"], device, seed, fail_on, quiet,
+                probe_options={"min_lr": min_lr, "max_lr": max_lr, "steps": steps})
+
+
+@app.command()
+def explain(code: Annotated[Optional[str], typer.Argument(help="A diagnosis code, e.g. nll-on-raw-logits.",
+                                                          show_default=False)] = None,
+            list_: Annotated[bool, typer.Option("--list", help="List every diagnosis code.")] = False):
+    """Explain a diagnosis: what it detects, why it breaks training, the evidence, the fix, false positives."""
+    from nandoctor import diagnoses
+
+    registry = diagnoses.load_all()
+    if list_ or code is None:
+        table = Table(title="diagnosis codes")
+        table.add_column("code")
+        table.add_column("severity")
+        table.add_column("title")
+        for c, d in sorted(registry.items()):
+            table.add_row(c, d.severity, d.title)
+        out.print(table)
+        return
+    diag = registry.get(code)
+    if diag is None:
+        import difflib
+        close = difflib.get_close_matches(code, registry, n=3)
+        err.print(f"error: no diagnosis code {code!r}." + (f" Did you mean {', '.join(close)}?" if close else "")
+                  + "\nWhat to do: `nandoctor explain --list` lists every code.", markup=False)
+        raise typer.Exit(2)
+    out.print(diag.page(), markup=False, highlight=False)
+
+
+@app.command("probes")
+def list_probes():
+    """List the probes of the battery, in the order they run."""
+    from nandoctor import probes as probe_pkg
+
+    table = Table(title="probes")
+    table.add_column("name")
+    table.add_column("what it does")
+    table.add_column("in default battery")
+    for name, p in probe_pkg.load_all().items():
+        table.add_row(name, p.title, "yes" if p.default else "no")
+    out.print(table)
+
+
+@app.command()
+def version():
+    """Print the version."""
+    from nandoctor import __version__
+    out.print(f"nandoctor {__version__}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

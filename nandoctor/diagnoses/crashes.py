@@ -1,0 +1,81 @@
+"""Crashes as evidence: the user's code raised during a probe, or a probe itself failed."""
+
+from __future__ import annotations
+
+from nandoctor.diagnoses import Diagnosis
+from nandoctor.records import Evidence
+
+
+class TrainingCrashed(Diagnosis):
+    code = "training-crashed"
+    title = "Training raises an exception"
+    severity = "critical"
+    role = "symptom"
+    requires = ()
+    accepts_failed = True
+    fix = "Fix the error at the line shown; the findings ranked above this one may name its cause."
+    doc = """
+    ## What it detects
+    The user's own code (model forward, loss, `train_step`, dataset `__getitem__`) raised an
+    exception while a probe was training a copy of the model.
+
+    ## Why it breaks training
+    Training cannot run at all, or dies part-way (e.g. only on some batches).
+
+    ## Evidence
+    The exception type and message, the file and line in the user's code where it was raised,
+    the probe and the step.
+
+    ## Fix
+    Read the message and fix the code at the line shown. Specific diagnoses (`target-out-of-range`,
+    `probability-loss-on-logits`, `loss-shape-mismatch`, ...) explain common causes and rank above this.
+
+    ## Known false positives
+    None: the exception is real. It may however be a consequence of an earlier NaN.
+    """
+
+    def check(self, ev: Evidence):
+        crashed = [(name, r) for name, r in ev.items()
+                   if r.status == "failed" and r.error and not r.error.get("internal")]
+        if not crashed:
+            return None
+        name, r = crashed[0]
+        e = r.error
+        evidence = {"exception": e.get("type"), "message": e.get("message"), "where": e.get("where"),
+                    "probe": name, "step": e.get("step"), "phase": e.get("phase"),
+                    "also_in": [n for n, _ in crashed[1:]]}
+        return self.finding(0.95, evidence, probes=[name],
+                            title=f"Training raises {e.get('type')}: {e.get('message', '')[:120]}")
+
+
+class ProbeFailed(Diagnosis):
+    code = "probe-failed"
+    title = "A probe could not run"
+    severity = "info"
+    role = "symptom"
+    requires = ()
+    accepts_failed = True
+    fix = "Nothing to fix in your set-up; the evidence this probe would have given is missing from the report."
+    doc = """
+    ## What it detects
+    One of nandoctor's probes failed for a reason inside nandoctor rather than in the user's code
+    (an unsupported model output type, say).
+
+    ## Why it breaks training
+    It does not; it only means the diagnoses that needed that probe were not evaluated.
+
+    ## Evidence
+    The probe, the exception type and message.
+
+    ## Fix
+    Run again with `--probes` excluding it, and report the message to the nandoctor maintainers.
+
+    ## Known false positives
+    None.
+    """
+
+    def check(self, ev: Evidence):
+        failed = [(n, r) for n, r in ev.items() if r.status == "failed" and r.error and r.error.get("internal")]
+        return [self.finding(0.5, {"probe": n, "exception": r.error.get("type"), "message": r.error.get("message")},
+                             probes=[n], title=f"The {n} probe could not run: {r.error.get('type')}")
+                for n, r in failed] or None

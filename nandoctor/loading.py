@@ -1,0 +1,279 @@
+"""``_target_`` resolution, and building the patient from a config.
+
+Three forms (SPEC section 1):
+- ``package.module.Name``    importable dotted path
+- ``package.module:Name``    the same, colon form
+- ``relative/file.py:Name``  a Python file, relative to the config's folder
+
+A class is instantiated with the block's other keys. A function is *called* for
+``model`` and datasets (factories) and *bound* (``functools.partial``) for ``loss``
+and ``train_step``. Everything that goes wrong here is a ``LoadError`` that says
+which module or file was searched, which names it has, and what the user's own
+code raised and where.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from nandoctor.errors import LoadError
+
+_FILE_MODULES: dict[Path, Any] = {}
+
+
+def _public_names(module) -> list[str]:
+    return sorted(n for n in dir(module) if not n.startswith("_"))
+
+
+def _missing_name_error(name: str, module, searched: str, key: str, where: str | None) -> LoadError:
+    names = _public_names(module)
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+    shown = ", ".join(names[:25]) + (" ..." if len(names) > 25 else "")
+    hint = (f"did you mean {' or '.join(repr(c) for c in close)}?" if close
+            else "check the spelling of the name after the last '.' or ':'.")
+    return LoadError(f"'{name}' was not found in {searched}, which defines: {shown or '(nothing public)'}.",
+                     key=key, where=where, hint=hint)
+
+
+def user_frame(exc: BaseException) -> str | None:
+    """``file.py:LINE in func`` of the innermost frame outside torch/nandoctor/stdlib."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    for fr in reversed(frames):
+        fn = fr.filename.replace("\\", "/")
+        if "/nandoctor/" in fn or "/torch/" in fn or "/site-packages/" in fn or fn.startswith("<"):
+            continue
+        if "/lib/python" in fn:
+            continue
+        return f"{fr.filename}:{fr.lineno} in {fr.name}"
+    return f"{frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}" if frames else None
+
+
+def _load_file_module(file: Path, key: str, where: str | None):
+    """Import a .py file by path, once per path (model and data may share one file)."""
+    file = file.resolve()
+    if file in _FILE_MODULES:
+        return _FILE_MODULES[file]
+    if not file.exists():
+        raise LoadError(f"the file '{file}' does not exist.", key=key, where=where,
+                        hint="a 'file.py:Name' target is relative to the config file's folder.")
+    digest = hashlib.sha1(str(file).encode()).hexdigest()[:8]
+    mod_name = f"nandoctor_user_{file.stem}_{digest}"
+    spec = importlib.util.spec_from_file_location(mod_name, file)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module
+    folder = str(file.parent)
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)  # so the user's file can import its neighbours
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # the user's module failed at import time
+        sys.modules.pop(mod_name, None)
+        raise LoadError(f"importing '{file.name}' raised {type(exc).__name__}: {exc}",
+                        key=key, where=user_frame(exc) or where,
+                        hint="fix the error in that file; it must import on its own.") from None
+    _FILE_MODULES[file] = module
+    return module
+
+
+def resolve_target(target: str, root: Path, key: str = "_target_", where: str | None = None) -> Any:
+    """Turn a ``_target_`` string into the object it names."""
+    target = target.strip()
+    if ":" in target:
+        left, name = target.rsplit(":", 1)
+        if left.endswith(".py") or "/" in left or "\\" in left:
+            module = _load_file_module(root / left, key, where)
+            return _get_attr_path(module, name, f"the file '{(root / left).resolve()}'", key, where)
+        module = _import(left, key, where)
+        return _get_attr_path(module, name, f"the module '{left}'", key, where)
+    if target.endswith(".py"):
+        raise LoadError(f"'{target}' names a file but not the object in it.", key=key, where=where,
+                        hint=f"write '{target}:ClassName' with the class or function to use.")
+    parts = target.split(".")
+    # the longest importable prefix is the module; the rest are attributes
+    last_error = None
+    for i in range(len(parts) - 1, 0, -1):
+        mod_path = ".".join(parts[:i])
+        try:
+            module = importlib.import_module(mod_path)
+        except ModuleNotFoundError as exc:
+            last_error = exc
+            if exc.name and not mod_path.startswith(exc.name) and exc.name != mod_path:
+                # the module exists but imports something missing
+                raise LoadError(f"importing '{mod_path}' failed: {exc}.", key=key, where=where,
+                                hint=f"install the package '{exc.name}' or fix that import.") from None
+            continue
+        except Exception as exc:
+            raise LoadError(f"importing '{mod_path}' raised {type(exc).__name__}: {exc}", key=key,
+                            where=user_frame(exc) or where, hint="fix the error in that module.") from None
+        return _get_attr_path(module, ".".join(parts[i:]), f"the module '{mod_path}'", key, where)
+    top = parts[0]
+    raise LoadError(f"'{target}' does not resolve: no module named '{top}' can be imported"
+                    f"{f' ({last_error})' if last_error else ''}.", key=key, where=where,
+                    hint="use 'package.module.Name' for installed code, or 'file.py:Name' for a "
+                         "file beside the config.")
+
+
+def _import(mod_path: str, key: str, where: str | None):
+    try:
+        return importlib.import_module(mod_path)
+    except ModuleNotFoundError as exc:
+        raise LoadError(f"no module named '{exc.name or mod_path}' can be imported (searched sys.path).",
+                        key=key, where=where,
+                        hint="install it, or use 'file.py:Name' for a file beside the config.") from None
+    except Exception as exc:
+        raise LoadError(f"importing '{mod_path}' raised {type(exc).__name__}: {exc}", key=key,
+                        where=user_frame(exc) or where, hint="fix the error in that module.") from None
+
+
+def _get_attr_path(obj, dotted: str, searched: str, key: str, where: str | None):
+    for part in dotted.split("."):
+        if not hasattr(obj, part):
+            raise _missing_name_error(part, obj, searched, key, where)
+        obj = getattr(obj, part)
+    return obj
+
+
+def build(spec: dict, root: Path, key: str, *, bind: bool = False, where: str | None = None) -> Any:
+    """Instantiate a class, call a factory (``bind=False``) or bind a function (``bind=True``)."""
+    target = resolve_target(spec["_target_"], root, key=f"{key}._target_", where=where)
+    kwargs = {k: v for k, v in spec.items() if k != "_target_"}
+    if inspect.isclass(target):
+        return call_user(target, kwargs, key, where)
+    if not callable(target):
+        if kwargs:
+            raise LoadError(f"'{spec['_target_']}' is a {type(target).__name__}, which cannot take arguments.",
+                            key=key, where=where, hint="name a class or a function.")
+        return target
+    if bind:
+        return functools.partial(target, **kwargs) if kwargs else target
+    return call_user(target, kwargs, key, where)
+
+
+def call_user(fn: Callable, kwargs: dict, key: str, where: str | None) -> Any:
+    """Call user code; an exception becomes a LoadError naming the user's message and line."""
+    try:
+        return fn(**kwargs)
+    except TypeError as exc:
+        # the arguments in the config do not fit the signature
+        try:
+            sig = inspect.signature(fn)
+            sig.bind(**kwargs)
+        except (TypeError, ValueError):
+            raise LoadError(f"the arguments {sorted(kwargs)} do not fit {getattr(fn, '__name__', fn)}"
+                            f"{_safe_sig(fn)}: {exc}", key=key, where=where,
+                            hint="make the keys under this block match the parameter names.") from None
+        raise _raised(exc, fn, key, where) from None
+    except Exception as exc:
+        raise _raised(exc, fn, key, where) from None
+
+
+def _safe_sig(fn) -> str:
+    try:
+        return str(inspect.signature(fn))
+    except (TypeError, ValueError):
+        return "(...)"
+
+
+def _raised(exc: Exception, fn, key: str, where: str | None) -> LoadError:
+    name = getattr(fn, "__qualname__", getattr(fn, "__name__", repr(fn)))
+    return LoadError(f"building '{key}' with {name} raised {type(exc).__name__}: {exc}", key=key,
+                     where=user_frame(exc) or where,
+                     hint="the error comes from your own code at the line shown; fix it there and run again.")
+
+
+def _dataset(spec: dict, cfg, key: str):
+    data = build(spec, cfg.root, key, where=cfg.where(key))
+    if not hasattr(data, "__getitem__") or not hasattr(data, "__len__"):
+        raise LoadError(f"'{key}' built a {type(data).__name__}, which is not a map-style dataset "
+                        "(it needs __len__ and __getitem__).", key=key, where=cfg.where(key),
+                        hint="return a torch.utils.data.Dataset (e.g. TensorDataset) from the factory.")
+    try:
+        n = len(data)
+    except Exception as exc:
+        raise LoadError(f"len() of '{key}' raised {type(exc).__name__}: {exc}", key=key,
+                        where=user_frame(exc) or cfg.where(key), hint="fix __len__ in your dataset.") from None
+    if n == 0:
+        from nandoctor.errors import DataError
+        raise DataError(f"the dataset '{key}' is empty (len() is 0).", key=key, where=cfg.where(key),
+                        hint="check the path or split it reads; nandoctor needs at least one sample.")
+    return data
+
+
+def build_patient(cfg, *, device: str | None = None, seed: int | None = None):
+    """Load every object a config names into a ``Patient``. Nothing is trained here."""
+    import torch
+    from torch import nn
+
+    from nandoctor.patient import Patient, preserved_rng, resolve_device
+
+    root = cfg.root
+    added = str(root) not in sys.path
+    if added:
+        sys.path.insert(0, str(root))  # user modules may import their neighbours by name
+    seed = cfg.seed if seed is None else seed
+
+    # 1. the model: resolve once, and check that it builds
+    model_target = resolve_target(cfg.model_spec["_target_"], root, "model._target_", cfg.where("model"))
+    model_kwargs = {k: v for k, v in cfg.model_spec.items() if k != "_target_"}
+    if not callable(model_target):
+        raise LoadError(f"'{cfg.model_spec['_target_']}' is not a class or a function.", key="model",
+                        where=cfg.where("model"), hint="name an nn.Module subclass or a factory returning one.")
+
+    def model_factory():
+        return call_user(model_target, model_kwargs, "model", cfg.where("model"))
+
+    with preserved_rng():
+        torch.manual_seed(seed)
+        probe_model = model_factory()
+    if not isinstance(probe_model, nn.Module):
+        raise LoadError(f"'model' built a {type(probe_model).__name__}, not a torch.nn.Module.", key="model",
+                        where=cfg.where("model"), hint="return the nn.Module from your factory.")
+
+    # 2. data
+    with preserved_rng():
+        torch.manual_seed(seed)
+        train = _dataset(cfg.train_spec, cfg, "data.train")
+        val = _dataset(cfg.val_spec, cfg, "data.val") if cfg.val_spec else None
+
+    # 3. loss and step (bound, not called)
+    loss_fn = build(cfg.loss_spec, root, "loss", bind=True, where=cfg.where("loss"))
+    if not callable(loss_fn):
+        raise LoadError(f"'loss' is a {type(loss_fn).__name__}, which cannot be called.", key="loss",
+                        where=cfg.where("loss"), hint="name an nn.Module loss class or a function.")
+    step = (build(cfg.train_step_spec, root, "train_step", bind=True, where=cfg.where("train_step"))
+            if cfg.train_step_spec else None)
+
+    # 4. optimizer: a class whose params we inject
+    opt_cls = resolve_target(cfg.optimizer_spec["_target_"], root, "optimizer._target_", cfg.where("optimizer"))
+    opt_kwargs = {k: v for k, v in cfg.optimizer_spec.items() if k != "_target_"}
+    if not (isinstance(opt_cls, type) and issubclass(opt_cls, torch.optim.Optimizer)):
+        raise LoadError(f"'{cfg.optimizer_spec['_target_']}' is not a torch.optim.Optimizer class.",
+                        key="optimizer", where=cfg.where("optimizer"),
+                        hint="name the class, e.g. torch.optim.SGD; nandoctor passes the parameters itself.")
+    try:
+        opt_cls([nn.Parameter(torch.zeros(1))], **opt_kwargs)
+    except Exception as exc:
+        raise LoadError(f"{opt_cls.__name__} does not accept the settings {opt_kwargs}: {exc}", key="optimizer",
+                        where=cfg.where("optimizer"), hint="fix the keys under 'optimizer:'.") from None
+
+    return Patient(model_factory=model_factory, train_data=train, val_data=val, loss_fn=loss_fn,
+                   optimizer_cls=opt_cls, optimizer_kwargs=opt_kwargs, train_step=step,
+                   batch_size=cfg.batch_size, shuffle=cfg.shuffle, num_workers=cfg.num_workers, seed=seed,
+                   device=resolve_device(device or cfg.device), name=cfg.path.stem,
+                   loss_name=_name_of(loss_fn), model_name=type(probe_model).__name__)
+
+
+def _name_of(fn) -> str:
+    if isinstance(fn, functools.partial):
+        fn = fn.func
+    return type(fn).__name__ if not (inspect.isfunction(fn) or inspect.isbuiltin(fn)) else fn.__name__

@@ -1,0 +1,142 @@
+"""The records that flow through the pipeline: probe results, findings, the report.
+
+Probes return ``ProbeResult`` (numbers and curves, never a verdict); diagnoses
+turn the collected ``Evidence`` into ``Finding`` records; the ``Report`` holds
+them ranked. ``to_json`` of each is the SPEC section 3 contract.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+SEVERITIES = ("info", "warning", "critical")  # ascending
+
+
+def severity_rank(severity: str) -> int:
+    return SEVERITIES.index(severity)
+
+
+def jsonable(value: Any) -> Any:
+    """Numbers, strings, lists and dicts only; NaN/Inf become strings; tensors become lists."""
+    try:
+        import torch
+        if isinstance(value, torch.Tensor):
+            value = value.detach().cpu().tolist() if value.numel() > 1 else value.detach().cpu().item()
+    except ImportError:  # pragma: no cover
+        pass
+    if hasattr(value, "item") and hasattr(value, "dtype") and getattr(value, "shape", None) == ():
+        value = value.item()  # numpy scalar
+    elif hasattr(value, "tolist") and hasattr(value, "dtype"):
+        value = value.tolist()
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return round(value, 6) if abs(value) >= 1e-4 or value == 0 else float(f"{value:.6g}")
+    if isinstance(value, (bool, int, str)) or value is None:
+        return value
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [jsonable(v) for v in value]
+    return str(value)
+
+
+@dataclass
+class ProbeResult:
+    """What one probe measured. ``metrics`` go into report.json; ``data`` stays in memory for diagnoses."""
+
+    name: str
+    status: str = "ok"  # ok | failed | skipped
+    seconds: float = 0.0
+    metrics: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
+    plots: list[str] = field(default_factory=list)
+    error: dict | None = None  # {"type", "message", "where"} when the probe (or the user's code in it) raised
+    reason: str | None = None  # why it was skipped
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_json(self) -> dict:
+        out = {"status": self.status, "seconds": round(self.seconds, 3), "metrics": jsonable(self.metrics)}
+        if self.plots:
+            out["plots"] = list(self.plots)
+        if self.error:
+            out["error"] = jsonable(self.error)
+        if self.reason:
+            out["reason"] = self.reason
+        return out
+
+
+class Evidence(dict):
+    """Probe name -> ``ProbeResult``, plus the patient's static facts under ``facts``."""
+
+    def __init__(self, *args, facts: dict | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.facts: dict = facts or {}
+
+    def ok(self, name: str) -> ProbeResult | None:
+        """The probe's result if it ran successfully, else None."""
+        result = self.get(name)
+        return result if result is not None and result.ok else None
+
+
+@dataclass
+class Finding:
+    code: str
+    severity: str
+    confidence: float
+    title: str
+    evidence: dict
+    fix: str
+    probes: list[str] = field(default_factory=list)
+    plots: list[str] = field(default_factory=list)
+    treatment: dict | None = None
+    role: str = "cause"  # cause | symptom: a cause outranks the symptoms it explains
+    explains: tuple[str, ...] = ()
+    priority: float = 0.0  # set by ranking
+
+    @property
+    def confirmed(self) -> bool | None:
+        """True when a cure was tried and worked, False when it was tried and did not, None when untried."""
+        return None if not self.treatment else bool(self.treatment.get("cured"))
+
+    def to_json(self) -> dict:
+        out = {"code": self.code, "severity": self.severity, "confidence": round(float(self.confidence), 3),
+               "title": self.title, "evidence": jsonable(self.evidence), "fix": self.fix,
+               "probes": list(self.probes), "plots": list(self.plots), "treatment": jsonable(self.treatment)}
+        out["status"] = {True: "confirmed", False: "treatment-failed", None: "suspected"}[self.confirmed]
+        return out
+
+
+@dataclass
+class Report:
+    config: str
+    verdict: str
+    elapsed_seconds: float
+    findings: list[Finding]
+    probes: dict[str, ProbeResult]
+    version: str = ""
+    plan: dict = field(default_factory=dict)
+    not_evaluated: list[dict] = field(default_factory=list)
+    interrupted: bool = False
+    patient: dict = field(default_factory=dict)
+    out_dir: str | None = None
+
+    def to_json(self) -> dict:
+        return {
+            "tool": "nandoctor", "version": self.version, "config": self.config, "verdict": self.verdict,
+            "elapsed_seconds": round(self.elapsed_seconds, 2),
+            "findings": [f.to_json() for f in self.findings],
+            "probes": {name: r.to_json() for name, r in self.probes.items()},
+            "plan": jsonable(self.plan), "patient": jsonable(self.patient),
+            "not_evaluated": jsonable(self.not_evaluated), "interrupted": self.interrupted,
+        }
+
+    def worst(self) -> str | None:
+        return max((f.severity for f in self.findings), key=severity_rank, default=None)

@@ -1,0 +1,76 @@
+"""Treatments: counterfactual re-runs that confirm or refute a diagnosis.
+
+A diagnosis that can be cured on a copy implements ``Diagnosis.treat(ctx, finding)``
+and usually calls ``try_cure`` here with a *variant* of the patient (another loss,
+a wrapped model, a clipped step). ``try_cure`` re-runs the overfit probe's
+training on the variant, compares it with the untreated run, plots both curves in
+one figure and returns the SPEC ``treatment`` record.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+from torch import nn
+
+from nandoctor.probes import ProbeContext
+from nandoctor.probes.overfit import batch_accuracy, memorised
+from nandoctor.probes.training import Run, train
+from nandoctor.report import plots
+
+MIN_STEPS = 20
+MAX_STEPS = 300
+
+
+def healthy_run(run: Run, accuracy: float | None = None) -> bool:
+    """The default cure criterion: finite all along, not negative, and the batch memorised."""
+    if run.error or run.nonfinite_step is not None or not run.losses:
+        return False
+    if min(run.losses) < -1e-6:
+        return False
+    return memorised(run.initial, run.tail(), accuracy)
+
+
+def overfit_run(ctx: ProbeContext, patient, steps: int, *, lr: float | None = None,
+                hooks: Callable[[nn.Module, object], None] | None = None) -> tuple[Run, float | None]:
+    """The overfit probe's training on ``patient`` (a variant): fresh model, fixed batch."""
+    model = patient.new_model()
+    optimizer = patient.make_optimizer(model, lr=lr)
+    if hooks:
+        hooks(model, optimizer)
+    batch = patient.fixed_batch()
+    run = train(patient, model, optimizer, batch, steps, deadline=ctx.deadline)
+    return run, (batch_accuracy(patient, model, batch) if not run.error else None)
+
+
+def summary(run: Run, accuracy: float | None) -> dict:
+    return {"initial_loss": run.initial, "final_loss": run.losses[-1] if run.losses else None,
+            "tail_loss": run.tail(), "steps": run.steps, "nonfinite_step": run.nonfinite_step,
+            "accuracy": accuracy, "error": run.error and run.error.get("message")}
+
+
+def try_cure(ctx: ProbeContext, variant, tried: str, *, code: str, judge: Callable[[Run, float | None], bool] = healthy_run,
+             before: Run | None = None, before_accuracy: float | None = None, lr: float | None = None,
+             hooks=None) -> dict:
+    """Re-run with ``variant`` and say whether it cured the probe; plot before/after together."""
+    steps = before.steps if before is not None and before.steps >= MIN_STEPS else \
+        ctx.steps(lo=MIN_STEPS, hi=MAX_STEPS, per_step=ctx.step_time * 1.1)
+    steps = min(steps, ctx.steps(lo=MIN_STEPS, hi=MAX_STEPS, per_step=ctx.step_time * 1.1))
+    if before is None:
+        before, before_accuracy = overfit_run(ctx, ctx.patient, steps)
+    after, after_accuracy = overfit_run(ctx, variant, steps, lr=lr, hooks=hooks)
+    cured = judge(after, after_accuracy) and not judge(before, before_accuracy)
+    record = {"tried": tried, "cured": bool(cured), "before": summary(before, before_accuracy),
+              "after": summary(after, after_accuracy)}
+    path, rel = ctx.plot_path(f"treatment-{code}")
+    if path is not None:
+        with plots.figure(path) as ax:
+            plots.compare_curves(ax, {"as configured": before.losses, f"treated: {tried}": after.losses},
+                                 title=f"{code}: {'cured' if cured else 'not cured'}")
+        record["plot"] = rel
+    return record
+
+
+def finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
