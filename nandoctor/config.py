@@ -56,6 +56,7 @@ class Config:
     seed: int = DEFAULT_SEED
     device: str = "auto"
     lines: dict[str, int] = field(default_factory=dict)
+    given: str = ""  # the path as the user typed it (shown in reports)
 
     @property
     def root(self) -> Path:
@@ -201,4 +202,4 @@ def load_config(path: str | Path) -> Config:
     return Config(path=cfg_path, model_spec=specs["model"], train_spec=train_spec, loss_spec=specs["loss"],
                   optimizer_spec=specs["optimizer"], val_spec=val_spec, train_step_spec=specs.get("train_step"),
                   batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, seed=seed, device=device,
-                  lines=lines)
+                  lines=lines, given=str(path))

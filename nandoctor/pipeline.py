@@ -98,7 +98,7 @@ def load_patient(source, device: str | None, seed: int | None) -> tuple[Patient,
     if isinstance(source, Patient):
         return source, "<python objects>"
     cfg = source if isinstance(source, Config) else load_config(source)
-    return build_patient(cfg, device=device, seed=seed), str(cfg.path)
+    return build_patient(cfg, device=device, seed=seed), cfg.given or str(cfg.path)
 
 
 def diagnose(source, *, budget: float = DEFAULT_BUDGET, probes: Iterable[str] | None = None,
