@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(BIN)/nandoctor diagnose sample_runs/demo/config.yaml --out nandoctor-report --budget 60
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -p no:cacheprovider
 
 bench: $(STAMP)
 	$(BIN)/pip install -q --disable-pip-version-check -e ".[dev,bench]"

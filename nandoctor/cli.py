@@ -40,6 +40,13 @@ FailOpt = Annotated[Optional[str], typer.Option("--fail-on", help="Exit 1 when a
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars; only the summary.")]
 
 
+def fail(message: str, code: int = 2):
+    """Print one unwrapped paragraph to stderr and exit (2: bad input)."""
+    typer.secho("error: ", fg=typer.colors.RED, err=True, nl=False)
+    typer.echo(message, err=True)
+    raise typer.Exit(code)
+
+
 class RichProgress:
     """Live progress: one bar per probe."""
 
@@ -108,17 +115,14 @@ def run_command(config: Path, outdir: Path, budget: float, probes, device, seed,
     from nandoctor.pipeline import diagnose
 
     if fail_on is not None and fail_on not in SEVERITIES:
-        err.print(f"[red]error:[/red] --fail-on {fail_on!r} is not a severity.\nWhat to do: use one of "
-                  f"{', '.join(SEVERITIES)}.")
-        raise typer.Exit(2)
+        fail(f"--fail-on {fail_on!r} is not a severity.\nWhat to do: use one of {', '.join(SEVERITIES)}.")
     progress = Silent() if quiet or not sys.stderr.isatty() else RichProgress(err)
     try:
         with progress:
             report = diagnose(config, budget=budget, probes=probes, device=device, seed=seed, out=outdir,
                               progress=progress, probe_options=probe_options)
     except NandoctorError as exc:
-        err.print(f"[red]error:[/red] {exc.render()}", highlight=False, markup=False)
-        raise typer.Exit(exc.exit_code)
+        fail(exc.render(), exc.exit_code)
     if report.findings:
         out.print(summary_table(report))
     else:
@@ -164,9 +168,7 @@ def lr_sweep(config: ConfigArg, out_dir: OutOpt = Path("nandoctor-report"), budg
     Example: nandoctor lr-sweep configs/classification.yaml --min-lr 1e-6 --max-lr 1
     """
     if not 0 < min_lr < max_lr:
-        err.print("[red]error:[/red] --min-lr must be positive and below --max-lr.\n"
-                  "What to do: e.g. --min-lr 1e-7 --max-lr 10.")
-        raise typer.Exit(2)
+        fail("--min-lr must be positive and below --max-lr.\nWhat to do: e.g. --min-lr 1e-7 --max-lr 10.")
     run_command(config, out_dir, budget, ["lr_sweep"], device, seed, fail_on, quiet,
                 probe_options={"min_lr": min_lr, "max_lr": max_lr, "steps": steps})
 
@@ -192,9 +194,8 @@ def explain(code: Annotated[Optional[str], typer.Argument(help="A diagnosis code
     if diag is None:
         import difflib
         close = difflib.get_close_matches(code, registry, n=3)
-        err.print(f"error: no diagnosis code {code!r}." + (f" Did you mean {', '.join(close)}?" if close else "")
-                  + "\nWhat to do: `nandoctor explain --list` lists every code.", markup=False)
-        raise typer.Exit(2)
+        fail(f"no diagnosis code {code!r}." + (f" Did you mean {', '.join(close)}?" if close else "")
+             + "\nWhat to do: `nandoctor explain --list` lists every code.")
     out.print(diag.page(), markup=False, highlight=False)
 
 

@@ -1,0 +1,63 @@
+"""Probes leave the patient as they found it: weights, RNG state, files."""
+
+import random
+
+import numpy as np
+import torch
+
+from patients import battery, make_patient, mlp
+
+
+def test_user_model_weights_and_rng_are_untouched(tmp_path):
+    model = mlp()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(123)
+    random.seed(5)
+    np.random.seed(7)
+    expected = (torch.rand(3), random.random(), np.random.rand())
+    torch.manual_seed(123)
+    random.seed(5)
+    np.random.seed(7)
+    battery(make_patient(model=model), budget=10, out=tmp_path / "r")
+    after = (torch.rand(3), random.random(), np.random.rand())
+    assert torch.equal(expected[0], after[0]) and expected[1:] == after[1:]
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), f"{k} changed"
+
+
+def test_nothing_written_outside_out(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    battery(make_patient(), budget=10, probes=["overfit"], out=tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_same_seed_same_fresh_model():
+    patient = make_patient()
+    a, b = patient.new_model(), patient.new_model()
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+
+
+def test_interrupt_leaves_a_partial_report(tmp_path, monkeypatch):
+    from nandoctor.probes import overfit
+
+    def interrupted(self, ctx):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(overfit.Overfit, "run", interrupted)
+    report = battery(make_patient(), budget=10, probes=["overfit"], out=tmp_path / "out")
+    assert report.interrupted
+    text = (tmp_path / "out" / "report.json").read_text()
+    assert '"interrupted": true' in text and '"skipped"' in text
+
+
+def test_a_probe_that_crashes_becomes_a_finding(tmp_path, monkeypatch):
+    from nandoctor.probes import overfit
+
+    def broken(self, ctx):
+        raise RuntimeError("internal probe bug")
+
+    monkeypatch.setattr(overfit.Overfit, "run", broken)
+    report = battery(make_patient(), budget=10, probes=["overfit"], out=tmp_path / "out")
+    assert report.probes["overfit"].status == "failed"
+    assert "probe-failed" in [f.code for f in report.findings]
+    assert (tmp_path / "out" / "report.html").exists()
