@@ -12,6 +12,7 @@ config -> patient -> probes -> diagnoses -> treatments -> ranking -> report.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -33,6 +34,7 @@ MIN_REPORT_RESERVE = 2.0     # ... and at least this many seconds
 TREATMENT_WEIGHT = 1.5       # budget weight of all treatments together, against the probes' weights
 MAX_TREATMENTS = 4           # cures tried per run, best-ranked findings first
 FALLBACK_STEP_SECONDS = 0.05  # assumed step time when the warm-up could not measure one
+MAX_WARNINGS = 5             # distinct warnings kept per probe (e.g. torch's broadcasting warning)
 
 
 class Progress:
@@ -192,12 +194,18 @@ class Battery:
         elif probe.needs_pairs and ctx.patient.train_step is not None and not _pairs_ok(ctx.patient):
             result = probe.result(status="skipped", reason="batches are not (inputs, targets) pairs")
         else:
-            try:
-                result = probe.run(ctx)
-            except KeyboardInterrupt:
-                raise
-            except Exception as exc:  # a crash of the probe itself: a finding, not a dead run
-                result = probe.result(status="failed", error={**error_record(exc), "internal": True})
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    result = probe.run(ctx)
+                except KeyboardInterrupt:
+                    raise
+                except Exception as exc:  # a crash of the probe itself: a finding, not a dead run
+                    result = probe.result(status="failed", error={**error_record(exc), "internal": True})
+            # warnings the user's code (or torch on its behalf) raised are evidence too
+            messages = list(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught))
+            if messages:
+                result.metrics.setdefault("warnings", messages[:MAX_WARNINGS])
         result.seconds = time.perf_counter() - start
         self.progress.finish(probe.name, result)
         return result
