@@ -123,6 +123,8 @@ def run_command(config: Path, outdir: Path, budget: float, probes, device, seed,
                               progress=progress, probe_options=probe_options)
     except NandoctorError as exc:
         fail(exc.render(), exc.exit_code)
+    if report.interrupted:
+        err.print("[yellow]interrupted:[/yellow] the report below is partial.")
     if report.findings:
         out.print(summary_table(report))
     else:
