@@ -66,7 +66,8 @@ class Config:
     def where(self, key: str) -> str:
         """``config.yaml, line 7`` for a dotted key, or just the file."""
         line = self.lines.get(key)
-        return f"{self.path}, line {line}" if line else str(self.path)
+        from nandoctor.loading import display_path
+        return f"{display_path(self.path)}, line {line}" if line else display_path(self.path)
 
 
 def _line_map(node: yaml.Node, prefix: str = "", out: dict | None = None) -> dict[str, int]:

@@ -44,6 +44,15 @@ def _missing_name_error(name: str, module, searched: str, key: str, where: str |
                      key=key, where=where, hint=hint)
 
 
+def display_path(path) -> str:
+    """A path relative to the working directory when it lies below it (shorter, and no machine paths
+    end up in reports), else as it is."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return str(path)
+
+
 def user_frame(exc: BaseException) -> str | None:
     """``file.py:LINE in func`` of the innermost frame outside torch/nandoctor/stdlib."""
     frames = traceback.extract_tb(exc.__traceback__)
@@ -53,8 +62,8 @@ def user_frame(exc: BaseException) -> str | None:
             continue
         if "/lib/python" in fn:
             continue
-        return f"{fr.filename}:{fr.lineno} in {fr.name}"
-    return f"{frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}" if frames else None
+        return f"{display_path(fr.filename)}:{fr.lineno} in {fr.name}"
+    return f"{display_path(frames[-1].filename)}:{frames[-1].lineno} in {frames[-1].name}" if frames else None
 
 
 def _load_file_module(file: Path, key: str, where: str | None):
@@ -63,7 +72,7 @@ def _load_file_module(file: Path, key: str, where: str | None):
     if file in _FILE_MODULES:
         return _FILE_MODULES[file]
     if not file.exists():
-        raise LoadError(f"the file '{file}' does not exist.", key=key, where=where,
+        raise LoadError(f"the file '{display_path(file)}' does not exist.", key=key, where=where,
                         hint="a 'file.py:Name' target is relative to the config file's folder.")
     digest = hashlib.sha1(str(file).encode()).hexdigest()[:8]
     mod_name = f"nandoctor_user_{file.stem}_{digest}"
@@ -92,7 +101,7 @@ def resolve_target(target: str, root: Path, key: str = "_target_", where: str | 
         left, name = target.rsplit(":", 1)
         if left.endswith(".py") or "/" in left or "\\" in left:
             module = _load_file_module(root / left, key, where)
-            return _get_attr_path(module, name, f"the file '{(root / left).resolve()}'", key, where)
+            return _get_attr_path(module, name, f"the file '{display_path(root / left)}'", key, where)
         module = _import(left, key, where)
         return _get_attr_path(module, name, f"the module '{left}'", key, where)
     if target.endswith(".py"):
