@@ -3,9 +3,12 @@
 1. Each finding gets a priority: severity x confidence, a cause weighs more than a
    symptom, a diagnosis confirmed by its cure more than a suspected one, and one
    whose cure was tried and failed less.
-2. A cause is moved above every symptom it explains (``Diagnosis.explains``), even
+2. Catch-all symptoms (``generic``: cannot-overfit-batch, loss-nonfinite,
+   training-crashed) go below every specific finding of warning or above: they are
+   what is left when nothing more specific explains the failure.
+3. A cause is moved above every symptom it explains (``Diagnosis.explains``), even
    one of higher severity: a diverging loss is a symptom, a wrong loss pairing is a cause.
-3. The verdict is the worst severity found; ``healthy`` when nothing at warning or above.
+4. The verdict is the worst severity found; ``healthy`` when nothing at warning or above.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ def priority(f: Finding) -> float:
 def rank(findings: list[Finding]) -> list[Finding]:
     for f in findings:
         f.priority = round(priority(f), 4)
-    ordered = sorted(findings, key=lambda f: (-f.priority, f.code))
+    specific = any(not f.generic and f.severity != "info" for f in findings)
+    ordered = sorted(findings, key=lambda f: (specific and f.generic, -f.priority, f.code))
     # causes above the symptoms they explain: repeat until stable (the relation is small and acyclic)
     for _ in range(len(ordered)):
         moved = False

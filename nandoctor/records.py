@@ -99,6 +99,7 @@ class Finding:
     treatment: dict | None = None
     role: str = "cause"  # cause | symptom: a cause outranks the symptoms it explains
     explains: tuple[str, ...] = ()
+    generic: bool = False  # a catch-all symptom (cannot-overfit-batch, loss-nonfinite, training-crashed)
     priority: float = 0.0  # set by ranking
 
     @property

@@ -27,3 +27,20 @@ def test_frozen_model_cannot_overfit_and_ranks_first():
     top = report.findings[0]
     assert top.evidence["relative_drop"] < 0.9
     assert top.evidence["steps"] >= 30
+
+
+class Exploder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(10, 3)
+
+    def forward(self, x):
+        return self.fc(x) * 1e30  # overflows to inf within a few steps
+
+
+def test_nonfinite_loss_is_loss_nonfinite_not_cannot_overfit():
+    report = battery(make_patient(model=Exploder, optimizer=torch.optim.SGD, lr=1e10), probes=["overfit"])
+    assert "loss-nonfinite" in codes(report)
+    assert "cannot-overfit-batch" not in codes(report)
+    nonfinite = next(f for f in report.findings if f.code == "loss-nonfinite")
+    assert nonfinite.evidence["nonfinite_step"] >= 0 and nonfinite.severity == "critical"

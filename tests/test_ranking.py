@@ -30,3 +30,11 @@ def test_verdict():
     assert verdict([f("i", "info")]) == "healthy"
     assert verdict([f("w", "warning"), f("i", "info")]) == "warning"
     assert verdict([f("c", "critical")]) == "critical"
+
+
+def test_catch_all_symptoms_go_below_specific_findings():
+    catch_all = f("cannot-overfit-batch", severity="critical", confidence=0.95, role="symptom")
+    catch_all.generic = True
+    specific = f("dead-relu", severity="warning", confidence=0.5, role="symptom")
+    assert [x.code for x in rank([catch_all, specific])] == ["dead-relu", "cannot-overfit-batch"]
+    assert rank([catch_all, f("i", "info")])[0].code == "cannot-overfit-batch"

@@ -36,6 +36,7 @@ class Diagnosis:
     thresholds: ClassVar[dict[str, float]] = {}  # named thresholds; documented in the doc page
     doc: ClassVar[str] = ""
     accepts_failed: ClassVar[bool] = False  # evaluate even when a required probe failed (crash evidence)
+    generic: ClassVar[bool] = False  # a catch-all symptom: ranked below every specific finding of warning or above
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -58,7 +59,8 @@ class Diagnosis:
         return Finding(code=self.code, severity=severity or self.severity,
                        confidence=max(0.0, min(1.0, float(confidence))), title=title or self.title,
                        evidence=evidence, fix=fix or self.fix, probes=list(probes or self.requires),
-                       plots=list(plots or []), role=self.role, explains=tuple(self.explains))
+                       plots=list(plots or []), role=self.role, explains=tuple(self.explains),
+                       generic=self.generic)
 
     def page(self) -> str:
         """The doc page as printed by ``nandoctor explain``."""

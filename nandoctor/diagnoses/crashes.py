@@ -11,6 +11,7 @@ class TrainingCrashed(Diagnosis):
     title = "Training raises an exception"
     severity = "critical"
     role = "symptom"
+    generic = True
     requires = ()
     accepts_failed = True
     fix = "Fix the error at the line shown; the findings ranked above this one may name its cause."

@@ -13,6 +13,7 @@ class CannotOverfitBatch(Diagnosis):
     title = "The model cannot memorise a single batch"
     severity = "critical"
     role = "symptom"
+    generic = True
     requires = ("overfit",)
     thresholds = {"critical_below_drop": 0.25, "warning_below_drop": 0.9}
     fix = ("Check that every layer is trainable and in the optimizer, that the loss matches the model's "
@@ -48,8 +49,8 @@ class CannotOverfitBatch(Diagnosis):
         if r is None:
             return None
         m = r.metrics
-        if m.get("memorised") or m.get("initial_loss") is None:
-            return None
+        if m.get("memorised") or m.get("initial_loss") is None or m.get("nonfinite_step") is not None:
+            return None  # a run that turned non-finite is loss-nonfinite's
         initial, tail = m["initial_loss"], m.get("tail_loss")
         if not (isinstance(initial, float) and math.isfinite(initial)) or tail is None:
             return None  # a non-finite run is judged by the NaN/explosion diagnoses
@@ -64,3 +65,48 @@ class CannotOverfitBatch(Diagnosis):
         return self.finding(confidence, evidence, severity=severity, plots=r.plots,
                             title=f"The model cannot memorise a single batch (loss {initial:.4g} -> {tail:.4g} "
                                   f"in {m.get('steps')} steps)")
+
+
+class LossNonfinite(Diagnosis):
+    code = "loss-nonfinite"
+    title = "The loss becomes NaN or Inf during training"
+    severity = "critical"
+    role = "symptom"
+    generic = True
+    requires = ("overfit",)
+    fix = ("Look at the findings ranked above this one for the cause (data, learning rate, a log of zero, "
+           "exploding gradients); `nandoctor explain nonfinite-source` shows how the first NaN is traced.")
+    doc = """
+    ## What it detects
+    The loss of the overfit probe (a fresh model trained on one fixed batch with the user's optimizer
+    and learning rate) turned NaN or infinite.
+
+    ## Why it breaks training
+    One non-finite loss poisons every weight through the gradients: from then on the model outputs
+    NaN and training cannot recover.
+
+    ## Evidence
+    The step at which the loss became non-finite, the last finite loss before it, the learning rate,
+    and the loss curve (plots/overfit.png).
+
+    ## Fix
+    This is a symptom: the specific findings ranked above it name the cause. Common ones are dirty
+    data (`data-nonfinite`), a learning rate past the divergence point (`lr-too-high`), a log or a
+    division that meets zero (`nonfinite-source`, `probability-loss-on-logits`) and exploding
+    gradients (`exploding-gradients`).
+
+    ## Known false positives
+    None: the loss really was non-finite. It is ranked below any specific cause.
+    """
+
+    def check(self, ev: Evidence):
+        r = ev.ok("overfit")
+        if r is None or r.metrics.get("nonfinite_step") is None:
+            return None
+        run = r.data.get("run")
+        finite = run.finite if run is not None else []
+        evidence = {"nonfinite_step": r.metrics["nonfinite_step"], "final_loss": r.metrics.get("final_loss"),
+                    "last_finite_loss": finite[-1] if finite else None, "initial_loss": r.metrics.get("initial_loss"),
+                    "lr": r.metrics.get("lr")}
+        return self.finding(0.95, evidence, plots=r.plots,
+                            title=f"The loss becomes non-finite at step {r.metrics['nonfinite_step']} of the overfit probe")
