@@ -328,7 +328,7 @@ def gradient_reach(trace: StepTrace, trainable: set[int], params: dict, names: d
     return {"no_grad_path": list(no_path.values())[:MAX_LISTED],
             "no_grad_path_numel": sum(e["numel"] for e in no_path.values()),
             "zero_grad_at_step": zero[:MAX_LISTED],
-            "grads_at_step": bool(seen) if trace.grads else None}
+            "grads_at_step": bool(seen) if trace.grads and not trace.error else None}
 
 
 def strided_gaps(trace: StepTrace, model: nn.Module) -> list[dict]:
