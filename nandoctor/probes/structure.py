@@ -324,7 +324,8 @@ def gradient_reach(trace: StepTrace, trainable: set[int], params: dict, names: d
             entry["parameters"].append(names[i])
         elif not trace.error and (grad is None or (grad.numel() and float(grad.abs().max()) <= ZERO_GRAD_ATOL)):
             zero.append(names[i])  # in the graph, yet None or all zeros when optimizer.step() runs
-    seen = [g for g in trace.grads.values() if g is not None and g.numel() and float(g.abs().max()) > ZERO_GRAD_ATOL]
+    seen = [g for g in trace.grads.values()  # a non-finite gradient is a gradient too
+            if g is not None and g.numel() and not bool((g.abs() <= ZERO_GRAD_ATOL).all())]
     return {"no_grad_path": list(no_path.values())[:MAX_LISTED],
             "no_grad_path_numel": sum(e["numel"] for e in no_path.values()),
             "zero_grad_at_step": zero[:MAX_LISTED],
