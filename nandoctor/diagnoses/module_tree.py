@@ -9,6 +9,8 @@ from __future__ import annotations
 from nandoctor.diagnoses import Diagnosis
 from nandoctor.records import Evidence
 
+DRIFT_CHANGED = 1e-3   # outputs of two calls on the same input differ by more than 0.1%: not a fixed function
+DRIFT_SAME = 1e-6      # ... and at most this after the cure
 SYMPTOMS = ("cannot-overfit-batch", "training-crashed", "exploding-gradients", "train-eval-gap")
 
 
@@ -89,13 +91,19 @@ class UnregisteredModule(Diagnosis):
         confidence = self.thresholds["confidence_fresh" if fresh else "confidence_fixed"]
         evidence = {"unregistered": groups, "unregistered_values": numel, "registered_values": registered,
                     "unregistered_share": numel / max(1, numel + registered),
-                    "new_every_call": [describe(g) for g in fresh]}
+                    "new_every_call": [describe(g) for g in fresh],
+                    "call_to_call_change": r.metrics.get("call_to_call_change")}
         how = "built anew in forward() on every call" if top.get("fresh_each_call") else top.get("kind")
+        drift = r.metrics.get("call_to_call_change")
+        shown = f"; the same input gives outputs {drift:.0%} apart from one call to the next" \
+            if fresh and drift is not None and drift > DRIFT_CHANGED else ""
         return self.finding(confidence, evidence,
                             title=f"{describe(top)} is not a registered part of the model ({how}): "
-                                  f"its {top['numel']} weights are never trained")
+                                  f"its {top['numel']} weights are never trained{shown}")
 
     def treat(self, ctx, finding):
+        from nandoctor.probes.overfit import memorised
+        from nandoctor.probes.structure import call_drift
         from nandoctor.treatments.rewire import cure, keep_first_instance
         groups = finding.evidence.get("unregistered") or []
         assigned = [g for g in groups if g.get("kind", "").startswith("created in forward() and assigned")]
@@ -104,7 +112,17 @@ class UnregisteredModule(Diagnosis):
         names = ", ".join(str(g.get("name")) for g in assigned)
         variant = ctx.patient.variant(f"kept the first instance of {names}",
                                       model_factory=keep_first_instance(ctx.patient))
-        return cure(ctx, variant, f"built {names} once and trained it (first instance kept)", code=self.code)
+        record = cure(ctx, variant, f"built {names} once and trained it (first instance kept)", code=self.code)
+        # the cure must also make the model a function: the same input, the same output
+        before = finding.evidence.get("call_to_call_change")
+        after = call_drift(variant.new_model(), ctx.patient.fixed_batch())
+        record["before"]["call_to_call_change"], record["after"]["call_to_call_change"] = before, after
+        if before is not None and after is not None:
+            a = record["after"]
+            trains = a.get("error") is None and a.get("nonfinite_step") is None and \
+                memorised(a.get("initial_loss"), a.get("tail_loss"), a.get("accuracy"))
+            record["cured"] = bool(trains and before > DRIFT_CHANGED and after <= DRIFT_SAME)
+        return record
 
 
 class ParamsNotInOptimizer(Diagnosis):

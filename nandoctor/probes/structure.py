@@ -25,7 +25,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.nn.modules import module as module_hooks
 
-from nandoctor.patient import preserved_rng
+from nandoctor.patient import preserved_rng, split_batch
 from nandoctor.probes import Probe, ProbeContext
 from nandoctor.probes.training import error_record
 from nandoctor.records import ProbeResult
@@ -257,7 +257,26 @@ class Structure(Probe):
         # 6. accumulated gradients (the user's own step only: the default one zeroes them)
         metrics["accumulation"] = accumulation(traces, trainable) if patient.train_step is not None else None
         metrics["custom_train_step"] = patient.train_step is not None
+        # 7. does the same input give the same output twice (eval mode)? fresh layers say no
+        metrics["call_to_call_change"] = call_drift(model, batch)
         return self.result(metrics=metrics, data={"traces": traces})
+
+
+def call_drift(model: nn.Module, batch) -> float | None:
+    """Relative change of the model's output between two eval-mode calls on the same inputs (0 when deterministic)."""
+    try:
+        inputs, _ = split_batch(batch)
+        was_training = model.training
+        model.eval()
+        with torch.no_grad(), preserved_rng():
+            a, b = model(inputs), model(inputs)
+        model.train(was_training)
+    except Exception:  # custom batches or outputs: not measurable, not an error
+        return None
+    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)) or a.shape != b.shape \
+            or not a.is_floating_point() or not bool(torch.isfinite(a).all() and torch.isfinite(b).all()):
+        return None
+    return float((a - b).double().norm() / max(float(a.double().norm()), 1e-12))
 
 
 def make_still_optimizer(patient, model: nn.Module) -> torch.optim.Optimizer:
