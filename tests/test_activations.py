@@ -64,7 +64,7 @@ def test_dead_relu_threshold_is_half_the_layer():
     assert get("dead-relu").check(evidence(rec)) is None
     rec.dead_per_call["h"] = [0.1] * 80 + [0.6] * 20
     finding = get("dead-relu").check(evidence(rec))
-    assert finding.severity == "warning" and "during training" in finding.title
+    assert finding.severity == "warning" and "during training" in finding.title and finding.role == "symptom"
 
 
 def test_output_relu_and_leaky_relu_are_not_judged():

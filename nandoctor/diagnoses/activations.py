@@ -63,9 +63,10 @@ class DeadRelu(Diagnosis):
     dead the output no longer depends on the input.
 
     ## Evidence
-    Per flagged layer: the dead share at the end of the probe and at its start (dead from the start
-    points to initialisation or input scale, dying during the probe to a learning rate too high),
-    and the number of forward calls recorded.
+    Per flagged layer: the dead share at the end of the probe and at its first call (dead from
+    initialisation points to the init or the input scale: a cause; dying during the probe points
+    to a learning rate too high, and the finding is then reported as a symptom), and the number of
+    forward calls recorded.
 
     ## Fix
     He/Kaiming initialisation and biases >= 0; normalised inputs; a lower learning rate; LeakyReLU,
@@ -89,7 +90,7 @@ class DeadRelu(Diagnosis):
                 continue
             late = window(series, share, last=True)
             if late is not None and late >= start:
-                flagged.append({"layer": name, "dead_share": late, "dead_share_at_start": window(series, share, False),
+                flagged.append({"layer": name, "dead_share": late, "dead_share_at_init": series[0],
                                 "calls": len(series)})
         if not flagged:
             return None
@@ -98,11 +99,14 @@ class DeadRelu(Diagnosis):
         severity = "critical" if worst["dead_share"] >= self.thresholds["critical_dead_share"] and not_memorised(ev) \
             else "warning"
         confidence = 0.6 + 0.35 * (worst["dead_share"] - start) / (1 - start)
-        when = "from the start" if (worst["dead_share_at_start"] or 0) >= start else "during training"
-        return self.finding(confidence, {"layers": flagged, "output_layer_skipped": out_layer}, severity=severity,
-                            plots=r.plots,
-                            title=f"{worst['dead_share']:.0%} of the units of ReLU layer `{worst['layer']}` are dead "
-                                  f"({when})")
+        at_init = worst["dead_share_at_init"] >= start
+        finding = self.finding(confidence, {"layers": flagged, "output_layer_skipped": out_layer},
+                               severity=severity, plots=r.plots,
+                               title=f"{worst['dead_share']:.0%} of the units of ReLU layer `{worst['layer']}` are dead "
+                                     f"({'from initialisation' if at_init else 'they died during training'})")
+        if not at_init:  # dying during training is usually the learning rate's doing: a symptom
+            finding.role, finding.explains = "symptom", ()
+        return finding
 
 
 class SaturatedActivation(Diagnosis):
