@@ -111,11 +111,12 @@ class Recorder:
                 self.act_mean.setdefault(name, []).append(float(o.float().mean()))
                 self.act_std.setdefault(name, []).append(float(o.float().std()) if o.numel() > 1 else 0.0)
                 if isinstance(mod, RELU_LIKE) and o.dim() >= 2:
-                    units = (o > 0).transpose(0, 1).reshape(o.shape[1], -1).any(dim=1)
+                    positive = (o > 0).transpose(0, 1).reshape(o.shape[1], -1)  # [units, positions]
+                    units = positive.any(dim=1)
                     prev = self.ever_active.get(name)
                     self.ever_active[name] = units if prev is None or prev.shape != units.shape else prev | units
                     if finite:
-                        share = (o > 0).transpose(0, 1).reshape(o.shape[1], -1).float().mean(dim=1)
+                        share = positive.float().mean(dim=1)
                         self.dead_per_call.setdefault(name, []).append(float((share < INACTIVE_BELOW).float().mean()))
                 elif isinstance(mod, BOUNDED):
                     lo, hi = (-1.0, 1.0) if isinstance(mod, (nn.Tanh, nn.Hardtanh)) else (0.0, 1.0)
