@@ -70,3 +70,18 @@ def test_finite_run_triggers_nothing():
     report = battery(make_patient(), probes=PROBES)
     assert report.probes["nonfinite"].metrics == {"triggered": False}
     assert "nonfinite-source" not in codes(report)
+
+
+def test_overflow_of_huge_inputs_is_not_blamed_on_the_op():
+    from types import SimpleNamespace
+
+    from nandoctor.diagnoses import get
+    from nandoctor.records import Evidence, ProbeResult
+    rec = SimpleNamespace(nonfinite_forward={"module": "0", "type": "Linear", "step": 0}, nonfinite_grad=None)
+    run = SimpleNamespace(losses=[float("inf")], nonfinite_step=0)
+    birth = {"op": "torch.nn.functional.linear", "module": "0", "phase": "forward", "in_model": True,
+             "inputs": [{"min": -3e30, "max": 5e30, "nan": 0, "inf": 0}], "output": {"nan": 0, "inf": 12}}
+    ev = Evidence({"overfit": ProbeResult(name="overfit", data={"run": run, "recorder": rec}),
+                   "nonfinite": ProbeResult(name="nonfinite", metrics={"triggered": True, "birth": birth, "step": 0})})
+    finding = get("nonfinite-source").check(ev)
+    assert finding.severity == "warning" and finding.evidence["overflow_of_huge_inputs"] is True

@@ -182,3 +182,15 @@ def test_unused_layers_are_only_info():
     ev = structure_evidence(no_grad_path=[{"module": "aux", "called": False, "numel": 40, "parameters": ["aux.weight"]}])
     finding = get("no-trainable-params").check(ev)
     assert finding.severity == "info"
+
+
+MY_CODES = ["unregistered-module", "params-not-in-optimizer", "no-trainable-params", "missing-zero-grad",
+            "pool-stride-gt-kernel", "dead-relu", "saturated-activation", "nonfinite-source"]
+
+
+@pytest.mark.parametrize("code", MY_CODES)
+def test_every_code_has_a_full_doc_page(code):
+    from nandoctor.diagnoses import DOC_SECTIONS
+    page = get(code).page()
+    assert all(f"## {section}" in page for section in DOC_SECTIONS)
+    assert get(code).thresholds or code in ("pool-stride-gt-kernel",)

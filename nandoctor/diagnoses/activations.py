@@ -104,7 +104,9 @@ class DeadRelu(Diagnosis):
                                severity=severity, plots=r.plots,
                                title=f"{worst['dead_share']:.0%} of the units of ReLU layer `{worst['layer']}` are dead "
                                      f"({'from initialisation' if at_init else 'they died during training'})")
-        if not at_init:  # dying during training is usually the learning rate's doing: a symptom
+        if at_init:  # dead from the first call: the init is the mechanism, this names the layer
+            finding.explains = ACTIVATION_SYMPTOMS + ("bad-init",)
+        else:  # dying during training is usually the learning rate's doing: a symptom
             finding.role, finding.explains = "symptom", ()
         return finding
 

@@ -20,6 +20,7 @@ class NonfiniteSource(Diagnosis):
     requires = ("overfit",)
     explains = ("cannot-overfit-batch", "exploding-gradients", "training-crashed")
     thresholds = {"diverged_factor": 10.0,   # the loss grew 10x above its start before the NaN: a consequence of divergence
+                  "huge_input": 1e10,        # inputs this large overflow anywhere: the cause is their scale (data, LR)
                   "confidence_model": 0.9,   # born in the model's own computation, with the loss still sane
                   "confidence_other": 0.6}   # born in the loss, or after divergence: the cause is elsewhere
     fix = ("Guard the op named here: clamp before log/sqrt/pow/division (torch.clamp(x, min=eps)), use the "
@@ -52,7 +53,8 @@ class NonfiniteSource(Diagnosis):
     ## Known false positives
     When the NaN follows a diverging loss (an overflow in a Linear layer, say) the op named is only
     where the overflow became visible; the finding is then a warning and a symptom, and
-    `lr-too-high`/`exploding-gradients` carry the cause. NaN born in the loss is left to the
+    `lr-too-high`/`exploding-gradients` carry the cause. The same holds when the op's inputs were
+    already huge (|x| >= 1e10: unnormalised data, say). NaN born in the loss is left to the
     output/loss diagnoses (warning).
     """
 
@@ -81,14 +83,20 @@ class NonfiniteSource(Diagnosis):
         # 3. a consequence (divergence, the loss) or the source itself?
         diverged = bool(prior) and max(abs(x) for x in prior) > self.thresholds["diverged_factor"] * max(abs(prior[0]), 1e-8)
         in_loss = birth is not None and birth.get("phase") == "forward" and not birth.get("in_model")
-        evidence["after_divergence"], evidence["born_in_loss"] = diverged, in_loss
+        largest = max((max(abs(s.get("min", 0.0)), abs(s.get("max", 0.0))) for s in evidence.get("input_stats") or []),
+                      default=0.0)
+        overflow = largest >= self.thresholds["huge_input"]  # the values were already huge: scale, not this op
+        evidence["after_divergence"], evidence["born_in_loss"], evidence["overflow_of_huge_inputs"] = \
+            diverged, in_loss, overflow
+        diverged = diverged or overflow
         where = evidence.get("op") or evidence.get("module")
         title = f"The first NaN/Inf is born in {where}" + \
                 (f" (module `{evidence['module']}`)" if evidence.get("op") and evidence.get("module") else "") + \
                 f", {evidence.get('phase', 'forward')}, at step {step}"
         if diverged or in_loss:
             finding = self.finding(self.thresholds["confidence_other"], evidence, severity="warning",
-                                   title=title + (" after the loss diverged" if diverged else " inside the loss"))
+                                   title=title + (" from inputs already huge" if overflow else
+                                                  " after the loss diverged" if diverged else " inside the loss"))
             if diverged:
                 finding.role, finding.explains = "symptom", ()
             return finding
