@@ -194,3 +194,17 @@ def test_every_code_has_a_full_doc_page(code):
     page = get(code).page()
     assert all(f"## {section}" in page for section in DOC_SECTIONS)
     assert get(code).thresholds or code in ("pool-stride-gt-kernel",)
+
+
+def step_with_autograd_backward(model, batch, loss_fn, optimizer):
+    optimizer.zero_grad()
+    inputs, targets = batch
+    loss = loss_fn(model(inputs), targets)
+    torch.autograd.backward(loss)
+    optimizer.step()
+    return loss.item()
+
+
+def test_a_step_without_tensor_backward_is_not_mistaken_for_a_cut_graph():
+    report = battery(make_patient(train_step=step_with_autograd_backward), probes=PROBES)
+    assert report.verdict == "healthy", codes(report)

@@ -185,6 +185,7 @@ class StepTrace:
     grads: dict[int, torch.Tensor | None] = field(default_factory=dict)  # registered param id -> grad at step()
     module_names: dict[int, str] = field(default_factory=dict)  # the model's module tree right after the step
     loss_requires_grad: bool | None = None
+    graph_walked: bool = False
     error: dict | None = None
 
 
@@ -209,7 +210,8 @@ def traced_step(patient, model: nn.Module, optimizer, batch, params: dict[int, n
     snapshot()  # a step function that never calls optimizer.step(): read the grads now
     for root in tracer.roots:
         trace.leaves.update(graph_leaves(root))
-    trace.loss_requires_grad = bool(tracer.roots) and any(r.requires_grad for r in tracer.roots)
+    trace.graph_walked = bool(tracer.roots)  # False when the step never called tensor.backward()
+    trace.loss_requires_grad = any(r.requires_grad for r in tracer.roots) if tracer.roots else None
     trace.called, trace.strided = tracer.called, tracer.strided
     trace.module_names = {id(m): n for n, m in model.named_modules()}
     return trace
@@ -244,8 +246,11 @@ class Structure(Probe):
         metrics.update(not_in_optimizer(trainable - in_opt, params, names))
         # 3. two traced steps on one batch
         batch = patient.fixed_batch()
-        traces = [traced_step(patient, model, optimizer, batch, {i: params[i] for i in trainable})
-                  for _ in range(TRACED_STEPS)]
+        traces = []
+        for _ in range(TRACED_STEPS):
+            if traces and ctx.time_left() < 2 * ctx.step_time:
+                break  # a slow model on a small budget: one step still answers most questions
+            traces.append(traced_step(patient, model, optimizer, batch, {i: params[i] for i in trainable}))
         first = traces[0]
         metrics["step_error"] = first.error
         metrics["loss_requires_grad"] = first.loss_requires_grad
@@ -335,7 +340,7 @@ def gradient_reach(trace: StepTrace, trainable: set[int], params: dict, names: d
     no_path, zero = {}, []
     for i in sorted(trainable, key=lambda i: names[i]):
         grad = trace.grads.get(i)
-        if i not in trace.leaves and not trace.error:
+        if i not in trace.leaves and trace.graph_walked and not trace.error:
             mod = owner(names[i])
             entry = no_path.setdefault(mod, {"module": mod, "called": mod in called_names or mod == "(model)",
                                              "numel": 0, "parameters": []})
