@@ -208,3 +208,23 @@ def step_with_autograd_backward(model, batch, loss_fn, optimizer):
 def test_a_step_without_tensor_backward_is_not_mistaken_for_a_cut_graph():
     report = battery(make_patient(train_step=step_with_autograd_backward), probes=PROBES)
     assert report.verdict == "healthy", codes(report)
+
+
+class ZeroGate(nn.Module):
+    """A layer multiplied by a constant zero gate: in the graph, yet its gradient is always exactly zero."""
+
+    def __init__(self):
+        super().__init__()
+        self.main = nn.Linear(10, 3)
+        self.side = nn.Linear(10, 3)
+        self.register_buffer("gate", torch.zeros(1))
+
+    def forward(self, x):
+        return self.main(x) + self.gate * self.side(x)
+
+
+def test_gradient_that_stays_zero_is_a_warning():
+    report = battery(make_patient(model=ZeroGate), probes=PROBES)
+    assert codes(report)[0] == "no-trainable-params"
+    assert report.findings[0].severity == "warning"
+    assert [e["module"] for e in report.findings[0].evidence["zero_gradient"]] == ["side"]

@@ -34,6 +34,30 @@ def describe(group: dict) -> str:
     return f"`{name}` (tensor {shapes[0]})" if name else f"a tensor of shape {shapes[0] if shapes else '?'}"
 
 
+MIN_ZERO_STEPS = 10   # a gradient must stay exactly zero for at least this many steps to count
+
+
+def zero_grad_layers(ev: Evidence) -> list[dict]:
+    """Layers (with trainable parameters) whose gradient norm was exactly 0 at every step of the overfit probe.
+
+    Not reported when some ReLU layer is dead: that is the likelier reason (``dead-relu``).
+    """
+    from nandoctor.diagnoses import REGISTRY
+    r = ev.ok("overfit")
+    rec = r.data.get("recorder") if r is not None else None
+    if rec is None or ("dead-relu" in REGISTRY and REGISTRY["dead-relu"].check(ev) is not None):
+        return []
+    out = []
+    for name, norms in rec.grad_norms.items():
+        finite = [v for v in norms if v == v]  # NaN: no gradient at all that step (judged elsewhere)
+        if len(finite) >= MIN_ZERO_STEPS and len(finite) == len(norms) and all(v == 0.0 for v in finite):
+            layer = rec.layers.get("" if name == "(model)" else name)
+            numel = sum(p.numel() for p in layer.parameters(recurse=False) if p.requires_grad) if layer is not None else 0
+            if numel:
+                out.append({"module": name, "numel": numel, "steps": len(norms)})
+    return out
+
+
 class UnregisteredModule(Diagnosis):
     code = "unregistered-module"
     title = "Layers take part in the loss but are not registered in the model"
@@ -200,8 +224,9 @@ class NoTrainableParams(Diagnosis):
     connected to any parameter; gradients exist after `backward()` but none reaches
     `optimizer.step()`; or layers that forward() does call get no gradient (their output is detached,
     computed under `torch.no_grad()`, or goes through numpy), covering a large share of the model.
-    Also, as a warning, a model that is almost entirely frozen (under 1% trainable) and cannot fit
-    one batch; and, as info, layers forward() never calls.
+    Also, as warnings, layers whose gradient stays exactly zero for the whole overfit probe (when no
+    ReLU layer is dead, which would explain it) and a model that is almost entirely frozen (under 1%
+    trainable) that cannot fit one batch; and, as info, layers forward() never calls.
 
     ## Why it breaks training
     Parameters without a gradient never change. With everything frozen `loss.backward()` raises
@@ -243,14 +268,21 @@ class NoTrainableParams(Diagnosis):
                                 severity=severity,
                                 title=f"No gradient reaches {', '.join(e['module'] for e in cut[:4])} "
                                       f"({share:.0%} of the trainable values) although forward() uses it")
-        # 4. almost everything frozen and the batch is not memorised
+        # 4. layers whose gradient stayed exactly zero over the whole overfit probe (dead ReLUs aside)
+        stuck = zero_grad_layers(ev)
+        if stuck:
+            share = sum(e["numel"] for e in stuck) / trainable
+            return self.finding(0.7, {"zero_gradient": stuck, "zero_gradient_share": share}, severity="warning",
+                                title=f"The gradient of {', '.join(e['module'] for e in stuck[:4])} stays exactly zero "
+                                      f"for the whole probe ({share:.0%} of the trainable values)")
+        # 5. almost everything frozen and the batch is not memorised
         share = (m.get("trainable_parameters") or 0) / max(1, m.get("parameters") or 1)
         if share < self.thresholds["tiny_trainable_share"] and not_memorised(ev):
             return self.finding(0.7, {"trainable_values": m.get("trainable_parameters"),
                                       "values": m.get("parameters"), "trainable_share": share},
                                 severity="warning",
                                 title=f"Only {share:.2%} of the model's values are trainable and it cannot fit one batch")
-        # 5. layers forward() never calls
+        # 6. layers forward() never calls
         unused = [e for e in m.get("no_grad_path") or [] if not e.get("called")]
         if unused:
             return self.finding(0.5, {"unused": unused}, severity="info",
