@@ -245,7 +245,10 @@ class Structure(Probe):
         in_opt = {id(p) for g in optimizer.param_groups for p in g["params"]}
         metrics.update(not_in_optimizer(trainable - in_opt, params, names))
         # 3. two traced steps on one batch
-        batch = patient.fixed_batch()
+        try:
+            batch = patient.fixed_batch()
+        except Exception as exc:  # the user's dataset raised: evidence (the warm-up reports it too)
+            return self.result(status="failed", metrics=metrics, error={**error_record(exc), "phase": "loading a batch"})
         traces = []
         for _ in range(TRACED_STEPS):
             if traces and ctx.time_left() < 2 * ctx.step_time:
@@ -264,7 +267,7 @@ class Structure(Probe):
         metrics["custom_train_step"] = patient.train_step is not None
         # 7. does the same input give the same output twice (eval mode)? fresh layers say no
         metrics["call_to_call_change"] = call_drift(model, batch)
-        return self.result(metrics=metrics, data={"traces": traces})
+        return self.result(metrics=metrics)  # the traces hold gradient copies: not kept
 
 
 def call_drift(model: nn.Module, batch) -> float | None:
