@@ -228,3 +228,17 @@ def test_gradient_that_stays_zero_is_a_warning():
     assert codes(report)[0] == "no-trainable-params"
     assert report.findings[0].severity == "warning"
     assert [e["module"] for e in report.findings[0].evidence["zero_gradient"]] == ["side"]
+
+
+class LayerInForwardThatCrashes(LayerInForward):
+    """The layer built in forward() lands on the wrong dtype (on a GPU: the wrong device) and the call raises."""
+
+    def forward(self, x):
+        self.adj = nn.Linear(16, 16, dtype=torch.float64)
+        return self.b(torch.relu(self.adj(torch.relu(self.a(x)))))
+
+
+def test_layer_built_in_forward_is_found_even_when_the_step_crashes():
+    report = battery(make_patient(model=LayerInForwardThatCrashes), probes=PROBES)
+    assert codes(report)[:2] == ["unregistered-module", "training-crashed"]
+    assert report.findings[0].evidence["unregistered"][0]["name"] == "adj"

@@ -116,7 +116,8 @@ class UnregisteredModule(Diagnosis):
         evidence = {"unregistered": groups, "unregistered_values": numel, "registered_values": registered,
                     "unregistered_share": numel / max(1, numel + registered),
                     "new_every_call": [describe(g) for g in fresh],
-                    "call_to_call_change": r.metrics.get("call_to_call_change")}
+                    "call_to_call_change": r.metrics.get("call_to_call_change"),
+                    "step_error": r.metrics.get("step_error")}
         how = "built anew in forward() on every call" if top.get("fresh_each_call") else top.get("kind")
         drift = r.metrics.get("call_to_call_change")
         shown = f"; the same input gives outputs {drift:.0%} apart from one call to the next" \
@@ -131,8 +132,8 @@ class UnregisteredModule(Diagnosis):
         from nandoctor.treatments.rewire import cure, keep_first_instance
         groups = finding.evidence.get("unregistered") or []
         assigned = [g for g in groups if g.get("kind", "").startswith("created in forward() and assigned")]
-        if not assigned or ctx.patient.train_step is not None:
-            return None
+        if not assigned or ctx.patient.train_step is not None or finding.evidence.get("step_error"):
+            return None  # nothing to keep, a custom step, or a step that raises anyway
         names = ", ".join(str(g.get("name")) for g in assigned)
         variant = ctx.patient.variant(f"kept the first instance of {names}",
                                       model_factory=keep_first_instance(ctx.patient))

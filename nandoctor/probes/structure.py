@@ -304,37 +304,54 @@ def not_in_optimizer(missing: set[int], params: dict, names: dict) -> dict:
 
 
 def unregistered(model: nn.Module, traces: list[StepTrace], params: dict, modules_before: set[int]) -> list[dict]:
-    """Graph leaves that are not the model's registered parameters, grouped by the module that owns them."""
-    after = {id(p): n for n, p in model.named_parameters()}
-    after_modules = traces[0].module_names
-    paths = plain_paths(model)
-    stray_modules = {i: m for i, m in traces[0].called.items()
-                     if i not in modules_before and any(True for _ in m.parameters(recurse=False))}
-    owner_of = {id(p): (i, pn) for i, m in stray_modules.items() for pn, p in m.named_parameters(recurse=False)}
-    later = set().union(*(t.leaves for t in traces[1:])) if len(traces) > 1 else set()
+    """Graph leaves that are not the model's registered parameters, grouped by the module that owns them.
+
+    When the step raised before ``backward()`` (no graph to walk: a layer built in forward() on the
+    CPU while the model is on a GPU, say), the new modules that forward() called stand in for the leaves.
+    """
+    first = traces[0]
+    stray = {i: m for i, m in first.called.items()
+             if i not in modules_before and any(True for _ in m.parameters(recurse=False))}
+    owner_of = {id(p): (i, pn) for i, m in stray.items() for pn, p in m.named_parameters(recurse=False)}
+    naming = _Naming(model, first.module_names, plain_paths(model))
+    leaves = dict(first.leaves) if first.graph_walked else \
+        {id(p): p for m in stray.values() for p in m.parameters(recurse=False)}
+    later = [t for t in traces[1:] if not t.error]
+    seen_later = set().union(*(t.leaves.keys() | {id(p) for m in t.called.values() for p in m.parameters()}
+                               for t in later)) if later else set()
     groups: dict[Any, dict] = {}
-    for lid, leaf in traces[0].leaves.items():
+    for lid, leaf in leaves.items():
         if lid in params:
             continue
         mid, pname = owner_of.get(lid, (None, None))
-        key = mid if mid is not None else lid
-        module = stray_modules.get(mid)
-        name = (after_modules.get(mid) or paths.get(mid)) if mid is not None else (after.get(lid) or paths.get(lid))
-        kind = ("created in forward() and assigned to the model" if mid is not None and mid in after_modules
-                else "held in a plain Python container" if mid is not None and mid in paths
-                else "a plain tensor attribute, not an nn.Parameter" if lid in paths
-                else "created in forward()" if mid is not None
-                else "a tensor that is not an nn.Parameter of the model")
-        g = groups.setdefault(key, {"name": name, "module": short_module(module) if module is not None else None,
-                                    "kind": kind, "shapes": [], "numel": 0, "fresh_each_call": True})
+        module = stray.get(mid)
+        g = groups.setdefault(mid if mid is not None else lid,
+                              {**naming(mid, lid), "module": short_module(module) if module is not None else None,
+                               "shapes": [], "numel": 0, "fresh_each_call": True if later else None})
         g["shapes"].append([pname, list(leaf.shape)] if pname else list(leaf.shape))
         g["numel"] += leaf.numel()
-        if lid in later:
+        if later and lid in seen_later:
             g["fresh_each_call"] = False
-    if len(traces) < 2 or traces[1].error:
-        for g in groups.values():
-            g["fresh_each_call"] = None
     return list(groups.values())[:MAX_LISTED]
+
+
+@dataclass
+class _Naming:
+    """The name and kind of an unregistered module (by id) or tensor (by id)."""
+    model: nn.Module
+    module_names: dict[int, str]   # the module tree right after the first call
+    paths: dict[int, str]          # plain containers and attributes
+
+    def __call__(self, mid: int | None, lid: int) -> dict:
+        if mid is not None:
+            if mid in self.module_names:
+                return {"name": self.module_names[mid], "kind": "created in forward() and assigned to the model"}
+            if mid in self.paths:
+                return {"name": self.paths[mid], "kind": "held in a plain Python container"}
+            return {"name": None, "kind": "created in forward()"}
+        if lid in self.paths:
+            return {"name": self.paths[lid], "kind": "a plain tensor attribute, not an nn.Parameter"}
+        return {"name": None, "kind": "a tensor that is not an nn.Parameter of the model"}
 
 
 def gradient_reach(trace: StepTrace, trainable: set[int], params: dict, names: dict, model: nn.Module) -> dict:
