@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn.modules import module as module_hooks
 
 from nandoctor.patient import split_batch
-from nandoctor.treatments import healthy_run, try_cure
+from nandoctor.treatments import try_cure
 
 CLEARLY_BETTER = 0.5   # a cure also counts when the treated tail loss is at most half the untreated one
 
