@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from statistics import fmean
 
-from nandoctor.diagnoses import Diagnosis
-from nandoctor.diagnoses.module_tree import not_memorised
+from nandoctor.diagnoses.module_tree import OptionalExplains, installed, not_memorised
 from nandoctor.probes.instrument import INACTIVE_BELOW, SATURATION_MARGIN
 from nandoctor.records import Evidence
 
 DEAD_TYPES = ("ReLU", "ReLU6")            # units that can die for good (leaky variants cannot)
 SATURATING_TYPES = ("Sigmoid", "Tanh", "Hardtanh", "Hardsigmoid")
-ACTIVATION_SYMPTOMS = ("cannot-overfit-batch", "vanishing-gradients")
+ACTIVATION_SYMPTOMS = ("cannot-overfit-batch",)
+LATER_SYMPTOMS = ("vanishing-gradients",)   # explained too, once that diagnosis is installed
 
 
 def window(series: list[float], share: float, last: bool) -> float | None:
@@ -37,13 +37,14 @@ def output_layer(rec) -> str | None:
     return rec.call_order[-1] if getattr(rec, "call_order", None) else None
 
 
-class DeadRelu(Diagnosis):
+class DeadRelu(OptionalExplains):
     code = "dead-relu"
     title = "Most units of a ReLU layer never activate"
     severity = "warning"
     role = "cause"
     requires = ("overfit",)
     explains = ACTIVATION_SYMPTOMS
+    optional_explains = LATER_SYMPTOMS
     thresholds = {"layer_dead_share": 0.5,       # SageMaker Debugger's threshold_layer: 50% of a layer's units dead
                   "inactive_below": INACTIVE_BELOW,  # a unit is dead when active on < 1% of the positions of a call
                   "window": 0.2,                 # judged on the last 20% of the probe's forward calls
@@ -105,19 +106,20 @@ class DeadRelu(Diagnosis):
                                title=f"{worst['dead_share']:.0%} of the units of ReLU layer `{worst['layer']}` are dead "
                                      f"({'from initialisation' if at_init else 'they died during training'})")
         if at_init:  # dead from the first call: the init is the mechanism, this names the layer
-            finding.explains = ACTIVATION_SYMPTOMS + ("bad-init",)
+            finding.explains = installed(finding.explains + ("bad-init",))
         else:  # dying during training is usually the learning rate's doing: a symptom
             finding.role, finding.explains = "symptom", ()
         return finding
 
 
-class SaturatedActivation(Diagnosis):
+class SaturatedActivation(OptionalExplains):
     code = "saturated-activation"
     title = "Sigmoid/tanh units are pinned at their bounds"
     severity = "warning"
     role = "cause"
     requires = ("overfit",)
     explains = ACTIVATION_SYMPTOMS
+    optional_explains = LATER_SYMPTOMS
     thresholds = {"layer_saturated_share": 0.5,   # SageMaker's threshold_layer: 50% of a layer's outputs saturated
                   "margin": SATURATION_MARGIN,     # within 1% of the range from a bound (sigmoid < 0.01 or > 0.99)
                   "window": 0.2}                   # judged on the first 20% of the calls (and the last 20% if stuck)

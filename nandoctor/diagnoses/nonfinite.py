@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from nandoctor.diagnoses import Diagnosis
+from nandoctor.diagnoses.module_tree import OptionalExplains
 from nandoctor.records import Evidence
 
 
@@ -12,13 +12,14 @@ def before_birth(losses: list[float], step: int) -> list[float]:
     return [x for x in losses[:step] if math.isfinite(x)]
 
 
-class NonfiniteSource(Diagnosis):
+class NonfiniteSource(OptionalExplains):
     code = "nonfinite-source"
     title = "Where the first NaN/Inf is born"
     severity = "critical"
     role = "cause"
     requires = ("overfit",)
-    explains = ("cannot-overfit-batch", "exploding-gradients", "training-crashed")
+    explains = ("cannot-overfit-batch", "training-crashed")
+    optional_explains = ("exploding-gradients",)
     thresholds = {"diverged_factor": 10.0,   # the loss grew 10x above its start before the NaN: a consequence of divergence
                   "huge_input": 1e10,        # inputs this large overflow anywhere: the cause is their scale (data, LR)
                   "confidence_model": 0.9,   # born in the model's own computation, with the loss still sane
