@@ -85,3 +85,12 @@ def test_overflow_of_huge_inputs_is_not_blamed_on_the_op():
                    "nonfinite": ProbeResult(name="nonfinite", metrics={"triggered": True, "birth": birth, "step": 0})})
     finding = get("nonfinite-source").check(ev)
     assert finding.severity == "warning" and finding.evidence["overflow_of_huge_inputs"] is True
+
+
+def test_nan_that_comes_with_the_data_is_left_to_the_data_diagnoses():
+    from patients import blobs
+    data = blobs()
+    data.tensors[0][:, 2] = float("nan")
+    report = battery(make_patient(data=data), probes=PROBES)
+    assert report.probes["nonfinite"].metrics["birth"]["phase"] == "inputs"
+    assert "nonfinite-source" not in codes(report)

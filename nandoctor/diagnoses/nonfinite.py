@@ -56,7 +56,8 @@ class NonfiniteSource(OptionalExplains):
     where the overflow became visible; the finding is then a warning and a symptom, and
     `lr-too-high`/`exploding-gradients` carry the cause. The same holds when the op's inputs were
     already huge (|x| >= 1e10: unnormalised data, say). NaN born in the loss is left to the
-    output/loss diagnoses (warning).
+    output/loss diagnoses (warning). NaN that arrives with the batch is not reported here
+    (`data-nonfinite` is).
     """
 
     def check(self, ev: Evidence):
@@ -73,8 +74,8 @@ class NonfiniteSource(OptionalExplains):
         birth = nf.metrics.get("birth") if nf is not None else None
         steps = [s for s in (loss_step, (fwd or {}).get("step"), (grad or {}).get("step")) if s is not None]
         step = nf.metrics.get("step") if birth is not None else min(steps)
-        if birth is None and fwd is None and grad is None:
-            return None  # only the loss is non-finite and no op produced it: non-finite data (data-nonfinite)
+        if (birth is None and fwd is None and grad is None) or (birth or {}).get("phase") == "inputs":
+            return None  # no op produced it: the batch brought it in (data-nonfinite judges that)
         # 2. where: the op's module, else the recorder's module or gradient
         evidence = self._evidence(birth, fwd, grad, step)
         losses = run.losses if run is not None else []

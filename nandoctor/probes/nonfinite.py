@@ -77,6 +77,7 @@ class BirthChecker(TorchFunctionMode):
         self.stack: list[nn.Module] = []
         self.phase = "forward"
         self.birth: dict | None = None
+        self.inherited: dict | None = None   # the first call that received non-finite inputs (from the data)
         self._handles: list = []
 
     def __enter__(self):
@@ -102,12 +103,14 @@ class BirthChecker(TorchFunctionMode):
             self.phase = "optimizer step"
             return out
         out = func(*args, **kwargs)
-        if self.birth is None:
+        if self.birth is None and self.inherited is None:
             outs = _tensors(out, [])
             if outs and not _all_finite(outs):
                 ins = _tensors(args, []) + _tensors(kwargs, [])
                 if _all_finite(ins):
                     self.birth = self._record(func, name, ins, outs)
+                else:  # non-finite values this step did not make: they came in with the batch
+                    self.inherited = {**self._record(func, name, ins, outs), "phase": "inputs"}
         return out
 
     def _record(self, func, name: str, ins: list, outs: list) -> dict:
@@ -193,9 +196,9 @@ class NonFinite(Probe):
                 with torch.autograd.detect_anomaly(check_nan=True), checker:
                     patient.step(model, optimizer, batch)
             except RuntimeError as exc:
-                if checker.birth is not None:
-                    return checker.birth
+                if checker.birth is not None or checker.inherited is not None:
+                    return checker.birth or checker.inherited
                 if ANOMALY.search(str(exc)):
                     return anomaly_birth(exc, caught)
                 raise
-        return checker.birth
+        return checker.birth or checker.inherited
