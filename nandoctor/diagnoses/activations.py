@@ -48,7 +48,7 @@ class DeadRelu(OptionalExplains):
     thresholds = {"layer_dead_share": 0.5,       # SageMaker Debugger's threshold_layer: 50% of a layer's units dead
                   "inactive_below": INACTIVE_BELOW,  # a unit is dead when active on < 1% of the positions of a call
                   "window": 0.2,                 # judged on the last 20% of the probe's forward calls
-                  "critical_dead_share": 0.9}    # critical when >= 90% dead and the batch is not memorised
+                  "critical_dead_share": 0.9}    # critical when >= 90% dead from init and the batch is not memorised
     fix = ("Lower the learning rate, initialise with He/Kaiming (nn.init.kaiming_normal_) and zero or small "
            "positive biases, normalise the inputs, or use LeakyReLU/GELU instead of ReLU.")
     doc = """
@@ -66,8 +66,8 @@ class DeadRelu(OptionalExplains):
     ## Evidence
     Per flagged layer: the dead share at the end of the probe and at its first call (dead from
     initialisation points to the init or the input scale: a cause; dying during the probe points
-    to a learning rate too high, and the finding is then reported as a symptom), and the number of
-    forward calls recorded.
+    to a learning rate too high, and the finding is then a lower-confidence warning reported as a
+    symptom), and the number of forward calls recorded.
 
     ## Fix
     He/Kaiming initialisation and biases >= 0; normalised inputs; a lower learning rate; LeakyReLU,
@@ -97,10 +97,10 @@ class DeadRelu(OptionalExplains):
             return None
         flagged.sort(key=lambda f: -f["dead_share"])
         worst = flagged[0]
-        severity = "critical" if worst["dead_share"] >= self.thresholds["critical_dead_share"] and not_memorised(ev) \
-            else "warning"
-        confidence = 0.6 + 0.35 * (worst["dead_share"] - start) / (1 - start)
         at_init = worst["dead_share_at_init"] >= start
+        severity = "critical" if at_init and worst["dead_share"] >= self.thresholds["critical_dead_share"] \
+            and not_memorised(ev) else "warning"
+        confidence = (0.6 + 0.35 * (worst["dead_share"] - start) / (1 - start)) * (1.0 if at_init else 0.6)
         finding = self.finding(confidence, {"layers": flagged, "output_layer_skipped": out_layer},
                                severity=severity, plots=r.plots,
                                title=f"{worst['dead_share']:.0%} of the units of ReLU layer `{worst['layer']}` are dead "
