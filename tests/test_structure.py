@@ -242,3 +242,11 @@ def test_layer_built_in_forward_is_found_even_when_the_step_crashes():
     report = battery(make_patient(model=LayerInForwardThatCrashes), probes=PROBES)
     assert codes(report)[:2] == ["unregistered-module", "training-crashed"]
     assert report.findings[0].evidence["unregistered"][0]["name"] == "adj"
+
+
+def test_missing_zero_grad_cure_counts_even_when_the_batch_was_memorised_anyway():
+    patient = make_patient(train_step=step_without_zero_grad, optimizer=torch.optim.SGD, lr=0.05)
+    report = battery(patient, probes=PROBES)
+    top_finding = top(report)
+    assert top_finding.code == "missing-zero-grad"
+    assert top_finding.treatment["cured"] is True and top_finding.treatment["after"]["gradient_ratio"] == pytest.approx(1.0)

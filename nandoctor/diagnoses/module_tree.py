@@ -64,12 +64,16 @@ MIN_ZERO_STEPS = 10   # a gradient must stay exactly zero for at least this many
 def zero_grad_layers(ev: Evidence) -> list[dict]:
     """Layers (with trainable parameters) whose gradient norm was exactly 0 at every step of the overfit probe.
 
-    Not reported when some ReLU layer is dead: that is the likelier reason (``dead-relu``).
+    Not reported when some ReLU layer is dead, or the output layer is a ReLU: those are the likelier
+    reasons (``dead-relu``, ``bounded-output-activation``).
     """
     from nandoctor.diagnoses import REGISTRY
     r = ev.ok("overfit")
     rec = r.data.get("recorder") if r is not None else None
     if rec is None or ("dead-relu" in REGISTRY and REGISTRY["dead-relu"].check(ev) is not None):
+        return []
+    output = rec.call_order[-1] if getattr(rec, "call_order", None) else None
+    if output is not None and rec.layer_types.get(output) in ("ReLU", "ReLU6"):
         return []
     out = []
     for name, norms in rec.grad_norms.items():

@@ -33,7 +33,8 @@ class MissingZeroGrad(OptionalExplains):
 
     ## Evidence
     The ratio `<g2, g1> / <g1, g1>` and the cosine between the two gradients, both gradient norms;
-    the cure tried on a copy (the same step with `zero_grad()` first) and its loss curve.
+    the cure tried on a copy (the same step with `zero_grad()` first): cured when the ratio falls
+    back to 1 and the batch is memorised; its loss curve beside the untreated one.
 
     ## Fix
     `optimizer.zero_grad()` at the top of the step. For deliberate gradient accumulation over k
@@ -57,12 +58,24 @@ class MissingZeroGrad(OptionalExplains):
                                   f"{acc['ratio']:.2f}x the first (zero_grad() missing)")
 
     def treat(self, ctx, finding):
+        from nandoctor.probes.overfit import memorised
+        from nandoctor.probes.structure import accumulation_of
         from nandoctor.treatments.rewire import cure, zero_grad_first
         if ctx.patient.train_step is None:
             return None
         variant = ctx.patient.variant("optimizer.zero_grad() before each step",
                                       train_step=zero_grad_first(ctx.patient.train_step))
-        return cure(ctx, variant, "called optimizer.zero_grad() before each step", code=self.code)
+        record = cure(ctx, variant, "called optimizer.zero_grad() before each step", code=self.code)
+        # cured: the gradients no longer accumulate, and the treated run trains
+        after = accumulation_of(variant)
+        record["before"]["gradient_ratio"] = finding.evidence.get("ratio")
+        record["after"]["gradient_ratio"] = after.get("ratio") if after else None
+        a = record["after"]
+        trains = a.get("error") is None and a.get("nonfinite_step") is None and \
+            memorised(a.get("initial_loss"), a.get("tail_loss"), a.get("accuracy"))
+        ratio = record["after"]["gradient_ratio"]
+        record["cured"] = bool(trains and ratio is not None and ratio < self.thresholds["accumulated_ratio"])
+        return record
 
 
 class PoolStrideGtKernel(Diagnosis):

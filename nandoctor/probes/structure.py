@@ -270,6 +270,16 @@ class Structure(Probe):
         return self.result(metrics=metrics)  # the traces hold gradient copies: not kept
 
 
+def accumulation_of(patient) -> dict | None:
+    """The gradient ratio of two identical calls of ``patient``'s step on a fresh model (for cures)."""
+    model = patient.new_model()
+    params = {id(p): p for p in model.parameters() if p.requires_grad}
+    optimizer = make_still_optimizer(patient, model)
+    batch = patient.fixed_batch()
+    traces = [traced_step(patient, model, optimizer, batch, params) for _ in range(TRACED_STEPS)]
+    return accumulation(traces, set(params))
+
+
 def call_drift(model: nn.Module, batch) -> float | None:
     """Relative change of the model's output between two eval-mode calls on the same inputs (0 when deterministic)."""
     try:
