@@ -121,6 +121,7 @@ def test_all_frozen_model_ranks_no_trainable_params_above_the_crash():
     report = battery(make_patient(model=all_frozen), probes=PROBES)
     assert codes(report)[0] == "no-trainable-params"
     assert "training-crashed" in codes(report)
+    assert report.findings[0].treatment["cured"] is True
 
 
 def test_detached_body_gets_no_gradient():

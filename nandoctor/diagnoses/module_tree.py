@@ -272,7 +272,8 @@ class NoTrainableParams(OptionalExplains):
 
     ## Fix
     `requires_grad_(True)` on what should learn; keep the whole computation in torch with autograd
-    on; call `optimizer.zero_grad()` at the start of the step.
+    on; call `optimizer.zero_grad()` at the start of the step. For a frozen model the cure tried on
+    a copy makes every parameter trainable.
 
     ## Known false positives
     Deliberate fine-tuning of a small head on a frozen backbone is only reported when the set-up
@@ -311,7 +312,7 @@ class NoTrainableParams(OptionalExplains):
         share = (m.get("trainable_parameters") or 0) / max(1, m.get("parameters") or 1)
         if share < self.thresholds["tiny_trainable_share"] and not_memorised(ev):
             return self.finding(0.7, {"trainable_values": m.get("trainable_parameters"),
-                                      "values": m.get("parameters"), "trainable_share": share},
+                                      "values": m.get("parameters"), "trainable_share": share, "frozen": True},
                                 severity="warning",
                                 title=f"Only {share:.2%} of the model's values are trainable and it cannot fit one batch")
         # 6. layers forward() never calls
@@ -327,8 +328,16 @@ class NoTrainableParams(OptionalExplains):
                     "step_error": m.get("step_error"), "optimizer_error": m.get("optimizer_error")}
         if not m.get("parameters"):
             return self.finding(0.95, evidence, title="The model has no parameters at all")
+        evidence["frozen"] = True
         return self.finding(0.97, evidence,
                             title=f"Every one of the model's {m['parameters']} values is frozen (requires_grad=False)")
+
+    def treat(self, ctx, finding):
+        from nandoctor.treatments.rewire import cure, unfrozen
+        if not finding.evidence.get("frozen"):
+            return None  # detached graphs and dead code have no generic cure
+        variant = ctx.patient.variant("every parameter trainable", model_factory=unfrozen(ctx.patient.model_factory))
+        return cure(ctx, variant, "set requires_grad=True on every parameter", code=self.code)
 
     def _no_gradients(self, m: dict):
         evidence = {"trainable_parameters": m.get("trainable_parameters"),

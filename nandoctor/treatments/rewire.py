@@ -49,6 +49,16 @@ def add_missing_params(model: nn.Module, optimizer: torch.optim.Optimizer) -> No
         optimizer.add_param_group({"params": missing})
 
 
+def unfrozen(factory: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
+    """A model factory that makes every parameter of the user's model trainable."""
+    def build() -> nn.Module:
+        model = factory()
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    return build
+
+
 def keep_first_instance(patient) -> Callable[[], nn.Module]:
     """A model factory whose ``forward()`` reuses the first layer it assigned to ``self`` instead of a new one.
 
