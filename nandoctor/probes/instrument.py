@@ -22,6 +22,7 @@ from torch import nn
 RELU_LIKE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.PReLU)
 BOUNDED = (nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Hardsigmoid, nn.Softmax)
 SATURATION_MARGIN = 0.01   # within 1% of a bound counts as saturated (sigmoid < 0.01 or > 0.99)
+INACTIVE_BELOW = 0.01      # a ReLU unit active on fewer than 1% of the positions of a call counts as dead (SageMaker)
 
 
 def _finite(t) -> bool:
@@ -73,10 +74,13 @@ class Recorder:
     nonfinite_grad: dict | None = None
     grads_none: set[str] = field(default_factory=set)
     grads_seen: set[str] = field(default_factory=set)
+    dead_per_call: dict[str, list[float]] = field(default_factory=dict)  # ReLU family: share of dead units, per call
+    call_order: list[str] = field(default_factory=list)  # leaf modules in the order of their first call
 
     def __post_init__(self):
         self._handles = []
         self._before: dict[str, torch.Tensor] = {}
+        self._called: set[str] = set()
         self.layers = {name: m for name, m in self.model.named_modules()
                        if any(True for _ in m.parameters(recurse=False))}
         for name, m in self.model.named_modules():
@@ -90,8 +94,12 @@ class Recorder:
             out = _first_tensor(output)
             if out is None or not out.is_floating_point():
                 return
+            if name not in self._called:
+                self._called.add(name)
+                self.call_order.append(name)
             with torch.no_grad():
-                if self.nonfinite_forward is None and not _finite(out):
+                finite = _finite(out)
+                if self.nonfinite_forward is None and not finite:
                     inp = _first_tensor(inputs)
                     if inp is None or _finite(inp):
                         self.nonfinite_forward = {"module": name, "type": type(mod).__name__, "step": self.step,
@@ -103,9 +111,13 @@ class Recorder:
                 self.act_mean.setdefault(name, []).append(float(o.float().mean()))
                 self.act_std.setdefault(name, []).append(float(o.float().std()) if o.numel() > 1 else 0.0)
                 if isinstance(mod, RELU_LIKE) and o.dim() >= 2:
-                    units = (o > 0).transpose(0, 1).reshape(o.shape[1], -1).any(dim=1)
+                    positive = (o > 0).transpose(0, 1).reshape(o.shape[1], -1)  # [units, positions]
+                    units = positive.any(dim=1)
                     prev = self.ever_active.get(name)
                     self.ever_active[name] = units if prev is None or prev.shape != units.shape else prev | units
+                    if finite:
+                        share = positive.float().mean(dim=1)
+                        self.dead_per_call.setdefault(name, []).append(float((share < INACTIVE_BELOW).float().mean()))
                 elif isinstance(mod, BOUNDED):
                     lo, hi = (-1.0, 1.0) if isinstance(mod, (nn.Tanh, nn.Hardtanh)) else (0.0, 1.0)
                     margin = SATURATION_MARGIN * (hi - lo)

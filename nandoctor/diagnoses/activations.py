@@ -1,0 +1,178 @@
+"""Activation health from the overfit probe's forward hooks: dead ReLUs, saturated sigmoid/tanh.
+
+Both read the overfit probe's ``Recorder``: per call of each activation module, the
+share of its units that were dead (ReLU family) or of its outputs pinned at a bound
+(sigmoid/tanh). The model's output layer is left to the output/loss diagnoses
+(``bounded-output-activation``), and the softmax is never judged here.
+"""
+
+from __future__ import annotations
+
+from statistics import fmean
+
+from nandoctor.diagnoses.module_tree import OptionalExplains, installed, not_memorised
+from nandoctor.probes.instrument import INACTIVE_BELOW, SATURATION_MARGIN
+from nandoctor.records import Evidence
+
+DEAD_TYPES = ("ReLU", "ReLU6")            # units that can die for good (leaky variants cannot)
+SATURATING_TYPES = ("Sigmoid", "Tanh", "Hardtanh", "Hardsigmoid")
+ACTIVATION_SYMPTOMS = ("cannot-overfit-batch",)
+LATER_SYMPTOMS = ("vanishing-gradients",)   # explained too, once that diagnosis is installed
+
+
+def window(series: list[float], share: float, last: bool) -> float | None:
+    """Mean of the first or last ``share`` of a per-call series (at least one call); None when empty."""
+    if not series:
+        return None
+    k = max(1, int(len(series) * share))
+    return fmean(series[-k:] if last else series[:k])
+
+
+def recorder_of(ev: Evidence):
+    r = ev.ok("overfit")
+    return (r, r.data.get("recorder")) if r is not None else (None, None)
+
+
+def output_layer(rec) -> str | None:
+    return rec.call_order[-1] if getattr(rec, "call_order", None) else None
+
+
+class DeadRelu(OptionalExplains):
+    code = "dead-relu"
+    title = "Most units of a ReLU layer never activate"
+    severity = "warning"
+    role = "cause"
+    requires = ("overfit",)
+    explains = ACTIVATION_SYMPTOMS
+    optional_explains = LATER_SYMPTOMS
+    thresholds = {"layer_dead_share": 0.5,       # SageMaker Debugger's threshold_layer: 50% of a layer's units dead
+                  "inactive_below": INACTIVE_BELOW,  # a unit is dead when active on < 1% of the positions of a call
+                  "window": 0.2,                 # judged on the last 20% of the probe's forward calls
+                  "critical_dead_share": 0.9}    # critical when >= 90% dead from init and the batch is not memorised
+    fix = ("Lower the learning rate, initialise with He/Kaiming (nn.init.kaiming_normal_) and zero or small "
+           "positive biases, normalise the inputs, or use LeakyReLU/GELU instead of ReLU.")
+    doc = """
+    ## What it detects
+    ReLU (and ReLU6) layers, other than the model's output layer, in which at least half the units
+    are dead over the last 20% of the overfit probe: a unit (a feature, or a channel for
+    convolutions) counts as dead in a forward call when it is positive on fewer than 1% of the
+    positions of the batch. These are SageMaker Debugger's `DeadRelu` defaults.
+
+    ## Why it breaks training
+    A dead ReLU outputs zero and passes back zero gradient, so nothing upstream of it learns through
+    it and it never recovers. With most of a layer dead the network loses capacity; with all of it
+    dead the output no longer depends on the input.
+
+    ## Evidence
+    Per flagged layer: the dead share at the end of the probe and at its first call (dead from
+    initialisation points to the init or the input scale: a cause; dying during the probe points
+    to a learning rate too high, and the finding is then a lower-confidence warning reported as a
+    symptom), and the number of forward calls recorded.
+
+    ## Fix
+    He/Kaiming initialisation and biases >= 0; normalised inputs; a lower learning rate; LeakyReLU,
+    ELU or GELU, which cannot die.
+
+    ## Known false positives
+    A `nn.ReLU` module reused at several places of forward() mixes their statistics; ReLUs called as
+    functions (`F.relu`, `torch.relu`) are not seen. Very sparse inputs (one-hot, bag-of-words) can
+    leave many units legitimately inactive on one small batch.
+    """
+
+    def check(self, ev: Evidence):
+        r, rec = recorder_of(ev)
+        if rec is None:
+            return None
+        out_layer = output_layer(rec)
+        share, start = self.thresholds["window"], self.thresholds["layer_dead_share"]
+        flagged = []
+        for name, series in getattr(rec, "dead_per_call", {}).items():
+            if rec.layer_types.get(name) not in DEAD_TYPES or name == out_layer:
+                continue
+            late = window(series, share, last=True)
+            if late is not None and late >= start:
+                flagged.append({"layer": name, "dead_share": late, "dead_share_at_init": series[0],
+                                "calls": len(series)})
+        if not flagged:
+            return None
+        flagged.sort(key=lambda f: -f["dead_share"])
+        worst = flagged[0]
+        at_init = worst["dead_share_at_init"] >= start
+        severity = "critical" if at_init and worst["dead_share"] >= self.thresholds["critical_dead_share"] \
+            and not_memorised(ev) else "warning"
+        confidence = (0.6 + 0.35 * (worst["dead_share"] - start) / (1 - start)) * (1.0 if at_init else 0.6)
+        finding = self.finding(confidence, {"layers": flagged, "output_layer_skipped": out_layer},
+                               severity=severity, plots=r.plots,
+                               title=f"{worst['dead_share']:.0%} of the units of ReLU layer `{worst['layer']}` are dead "
+                                     f"({'from initialisation' if at_init else 'they died during training'})")
+        if at_init:  # dead from the first call: the init is the mechanism, this names the layer
+            finding.explains = installed(finding.explains + ("bad-init",))
+        else:  # dying during training is usually the learning rate's doing: a symptom
+            finding.role, finding.explains = "symptom", ()
+        return finding
+
+
+class SaturatedActivation(OptionalExplains):
+    code = "saturated-activation"
+    title = "Sigmoid/tanh units are pinned at their bounds"
+    severity = "warning"
+    role = "cause"
+    requires = ("overfit",)
+    explains = ACTIVATION_SYMPTOMS
+    optional_explains = LATER_SYMPTOMS
+    thresholds = {"layer_saturated_share": 0.5,   # SageMaker's threshold_layer: 50% of a layer's outputs saturated
+                  "margin": SATURATION_MARGIN,     # within 1% of the range from a bound (sigmoid < 0.01 or > 0.99)
+                  "window": 0.2}                   # judged on the first 20% of the calls (and the last 20% if stuck)
+    fix = ("Normalise the inputs, use Xavier/Glorot initialisation for sigmoid/tanh layers (or smaller weights), "
+           "add normalisation before the activation, or switch hidden activations to ReLU/GELU.")
+    doc = """
+    ## What it detects
+    Sigmoid, tanh, hardtanh or hardsigmoid layers (not the model's output layer, not softmax) where
+    at least half the outputs lie within 1% of the range from a bound (sigmoid below 0.01 or above
+    0.99, tanh beyond ±0.98) during the first 20% of the overfit probe; or during its last 20%
+    when the batch was not memorised.
+
+    ## Why it breaks training
+    The derivative of a saturated sigmoid/tanh is nearly zero: gradients through that layer vanish,
+    the layers before it stop learning, and the layer itself is stuck at its bounds.
+
+    ## Evidence
+    Per flagged layer: the saturated share at the start and at the end of the probe, and the calls
+    recorded.
+
+    ## Fix
+    Inputs at unit scale; Xavier/Glorot initialisation (`nn.init.xavier_uniform_`) or smaller init
+    weights; BatchNorm/LayerNorm before the activation; a lower learning rate when it saturates
+    during training; ReLU-family hidden activations.
+
+    ## Known false positives
+    Gates meant to be near 0 or 1 (LSTM-style gating, attention masks); an activation module reused
+    at several places mixes their statistics; a memorised batch can legitimately push hidden units
+    to their bounds late in the probe (only reported then when the batch was not memorised).
+    """
+
+    def check(self, ev: Evidence):
+        r, rec = recorder_of(ev)
+        if rec is None:
+            return None
+        out_layer = output_layer(rec)
+        share, limit = self.thresholds["window"], self.thresholds["layer_saturated_share"]
+        stuck = not_memorised(ev)
+        flagged = []
+        for name, series in rec.saturated.items():
+            if rec.layer_types.get(name) not in SATURATING_TYPES or name == out_layer:
+                continue
+            early, late = window(series, share, last=False), window(series, share, last=True)
+            if (early is not None and early >= limit) or (stuck and late is not None and late >= limit):
+                flagged.append({"layer": name, "type": rec.layer_types.get(name), "saturated_at_start": early,
+                                "saturated_at_end": late, "calls": len(series)})
+        if not flagged:
+            return None
+        flagged.sort(key=lambda f: -max(f["saturated_at_start"] or 0, f["saturated_at_end"] or 0))
+        worst = flagged[0]
+        peak = max(worst["saturated_at_start"] or 0, worst["saturated_at_end"] or 0)
+        confidence = (0.85 if (worst["saturated_at_start"] or 0) >= limit else 0.7) * (0.8 + 0.2 * peak)
+        return self.finding(confidence, {"layers": flagged, "output_layer_skipped": out_layer},
+                            severity="critical" if peak >= 0.9 and stuck else "warning", plots=r.plots,
+                            title=f"{peak:.0%} of the outputs of {worst['type']} layer `{worst['layer']}` are "
+                                  f"pinned at its bounds")

@@ -1,0 +1,96 @@
+"""nonfinite-source: the op where the first NaN is born, on tiny sick patients."""
+
+import torch
+from torch import nn
+
+from patients import battery, codes, make_patient
+
+PROBES = ["structure", "overfit", "nonfinite"]
+
+
+class SqrtOfLinear(nn.Module):
+    """sqrt of a Linear output: NaN for every negative pre-activation, at step 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(10, 32), nn.Linear(32, 3)
+
+    def forward(self, x):
+        return self.fc2(torch.sqrt(self.fc1(x)))
+
+
+class NormOfZeros(nn.Module):
+    """A hand-written |gain| = sqrt(gain * gain) at gain = 0: finite forward, inf * 0 in its backward."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(10, 32), nn.Linear(32, 3)
+        self.gain = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x))) * (1 + torch.sqrt(self.gain * self.gain))
+
+
+class LogInLoss(nn.Module):
+    def forward(self, outputs, targets):
+        return -torch.log(outputs.gather(1, targets[:, None])).mean()
+
+
+def test_forward_birth_names_the_op_and_its_inputs():
+    report = battery(make_patient(model=SqrtOfLinear), probes=PROBES)
+    assert codes(report)[0] == "nonfinite-source"
+    ev = report.findings[0].evidence
+    assert ev["op"] == "torch.sqrt" and ev["phase"] == "forward" and ev["step"] == 0
+    assert ev["input_stats"][0]["min"] < 0 and ev["input_stats"][0]["nan"] == 0
+    assert report.findings[0].severity == "critical"
+
+
+def test_backward_birth_is_named_by_anomaly_detection():
+    report = battery(make_patient(model=NormOfZeros), probes=PROBES)
+    assert codes(report)[0] == "nonfinite-source"
+    ev = report.findings[0].evidence
+    assert ev["phase"] == "backward" and ev["op"].endswith("Backward0")
+    assert ev["where"] and "test_nonfinite.py" in ev["where"]
+
+
+def test_birth_in_the_loss_is_only_a_warning():
+    report = battery(make_patient(loss=LogInLoss()), probes=PROBES)
+    finding = next(f for f in report.findings if f.code == "nonfinite-source")
+    assert finding.severity == "warning" and finding.evidence["born_in_loss"] is True
+
+
+def test_nan_after_divergence_is_a_symptom():
+    report = battery(make_patient(optimizer=torch.optim.SGD, lr=1e4), probes=PROBES)
+    finding = next(f for f in report.findings if f.code == "nonfinite-source")
+    assert finding.role == "symptom" and finding.evidence["after_divergence"] is True
+    assert codes(report)[0] != "nonfinite-source"
+
+
+def test_finite_run_triggers_nothing():
+    report = battery(make_patient(), probes=PROBES)
+    assert report.probes["nonfinite"].metrics == {"triggered": False}
+    assert "nonfinite-source" not in codes(report)
+
+
+def test_overflow_of_huge_inputs_is_not_blamed_on_the_op():
+    from types import SimpleNamespace
+
+    from nandoctor.diagnoses import get
+    from nandoctor.records import Evidence, ProbeResult
+    rec = SimpleNamespace(nonfinite_forward={"module": "0", "type": "Linear", "step": 0}, nonfinite_grad=None)
+    run = SimpleNamespace(losses=[float("inf")], nonfinite_step=0)
+    birth = {"op": "torch.nn.functional.linear", "module": "0", "phase": "forward", "in_model": True,
+             "inputs": [{"min": -3e30, "max": 5e30, "nan": 0, "inf": 0}], "output": {"nan": 0, "inf": 12}}
+    ev = Evidence({"overfit": ProbeResult(name="overfit", data={"run": run, "recorder": rec}),
+                   "nonfinite": ProbeResult(name="nonfinite", metrics={"triggered": True, "birth": birth, "step": 0})})
+    finding = get("nonfinite-source").check(ev)
+    assert finding.severity == "warning" and finding.evidence["overflow_of_huge_inputs"] is True
+
+
+def test_nan_that_comes_with_the_data_is_left_to_the_data_diagnoses():
+    from patients import blobs
+    data = blobs()
+    data.tensors[0][:, 2] = float("nan")
+    report = battery(make_patient(data=data), probes=PROBES)
+    assert report.probes["nonfinite"].metrics["birth"]["phase"] == "inputs"
+    assert "nonfinite-source" not in codes(report)
