@@ -14,8 +14,10 @@ The suggestion rules (each takes the smoothed curve up to the divergence point):
 - ``minimum_tenth``: one tenth of the LR at the lowest loss (fastai's ``minimum``
   rule): the lowest point is already near the edge of stability.
 
-The recommendation is the geometric median of the rules that answered, capped
-below the divergence point.
+The recommendation is the valley (fastai found it the best default; it sits between
+the cautious steepest point and the edge-of-stability minimum), else the geometric
+median of the rules that answered; always capped below the divergence point. The
+spread of the rules (in decades) is reported beside it.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ DIVERGE_WARMUP = 3          # points ignored by the divergence test (the EMA is 
 MIN_DECREASE = 0.05         # the loss must fall by 5% of its initial value for the curve to be usable
 USEFUL_DROP_SHARE = 0.1     # the useful range starts where 10% of the total decrease has happened
 DIVERGENCE_MARGIN = 3.0     # the recommendation stays at least 3x below the divergence LR
+SKIP_START_SHARE = 0.05    # the first 5% of the points (at least DIVERGE_WARMUP) are left out of the rules:
+                           # the average is still settling and one batch weighs too much
 EDGE_POINTS = 1             # points dropped at each end before taking a gradient (one-sided differences)
 
 
@@ -107,22 +111,25 @@ def steepest(lrs: Sequence[float], losses: Sequence[float]) -> float | None:
 
 
 def valley(lrs: Sequence[float], losses: Sequence[float]) -> float | None:
-    """The middle of the longest decreasing run of the loss (longest decreasing subsequence); None if too short."""
+    """The middle (on a log-LR axis) of the valley: from where the loss leaves its plateau to its lowest point.
+
+    The plateau ends at the last point, before the minimum, where the loss is still above
+    ``USEFUL_DROP_SHARE`` of the way down; the valley's middle is the geometric mean of that
+    LR and the LR of the minimum. (fastai's ``valley`` takes the longest decreasing
+    subsequence instead, which batch noise on the plateau stretches to the left.)
+    None with too few finite points or no decrease.
+    """
     lr, y = _finite_pairs(lrs, losses)
-    n = len(y)
-    if n < MIN_POINTS:
+    if len(y) < MIN_POINTS:
         return None
-    # 1. longest decreasing subsequence ending at each point, O(n^2) over <= a few hundred points
-    length, start = [1] * n, list(range(n))
-    for i in range(1, n):
-        for j in range(i):
-            if y[i] < y[j] and length[j] + 1 > length[i]:
-                length[i], start[i] = length[j] + 1, start[j]
-    end = max(range(n), key=lambda i: (length[i], -i))
-    if length[end] < 3:
-        return None  # no valley: the loss never keeps decreasing
-    # 2. the middle of the valley, in index (= log-LR) terms
-    return float(lr[(start[end] + end) // 2])
+    low = int(np.argmin(y))
+    initial, best = float(np.mean(y[:min(3, low + 1)])), float(y[low])
+    if initial - best <= MIN_DECREASE * max(abs(initial), 1e-12):
+        return None  # no valley: the loss never falls
+    start = useful_low(lr[:low + 1], y[:low + 1], initial, best)
+    if start is None:
+        return None
+    return float(math.sqrt(start * lr[low]))
 
 
 def minimum_tenth(lrs: Sequence[float], losses: Sequence[float]) -> float | None:
@@ -197,7 +204,8 @@ def read_sweep(lrs: Sequence[float], raw: Sequence[float], beta: float = SMOOTH_
     if idx is not None:
         reading.divergence_index, reading.divergence_kind = idx, kind
         reading.divergence_lr = float(lrs[idx])
-    lr_f, y_f = _finite_pairs(list(lrs)[:idx], sm[:idx])  # idx None: the whole curve
+    skip = max(DIVERGE_WARMUP, int(SKIP_START_SHARE * len(raw)))
+    lr_f, y_f = _finite_pairs(list(lrs)[skip:idx], sm[skip:idx])  # idx None: to the end
     # 2. not enough curve to read: say why
     if len(y_f) < MIN_POINTS:
         reading.reason = ("the loss diverges at the lowest learning rates of the sweep: lower --min-lr, or look for "
@@ -211,13 +219,13 @@ def read_sweep(lrs: Sequence[float], raw: Sequence[float], beta: float = SMOOTH_
         reading.reason = "the loss never decreases over the sweep: no learning rate in the range trains this set-up"
         return reading
     reading.useful_low = useful_low(lr_f, y_f, reading.initial_loss, reading.best_loss)
-    # 3. every rule, then the geometric median of those that answered, kept below the divergence
+    # 3. every rule, then the valley (else the geometric median of the others), kept below the divergence
     reading.suggestions = {name: rule(lr_f, y_f) for name, rule in RULES.items()}
     answered = [v for v in reading.suggestions.values() if v is not None]
     if not answered:
         reading.reason = "no rule found a decreasing stretch of the loss"
         return reading
-    suggestion = geometric_median(answered)
+    suggestion = reading.suggestions["valley"] or geometric_median(answered)
     if reading.divergence_lr is not None:
         suggestion = min(suggestion, reading.divergence_lr / DIVERGENCE_MARGIN)
     reading.suggested_lr = float(suggestion)
