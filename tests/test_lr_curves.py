@@ -118,3 +118,14 @@ def test_geometric_median():
     assert curves.geometric_median([1e-3, 1e-2, 1e-1]) == pytest.approx(1e-2)
     assert curves.geometric_median([1e-4, 1e-2]) == pytest.approx(1e-3)
     assert curves.geometric_median([]) is None
+
+
+def test_schedule_is_exponential_and_speeds_up_to_beat_its_deadline():
+    import time
+
+    from nandoctor.probes.lr_sweep import Schedule
+
+    plain = list(Schedule(1e-7, 10.0, 50))
+    assert len(plain) == 50 and plain[0] == pytest.approx(1e-7) and plain[-1] == pytest.approx(10.0)
+    late = list(Schedule(1e-7, 10.0, 50, deadline=time.perf_counter() - 1.0))
+    assert len(late) <= 2 and late[-1] == pytest.approx(10.0)   # out of time: the whole range anyway

@@ -142,7 +142,8 @@ def test_healthy_patients_get_no_lr_finding_and_no_critical():
 
 # --- the diagnoses on hand-built evidence (nothing trains) ---------------------------------
 def sweep_evidence(user_lr, suggested=1e-2, divergence=1.0, user_drop=0.5, sugg_drop=0.9, overfit=None):
-    check = {"user": {"lr": user_lr, "relative_drop": user_drop, "nonfinite_step": None, "steps": 20},
+    check = {"user": {"lr": user_lr, "relative_drop": user_drop, "steps": 20,
+                      "nonfinite_step": 3 if user_drop is None else None},
              "suggested": {"lr": suggested, "relative_drop": sugg_drop, "nonfinite_step": None, "steps": 20}}
     ev = Evidence({"lr_sweep": ProbeResult(name="lr_sweep", metrics={
         "user_lr": user_lr, "suggested_lr": suggested, "divergence_lr": divergence, "divergence_kind": "rising",

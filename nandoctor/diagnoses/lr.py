@@ -23,9 +23,14 @@ def check_runs(metrics: dict) -> tuple[dict | None, dict | None]:
     return check.get("user"), check.get("suggested")
 
 
+def blew_up(run: dict | None) -> bool:
+    """The check run went non-finite or the user's code raised in it."""
+    return run is not None and (run.get("nonfinite_step") is not None or bool(run.get("error")))
+
+
 def drop(run: dict | None) -> float | None:
-    """A check run's relative drop of the loss (None when it went non-finite or raised)."""
-    if run is None or run.get("nonfinite_step") is not None or run.get("error"):
+    """A check run's relative drop of the loss (None when it blew up or could not be measured)."""
+    if run is None or blew_up(run):
         return None
     return run.get("relative_drop")
 
@@ -121,7 +126,7 @@ class LRTooHigh(LRDiagnosis):
         if user is None or suggested is None:
             return None
         user_drop, sugg_drop = drop(user), drop(suggested)
-        user_fails = user_drop is None or user_drop < self.thresholds["fails_below_drop"]
+        user_fails = blew_up(user) or (user_drop is not None and user_drop < self.thresholds["fails_below_drop"])
         sugg_trains = sugg_drop is not None and sugg_drop >= self.thresholds["trains_above_drop"]
         return user_fails and sugg_trains
 

@@ -12,6 +12,7 @@ global RNG state is restored afterwards. The same seed gives the same sweep.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -43,7 +44,7 @@ class Sweep:
 
     lrs: list[float] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
-    stopped: str = "done"          # done | diverged | deadline | error | bad-data
+    stopped: str = "done"          # done | diverged | error | bad-data
     error: dict | None = None      # the user's exception, when their code raised
     skipped_batches: int = 0       # batches with NaN/Inf inputs or targets, not trained on
     planned: int = 0
@@ -81,20 +82,43 @@ def _batches(patient):
             return
 
 
+class Schedule:
+    """Exponential LRs from ``min_lr`` to ``max_lr`` in ``steps`` points, that speed up to beat a deadline.
+
+    Without a deadline it is the plain schedule. With one, each LR is set by the larger of the
+    step fraction and the time fraction, so a machine slower than planned still sweeps the
+    whole range (with fewer points) instead of stopping half-way at tiny LRs.
+    """
+
+    def __init__(self, min_lr: float, max_lr: float, steps: int, deadline: float | None = None):
+        self.lo, self.span, self.steps = math.log(min_lr), math.log(max_lr / min_lr), max(2, steps)
+        self.start, self.deadline = time.perf_counter(), deadline
+
+    def __iter__(self):
+        i = 0
+        while True:
+            frac = i / (self.steps - 1)
+            if self.deadline is not None:
+                frac = max(frac, (time.perf_counter() - self.start) / max(self.deadline - self.start, 1e-9))
+            yield math.exp(self.lo + min(frac, 1.0) * self.span)
+            if frac >= 1.0:
+                return
+            i += 1
+
+
 def sweep(patient, min_lr: float = DEFAULT_MIN_LR, max_lr: float = DEFAULT_MAX_LR, steps: int = MAX_STEPS, *,
           deadline: float | None = None, progress: Callable[[int], None] | None = None) -> Sweep:
     """Run the LR range test on a fresh model and return the raw curve. Leaves the RNG state as it found it."""
     out = Sweep(planned=steps)
-    schedule = curves.exp_schedule(min_lr, max_lr, steps)
     start = time.perf_counter()
     with preserved_rng():
         # 1. a fresh model, the user's optimizer, a seeded stream of the user's batches
         torch.manual_seed(patient.seed)
         model = patient.new_model()
-        optimizer = patient.make_optimizer(model, lr=schedule[0] if schedule else min_lr)
+        optimizer = patient.make_optimizer(model, lr=min_lr)
         stream, watch = _batches(patient), curves.DivergenceWatch()
-        # 2. one step per LR; stop at divergence, at the deadline, or when the user's code raises
-        for lr in schedule:
+        # 2. one step per LR; stop at divergence, at max_lr, or when the user's code raises
+        for lr in Schedule(min_lr, max_lr, steps, deadline):
             batch = _next_finite(stream, out)
             if batch is None:
                 out.stopped = "bad-data"
@@ -114,9 +138,6 @@ def sweep(patient, min_lr: float = DEFAULT_MIN_LR, max_lr: float = DEFAULT_MAX_L
                 progress(1)
             if watch.add(value) is not None:
                 out.stopped = "diverged"
-                break
-            if deadline is not None and time.perf_counter() > deadline and len(out.losses) >= 2:
-                out.stopped = "deadline"
                 break
     out.seconds = time.perf_counter() - start
     return out
@@ -199,8 +220,10 @@ def check_lrs(patient, lrs: dict[str, float], steps: int, deadline: float | None
     """Short constant-LR runs from the same fresh init on the same batches, one per named LR, each
     measured against a run at LR 0 (the untrained model's loss on those batches)."""
     baseline = _constant_lr_run(patient, 0.0, steps, deadline)
-    return {label: {"lr": lr, **run_summary(_constant_lr_run(patient, lr, steps, deadline), baseline)}
-            for label, lr in lrs.items()}
+    runs = {label: _constant_lr_run(patient, lr, steps, deadline) for label, lr in lrs.items()}
+    if any(r.stopped == "deadline" and r.steps < CHECK_MIN_STEPS for r in [baseline, *runs.values()]):
+        return {}  # cut short by the clock: no verdict is better than a wrong one
+    return {label: {"lr": lrs[label], **run_summary(run, baseline)} for label, run in runs.items()}
 
 
 def worth_checking(user_lr: float | None, suggested_lr: float | None) -> bool:
@@ -211,9 +234,12 @@ def worth_checking(user_lr: float | None, suggested_lr: float | None) -> bool:
     return ratio >= CHECK_RATIO or ratio <= 1 / CHECK_RATIO
 
 
-def time_for(ctx: ProbeContext, steps: int) -> bool:
-    """Whether ``steps`` more training steps fit before the probe's deadline."""
-    return ctx.time_left() > steps * ctx.step_time * STEP_COST
+def fit_check(ctx: ProbeContext, planned: int, run: Sweep) -> int:
+    """Steps per check run that fit the time left, at the step time the sweep just measured; 0: skip the check."""
+    per_step = run.seconds / max(1, len(run.losses)) if run.losses else ctx.step_time * STEP_COST
+    fit = int(ctx.time_left() / max(3 * per_step, 1e-9))
+    steps = min(planned, fit)
+    return steps if steps >= CHECK_MIN_STEPS else 0
 
 
 def plan_steps(ctx: ProbeContext, requested: int | None) -> tuple[int, int]:
@@ -239,7 +265,8 @@ class LRSweep(Probe):
         steps, check_steps = plan_steps(ctx, int(opts["steps"]) if opts.get("steps") else None)
         ctx.progress(0, steps + 3 * check_steps)
         # 2. sweep and read the curve
-        run = sweep(patient, min_lr, max_lr, steps, deadline=ctx.deadline, progress=lambda n: ctx.progress(n, None))
+        sweep_until = ctx.started + ctx.seconds * (1 - CHECK_SHARE if check_steps else 1.0)
+        run = sweep(patient, min_lr, max_lr, steps, deadline=sweep_until, progress=lambda n: ctx.progress(n, None))
         if run.error and not run.losses:
             return self.result(status="failed", error={**run.error, "phase": "LR sweep"})
         reading = curves.read_sweep(run.lrs, run.losses)
@@ -249,7 +276,8 @@ class LRSweep(Probe):
                                       "message": run.error.get("message")}
         # 3. the user's LR against the suggestion: two short runs from the same init
         check = {}
-        if check_steps and worth_checking(patient.lr, reading.suggested_lr) and time_for(ctx, 3 * check_steps):
+        check_steps = fit_check(ctx, check_steps, run)
+        if check_steps and worth_checking(patient.lr, reading.suggested_lr):
             check = check_lrs(patient, {"user": patient.lr, "suggested": reading.suggested_lr}, check_steps,
                               deadline=ctx.deadline)
             metrics["check"] = {k: {m: v for m, v in c.items() if m != "losses"} for k, c in check.items()}
