@@ -39,7 +39,8 @@ log = logging.getLogger("bench_lr_sweep")
 MIN_LR, MAX_LR = 1e-7, 10.0   # the sweep range, both tools
 ITERATIONS = 100              # sweep iterations, both tools (pytorch-lr-finder's default)
 REPEATS = 5                   # timing repeats, alternating the tools; the median counts
-TRAIN_STEPS = 100             # the fixed short training at each suggested LR
+TRAIN_STEPS = 150             # the fixed short training at each suggested LR
+JUDGE_ORDERS = 5              # ... repeated over this many data orders, the mean loss counts
 SEED = 0
 
 
@@ -59,11 +60,12 @@ def images(n=256, channels=3, classes=4) -> TensorDataset:
 
 
 def regression(n=512, features=8) -> TensorDataset:
-    """A linear trend plus a smooth non-linearity, targets [N, 1] (learnable by a small MLP in ~100 steps)."""
+    """A linear trend plus a smooth non-linearity; targets [N, 1], standardised as regression targets should be."""
     gen = torch.Generator().manual_seed(SEED)
     w, v = torch.randn(features, 1, generator=gen), torch.randn(features, 1, generator=gen)
     x = torch.randn(n, features, generator=gen)
-    return TensorDataset(x, x @ w + torch.sin(x @ v) + 0.1 * torch.randn(n, 1, generator=gen))
+    y = x @ w + torch.sin(x @ v) + 0.1 * torch.randn(n, 1, generator=gen)
+    return TensorDataset(x, (y - y.mean()) / y.std())
 
 
 def mlp(i=20, h=64, o=3) -> nn.Module:
@@ -102,30 +104,30 @@ def patient_of(task: Task) -> Patient:
 
 
 # --- the two tools ---------------------------------------------------------------------
-def ours(task: Task) -> tuple[float, float | None]:
-    """(seconds, suggested LR): a fresh model from the factory, our sweep and our reading."""
+def ours(task: Task) -> tuple[float, float | None, int]:
+    """(seconds, suggested LR, iterations run): a fresh model from the factory, our sweep and our reading."""
     t0 = time.perf_counter()
     run = sweep(patient_of(task), MIN_LR, MAX_LR, ITERATIONS)
     reading = curves.read_sweep(run.lrs, run.losses)
-    return time.perf_counter() - t0, reading.suggested_lr
+    return time.perf_counter() - t0, reading.suggested_lr, len(run.losses)
 
 
-def theirs(task: Task) -> tuple[float, float | None]:
-    """(seconds, suggested LR): pytorch-lr-finder on the same init, loader and range; its steepest-gradient rule."""
+def theirs(task: Task) -> tuple[float, float | None, int]:
+    """(seconds, suggested LR, iterations run): pytorch-lr-finder on the same init, loader and range; its steepest-gradient rule."""
     from torch_lr_finder import LRFinder
 
-    torch.manual_seed(SEED)
-    model = task.model()
     loader = DataLoader(task.data, batch_size=task.batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(SEED))
     t0 = time.perf_counter()
+    torch.manual_seed(SEED)
+    model = task.model()  # inside the clock, as ours builds its fresh model inside it
     optimizer = task.optimizer(model.parameters(), lr=MIN_LR, **task.opt_kwargs)
     finder = LRFinder(model, optimizer, task.loss)
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         finder.range_test(loader, end_lr=MAX_LR, num_iter=ITERATIONS)
         finder.reset()
     seconds = time.perf_counter() - t0
-    return seconds, their_suggestion(finder)
+    return seconds, their_suggestion(finder), len(finder.history["loss"])
 
 
 def their_suggestion(finder) -> float | None:
@@ -146,14 +148,19 @@ def their_suggestion(finder) -> float | None:
 
 # --- the judge: a fixed short training at a suggested LR -------------------------------
 def loss_after_training(task: Task, lr: float | None) -> float:
-    """Training-set loss (eval mode) after TRAIN_STEPS steps at ``lr`` from the shared init; inf when none."""
+    """Mean over JUDGE_ORDERS data orders of the training-set loss (eval mode) after TRAIN_STEPS steps at ``lr``
+    from the shared init; inf when there is no suggestion. One order alone is a noisy judge."""
     if lr is None:
         return math.inf
+    return statistics.fmean(_train_once(task, lr, order) for order in range(JUDGE_ORDERS))
+
+
+def _train_once(task: Task, lr: float, order: int) -> float:
     torch.manual_seed(SEED)
     model = task.model()
     optimizer = task.optimizer(model.parameters(), lr=lr, **task.opt_kwargs)
     loader = DataLoader(task.data, batch_size=task.batch_size, shuffle=True,
-                        generator=torch.Generator().manual_seed(SEED + 1))
+                        generator=torch.Generator().manual_seed(SEED + 1 + order))
     step = 0
     while step < TRAIN_STEPS:
         for x, y in loader:
@@ -172,32 +179,35 @@ def loss_after_training(task: Task, lr: float | None) -> float:
 
 def bench(task: Task) -> dict:
     ours(task), theirs(task)  # warm-up: first-call overheads (imports, allocator) for both
-    ours_t, theirs_t, ours_lr, theirs_lr = [], [], None, None
+    ours_t, theirs_t = [], []
     for _ in range(REPEATS):
-        t, ours_lr = ours(task)
+        t, ours_lr, ours_n = ours(task)
         ours_t.append(t)
-        t, theirs_lr = theirs(task)
+        t, theirs_lr, theirs_n = theirs(task)
         theirs_t.append(t)
     return {"task": task.name, "ours_s": statistics.median(ours_t), "theirs_s": statistics.median(theirs_t),
-            "ours_lr": ours_lr, "theirs_lr": theirs_lr,
+            "ours_n": ours_n, "theirs_n": theirs_n, "ours_lr": ours_lr, "theirs_lr": theirs_lr,
             "ours_loss": loss_after_training(task, ours_lr), "theirs_loss": loss_after_training(task, theirs_lr)}
 
 
 def main() -> int:
     torch.set_num_threads(1)
     rows = [bench(t) for t in TASKS]
-    head = f"{'task':<24}{'ours s':>9}{'lr-finder s':>13}{'time ratio':>12}   {'ours lr':>9}{'their lr':>10}" \
-           f"{'ours loss':>11}{'their loss':>12}  ours as low?"
-    lines = [f"LR sweep vs pytorch-lr-finder: {ITERATIONS} iterations {MIN_LR:g}..{MAX_LR:g}, "
-             f"median of {REPEATS}; loss after {TRAIN_STEPS} steps at each suggestion", head]
+    head = f"{'task':<24}{'ours s':>8}{'theirs s':>9}{'ratio':>7}{'iters':>9}{'per-iter':>9}   " \
+           f"{'ours lr':>8}{'their lr':>9}{'ours loss':>11}{'their loss':>11}  as low?"
+    lines = [f"LR sweep vs pytorch-lr-finder: {ITERATIONS} iterations {MIN_LR:g}..{MAX_LR:g} (each tool stops "
+             f"early at its own divergence test), median of {REPEATS}; judge: mean training loss over "
+             f"{JUDGE_ORDERS} data orders after {TRAIN_STEPS} steps at each suggestion, same init", head]
     ok_time, ok_loss = True, True
     for r in rows:
         ratio = r["ours_s"] / r["theirs_s"]
+        per_iter = (r["ours_s"] / r["ours_n"]) / (r["theirs_s"] / r["theirs_n"])
         as_low = r["ours_loss"] <= r["theirs_loss"] * (1 + 1e-6)
         ok_time, ok_loss = ok_time and ratio <= 1.0, ok_loss and as_low
-        lines.append(f"{r['task']:<24}{r['ours_s']:>9.3f}{r['theirs_s']:>13.3f}{ratio:>12.2f}   "
-                     f"{r['ours_lr'] or float('nan'):>9.2g}{r['theirs_lr'] or float('nan'):>10.2g}"
-                     f"{r['ours_loss']:>11.4g}{r['theirs_loss']:>12.4g}  {'yes' if as_low else 'NO'}")
+        lines.append(f"{r['task']:<24}{r['ours_s']:>8.3f}{r['theirs_s']:>9.3f}{ratio:>7.2f}"
+                     f"{r['ours_n']:>5}/{r['theirs_n']:<3}{per_iter:>9.2f}   "
+                     f"{r['ours_lr'] or float('nan'):>8.2g}{r['theirs_lr'] or float('nan'):>9.2g}"
+                     f"{r['ours_loss']:>11.4g}{r['theirs_loss']:>11.4g}  {'yes' if as_low else 'NO'}")
     lines.append(f"targets: time ratio <= 1.0 on every task: {'met' if ok_time else 'NOT met'}; "
                  f"loss as low on every task: {'met' if ok_loss else 'NOT met'}")
     sys.stdout.write("\n".join(lines) + "\n")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
+from torch.utils.data import TensorDataset
 
 from nandoctor import curves
 from nandoctor.patient import preserved_rng, to_device
@@ -73,6 +74,9 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 def _batches(patient):
     """The user's batches, on the device, re-cycled as needed (the loader is seeded: same order every sweep)."""
+    if type(patient.train_data) is TensorDataset and patient.num_workers == 0:
+        yield from _tensor_batches(patient)
+        return
     while True:
         empty = True
         for batch in patient.loader():
@@ -104,6 +108,18 @@ class Schedule:
             if frac >= 1.0:
                 return
             i += 1
+
+
+def _tensor_batches(patient):
+    """A plain TensorDataset sliced a batch at a time: the same samples a DataLoader would collate, without the
+    per-sample indexing and stacking that dominates the step time of small models."""
+    tensors, n, bs = patient.train_data.tensors, len(patient.train_data), patient.batch_size
+    gen = torch.Generator().manual_seed(patient.seed)
+    while n:
+        order = torch.randperm(n, generator=gen) if patient.shuffle else torch.arange(n)
+        for i in range(0, n, bs):
+            idx = order[i:i + bs]
+            yield to_device(tuple(t[idx] for t in tensors), patient.device)
 
 
 def sweep(patient, min_lr: float = DEFAULT_MIN_LR, max_lr: float = DEFAULT_MAX_LR, steps: int = MAX_STEPS, *,
