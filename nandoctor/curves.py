@@ -35,6 +35,7 @@ DIVERGE_FLOOR_SHARE = 0.1   # ... where the scale is max(|best|, 10% of |initial
 DIVERGE_WARMUP = 3          # points ignored by the divergence test (the EMA is still settling)
 MIN_DECREASE = 0.05         # the loss must fall by 5% of its initial value for the curve to be usable
 USEFUL_DROP_SHARE = 0.1     # the useful range starts where 10% of the total decrease has happened
+VALLEY_BOTTOM_SHARE = 0.02  # the valley ends where the loss is within 2% of the total decrease from its minimum
 DIVERGENCE_MARGIN = 3.0     # the recommendation stays at least 3x below the divergence LR
 SKIP_START_SHARE = 0.05    # the first 5% of the points (at least DIVERGE_WARMUP) are left out of the rules:
                            # the average is still settling and one batch weighs too much
@@ -127,9 +128,23 @@ def valley(lrs: Sequence[float], losses: Sequence[float]) -> float | None:
     if initial - best <= MIN_DECREASE * max(abs(initial), 1e-12):
         return None  # no valley: the loss never falls
     start = useful_low(lr[:low + 1], y[:low + 1], initial, best)
-    if start is None:
+    bottom = valley_bottom(lr[:low + 1], y[:low + 1], initial, best)
+    if start is None or bottom is None:
         return None
-    return float(math.sqrt(start * lr[low]))
+    return float(math.sqrt(start * bottom))
+
+
+def valley_bottom(lrs: Sequence[float], losses: Sequence[float], initial: float, best: float) -> float | None:
+    """The first LR where the loss is within ``VALLEY_BOTTOM_SHARE`` of the total decrease from its minimum.
+
+    On an easy task the loss creeps toward zero for decades after the real descent ended; the
+    argmin then sits at the far right of the sweep and would drag the valley's middle with it.
+    """
+    level = best + VALLEY_BOTTOM_SHARE * (initial - best)
+    for lr, y in zip(lrs, losses):
+        if finite(y) and y <= level:
+            return float(lr)
+    return None
 
 
 def minimum_tenth(lrs: Sequence[float], losses: Sequence[float]) -> float | None:
@@ -162,6 +177,7 @@ class SweepReading:
     divergence_kind: str | None = None      # nonfinite | rising
     suggestions: dict = field(default_factory=dict)  # rule -> LR (None when the rule could not answer)
     suggested_lr: float | None = None
+    suggested_by: str | None = None          # which rule gave the recommendation
     spread_decades: float | None = None      # log10(max / min) over the rules that answered
     best_lr: float | None = None             # LR at the lowest smoothed loss
     best_loss: float | None = None
@@ -171,7 +187,8 @@ class SweepReading:
     reason: str | None = None
 
     def metrics(self) -> dict:
-        return {"suggested_lr": self.suggested_lr, "divergence_lr": self.divergence_lr,
+        return {"suggested_lr": self.suggested_lr, "suggested_by": self.suggested_by,
+                "divergence_lr": self.divergence_lr,
                 "divergence_kind": self.divergence_kind, "suggestions": dict(self.suggestions),
                 "spread_decades": self.spread_decades, "best_lr": self.best_lr, "best_loss": self.best_loss,
                 "initial_loss": self.initial_loss, "useful_range": [self.useful_low, self.useful_high],
@@ -226,6 +243,7 @@ def read_sweep(lrs: Sequence[float], raw: Sequence[float], beta: float = SMOOTH_
         reading.reason = "no rule found a decreasing stretch of the loss"
         return reading
     suggestion = reading.suggestions["valley"] or geometric_median(answered)
+    reading.suggested_by = "valley" if reading.suggestions["valley"] else "geometric median of the rules"
     if reading.divergence_lr is not None:
         suggestion = min(suggestion, reading.divergence_lr / DIVERGENCE_MARGIN)
     reading.suggested_lr = float(suggestion)

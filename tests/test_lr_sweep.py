@@ -191,3 +191,15 @@ def test_lr_sweep_command_writes_the_report_with_the_plot(tmp_path):
     metrics = report["probes"]["lr_sweep"]["metrics"]
     assert "suggested_lr" in metrics and "divergence_lr" in metrics and metrics["steps"] <= 60
     assert (tmp_path / "plots" / "lr_sweep.png").exists()
+
+
+def test_without_a_check_the_verdicts_stay_below_critical():
+    ev = sweep_evidence(2.0)
+    del ev["lr_sweep"].metrics["check"]
+    assert get("lr-too-high").check(ev).severity == "warning"      # past divergence, unconfirmed
+    low = sweep_evidence(1e-5)
+    del low["lr_sweep"].metrics["check"]
+    assert get("lr-too-low").check(low) is None                     # nothing says the loss barely moves
+    stuck = {"memorised": False, "initial_loss": 1.1, "tail_loss": 1.09}
+    low["overfit"] = ProbeResult(name="overfit", metrics=stuck)
+    assert get("lr-too-low").check(low).severity == "warning"

@@ -148,8 +148,8 @@ class LRTooHigh(LRDiagnosis):
         confirmed = self.confirmed(user_run, sugg_run)
         if confirmed:
             severity, confidence = "critical", 0.95 if past else 0.85
-        elif past and confirmed is None:
-            severity, confidence = "critical", 0.7
+        elif past and confirmed is None:  # no time for the check: its treatment runs it and may confirm
+            severity, confidence = "warning", 0.6
         elif past:
             severity, confidence = "warning", 0.45
         else:
@@ -224,21 +224,22 @@ class LRTooLow(LRDiagnosis):
         over = ev.ok("overfit")
         if over is not None and over.metrics.get("memorised"):
             return None
-        # 2. the check decides; without one, the sweep's own drop at the user's LR gives a weaker verdict
+        # 2. the check decides; without one, the overfit probe at the user's LR gives a weaker verdict
         user_run, sugg_run = check_runs(m)
         confirmed = self.confirmed(user_run, sugg_run)
         sweep_drop = m.get("drop_at_user_lr")
+        over_drop = _overfit_drop(over.metrics) if over is not None else None
         if confirmed:
             severity, confidence = "critical", 0.95 if over is not None else 0.85
-        elif confirmed is None and (sweep_drop is None or sweep_drop < self.thresholds["barely_moves_drop"]):
-            severity, confidence = "warning", 0.5
+        elif confirmed is None and over_drop is not None and over_drop < self.thresholds["barely_moves_drop"]:
+            severity, confidence = "warning", 0.6
         else:
             return None
         evidence = {"user_lr": user, "suggested_lr": sugg, "times_below_suggested": sugg / user,
                     "useful_range": m.get("useful_range"), "suggestions": m.get("suggestions"),
                     "sweep_drop_at_user_lr": sweep_drop, "check_user": _brief(user_run),
                     "check_suggested": _brief(sugg_run),
-                    "overfit_drop": _overfit_drop(over.metrics) if over is not None else None,
+                    "overfit_drop": over_drop,
                     "optimizer": m.get("optimizer")}
         return self.finding(confidence, evidence, severity=severity, plots=r.plots,
                             title=f"The learning rate {user:.3g} is {sugg / user:.0f}x below the suggested "

@@ -35,6 +35,7 @@ MAX_BAD_IN_A_ROW = 16     # give up when this many batches in a row hold non-fin
 CHECK_STEPS = 20          # steps of each short constant-LR run (user's LR vs the suggestion) from the same init
 CHECK_MIN_STEPS = 8       # below this the check is not run (no time)
 CHECK_SHARE = 0.35        # share of the probe's steps kept for the three check runs (LR 0, user, suggestion)
+SUGGESTION_TRAINS_DROP = 0.25  # the suggestion "trains" when its check run's loss falls by 25% or more
 CHECK_RATIO = 10.0        # the check runs only when the user's LR is 10x above or below the suggestion
 TAIL_SHARE = 0.25         # a check run's end loss is the mean of its last quarter of steps
 
@@ -232,14 +233,37 @@ def _constant_lr_run(patient, lr: float, steps: int, deadline: float | None) -> 
         return train(patient, model, optimizer, patient.loader(), steps, deadline=deadline)
 
 
-def check_lrs(patient, lrs: dict[str, float], steps: int, deadline: float | None = None) -> dict:
+def check_lrs(patient, lrs: dict[str, float], steps: int, deadline: float | None = None,
+              baseline: Run | None = None) -> dict:
     """Short constant-LR runs from the same fresh init on the same batches, one per named LR, each
-    measured against a run at LR 0 (the untrained model's loss on those batches)."""
-    baseline = _constant_lr_run(patient, 0.0, steps, deadline)
+    measured against a run at LR 0 (the untrained model's loss on those batches; pass one to reuse it)."""
+    baseline = baseline if baseline is not None else _constant_lr_run(patient, 0.0, steps, deadline)
     runs = {label: _constant_lr_run(patient, lr, steps, deadline) for label, lr in lrs.items()}
     if any(r.stopped == "deadline" and r.steps < CHECK_MIN_STEPS for r in [baseline, *runs.values()]):
         return {}  # cut short by the clock: no verdict is better than a wrong one
-    return {label: {"lr": lrs[label], **run_summary(run, baseline)} for label, run in runs.items()}
+    out = {label: {"lr": lrs[label], **run_summary(run, baseline)} for label, run in runs.items()}
+    out["_baseline"] = baseline
+    return out
+
+
+def trains(run: dict | None) -> bool:
+    """A check run trains: finite, and its loss fell by ``SUGGESTION_TRAINS_DROP`` against the untrained model."""
+    drop = run.get("relative_drop") if run else None
+    return drop is not None and drop >= SUGGESTION_TRAINS_DROP
+
+
+def verify_suggestion(patient, reading: curves.SweepReading, check: dict, steps: int, deadline: float | None) -> dict:
+    """When the run at the suggestion does not train from scratch, try the most cautious rule's LR instead
+    and adopt it if it does: the sweep's model was trained along the way and tolerates more than a fresh one."""
+    answered = [(v, name) for name, v in reading.suggestions.items() if v]
+    if not check or trains(check.get("suggested")) or not answered or min(answered)[0] >= reading.suggested_lr:
+        return check
+    cautious, rule = min(answered)
+    retry = check_lrs(patient, {"suggested": cautious}, steps, deadline, baseline=check["_baseline"])
+    if trains(retry.get("suggested")):
+        reading.suggested_lr, reading.suggested_by = cautious, f"{rule}: the valley's LR did not train from scratch"
+        return {**check, "suggested": retry["suggested"]}
+    return check
 
 
 def worth_checking(user_lr: float | None, suggested_lr: float | None) -> bool:
@@ -265,6 +289,18 @@ def plan_steps(ctx: ProbeContext, requested: int | None) -> tuple[int, int]:
     check = check if check >= CHECK_MIN_STEPS else 0
     points = requested or max(MIN_STEPS, min(MAX_STEPS, total - 3 * check))
     return points, check
+
+
+def summary_line(m: dict) -> str:
+    """The sweep's answer in one line, for the terminal and the report's probe table."""
+    div = f"diverges at {m['divergence_lr']:.3g}" if m.get("divergence_lr") else \
+        f"no divergence up to {m['last_lr']:.3g}" if m.get("last_lr") else "no divergence"
+    user = f"; your LR {m['user_lr']:.3g}" if m.get("user_lr") else ""
+    if m.get("suggested_lr") is None:
+        return f"no suggestion: {m.get('reason')}; {div}{user}"
+    rules = [v for v in (m.get("suggestions") or {}).values() if v]
+    spread = f", rules {min(rules):.2g}..{max(rules):.2g}" if len(rules) > 1 else ""
+    return f"suggested LR {m['suggested_lr']:.3g} ({m.get('suggested_by') or 'valley'}{spread}); {div}{user}"
 
 
 class LRSweep(Probe):
@@ -296,7 +332,11 @@ class LRSweep(Probe):
         if check_steps and worth_checking(patient.lr, reading.suggested_lr):
             check = check_lrs(patient, {"user": patient.lr, "suggested": reading.suggested_lr}, check_steps,
                               deadline=ctx.deadline)
+            check = verify_suggestion(patient, reading, check, check_steps, ctx.deadline)
+            check.pop("_baseline", None)
+            metrics.update(suggested_lr=reading.suggested_lr, suggested_by=reading.suggested_by)
             metrics["check"] = {k: {m: v for m, v in c.items() if m != "losses"} for k, c in check.items()}
+        metrics["summary"] = summary_line(metrics)
         # 4. the plot: loss against LR with the user's LR, the suggestion and the divergence marked
         plots = []
         path, rel = ctx.plot_path("lr_sweep")
