@@ -101,14 +101,29 @@ def divergence_index(raw: Sequence[float], smoothed: Sequence[float], factor: fl
 
 
 def steepest(lrs: Sequence[float], losses: Sequence[float]) -> float | None:
-    """The LR of the steepest descent of the loss on a log-LR axis; None with too few finite points."""
+    """The LR of the steepest descent of the loss on a log-LR axis; None with too few finite points.
+
+    Only the descent is searched (from where the loss leaves its plateau to its minimum):
+    batch noise on the plateau can be locally steeper than a gentle real descent.
+    """
     lr, y = _finite_pairs(lrs, losses)
     if len(y) < MIN_POINTS:
         return None
-    grad = np.gradient(y, np.log10(lr))[EDGE_POINTS:len(y) - EDGE_POINTS]
-    if not np.isfinite(grad).any() or np.nanmin(grad) >= 0:
+    grad = np.gradient(y, np.log10(lr))
+    lo, hi = _descent(lr, y)
+    window = grad[max(lo, EDGE_POINTS):min(hi + 1, len(y) - EDGE_POINTS)]
+    if not window.size or not np.isfinite(window).any() or np.nanmin(window) >= 0:
         return None  # never decreases
-    return float(lr[EDGE_POINTS + int(np.nanargmin(grad))])
+    return float(lr[max(lo, EDGE_POINTS) + int(np.nanargmin(window))])
+
+
+def _descent(lr: np.ndarray, y: np.ndarray) -> tuple[int, int]:
+    """Indices (first, last) of the descent: from the end of the plateau to the minimum (the whole curve if none)."""
+    low = int(np.argmin(y))
+    initial, best = float(np.mean(y[:min(3, low + 1)])), float(y[low])
+    start = useful_low(lr[:low + 1], y[:low + 1], initial, best) if initial > best else None
+    first = int(np.searchsorted(lr, start)) - 1 if start is not None else 0
+    return max(first, 0), low if low > 0 else len(y) - 1
 
 
 def valley(lrs: Sequence[float], losses: Sequence[float]) -> float | None:

@@ -203,3 +203,16 @@ def test_without_a_check_the_verdicts_stay_below_critical():
     stuck = {"memorised": False, "initial_loss": 1.1, "tail_loss": 1.09}
     low["overfit"] = ProbeResult(name="overfit", metrics=stuck)
     assert get("lr-too-low").check(low).severity == "warning"
+
+
+def test_a_suggestion_that_does_not_train_from_scratch_gives_way_to_the_cautious_rule():
+    from nandoctor.curves import SweepReading
+    from nandoctor.probes.lr_sweep import verify_suggestion
+
+    patient = regressor(1e-7)
+    reading = SweepReading(smoothed=[], suggested_lr=5.0, suggested_by="valley",
+                           suggestions={"steepest": 1e-2, "valley": 5.0, "minimum_tenth": 0.5})
+    check = check_lrs(patient, {"user": 1e-7, "suggested": 5.0}, steps=12)
+    check = verify_suggestion(patient, reading, check, 12, None)
+    assert reading.suggested_lr == 1e-2 and reading.suggested_by.startswith("steepest")
+    assert check["suggested"]["lr"] == 1e-2 and check["suggested"]["relative_drop"] > 0.25

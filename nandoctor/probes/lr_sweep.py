@@ -4,7 +4,15 @@ A fresh model is trained with the user's own step and optimizer on the user's
 batches while the learning rate grows exponentially from ``min_lr`` to ``max_lr``
 (set through ``optimizer.param_groups``, so any ``torch.optim`` optimizer works).
 The sweep stops as soon as the loss diverges (non-finite, or the smoothed loss
-far above its best). The curve is read by the pure functions of ``nandoctor.curves``.
+far above its best); on a machine slower than planned the schedule speeds up so
+the whole range is still covered. The curve is read by the pure functions of
+``nandoctor.curves``. Batches holding NaN/Inf are skipped (the data scan's business).
+
+Then, when the user's LR is 10x or more away from the suggestion, the *check*:
+three short constant-LR runs from the same fresh init on the same batches, at LR 0
+(the untrained loss per batch), at the user's LR and at the suggestion. It is the
+evidence lr-too-high / lr-too-low need, and it verifies the suggestion: one that
+does not train from scratch is replaced by the most cautious rule's LR if that does.
 
 The user's objects are never touched: the model comes from the factory, and the
 global RNG state is restored afterwards. The same seed gives the same sweep.
