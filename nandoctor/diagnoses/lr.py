@@ -62,11 +62,13 @@ class LRDiagnosis(Diagnosis):
             return None
         check = r.data.get("check") or {}
         if not check:
-            from nandoctor.probes.lr_sweep import CHECK_STEPS, check_lrs
-            steps = min(CHECK_STEPS, ctx.steps(lo=5, hi=CHECK_STEPS) // 2)
+            from nandoctor.probes.lr_sweep import CHECK_MIN_STEPS, CHECK_STEPS, check_lrs
+            steps = max(CHECK_MIN_STEPS, ctx.steps(lo=CHECK_MIN_STEPS, hi=3 * CHECK_STEPS) // 3)
             check = check_lrs(ctx.patient, {"user": ctx.patient.lr, "suggested": r.metrics["suggested_lr"]},
                               steps, deadline=ctx.deadline)
-        user, suggested = check["user"], check["suggested"]
+        user, suggested = check.get("user"), check.get("suggested")
+        if user is None or suggested is None:
+            return None  # no time for the runs: the finding stays a suspicion
         cured = bool(self.confirmed(user, suggested))
         # 2. both curves in one figure
         path, rel = ctx.plot_path(f"treatment-{self.code}")
