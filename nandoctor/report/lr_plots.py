@@ -11,11 +11,11 @@ from nandoctor.report.plots import PALETTE, _clean
 RULE_MARKERS = {"steepest": "v", "valley": "s", "minimum_tenth": "D"}
 
 
-def _label_line(ax, x: float, text: str, color: str, style: str, y_frac: float) -> None:
-    """A vertical line at ``x`` with its label written along it."""
+def _label_line(ax, x: float, text: str, color: str, style: str, y_frac: float, side: str = "right") -> None:
+    """A vertical line at ``x`` with its label written along it, on the ``side`` of the line given."""
     ax.axvline(x, color=color, ls=style, lw=1.4)
-    ax.text(x, y_frac, f" {text}", color=color, fontsize=8, rotation=90, va="top", ha="right",
-            transform=ax.get_xaxis_transform())
+    ax.text(x, y_frac, f" {text}", color=color, fontsize=8, rotation=90, va="top",
+            ha="left" if side == "right" else "right", transform=ax.get_xaxis_transform())
 
 
 def _y_at(lrs: Sequence[float], ys: Sequence[float], lr: float) -> float | None:
@@ -46,11 +46,12 @@ def lr_sweep_curve(ax, lrs: Sequence[float], losses: Sequence[float], smoothed: 
                        label=f"{name.replace('_', ' ')}: {lr:.2g}")
     # 3. the three marks that matter, each labelled with its value
     if suggested_lr:
-        _label_line(ax, suggested_lr, f"suggested {suggested_lr:.2g}", PALETTE[2], "-", 0.98)
+        _label_line(ax, suggested_lr, f"suggested {suggested_lr:.2g}", PALETTE[2], "-", 0.98, side="left")
     if divergence_lr:
-        _label_line(ax, divergence_lr, f"diverges {divergence_lr:.2g}", PALETTE[1], "--", 0.98)
+        _label_line(ax, divergence_lr, f"diverges {divergence_lr:.2g}", PALETTE[1], "--", 0.98, side="right")
     if user_lr:
-        _label_line(ax, user_lr, f"your LR {user_lr:.2g}", PALETTE[3], ":", 0.55)
+        _label_line(ax, user_lr, f"your LR {user_lr:.2g}", PALETTE[3], ":", 0.6,
+                    side="left" if divergence_lr and user_lr >= divergence_lr else "right")
     ax.set_xlabel("learning rate (log scale)")
     ax.set_ylabel("loss")
     ax.set_title(title)
