@@ -164,7 +164,9 @@ def test_lr_too_high_needs_the_check_to_fail_at_the_user_lr():
 
 def test_lr_too_low_needs_orders_of_magnitude_and_a_loss_that_barely_moves():
     diag = get("lr-too-low")
-    assert diag.check(sweep_evidence(1e-5, user_drop=0.01)).severity == "critical"
+    stuck = {"memorised": False, "initial_loss": 1.1, "tail_loss": 1.09}
+    assert diag.check(sweep_evidence(1e-5, user_drop=0.01, overfit=stuck)).severity == "critical"
+    assert diag.check(sweep_evidence(1e-5, user_drop=0.01)).severity == "warning"   # no overfit probe
     assert diag.check(sweep_evidence(1e-3, user_drop=0.01)) is None                 # only 10x below
     assert diag.check(sweep_evidence(1e-5, user_drop=0.4)) is None                  # it moves
     memorised = {"memorised": True, "initial_loss": 1.0, "tail_loss": 0.01}

@@ -175,7 +175,7 @@ class LRTooLow(LRDiagnosis):
     explains = ("cannot-overfit-batch",)
     thresholds = {
         "far_below": 100.0,       # the user's LR is at most 1/100 of the suggestion (two decades) ...
-        "barely_moves_drop": 0.1,  # ... and its loss falls by less than 10% in the check run ...
+        "barely_moves_drop": 0.05,  # ... and its loss falls by less than 5% in the check run ...
         "trains_above_drop": 0.25,  # ... while the run at the suggestion falls by 25% or more
     }
     fix = "Raise the learning rate to the suggested value (see the LR-sweep plot)."
@@ -184,7 +184,8 @@ class LRTooLow(LRDiagnosis):
     The user's learning rate is at least two orders of magnitude below the LR the sweep suggests,
     and the loss barely moves at it: a short run at the user's LR from a fresh init hardly changes
     the loss while the same run at the suggested LR trains. When the overfit probe ran, the model
-    must also have failed to memorise one batch at the user's LR.
+    must also have failed to memorise one batch at the user's LR (critical); without the overfit
+    probe (`nandoctor lr-sweep` alone) the finding is a warning.
 
     ## Why it breaks training
     Every update is a tiny fraction of what the loss surface allows: the loss looks flat (or falls
@@ -231,8 +232,10 @@ class LRTooLow(LRDiagnosis):
         confirmed = self.confirmed(user_run, sugg_run)
         sweep_drop = m.get("drop_at_user_lr")
         over_drop = _overfit_drop(over.metrics) if over is not None else None
-        if confirmed:
-            severity, confidence = "critical", 0.95 if over is not None else 0.85
+        if confirmed and over is not None:
+            severity, confidence = "critical", 0.95
+        elif confirmed:  # no overfit probe: a slow but healthy start cannot be told apart from a stuck one
+            severity, confidence = "warning", 0.7
         elif confirmed is None and over_drop is not None and over_drop < self.thresholds["barely_moves_drop"]:
             severity, confidence = "warning", 0.6
         else:
