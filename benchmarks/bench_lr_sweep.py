@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import math
 import statistics
 import sys
@@ -34,7 +33,6 @@ from nandoctor import curves  # noqa: E402
 from nandoctor.patient import Patient  # noqa: E402
 from nandoctor.probes.lr_sweep import sweep  # noqa: E402
 
-log = logging.getLogger("bench_lr_sweep")
 
 MIN_LR, MAX_LR = 1e-7, 10.0   # the sweep range, both tools
 ITERATIONS = 100              # sweep iterations, both tools (pytorch-lr-finder's default)
