@@ -129,6 +129,9 @@ def run_command(config: Path, outdir: Path, budget: float, probes, device, seed,
         out.print(summary_table(report))
     else:
         out.print("[green]verdict: healthy[/green] — no problem found.")
+    for name, result in report.probes.items():  # one-line answers of probes that give one (the LR sweep's)
+        if result.ok and result.metrics.get("summary"):
+            out.print(f"{name}: {result.metrics['summary']}", markup=False, highlight=False)
     out.print(f"Report: {outdir / 'report.html'} (also report.md, report.json)  "
               f"[{report.elapsed_seconds:.1f} s]")
     if fail_on is not None and any(SEVERITIES.index(f.severity) >= SEVERITIES.index(fail_on)

@@ -60,7 +60,8 @@ def render(report, out: Path) -> str:
         parts.append("</div>")
     parts.append("<h2>Probes</h2><table><tr><th>probe</th><th>status</th><th>seconds</th><th>notes</th></tr>")
     for name, r in report.probes.items():
-        note = r.reason or (f"{r.error.get('type')}: {r.error.get('message')}" if r.error else "")
+        note = r.reason or (f"{r.error.get('type')}: {r.error.get('message')}" if r.error else "") \
+            or str(r.metrics.get("summary") or "")
         parts.append(f"<tr><td>{escape(name)}</td><td>{escape(r.status)}</td><td>{r.seconds:.2f}</td>"
                      f"<td>{escape(note)}</td></tr>")
     parts.append("</table>")

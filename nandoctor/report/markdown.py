@@ -57,7 +57,8 @@ def render(report) -> str:
         lines.append("")
     lines += ["## Probes", "", "| probe | status | seconds | notes |", "|---|---|---|---|"]
     for name, r in report.probes.items():
-        note = r.reason or (f"{r.error.get('type')}: {r.error.get('message')}" if r.error else "")
+        note = r.reason or (f"{r.error.get('type')}: {r.error.get('message')}" if r.error else "") \
+            or str(r.metrics.get("summary") or "")
         lines.append(f"| {name} | {r.status} | {r.seconds:.2f} | {note.replace('|', '/')} |")
     if report.not_evaluated:
         lines += ["", "Not evaluated (missing evidence): " +

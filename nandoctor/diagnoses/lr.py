@@ -1,0 +1,265 @@
+"""lr-too-high and lr-too-low: the user's learning rate against the LR sweep.
+
+Both read the ``lr_sweep`` probe: the sweep's divergence point and suggestion, and
+its *check*, two short constant-LR runs from the same fresh init on the same
+batches, one at the user's LR and one at the suggestion. The check is what keeps
+these diagnoses quiet on healthy set-ups: a verdict needs the user's LR to fail
+where the suggestion trains. The check is also their treatment record ("ran at
+the suggested LR"), re-run here only when the probe had no time for it.
+"""
+
+from __future__ import annotations
+
+from nandoctor.diagnoses import Diagnosis
+from nandoctor.records import Evidence
+from nandoctor.report import plots
+
+LR_PROBE = "lr_sweep"
+
+
+def check_runs(metrics: dict) -> tuple[dict | None, dict | None]:
+    """The (user, suggested) check-run summaries of the sweep, or (None, None)."""
+    check = metrics.get("check") or {}
+    return check.get("user"), check.get("suggested")
+
+
+def blew_up(run: dict | None) -> bool:
+    """The check run went non-finite or the user's code raised in it."""
+    return run is not None and (run.get("nonfinite_step") is not None or bool(run.get("error")))
+
+
+def drop(run: dict | None) -> float | None:
+    """A check run's relative drop of the loss (None when it blew up or could not be measured)."""
+    if run is None or blew_up(run):
+        return None
+    return run.get("relative_drop")
+
+
+def comparison_record(user: dict, suggested: dict, cured: bool, plot: str | None) -> dict:
+    """The SPEC treatment record of a check: the run at the suggestion against the run at the user's LR."""
+    keep = ("lr", "steps", "start_loss", "end_loss", "end_loss_at_init", "relative_drop", "nonfinite_step")
+    record = {"tried": f"ran at the suggested LR {suggested['lr']:.3g} instead of {user['lr']:.3g} "
+                       f"({suggested.get('steps')} steps from the same init, same batches)",
+              "cured": bool(cured), "before": {k: user.get(k) for k in keep},
+              "after": {k: suggested.get(k) for k in keep}}
+    if plot:
+        record["plot"] = plot
+    return record
+
+
+class LRDiagnosis(Diagnosis):
+    """Shared by both: the treatment replays (or runs) the check and plots it."""
+
+    requires = (LR_PROBE,)
+
+    def confirmed(self, user: dict | None, suggested: dict | None) -> bool | None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def treat(self, ctx, finding) -> dict | None:
+        # 1. the probe's check if it ran, else run it now (same helper, same init, same batches)
+        r = ctx.evidence.get(LR_PROBE)
+        if r is None or not r.metrics.get("suggested_lr"):
+            return None
+        check = r.data.get("check") or {}
+        if not check:
+            from nandoctor.probes.lr_sweep import CHECK_MIN_STEPS, CHECK_STEPS, check_lrs
+            steps = max(CHECK_MIN_STEPS, ctx.steps(lo=CHECK_MIN_STEPS, hi=3 * CHECK_STEPS) // 3)
+            check = check_lrs(ctx.patient, {"user": ctx.patient.lr, "suggested": r.metrics["suggested_lr"]},
+                              steps, deadline=ctx.deadline)
+        user, suggested = check.get("user"), check.get("suggested")
+        if user is None or suggested is None:
+            return None  # no time for the runs: the finding stays a suspicion
+        cured = bool(self.confirmed(user, suggested))
+        # 2. both curves in one figure
+        path, rel = ctx.plot_path(f"treatment-{self.code}")
+        if path is not None:
+            with plots.figure(path) as ax:
+                plots.compare_curves(ax, {f"your LR {user['lr']:.3g}": user.get("losses", []),
+                                          f"suggested LR {suggested['lr']:.3g}": suggested.get("losses", [])},
+                                     title=f"{self.code}: {'cured' if cured else 'not cured'} at the suggested LR")
+        return comparison_record(user, suggested, cured, rel if path is not None else None)
+
+
+class LRTooHigh(LRDiagnosis):
+    code = "lr-too-high"
+    title = "The learning rate is past the point where training diverges"
+    severity = "critical"
+    role = "cause"
+    explains = ("exploding-gradients", "cannot-overfit-batch")
+    thresholds = {
+        "far_above": 30.0,       # the user's LR is at least 30x the suggestion (with a failing check) ...
+        "fails_below_drop": 0.1,  # a check run "fails" when its loss falls by less than 10% (or goes non-finite)
+        "trains_above_drop": 0.25,  # the run at the suggestion "trains" when its loss falls by 25% or more
+    }
+    fix = ("Lower the learning rate to the suggested value (see the LR-sweep plot), or add a warm-up; "
+           "with SGD on a deep net, gradient clipping also helps.")
+    doc = """
+    ## What it detects
+    The LR sweep (a fresh copy of the model trained while the learning rate grows exponentially)
+    finds where the loss diverges. This fires when the user's learning rate is at or past that
+    point, or far above the suggested one, and a short run at the user's LR from a fresh init
+    fails (the loss rises, stalls or turns NaN) where the same run at the suggested LR trains.
+
+    ## Why it breaks training
+    Each step overshoots the minimum it is heading for: the loss oscillates, climbs, or overflows
+    to Inf/NaN, and with ReLU nets a single huge step can kill most units for good. Adam bounds each
+    update by roughly the LR, so lr=1 moves every weight by ~1 per step: far more than any layer's
+    scale. The seeds' "loss rises steadily then turns NaN" is this more often than anything else.
+
+    ## Evidence
+    The user's LR, the sweep's divergence LR (and whether it went non-finite or rose), the
+    suggested LR and the rules behind it, how far above the suggestion the user is, and the two
+    check runs (start and end loss at each LR). Plot: loss against LR with the user's LR, the
+    suggestion and the divergence point marked (plots/lr_sweep.png); the check runs side by side.
+
+    ## Fix
+    Use the suggested LR (or a value between it and a third of the divergence LR). If a high LR
+    is wanted for speed, add a linear warm-up over the first few hundred steps. Clipping the
+    gradient norm helps SGD; it does not help Adam much, whose steps are already normalised.
+
+    ## Known false positives
+    A sweep is short: a set-up that needs a warm-up or a scheduler to reach a high LR safely will
+    look diverging at that LR here. Causes that make every LR look too high (inputs on a 0..255
+    scale, a summed loss, a bad init) fire this too: when those are found, fix them first.
+    """
+
+    def confirmed(self, user: dict | None, suggested: dict | None) -> bool | None:
+        """True: the user's LR fails where the suggestion trains; None: no check was run."""
+        if user is None or suggested is None:
+            return None
+        user_drop, sugg_drop = drop(user), drop(suggested)
+        user_fails = blew_up(user) or (user_drop is not None and user_drop < self.thresholds["fails_below_drop"])
+        sugg_trains = sugg_drop is not None and sugg_drop >= self.thresholds["trains_above_drop"]
+        return user_fails and sugg_trains
+
+    def check(self, ev: Evidence):
+        r = ev.ok(LR_PROBE)
+        if r is None:
+            return None
+        m = r.metrics
+        user, sugg, div = m.get("user_lr"), m.get("suggested_lr"), m.get("divergence_lr")
+        if not user or not sugg:
+            return None  # no usable curve (diverges at the lowest LR, never decreases): not an LR verdict
+        # 1. where the user's LR sits: past the divergence point, or far above the suggestion
+        past = div is not None and user >= div
+        far = user >= sugg * self.thresholds["far_above"]
+        if not (past or far):
+            return None
+        # 2. the check decides: the user's LR must fail where the suggestion trains
+        user_run, sugg_run = check_runs(m)
+        confirmed = self.confirmed(user_run, sugg_run)
+        if confirmed:
+            severity, confidence = "critical", 0.95 if past else 0.85
+        elif past and confirmed is None:  # no time for the check: its treatment runs it and may confirm
+            severity, confidence = "warning", 0.6
+        elif past:
+            severity, confidence = "warning", 0.45
+        else:
+            return None
+        evidence = {"user_lr": user, "divergence_lr": div, "divergence_kind": m.get("divergence_kind"),
+                    "suggested_lr": sugg, "times_suggested": user / sugg, "suggestions": m.get("suggestions"),
+                    "user_lr_position": m.get("user_lr_position"), "check_user": _brief(user_run),
+                    "check_suggested": _brief(sugg_run), "optimizer": m.get("optimizer")}
+        where = f"past the divergence point {div:.3g}" if past else f"{user / sugg:.0f}x the suggested {sugg:.3g}"
+        return self.finding(confidence, evidence, severity=severity, plots=r.plots,
+                            title=f"The learning rate {user:.3g} is {where}",
+                            fix=f"Lower the learning rate to about {sugg:.2g} (the LR sweep's suggestion); "
+                                f"add a warm-up if you need a higher one.")
+
+
+class LRTooLow(LRDiagnosis):
+    code = "lr-too-low"
+    title = "The learning rate is orders of magnitude below the useful range"
+    severity = "critical"
+    role = "cause"
+    explains = ("cannot-overfit-batch",)
+    thresholds = {
+        "far_below": 100.0,       # the user's LR is at most 1/100 of the suggestion (two decades) ...
+        "barely_moves_drop": 0.05,  # ... and its loss falls by less than 5% in the check run ...
+        "trains_above_drop": 0.25,  # ... while the run at the suggestion falls by 25% or more
+    }
+    fix = "Raise the learning rate to the suggested value (see the LR-sweep plot)."
+    doc = """
+    ## What it detects
+    The user's learning rate is at least two orders of magnitude below the LR the sweep suggests,
+    and the loss barely moves at it: a short run at the user's LR from a fresh init hardly changes
+    the loss while the same run at the suggested LR trains. When the overfit probe ran, the model
+    must also have failed to memorise one batch at the user's LR (critical); without the overfit
+    probe (`nandoctor lr-sweep` alone) the finding is a warning.
+
+    ## Why it breaks training
+    Every update is a tiny fraction of what the loss surface allows: the loss looks flat (or falls
+    so slowly that early stopping fires), the model looks broken, and hours of compute buy nothing.
+    It is the quiet twin of lr-too-high, and explains a "cannot overfit one batch" result.
+
+    ## Evidence
+    The user's LR, the suggested LR and its rules, the start of the useful range, how many times
+    below the suggestion the user is, the loss drop at each LR in the check runs, and the overfit
+    probe's drop when it ran. Plot: loss against LR with the user's LR marked (plots/lr_sweep.png).
+
+    ## Fix
+    Raise the learning rate to the suggestion. Typical working values: Adam 1e-4..3e-3, SGD with
+    momentum 1e-3..1e-1, scaled for batch size.
+
+    ## Known false positives
+    Fine-tuning a pre-trained model on purpose with a tiny LR (the sweep sees only a short horizon);
+    schedules that warm the LR up from a tiny starting value (the sweep sees the configured LR).
+    """
+
+    def confirmed(self, user: dict | None, suggested: dict | None) -> bool | None:
+        """True: the loss barely moves at the user's LR and trains at the suggestion; None: no check."""
+        if user is None or suggested is None:
+            return None
+        user_drop, sugg_drop = drop(user), drop(suggested)
+        barely = user_drop is not None and user_drop < self.thresholds["barely_moves_drop"]
+        trains = sugg_drop is not None and sugg_drop >= self.thresholds["trains_above_drop"]
+        return barely and trains
+
+    def check(self, ev: Evidence):
+        r = ev.ok(LR_PROBE)
+        if r is None:
+            return None
+        m = r.metrics
+        user, sugg = m.get("user_lr"), m.get("suggested_lr")
+        if not user or not sugg or user > sugg / self.thresholds["far_below"]:
+            return None
+        # 1. the overfit probe, when it ran, must agree: no memorising at the user's LR
+        over = ev.ok("overfit")
+        if over is not None and over.metrics.get("memorised"):
+            return None
+        # 2. the check decides; without one, the overfit probe at the user's LR gives a weaker verdict
+        user_run, sugg_run = check_runs(m)
+        confirmed = self.confirmed(user_run, sugg_run)
+        sweep_drop = m.get("drop_at_user_lr")
+        over_drop = _overfit_drop(over.metrics) if over is not None else None
+        if confirmed and over is not None:
+            severity, confidence = "critical", 0.95
+        elif confirmed:  # no overfit probe: a slow but healthy start cannot be told apart from a stuck one
+            severity, confidence = "warning", 0.7
+        elif confirmed is None and over_drop is not None and over_drop < self.thresholds["barely_moves_drop"]:
+            severity, confidence = "warning", 0.6
+        else:
+            return None
+        evidence = {"user_lr": user, "suggested_lr": sugg, "times_below_suggested": sugg / user,
+                    "useful_range": m.get("useful_range"), "suggestions": m.get("suggestions"),
+                    "sweep_drop_at_user_lr": sweep_drop, "check_user": _brief(user_run),
+                    "check_suggested": _brief(sugg_run),
+                    "overfit_drop": over_drop,
+                    "optimizer": m.get("optimizer")}
+        return self.finding(confidence, evidence, severity=severity, plots=r.plots,
+                            title=f"The learning rate {user:.3g} is {sugg / user:.0f}x below the suggested "
+                                  f"{sugg:.3g}; the loss barely moves",
+                            fix=f"Raise the learning rate to about {sugg:.2g} (the LR sweep's suggestion).")
+
+
+def _brief(run: dict | None) -> dict | None:
+    if run is None:
+        return None
+    return {k: run.get(k) for k in ("lr", "end_loss", "end_loss_at_init", "relative_drop", "nonfinite_step")}
+
+
+def _overfit_drop(m: dict) -> float | None:
+    initial, tail = m.get("initial_loss"), m.get("tail_loss")
+    if not isinstance(initial, float) or tail is None or not initial:
+        return None
+    return (initial - tail) / abs(initial)

@@ -1,0 +1,131 @@
+"""The pure curve-reading functions of the LR sweep, on synthetic curves (nothing trains)."""
+
+import math
+
+import pytest
+
+from nandoctor import curves
+
+NAN, INF = float("nan"), float("inf")
+
+
+def lr_grid(n=100, lo=1e-7, hi=10.0):
+    return curves.exp_schedule(lo, hi, n)
+
+
+def s_curve(lrs, center=1e-3, diverge_at=1.0, top=2.0, bottom=0.1):
+    """A textbook sweep: flat at ``top``, falls around ``center``, flat at ``bottom``, explodes past ``diverge_at``."""
+    out = []
+    for lr in lrs:
+        x = math.log10(lr / center)
+        y = bottom + (top - bottom) / (1 + math.exp(3 * x))
+        if lr > diverge_at:
+            y += 10 * math.log10(lr / diverge_at) ** 2 * top
+        out.append(y)
+    return out
+
+
+def test_exp_schedule_is_log_spaced_and_hits_both_ends():
+    lrs = curves.exp_schedule(1e-6, 1.0, 7)
+    assert lrs[0] == pytest.approx(1e-6) and lrs[-1] == pytest.approx(1.0)
+    assert all(b / a == pytest.approx(10.0) for a, b in zip(lrs, lrs[1:]))
+
+
+def test_smooth_is_bias_corrected_and_skips_nonfinite():
+    # bias correction: a constant curve stays constant from the first point (no pull toward zero)
+    assert curves.smooth([3.0] * 5) == pytest.approx([3.0] * 5)
+    out = curves.smooth([1.0, NAN, 1.0, INF, 1.0])
+    assert math.isnan(out[1]) and math.isnan(out[3])
+    assert [out[0], out[2], out[4]] == pytest.approx([1.0, 1.0, 1.0])
+
+
+def test_divergence_rising_and_nonfinite():
+    lrs = lr_grid()
+    raw = s_curve(lrs)
+    idx, kind = curves.divergence_index(raw, curves.smooth(raw))
+    assert kind == "rising" and 1.0 < lrs[idx] < 10.0
+    raw_nan = raw[:50] + [NAN] + raw[51:]
+    assert curves.divergence_index(raw_nan, curves.smooth(raw_nan)) == (50, "nonfinite")
+    flat = [1.0] * 50
+    assert curves.divergence_index(flat, curves.smooth(flat)) == (None, None)
+
+
+def test_divergence_watch_agrees_with_the_pure_function():
+    for raw in (s_curve(lr_grid()), [2.0, 1.5, 1.0, 0.5, 0.2, 0.1, 0.1, 5.0, 9.0], [1.0, 0.9, NAN, 0.5]):
+        watch, seen = curves.DivergenceWatch(), (None, None)
+        for i, x in enumerate(raw):
+            kind = watch.add(x)
+            if kind:
+                seen = (i, kind)
+                break
+        assert seen == curves.divergence_index(raw, curves.smooth(raw))
+
+
+def test_rules_find_the_descent_of_a_textbook_curve():
+    lrs = lr_grid()
+    sm = s_curve([lr for lr in lrs if lr < 1.0])
+    cut = lrs[:len(sm)]
+    steep = curves.steepest(cut, sm)
+    assert 3e-4 < steep < 3e-3          # the steepest point is the centre of the drop
+    assert 1e-4 < curves.valley(cut, sm) < 1.0
+    assert curves.minimum_tenth(cut, sm) == pytest.approx(min(zip(sm, cut))[1] / 10)
+
+
+@pytest.mark.parametrize("rule", list(curves.RULES.values()))
+def test_rules_return_none_with_too_few_finite_points(rule):
+    assert rule([1e-3, 1e-2, 1e-1], [1.0, 0.5, 0.2]) is None
+    assert rule(lr_grid(20), [NAN] * 20) is None
+    # NaN-aware: the NaNs are dropped, not propagated into the answer
+    lrs = lr_grid(40, 1e-5, 1.0)
+    ys = s_curve(lrs, center=1e-3, diverge_at=10.0)
+    holed = [NAN if i % 5 == 0 else y for i, y in enumerate(ys)]
+    answer = rule(lrs, holed)
+    assert answer is not None and math.isfinite(answer)
+
+
+def test_rules_say_nothing_on_a_curve_that_never_decreases():
+    lrs = lr_grid(50)
+    rising = [1.0 + 0.01 * i for i in range(50)]
+    assert curves.steepest(lrs, rising) is None
+    assert curves.valley(lrs, rising) is None
+
+
+def test_read_sweep_suggests_below_divergence_with_spread():
+    lrs = lr_grid()
+    reading = curves.read_sweep(lrs, s_curve(lrs))
+    assert reading.reason is None
+    assert reading.divergence_lr is not None and reading.divergence_kind == "rising"
+    assert 1e-4 < reading.suggested_lr <= reading.divergence_lr / curves.DIVERGENCE_MARGIN
+    assert set(reading.suggestions) == {"steepest", "valley", "minimum_tenth"}
+    assert reading.spread_decades >= 0
+    m = reading.metrics()
+    assert "suggested_lr" in m and "divergence_lr" in m
+
+
+def test_read_sweep_states_why_there_is_no_suggestion():
+    lrs = lr_grid(60)
+    diverged_at_once = [1.0, 1.0, NAN] + [NAN] * 57
+    r = curves.read_sweep(lrs, diverged_at_once)
+    assert r.suggested_lr is None and "lowest learning rates" in r.reason
+    assert r.divergence_lr == pytest.approx(lrs[2])
+    flat = [1.0 + 0.001 * ((-1) ** i) for i in range(60)]
+    r = curves.read_sweep(lrs, flat)
+    assert r.suggested_lr is None and "never decreases" in r.reason
+    assert curves.read_sweep(lrs[:4], [1.0, 0.9, 0.8, 0.7]).reason
+
+
+def test_geometric_median():
+    assert curves.geometric_median([1e-3, 1e-2, 1e-1]) == pytest.approx(1e-2)
+    assert curves.geometric_median([1e-4, 1e-2]) == pytest.approx(1e-3)
+    assert curves.geometric_median([]) is None
+
+
+def test_schedule_is_exponential_and_speeds_up_to_beat_its_deadline():
+    import time
+
+    from nandoctor.probes.lr_sweep import Schedule
+
+    plain = list(Schedule(1e-7, 10.0, 50))
+    assert len(plain) == 50 and plain[0] == pytest.approx(1e-7) and plain[-1] == pytest.approx(10.0)
+    late = list(Schedule(1e-7, 10.0, 50, deadline=time.perf_counter() - 1.0))
+    assert len(late) <= 2 and late[-1] == pytest.approx(10.0)   # out of time: the whole range anyway
