@@ -244,9 +244,15 @@ def build_patient(cfg, *, device: str | None = None, seed: int | None = None):
     with preserved_rng():
         torch.manual_seed(seed)
         probe_model = model_factory()
-    if not isinstance(probe_model, nn.Module):
-        raise LoadError(f"'model' built a {type(probe_model).__name__}, not a torch.nn.Module.", key="model",
-                        where=cfg.where("model"), hint="return the nn.Module from your factory.")
+        if not isinstance(probe_model, nn.Module):
+            raise LoadError(f"'model' built a {type(probe_model).__name__}, not a torch.nn.Module.", key="model",
+                            where=cfg.where("model"), hint="return the nn.Module from your factory.")
+        if model_factory() is probe_model:
+            # a factory that hands out one shared instance: probes would train the user's own model,
+            # so they get copies of a snapshot taken now, before anything trained
+            import copy
+            pristine = copy.deepcopy(probe_model)
+            model_factory = lambda: copy.deepcopy(pristine)  # noqa: E731
 
     # 2. data
     with preserved_rng():

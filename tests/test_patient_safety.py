@@ -61,3 +61,19 @@ def test_a_probe_that_crashes_becomes_a_finding(tmp_path, monkeypatch):
     assert report.probes["overfit"].status == "failed"
     assert "probe-failed" in [f.code for f in report.findings]
     assert (tmp_path / "out" / "report.html").exists()
+
+
+def test_factory_returning_one_shared_instance_is_never_trained(tmp_path):
+    (tmp_path / "m.py").write_text(
+        "import torch\nfrom torch import nn\nfrom torch.utils.data import TensorDataset\n"
+        "SHARED = nn.Linear(4, 3)\n"
+        "def model():\n    return SHARED\n"
+        "def data():\n    return TensorDataset(torch.randn(64, 4), torch.randint(0, 3, (64,)))\n")
+    (tmp_path / "c.yaml").write_text("model: m.py:model\ndata:\n  train: m.py:data\n"
+                                     "loss: torch.nn.CrossEntropyLoss\noptimizer: {_target_: torch.optim.SGD, lr: 0.5}\n")
+    import nandoctor
+    from nandoctor.loading import resolve_target
+    shared = resolve_target("m.py:SHARED", tmp_path)
+    before = shared.weight.detach().clone()
+    nandoctor.diagnose(tmp_path / "c.yaml", budget=5, probes=["overfit"])
+    assert torch.equal(shared.weight, before)
