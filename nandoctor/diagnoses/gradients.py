@@ -117,7 +117,7 @@ class VanishingGradients(Diagnosis):
     requires = ("gradients",)
     explains = ("cannot-overfit-batch",)
     thresholds = {
-        "ratio_warning": 1e-3,    # RMS grad of the first weight layer / the largest later one
+        "ratio_warning": 1e-3,    # RMS grad of the first weight layer / the largest hidden one after it
         "ratio_critical": 1e-5,   # ... below this the first layers do not learn at all
         "min_weight_layers": 3,   # too shallow a model has no depth profile to read
     }
@@ -128,7 +128,8 @@ class VanishingGradients(Diagnosis):
     The gradient that reaches each weight layer, as an RMS per parameter (norm / sqrt(count)),
     median over the first steps of a short training, plotted by depth from input to output
     (plots/gradients.png, right panel). The first layer's value is orders of magnitude below the
-    largest one after it.
+    largest hidden layer after it (the output layer is left out: its gradient is the largest in
+    healthy networks too).
 
     ## Why it breaks training
     The update a layer gets is proportional to its gradient. When the first layers receive a
@@ -166,4 +167,4 @@ class VanishingGradients(Diagnosis):
                     "depth_profile": dict(zip(layers, profile)), "memorised_batch": None if over is None
                     else over.metrics.get("memorised")}
         return self.finding(confidence, evidence, severity="critical" if critical else "warning", plots=r.plots,
-                            title=f"The first layer ({layers[0]}) gets {ratio:.1e} of the gradient of later layers")
+                            title=f"The first layer ({layers[0]}) gets {ratio:.1e} of the gradient of deeper hidden layers")

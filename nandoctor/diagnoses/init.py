@@ -94,10 +94,23 @@ class BadInit(Diagnosis):
                             title=f"The configured init {what} (loss {_fmt(user_tail)} vs {_fmt(best_tail)})")
 
     def treat(self, ctx, finding):
+        """The single-batch training again with the best standard init; cured when it ends far lower."""
         scheme = finding.evidence["best_standard_init"]
         tried = f"re-initialised with the {scheme} init"
         variant = ctx.patient.variant(tried, model_factory=scheme_factory(ctx.patient, scheme))
-        return treatments.try_cure(ctx, variant, tried, code=self.code)
+        # 1. the untreated run first: the cure must beat it by the same ratio the probe asked for
+        steps = ctx.steps(lo=treatments.MIN_STEPS, hi=treatments.MAX_STEPS, per_step=ctx.step_time * 1.1)
+        before, before_acc = treatments.overfit_run(ctx, ctx.patient, steps)
+        target = before.tail() / self.thresholds["tail_ratio"] if _finite(before.tail()) and \
+            before.nonfinite_step is None else math.inf
+
+        def judge(run, accuracy) -> bool:
+            if math.isinf(target):  # the untreated run went non-finite: the cure must train properly
+                return treatments.healthy_run(run, accuracy)
+            return not run.error and run.nonfinite_step is None and bool(run.losses) \
+                and min(run.losses) >= -1e-6 and run.tail() <= target
+        return treatments.try_cure(ctx, variant, tried, code=self.code, judge=judge, before=before,
+                                   before_accuracy=before_acc)
 
 
 def _fmt(x) -> str:

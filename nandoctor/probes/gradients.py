@@ -70,11 +70,17 @@ def depth_profile(rec: Recorder, layers: list[str], counts: dict[str, int]) -> l
 
 
 def depth_ratio(profile: list[float | None]) -> float | None:
-    """RMS gradient of the first weight layer over the largest one after it (vanishing: far below 1)."""
-    vals = [v for v in profile if v is not None]
-    if len(profile) < 3 or profile[0] is None or len(vals) < 3:
+    """RMS gradient of the first weight layer over the largest hidden one after it (vanishing: far below 1).
+
+    The output layer is left out: it touches the loss directly and its gradient is the largest in
+    healthy networks too (BatchNorm nets most of all).
+    """
+    if len(profile) < 3 or profile[0] is None:
         return None
-    later = max(v for v in profile[1:] if v is not None)
+    hidden = [v for v in profile[1:-1] if v is not None]
+    if not hidden:
+        return None
+    later = max(hidden)
     return profile[0] / later if later > 0 else None
 
 
