@@ -40,7 +40,7 @@ def can_batch(patient, model: nn.Module) -> str | None:
 def train_many(patient, models: list[nn.Module], batches: list[Any], steps: int, *,
                deadline: float | None = None, batched: bool = True) -> tuple[list[Run], str]:
     """Train each model for ``steps`` steps cycling over ``batches``; returns (runs, "ensemble"|"sequential")."""
-    reason = can_batch(patient, models[0]) if batched else "asked for sequential"
+    reason = can_batch(patient, models[0]) if batched else "not asked to batch"
     if reason is None:
         try:
             return train_ensemble(patient, models, batches, steps, deadline=deadline), "ensemble"

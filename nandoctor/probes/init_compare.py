@@ -32,6 +32,7 @@ DEFAULT_STD_TOLERANCE = 0.15  # per-layer weight std within 15% of the default's
 SAMPLING_SIGMAS = 3.0         # ... or within this many sampling standard errors, for small layers
 INIT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
                nn.ConvTranspose3d, nn.Bilinear)
+ENSEMBLE_CPU_MAX_STEP = 0.01  # on CPU, batch the schemes only for steps this fast (overhead-bound; see bench_ensemble)
 RECURRENT = (nn.RNNBase,)
 STANDARD = ("pytorch default", "kaiming", "xavier", "orthogonal")
 
@@ -157,7 +158,9 @@ class InitCompare(Probe):
         k = len(models)
         steps = ctx.steps(share=0.85, lo=MIN_STEPS, hi=MAX_STEPS, per_step=ctx.step_time * k * 0.8)
         ctx.progress(0, steps)
-        runs, mode = train_many(patient, list(models.values()), batches, steps, deadline=ctx.deadline)
+        batched = patient.device.type != "cpu" or ctx.step_time <= ENSEMBLE_CPU_MAX_STEP
+        runs, mode = train_many(patient, list(models.values()), batches, steps, deadline=ctx.deadline,
+                                batched=batched)
         runs = dict(zip(models, runs))
         errors = {s: r.error for s, r in runs.items() if r.error}
         if "as configured" in errors:
