@@ -115,7 +115,8 @@ class TrainEvalGap(Diagnosis):
         "ratio": 3.0,           # eval-mode loss at least 3x the train-mode loss ...
         "gap": 0.5,             # ... and above it by half the fresh model's loss ...
         "noise_sigmas": 5.0,    # ... and by this many train-mode standard deviations (Dropout noise)
-        "critical_ratio": 10.0,  # 10x (or a non-finite eval loss): critical
+        "critical_ratio": 10.0,  # 10x (or a non-finite eval loss): critical ...
+        "trusted_steps": 30,     # ... once the model trained this many steps (running statistics settle)
     }
     fix = ("Look at the layers that differ between modes: BatchNorm running statistics that do not match the "
            "batches (unshuffled or class-sorted data, tiny batches, a momentum too high), a custom layer that "
@@ -162,10 +163,11 @@ class TrainEvalGap(Diagnosis):
             if ev_loss - tr < max(t["gap"] * abs(scale if _finite(scale) else 1.0), t["noise_sigmas"] * (std or 0.0)):
                 return None
         ratio = ev_loss / max(tr, 1e-12) if not nonfinite else math.inf
-        critical = nonfinite or ratio >= t["critical_ratio"]
-        confidence = 0.85 if critical else 0.7
+        settled = (m.get("trained_steps") or 0) >= t["trusted_steps"]
+        critical = (nonfinite or ratio >= t["critical_ratio"]) and settled
+        confidence = 0.85 if critical else 0.7 if settled else 0.5
         evidence = {"train_mode_loss": tr, "train_mode_std": std, "eval_mode_loss": ev_loss, "ratio": ratio,
                     "batch_size": m.get("batch_size"), "mode_layers": m.get("mode_layers"),
-                    "initial_loss": scale}
+                    "initial_loss": scale, "trained_steps": m.get("trained_steps")}
         return self.finding(confidence, evidence, severity="critical" if critical else "warning", plots=r.plots,
                             title=f"Eval-mode loss {ev_loss:.4g} vs train-mode {tr:.4g} on the same batch")

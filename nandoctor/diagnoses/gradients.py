@@ -41,6 +41,7 @@ class ExplodingGradients(Diagnosis):
         "growth_critical": 1e5,    # ... this much growth is a blow-up whatever the loss does
         "nonfinite_min_growth": 10.0,  # a non-finite gradient counts when the norm had grown this much before it
         "min_finite_steps": 3,     # ... after at least this many finite steps (else it was born non-finite)
+        "harmless_loss_ratio": 0.5,  # growth alone does not count when the loss still halved meanwhile
     }
     fix = ("Clip the gradient norm (torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm) between "
            "backward() and step()); lower the learning rate; check the initialisation and add normalisation "
@@ -70,7 +71,8 @@ class ExplodingGradients(Diagnosis):
 
     ## Known false positives
     A short early transient (e.g. the first steps of a warm-up) that settles by itself; losses
-    whose scale grows by design (sum reduction over growing batches).
+    whose scale grows by design (sum reduction over growing batches). Growth from a tiny start
+    (zero-initialised last layers) while the loss keeps falling is not reported.
     """
 
     def check(self, ev: Evidence):
@@ -88,6 +90,10 @@ class ExplodingGradients(Diagnosis):
         went_nonfinite = bad_step is not None and bad_step >= t["min_finite_steps"] \
             and pre_growth is not None and pre_growth >= t["nonfinite_min_growth"]
         grew = _finite(growth) and growth >= t["growth_warning"]
+        first, last = m.get("initial_loss"), m.get("final_loss")
+        if grew and not went_nonfinite and _finite(first) and _finite(last) and first > 0 \
+                and last <= t["harmless_loss_ratio"] * first:
+            grew = False  # the norm grew from a tiny start while the loss kept falling: not a blow-up
         if not (went_nonfinite or grew):
             return None
         # 2. severity and confidence

@@ -61,7 +61,8 @@ class TrainEval(Probe):
         # 2. a trained model: the bn_freeze probe's, or a short training of our own
         bn = ctx.evidence.ok("bn_freeze")
         model = (bn.data.get("models") or {}).get("as configured") if bn is not None else None
-        source = "bn_freeze"
+        source, steps = "bn_freeze", (bn.metrics.get("variants", {}).get("as configured", {}).get("steps")
+                                      if bn is not None else None)
         if model is None:
             model, source = fresh, "own run"
             optimizer = patient.make_optimizer(model)
@@ -70,12 +71,13 @@ class TrainEval(Probe):
                         steps, deadline=ctx.deadline)
             if run.error:
                 return self.result(status="failed", error=run.error)
+            steps = run.steps
         # 3. the same batch, both modes
         train_scores = [eval_loss(patient, model, batch, train_mode=True) for _ in range(TRAIN_MODE_REPEATS)]
         train_scores = [s for s in train_scores if s is not None]
         eval_score = eval_loss(patient, model, batch)
         mean = statistics.fmean(train_scores) if train_scores else None
-        metrics = {"source": source, "batch_size": len(batch[1]), "initial_loss": initial,
+        metrics = {"source": source, "trained_steps": steps, "batch_size": len(batch[1]), "initial_loss": initial,
                    "train_mode_loss": mean, "train_mode_std": statistics.pstdev(train_scores) if train_scores else None,
                    "train_mode_losses": train_scores, "eval_mode_loss": eval_score,
                    "mode_layers": sorted({type(m).__name__ for m in model.modules()
