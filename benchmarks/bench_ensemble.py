@@ -22,6 +22,7 @@ from nandoctor.probes.ensemble import train_many
 from nandoctor.probes.init_compare import STANDARD, scheme_factory
 
 REPEATS = 3
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 STEPS = 60
 SCHEMES = ("as configured",) + STANDARD   # K = 5, as in the init probe
 
@@ -58,7 +59,7 @@ def main() -> None:
     torch.set_num_threads(1)
     for name, (factory, batch) in CASES.items():
         patient = Patient.from_objects(factory, data(), nn.CrossEntropyLoss(), torch.optim.Adam, lr=1e-3,
-                                       batch_size=batch, device="cpu")
+                                       batch_size=batch, device=DEVICE)
         seq, ens = [], []
         for _ in range(REPEATS):
             t_seq, runs_seq = timed(patient, batched=False)
@@ -67,7 +68,7 @@ def main() -> None:
             ens.append(t_ens)
         gap = max(abs(a - b) for ra, rb in zip(runs_seq, runs_ens) for a, b in zip(ra.losses, rb.losses))
         s, e = statistics.median(seq), statistics.median(ens)
-        print(f"{name:22s} K={len(SCHEMES)} x {STEPS} steps: sequential {s * 1e3:7.1f} ms, ensemble {e * 1e3:7.1f} ms, "
+        print(f"[{DEVICE}] {name:22s} K={len(SCHEMES)} x {STEPS} steps: sequential {s * 1e3:7.1f} ms, ensemble {e * 1e3:7.1f} ms, "
               f"speed-up {s / e:4.2f}x (max loss difference {gap:.1e})")
 
 
