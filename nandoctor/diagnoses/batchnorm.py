@@ -102,7 +102,7 @@ class BatchNormSmallBatch(Diagnosis):
         keep = ("eval_loss", "final_loss", "tail_loss", "steps", "nonfinite_step", "error")
         return {"tried": tried, "cured": pick in finding.evidence["cured_by"],
                 "before": {k: variants["as configured"].get(k) for k in keep},
-                "after": {k: variants[pick].get(k) for k in keep}, "plot": r.plots[0] if r.plots else None}
+                "after": {k: variants[pick].get(k) for k in keep}}  # the finding already shows the probe's plot
 
 
 class TrainEvalGap(Diagnosis):

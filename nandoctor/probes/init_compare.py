@@ -180,7 +180,7 @@ class InitCompare(Probe):
         if path is None:
             return []
         layers = next(iter(profiles.values()))["layers"]
-        with plots.figure(path, ncols=3, size=(5.0, 3.8)) as (ax1, ax2, ax3):
+        with plots.figure(path, ncols=3, size=(4.4, 3.4)) as (ax1, ax2, ax3):
             plots.compare_curves(ax1, {s: r.losses for s, r in runs.items()}, title="loss by init scheme")
             gradplots.depth_profile(ax2, {s: p["activation_std"] for s, p in profiles.items()}, layers,
                                     ylabel="activation std", title="activations by depth at init")
