@@ -103,6 +103,8 @@ class BatchNormFreeze(Probe):
         probe_model = patient.new_model()
         if not has_batchnorm(probe_model):
             return self.result(status="skipped", reason="the model has no BatchNorm layer")
+        if ctx.seconds < ctx.step_time * 3 * MIN_STEPS * 0.5:
+            return self.result(status="skipped", reason="too little time for the three short trainings")
         bs = patient.batch_size
         per_channel = values_per_channel(patient, probe_model, patient.fixed_batch(size=bs))
         # 2. the variants
