@@ -68,8 +68,8 @@ def main() -> None:
             ens.append(t_ens)
         gap = max(abs(a - b) for ra, rb in zip(runs_seq, runs_ens) for a, b in zip(ra.losses, rb.losses))
         s, e = statistics.median(seq), statistics.median(ens)
-        print(f"[{DEVICE}] {name:22s} K={len(SCHEMES)} x {STEPS} steps: sequential {s * 1e3:7.1f} ms, ensemble {e * 1e3:7.1f} ms, "
-              f"speed-up {s / e:4.2f}x (max loss difference {gap:.1e})")
+        print(f"[{DEVICE}] {name:22s} K={len(SCHEMES)} x {STEPS} steps: sequential {s * 1e3:7.1f} ms, "
+              f"ensemble {e * 1e3:7.1f} ms, speed-up {s / e:4.2f}x (max loss difference {gap:.1e})")
 
 
 if __name__ == "__main__":

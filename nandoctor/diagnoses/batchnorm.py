@@ -13,7 +13,7 @@ def _finite(x) -> bool:
 
 
 def better(before, after, scale, ratio: float, gap: float) -> bool:
-    """``after`` is a clear improvement on ``before``: non-finite/failed -> finite, or ``ratio`` x lower by ``gap`` x scale."""
+    """``after`` clearly beats ``before``: non-finite/failed -> finite, or ``ratio`` x lower by ``gap`` x scale."""
     if not _finite(after):
         return False
     if not _finite(before):
@@ -70,7 +70,8 @@ class BatchNormSmallBatch(Diagnosis):
             return None
         m, t = r.metrics, self.thresholds
         bs, per_channel = m.get("batch_size"), m.get("min_values_per_channel")
-        small = (bs is not None and bs < t["small_batch"]) or (per_channel is not None and per_channel < t["min_values"])
+        small = (bs is not None and bs < t["small_batch"]) \
+            or (per_channel is not None and per_channel < t["min_values"])
         if not small:
             return None
         # 1. did freezing BatchNorm or a larger batch clearly beat the configured run?

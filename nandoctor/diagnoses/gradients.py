@@ -168,9 +168,12 @@ class VanishingGradients(Diagnosis):
         over = ev.ok("overfit")
         stuck = over is not None and not over.metrics.get("memorised")
         critical = ratio < t["ratio_critical"] and (stuck or over is None)
-        confidence = min(0.9, 0.6 + 0.1 * math.log10(t["ratio_warning"] / ratio)) - (0.0 if stuck or over is None else 0.15)
+        confidence = min(0.9, 0.6 + 0.1 * math.log10(t["ratio_warning"] / ratio))
+        if not stuck and over is not None:
+            confidence -= 0.15  # the batch was memorised all the same
         evidence = {"ratio_first_to_largest": ratio, "first_layer": layers[0],
                     "depth_profile": dict(zip(layers, profile)), "memorised_batch": None if over is None
                     else over.metrics.get("memorised")}
         return self.finding(confidence, evidence, severity="critical" if critical else "warning", plots=r.plots,
-                            title=f"The first layer ({layers[0]}) gets {ratio:.1e} of the gradient of deeper hidden layers")
+                            title=f"The first layer ({layers[0]}) gets {ratio:.1e} of the gradient of deeper "
+                                  f"hidden layers")

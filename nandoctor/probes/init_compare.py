@@ -177,10 +177,13 @@ class InitCompare(Probe):
             return self.result(status="failed", error=errors["as configured"])
         # 4. compare the user's scheme with the best standard one
         summary = {s: {**r.to_metrics(), "initial_loss_profile": profiles[s]["initial_loss"]} for s, r in runs.items()}
-        best = min((s for s in STANDARD if s in summary and summary[s]["tail_loss"] is not None and runs[s].nonfinite_step is None),
+        trained = [s for s in STANDARD if s in summary and summary[s]["tail_loss"] is not None
+                   and runs[s].nonfinite_step is None]
+        best = min(trained,
                    key=lambda s: summary[s]["tail_loss"], default=None)
         metrics = {"schemes": summary, "best_standard": best, "mode": mode, "steps": steps,
-                   "user_is_default": is_default(ratios), "user_std_over_default": {k: r for k, (r, _) in ratios.items()},
+                   "user_is_default": is_default(ratios),
+                   "user_std_over_default": {k: r for k, (r, _) in ratios.items()},
                    "profiles": profiles, "errors": errors or None}
         rels = self._plot(ctx, runs, profiles)
         return self.result(metrics=metrics, data={"runs": runs}, plots=rels)

@@ -26,6 +26,7 @@ from nandoctor.report import gradplots, plots
 TRAIN_MODE_REPEATS = 3   # train-mode scores of the batch (their spread is the noise)
 MIN_STEPS = 10
 MAX_STEPS = 100
+MODE_LAYERS = (nn.modules.batchnorm._NormBase, nn.modules.dropout._DropoutNd)  # named in the evidence
 SAME_OUTPUT_TOL = 1e-6   # a fresh model whose train/eval outputs agree this closely has no mode-dependent layer
 
 
@@ -67,8 +68,8 @@ class TrainEval(Probe):
             model, source = fresh, "own run"
             optimizer = patient.make_optimizer(model)
             steps = ctx.steps(share=0.8, lo=MIN_STEPS, hi=MAX_STEPS, per_step=ctx.step_time * 1.1)
-            run = train(patient, model, optimizer, patient.loader(drop_last=len(patient.train_data) > patient.batch_size),
-                        steps, deadline=ctx.deadline)
+            loader = patient.loader(drop_last=len(patient.train_data) > patient.batch_size)
+            run = train(patient, model, optimizer, loader, steps, deadline=ctx.deadline)
             if run.error:
                 return self.result(status="failed", error=run.error)
             steps = run.steps
@@ -80,8 +81,7 @@ class TrainEval(Probe):
         metrics = {"source": source, "trained_steps": steps, "batch_size": len(batch[1]), "initial_loss": initial,
                    "train_mode_loss": mean, "train_mode_std": statistics.pstdev(train_scores) if train_scores else None,
                    "train_mode_losses": train_scores, "eval_mode_loss": eval_score,
-                   "mode_layers": sorted({type(m).__name__ for m in model.modules()
-                                          if isinstance(m, (nn.modules.batchnorm._NormBase, nn.modules.dropout._DropoutNd))})}
+                   "mode_layers": sorted({type(m).__name__ for m in model.modules() if isinstance(m, MODE_LAYERS)})}
         rels = self._plot(ctx, mean, eval_score)
         return self.result(metrics=metrics, plots=rels)
 
