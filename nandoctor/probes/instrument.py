@@ -60,9 +60,10 @@ def _norms(tensors: list[torch.Tensor]) -> list[float]:
     if not tensors:
         return []
     ts = [t if t.dtype in (torch.float32, torch.float64) else t.float() for t in tensors]
-    foreach = getattr(torch, "_foreach_norm", None)
-    norms = foreach(ts) if foreach is not None else [torch.linalg.vector_norm(t) for t in ts]
-    return torch.stack([n.float() for n in norms]).tolist()
+    try:
+        return torch.stack([n.float() for n in torch._foreach_norm(ts)]).tolist()
+    except (AttributeError, RuntimeError):  # no foreach kernel, or tensors on several devices
+        return [float(torch.linalg.vector_norm(t)) for t in ts]
 
 
 def fast_mean_std(t: torch.Tensor) -> tuple[float, float]:
