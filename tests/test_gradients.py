@@ -20,7 +20,7 @@ def gradients_evidence(**metrics):
 def test_exploding_sgd_momentum_ranks_first_and_clipping_cures_it(out):
     patient = make_patient(model=deep_relu, data=regression(), loss=nn.MSELoss(), optimizer=torch.optim.SGD,
                            lr=0.05, momentum=0.9)
-    report = battery(patient, probes=["overfit", "gradients"], budget=8, out=out)
+    report = battery(patient, probes=["overfit", "gradients"], budget=15, out=out)
     top = report.findings[0]
     assert top.code == "exploding-gradients"
     assert top.severity == "critical"
@@ -30,13 +30,13 @@ def test_exploding_sgd_momentum_ranks_first_and_clipping_cures_it(out):
 
 def test_vanishing_deep_sigmoid_ranks_first():
     report = battery(make_patient(model=deep_sigmoid, optimizer=torch.optim.SGD, lr=0.1),
-                     probes=["overfit", "gradients"], budget=6)
+                     probes=["overfit", "gradients"], budget=10)
     assert codes(report)[0] == "vanishing-gradients"
     assert report.findings[0].evidence["ratio_first_to_largest"] < 1e-5
 
 
 def test_healthy_adam_mlp_has_no_gradient_finding():
-    report = battery(make_patient(lr=1e-3), probes=["overfit", "gradients"], budget=5)
+    report = battery(make_patient(lr=1e-3), probes=["overfit", "gradients"], budget=10)
     assert not {"exploding-gradients", "vanishing-gradients"} & set(codes(report))
 
 

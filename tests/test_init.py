@@ -15,7 +15,7 @@ from sick_grads import bn_mlp, custom_init_mlp
 def test_custom_bad_init_ranks_first_and_a_standard_init_cures_it(kind, optimizer, lr, out):
     extra = {"momentum": 0.9} if optimizer is torch.optim.SGD else {}
     patient = make_patient(model=lambda: custom_init_mlp(kind), optimizer=optimizer, lr=lr, **extra)
-    report = battery(patient, probes=["overfit", "gradients", "init"], budget=10, out=out)
+    report = battery(patient, probes=["overfit", "gradients", "init"], budget=15, out=out)
     top = report.findings[0]
     assert top.code == "bad-init"
     assert top.treatment["cured"] is True
@@ -24,7 +24,7 @@ def test_custom_bad_init_ranks_first_and_a_standard_init_cures_it(kind, optimize
 
 
 def test_default_init_is_recognised_and_not_blamed():
-    report = battery(make_patient(lr=1e-3), probes=["init"], budget=5)
+    report = battery(make_patient(lr=1e-3), probes=["init"], budget=10)
     assert report.probes["init"].metrics["user_is_default"] is True
     assert "bad-init" not in codes(report)
 
@@ -63,7 +63,7 @@ def test_schemes_reinitialise_and_default_matches_default():
 def test_init_probe_leaves_the_patient_unchanged():
     patient = make_patient(lr=1e-3)
     before = {k: v.clone() for k, v in patient.new_model().state_dict().items()}
-    battery(patient, probes=["init"], budget=4)
+    battery(patient, probes=["init"], budget=10)
     after = patient.new_model().state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
 
