@@ -53,7 +53,9 @@ class BatchNormSmallBatch(Diagnosis):
 
     ## Evidence
     The batch size, the values per channel of each BatchNorm layer, and the held-out eval-mode loss
-    of each variant (plots/bn_freeze.png). The treatment record is the probe's comparison: the user's
+    of each variant (plots/bn_freeze.png). The larger batch trains for the same number of steps, so
+    it also sees more samples (the factor is in the evidence); the frozen-BatchNorm copy sees exactly
+    the user's batches. The treatment record is the probe's comparison: the user's
     set-up against the frozen-BatchNorm (or larger-batch) copy.
 
     ## Fix
@@ -84,7 +86,9 @@ class BatchNormSmallBatch(Diagnosis):
         evidence = {"batch_size": bs, "min_values_per_channel": per_channel,
                     "values_per_channel": m.get("values_per_channel"), "configured_error": mine.get("error"),
                     "eval_loss": {k: v.get("eval_loss") for k, v in variants.items()},
-                    "cured_by": sorted(cures), "steps": m.get("steps")}
+                    "cured_by": sorted(cures), "steps": m.get("steps"),
+                    # the larger batch trains the same steps, so it also sees this many times the samples
+                    "larger_batch_sample_factor": m["larger_batch"] / bs if m.get("larger_batch") and bs else None}
         how = f"; {' and '.join(sorted(cures))} fixes it" if cures else ""
         return self.finding(confidence, evidence, severity="critical" if cures or mine.get("error") else "warning",
                             plots=r.plots,
