@@ -23,7 +23,7 @@ class BadInit(Diagnosis):
     explains = ("exploding-gradients", "vanishing-gradients", "cannot-overfit-batch", "dead-relu",
                 "saturated-activation", "initial-loss-mismatch")
     thresholds = {
-        "tail_ratio": 3.0,        # the user's final loss at least 3x the best standard init's ...
+        "tail_ratio": 3.0,        # the user's final (or held-out) loss at least 3x the best standard init's ...
         "min_gap": 0.25,          # ... and above it by 25% of the best scheme's initial loss (not noise near 0)
         "critical_ratio": 10.0,   # 10x worse (or non-finite while a standard init stays finite): critical
     }
@@ -35,9 +35,10 @@ class BadInit(Diagnosis):
     The `init` probe trains the user's architecture several times for the same short number of
     steps on the same batches: once as the user's factory initialises it, and once each with
     PyTorch's default (`reset_parameters()` on every module), Kaiming, Xavier and orthogonal
-    weights (biases zero). The finding fires when the user's init is a custom one (its weight
-    scale differs from the default's) and ends far above the best standard init, or goes
-    non-finite while that one stays finite.
+    weights (biases zero), then scores each on held-out samples in eval mode. The finding fires
+    when the user's init is a custom one (its weight scale differs from the default's) and ends
+    far above the best standard init on the training batches or on the held-out samples (an init
+    that memorises but does not generalise), or goes non-finite while that one stays finite.
 
     ## Why it breaks training
     Weights too large make activations and gradients grow layer after layer (overflow, NaN,
@@ -46,7 +47,7 @@ class BadInit(Diagnosis):
     starts far from any region where it can make progress.
 
     ## Evidence
-    The final loss of every scheme, the best standard scheme, the ratio and gap to the user's,
+    The final and held-out loss of every scheme, the best standard scheme, the ratio to the user's,
     each layer's weight std relative to the default's, and plots/init.png: loss curves and the
     activation/gradient profiles by depth of every scheme side by side. The treatment re-runs the
     single-batch training with the best standard init.
@@ -64,39 +65,76 @@ class BadInit(Diagnosis):
         r = ev.ok("init")
         if r is None:
             return None
-        m, t = r.metrics, self.thresholds
+        m = r.metrics
         schemes, best = m.get("schemes") or {}, m.get("best_standard")
         user = schemes.get("as configured")
         if best is None or user is None or m.get("user_is_default"):
             return None  # no standard init trained, or the user's init is PyTorch's own
-        ref = schemes[best]
-        user_tail, best_tail, best_init = user.get("tail_loss"), ref.get("tail_loss"), ref.get("initial_loss")
-        # 1. non-finite while the standard init stays finite, or far above it
-        nonfinite = user.get("nonfinite_step") is not None or not _finite(user_tail)
-        ratio = None
-        if not nonfinite:
-            if not (_finite(best_tail) and _finite(best_init)):
-                return None
-            gap = user_tail - best_tail
-            ratio = user_tail / best_tail if best_tail > 0 else math.inf
-            if ratio < t["tail_ratio"] or gap < t["min_gap"] * abs(best_init):
-                return None
-        critical = nonfinite or ratio >= t["critical_ratio"]
-        confidence = 0.9 if nonfinite else min(0.9, 0.6 + 0.15 * math.log10(ratio / t["tail_ratio"] + 1))
-        evidence = {"best_standard_init": best, "user_final_loss": user_tail, "best_final_loss": best_tail,
+        scale = schemes[best].get("initial_loss")
+        if not _finite(scale):
+            return None
+        # 1. training loss: non-finite while the standard init stays finite, or far above it
+        trained = self._worse(user.get("tail_loss"), schemes[best].get("tail_loss"), scale,
+                              nonfinite=user.get("nonfinite_step") is not None)
+        # 2. held-out loss after the same training: an init that memorises but does not generalise
+        held = {s: v.get("held_out_loss") for s, v in schemes.items() if s != "as configured"}
+        best_held = min((s for s, v in held.items() if _finite(v)), key=lambda s: held[s], default=None)
+        general = self._worse(user.get("held_out_loss"), held.get(best_held), scale) if best_held else None
+        if trained is None and general is None:
+            return None
+        ratio = max(x for x in (trained, general) if x is not None)
+        nonfinite = math.isinf(ratio)
+        critical = nonfinite or ratio >= self.thresholds["critical_ratio"]
+        confidence = 0.9 if nonfinite else min(0.9, 0.6 + 0.15 * math.log10(ratio / self.thresholds["tail_ratio"] + 1))
+        evidence = {"best_standard_init": best if trained is not None else best_held,
+                    "worse_on": [w for w, x in (("training loss", trained), ("held-out loss", general))
+                                 if x is not None],
+                    "user_final_loss": user.get("tail_loss"), "best_final_loss": schemes[best].get("tail_loss"),
+                    "user_held_out_loss": user.get("held_out_loss"),
+                    "best_held_out_loss": held.get(best_held) if best_held else None,
                     "ratio": ratio, "user_nonfinite_step": user.get("nonfinite_step"),
                     "final_loss_by_scheme": {s: v.get("tail_loss") for s, v in schemes.items()},
+                    "held_out_loss_by_scheme": {s: v.get("held_out_loss") for s, v in schemes.items()},
                     "weight_std_vs_default": m.get("user_std_over_default"), "steps": m.get("steps"),
                     "mode": m.get("mode")}
-        what = f"goes non-finite where the {best} init trains" if nonfinite else \
-            f"ends {ratio:.3g}x higher than the {best} init"
         return self.finding(confidence, evidence, severity="critical" if critical else "warning", plots=r.plots,
-                            title=f"The configured init {what} (loss {_fmt(user_tail)} vs {_fmt(best_tail)})")
+                            title=self._title(evidence, trained is not None, nonfinite))
+
+    def _worse(self, user, best, scale: float, nonfinite: bool = False) -> float | None:
+        """How many times worse the user's loss is (inf: non-finite), or None when not clearly worse."""
+        if nonfinite or (user is not None and not _finite(user)):
+            return math.inf if _finite(best) else None
+        if not (_finite(user) and _finite(best)):
+            return None
+        ratio = user / best if best > 0 else math.inf
+        clear = ratio >= self.thresholds["tail_ratio"] and user - best >= self.thresholds["min_gap"] * abs(scale)
+        return ratio if clear else None
+
+    @staticmethod
+    def _title(e: dict, on_training: bool, nonfinite: bool) -> str:
+        best = e["best_standard_init"]
+        if nonfinite:
+            return f"The configured init goes non-finite where the {best} init trains"
+        mine, theirs, where = (e["user_final_loss"], e["best_final_loss"], "training") if on_training else \
+            (e["user_held_out_loss"], e["best_held_out_loss"], "held-out")
+        return f"The configured init ends with a {where} loss of {_fmt(mine)} where the {best} init " \
+               f"reaches {_fmt(theirs)}"
 
     def treat(self, ctx, finding):
-        """The single-batch training again with the best standard init; cured when it ends far lower."""
+        """The single-batch training again with the best standard init; cured when it ends far lower.
+
+        When the held-out loss is what differs (an init that memorises one batch as well as any
+        other), the init probe's own comparison (same steps, same batches, held-out loss) is the
+        treatment record: a single-batch re-run cannot show it.
+        """
         scheme = finding.evidence["best_standard_init"]
         tried = f"re-initialised with the {scheme} init"
+        if "held-out loss" in finding.evidence["worse_on"]:
+            keep = ("held_out_loss", "tail_loss", "steps", "nonfinite_step")
+            schemes = ctx.evidence["init"].metrics["schemes"]
+            return {"tried": tried + " (the init probe's run: same steps, same batches)", "cured": True,
+                    "before": {k: schemes["as configured"].get(k) for k in keep},
+                    "after": {k: schemes[scheme].get(k) for k in keep}}
         variant = ctx.patient.variant(tried, model_factory=scheme_factory(ctx.patient, scheme))
         # 1. the untreated run first: the cure must beat it by the same ratio the probe asked for
         steps = ctx.steps(lo=treatments.MIN_STEPS, hi=treatments.MAX_STEPS, per_step=ctx.step_time * 1.1)

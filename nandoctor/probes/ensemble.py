@@ -71,7 +71,7 @@ def _cycled(batches: list[Any], steps: int) -> list[Any]:
 
 def train_ensemble(patient, models: list[nn.Module], batches: list[Any], steps: int, *,
                    deadline: float | None = None) -> list[Run]:
-    """The batched path: one forward/backward per step for all K models. The models are not modified."""
+    """The batched path: one forward/backward per step for all K models; they end trained, like the one-by-one path."""
     from torch.func import functional_call, stack_module_state
 
     # 1. stacked parameters [K, ...] as fresh leaf tensors, a stateless copy of the architecture
@@ -106,6 +106,11 @@ def train_ensemble(patient, models: list[nn.Module], batches: list[Any], steps: 
                 runs[k].stopped = "deadline" if alive[k] else runs[k].stopped
             break
     elapsed = time.perf_counter() - start
+    # 3. hand the trained weights back to the models, as the one-by-one path leaves them
+    with torch.no_grad():
+        for k, model in enumerate(models):
+            for name, p in model.named_parameters():
+                p.copy_(params[name][k])
     for run in runs:
         run.seconds = elapsed
     return runs

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from nandoctor.probes import Probe, ProbeContext
+from nandoctor.probes.bn_freeze import eval_loss
 from nandoctor.probes.ensemble import train_many
 from nandoctor.probes.gradients import param_counts, weight_layers
 from nandoctor.probes.instrument import Recorder
@@ -28,6 +29,7 @@ from nandoctor.report import gradplots, plots
 MIN_STEPS = 15          # fewer steps cannot separate a slow start from a bad one
 MAX_STEPS = 120         # enough for a clearly better init to pull away
 N_BATCHES = 4           # the same few batches for every scheme (cycled)
+HELD_OUT = 128          # samples scored in eval mode after training, per scheme
 DEFAULT_STD_TOLERANCE = 0.15  # per-layer weight std within 15% of the default's: "the user's init is the default"
 SAMPLING_SIGMAS = 3.0         # ... or within this many sampling standard errors, for small layers
 INIT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
@@ -175,8 +177,11 @@ class InitCompare(Probe):
         errors = {s: r.error for s, r in runs.items() if r.error}
         if "as configured" in errors:
             return self.result(status="failed", error=errors["as configured"])
-        # 4. compare the user's scheme with the best standard one
-        summary = {s: {**r.to_metrics(), "initial_loss_profile": profiles[s]["initial_loss"]} for s, r in runs.items()}
+        # 4. every trained model scored in eval mode on held-out samples (validation data when given)
+        held_out = self._held_out(patient)
+        summary = {s: {**r.to_metrics(), "held_out_loss": eval_loss(patient, models[s], held_out)
+                       if held_out is not None and r.nonfinite_step is None else None}
+                   for s, r in runs.items()}
         trained = [s for s in STANDARD if s in summary and summary[s]["tail_loss"] is not None
                    and runs[s].nonfinite_step is None]
         best = min(trained,
@@ -187,6 +192,15 @@ class InitCompare(Probe):
                    "profiles": profiles, "errors": errors or None}
         rels = self._plot(ctx, runs, profiles)
         return self.result(metrics=metrics, data={"runs": runs}, plots=rels)
+
+    def _held_out(self, patient):
+        """Samples none of the training batches drew when possible: the validation set, else later draws."""
+        try:
+            if patient.val_data is not None and len(patient.val_data) > 1:
+                return patient.variant("validation data", train_data=patient.val_data).fixed_batch(size=HELD_OUT)
+            return patient.fixed_batch(size=HELD_OUT, offset=N_BATCHES + 90)
+        except Exception:  # an odd validation set: compare on training losses only
+            return None
 
     def _plot(self, ctx: ProbeContext, runs: dict, profiles: dict) -> list[str]:
         path, rel = ctx.plot_path("init")
