@@ -74,3 +74,24 @@ def test_frozen_batchnorm_stays_in_eval_mode():
     assert not any(p.requires_grad for p in model[1].parameters())
     assert all(p.requires_grad for p in model[0].parameters())
     assert isinstance(model[0], nn.Linear)
+
+
+def init_evidence(user: dict, default_is_user: bool = False) -> "Evidence":
+    from nandoctor.records import Evidence, ProbeResult
+    standard = {"tail_loss": 0.01, "held_out_loss": 0.02, "initial_loss": 1.1, "nonfinite_step": None}
+    schemes = {"as configured": {"initial_loss": 1.1, "nonfinite_step": None, **user},
+               **{s: dict(standard) for s in ("pytorch default", "kaiming", "xavier", "orthogonal")}}
+    metrics = {"schemes": schemes, "best_standard": "pytorch default", "user_is_default": default_is_user,
+               "steps": 100, "mode": "ensemble"}
+    return Evidence({"init": ProbeResult(name="init", metrics=metrics)})
+
+
+def test_bad_init_reads_training_and_held_out_losses():
+    from nandoctor.diagnoses.init import BadInit
+    diag = BadInit()
+    assert diag.check(init_evidence({"tail_loss": 0.012, "held_out_loss": 0.03})) is None  # within noise
+    memorises = diag.check(init_evidence({"tail_loss": 0.0, "held_out_loss": 40.0}))
+    assert memorises.evidence["worse_on"] == ["held-out loss"] and memorises.severity == "critical"
+    stuck = diag.check(init_evidence({"tail_loss": 1.05, "held_out_loss": 1.1}))
+    assert "training loss" in stuck.evidence["worse_on"]
+    assert diag.check(init_evidence({"tail_loss": 1.05, "held_out_loss": 1.1}, default_is_user=True)) is None
