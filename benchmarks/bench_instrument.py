@@ -16,7 +16,7 @@ from torch import nn
 
 from nandoctor.probes.instrument import Recorder
 
-REPEATS = 7        # alternating bare/instrumented blocks
+REPEATS = 5        # alternating bare/instrumented blocks
 STEPS = 30         # timed steps per block
 WARMUP = 5         # untimed steps per block
 TARGET = 1.15      # the target: <= 15% over a bare step

@@ -34,7 +34,7 @@ DEFAULT_STD_TOLERANCE = 0.15  # per-layer weight std within 15% of the default's
 SAMPLING_SIGMAS = 3.0         # ... or within this many sampling standard errors, for small layers
 INIT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
                nn.ConvTranspose3d, nn.Bilinear)
-ENSEMBLE_CPU_MAX_STEP = 0.01  # on CPU, batch the schemes only for steps this fast (overhead-bound; see bench_ensemble)
+ENSEMBLE_CPU_MAX_STEP = 0.002  # on CPU, batch the schemes only for steps this fast (overhead-bound; bench_ensemble)
 RECURRENT = (nn.RNNBase,)
 STANDARD = ("pytorch default", "kaiming", "xavier", "orthogonal")
 
