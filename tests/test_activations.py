@@ -54,12 +54,12 @@ def evidence(recorder, memorised=True):
 
 
 def fake_recorder(**kw):
-    base = dict(layer_types={}, dead_per_call={}, saturated={}, call_order=[])
+    base = dict(layer_types={}, dead_per_call={}, saturated={}, forward_order=[])
     return SimpleNamespace(**{**base, **kw})
 
 
 def test_dead_relu_threshold_is_half_the_layer():
-    rec = fake_recorder(layer_types={"h": "ReLU", "out": "Linear"}, call_order=["h", "out"],
+    rec = fake_recorder(layer_types={"h": "ReLU", "out": "Linear"}, forward_order=["h", "out"],
                         dead_per_call={"h": [0.1] * 80 + [0.45] * 20})
     assert get("dead-relu").check(evidence(rec)) is None
     rec.dead_per_call["h"] = [0.1] * 80 + [0.6] * 20
@@ -68,13 +68,13 @@ def test_dead_relu_threshold_is_half_the_layer():
 
 
 def test_output_relu_and_leaky_relu_are_not_judged():
-    rec = fake_recorder(layer_types={"h": "LeakyReLU", "out": "ReLU"}, call_order=["h", "out"],
+    rec = fake_recorder(layer_types={"h": "LeakyReLU", "out": "ReLU"}, forward_order=["h", "out"],
                         dead_per_call={"h": [1.0] * 10, "out": [1.0] * 10})
     assert get("dead-relu").check(evidence(rec)) is None
 
 
 def test_late_saturation_counts_only_when_the_batch_is_not_memorised():
-    rec = fake_recorder(layer_types={"t": "Tanh", "out": "Linear"}, call_order=["t", "out"],
+    rec = fake_recorder(layer_types={"t": "Tanh", "out": "Linear"}, forward_order=["t", "out"],
                         saturated={"t": [0.0] * 80 + [0.9] * 20})
     assert get("saturated-activation").check(evidence(rec, memorised=True)) is None
     assert get("saturated-activation").check(evidence(rec, memorised=False)) is not None

@@ -34,7 +34,7 @@ def recorder_of(ev: Evidence):
 
 
 def output_layer(rec) -> str | None:
-    return rec.call_order[-1] if getattr(rec, "call_order", None) else None
+    return rec.forward_order[-1] if getattr(rec, "forward_order", None) else None
 
 
 class DeadRelu(OptionalExplains):
@@ -105,7 +105,11 @@ class DeadRelu(OptionalExplains):
                                severity=severity, plots=r.plots,
                                title=f"{worst['dead_share']:.0%} of the units of ReLU layer `{worst['layer']}` are dead "
                                      f"({'from initialisation' if at_init else 'they died during training'})")
-        if at_init:  # dead from the first call: the init is the mechanism, this names the layer
+        zeroed = [k for k, v in getattr(rec, "weight_norms", {}).items() if v and v[0] == 0.0]
+        if at_init and zeroed:  # all-zero weights: nothing is "dead", the init is the cause (bad-init)
+            finding.role, finding.explains = "symptom", ()
+            finding.evidence["zero_initialised_layers"] = zeroed
+        elif at_init:  # dead from the first call: the init is the mechanism, this names the layer
             finding.explains = installed(finding.explains + ("bad-init",))
         else:  # dying during training is usually the learning rate's doing: a symptom
             finding.role, finding.explains = "symptom", ()

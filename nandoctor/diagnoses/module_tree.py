@@ -72,7 +72,7 @@ def zero_grad_layers(ev: Evidence) -> list[dict]:
     rec = r.data.get("recorder") if r is not None else None
     if rec is None or ("dead-relu" in REGISTRY and REGISTRY["dead-relu"].check(ev) is not None):
         return []
-    output = rec.call_order[-1] if getattr(rec, "call_order", None) else None
+    output = rec.forward_order[-1] if getattr(rec, "forward_order", None) else None
     if output is not None and rec.layer_types.get(output) in ("ReLU", "ReLU6"):
         return []
     out = []

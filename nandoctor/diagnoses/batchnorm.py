@@ -1,0 +1,178 @@
+"""batchnorm-small-batch and train-eval-gap: layers that behave differently in train() and eval() mode."""
+
+from __future__ import annotations
+
+import math
+
+from nandoctor.diagnoses import Diagnosis
+from nandoctor.records import Evidence
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def better(before, after, scale, ratio: float, gap: float) -> bool:
+    """``after`` clearly beats ``before``: non-finite/failed -> finite, or ``ratio`` x lower by ``gap`` x scale."""
+    if not _finite(after):
+        return False
+    if not _finite(before):
+        return True
+    return before >= ratio * after and before - after >= gap * abs(scale or 1.0)
+
+
+class BatchNormSmallBatch(Diagnosis):
+    code = "batchnorm-small-batch"
+    title = "BatchNorm gets too few samples per batch to estimate its statistics"
+    severity = "critical"
+    role = "cause"
+    requires = ("bn_freeze",)
+    explains = ("train-eval-gap", "exploding-gradients", "cannot-overfit-batch", "training-crashed")
+    thresholds = {
+        "small_batch": 8,          # samples per batch below which BatchNorm statistics are noise
+        "min_values": 8,           # values averaged per channel (N x spatial) below which they are noise
+        "cure_ratio": 2.0,         # frozen BN / larger batch: held-out eval loss at least 2x lower ...
+        "cure_gap": 0.2,           # ... and lower by 20% of the fresh model's eval loss
+    }
+    fix = ("Use a larger batch (gradient accumulation keeps memory flat but does NOT help BatchNorm), freeze "
+           "BatchNorm (model.eval() on the BN layers and requires_grad=False on their weights, as when "
+           "fine-tuning), or replace it by GroupNorm/LayerNorm, which do not depend on the batch.")
+    doc = """
+    ## What it detects
+    BatchNorm normalises with the mean and variance of the current batch. With a handful of samples
+    per batch those estimates are noise. The `bn_freeze` probe counts the values each BatchNorm layer
+    averages per channel at the user's batch size, and trains three fresh copies for the same steps:
+    as configured, with BatchNorm frozen (eval-mode statistics, affine weights frozen), and with a
+    larger batch; each is then scored in eval mode on the same held-out batch.
+
+    ## Why it breaks training
+    Tiny-batch statistics make every step's normalisation different: the loss is noisy, the running
+    statistics used at evaluation do not match what the layers saw in training (a large train/eval
+    gap), and with one sample per channel BatchNorm cannot normalise at all (it raises, or outputs
+    zeros).
+
+    ## Evidence
+    The batch size, the values per channel of each BatchNorm layer, and the held-out eval-mode loss
+    of each variant (plots/bn_freeze.png). The larger batch trains for the same number of steps, so
+    it also sees more samples (the factor is in the evidence); the frozen-BatchNorm copy sees exactly
+    the user's batches. The treatment record is the probe's comparison: the user's
+    set-up against the frozen-BatchNorm (or larger-batch) copy.
+
+    ## Fix
+    A batch of 16 or more per BatchNorm layer; otherwise freeze BatchNorm or use GroupNorm/LayerNorm.
+
+    ## Known false positives
+    Very short runs where neither variant has learned anything yet (no cure is then claimed and the
+    finding stays a warning); pretrained BatchNorm fine-tuned on purpose with tiny batches.
+    """
+
+    def check(self, ev: Evidence):
+        r = ev.ok("bn_freeze")
+        if r is None:
+            return None
+        m, t = r.metrics, self.thresholds
+        bs, per_channel = m.get("batch_size"), m.get("min_values_per_channel")
+        small = (bs is not None and bs < t["small_batch"]) \
+            or (per_channel is not None and per_channel < t["min_values"])
+        if not small:
+            return None
+        # 1. did freezing BatchNorm or a larger batch clearly beat the configured run?
+        variants = m.get("variants") or {}
+        mine = variants.get("as configured", {})
+        before = mine.get("eval_loss") if not mine.get("error") else math.nan
+        cures = {k: v.get("eval_loss") for k, v in variants.items() if k != "as configured"
+                 and better(before, v.get("eval_loss"), m.get("initial_eval_loss"), t["cure_ratio"], t["cure_gap"])}
+        confidence = 0.9 if cures else 0.55
+        evidence = {"batch_size": bs, "min_values_per_channel": per_channel,
+                    "values_per_channel": m.get("values_per_channel"), "configured_error": mine.get("error"),
+                    "eval_loss": {k: v.get("eval_loss") for k, v in variants.items()},
+                    "cured_by": sorted(cures), "steps": m.get("steps"),
+                    # the larger batch trains the same steps, so it also sees this many times the samples
+                    "larger_batch_sample_factor": m["larger_batch"] / bs if m.get("larger_batch") and bs else None}
+        how = f"; {' and '.join(sorted(cures))} fixes it" if cures else ""
+        return self.finding(confidence, evidence, severity="critical" if cures or mine.get("error") else "warning",
+                            plots=r.plots,
+                            title=f"BatchNorm sees {bs} samples per batch ({per_channel} values per channel){how}")
+
+    def treat(self, ctx, finding):
+        """The probe already trained the cure on a copy: report that comparison as the treatment."""
+        r = ctx.evidence.ok("bn_freeze")
+        if r is None:
+            return None
+        variants = r.metrics["variants"]
+        pick = "frozen BN" if "frozen BN" in finding.evidence["cured_by"] or not finding.evidence["cured_by"] \
+            else finding.evidence["cured_by"][0]
+        tried = "froze BatchNorm (eval-mode statistics, affine weights frozen)" if pick == "frozen BN" \
+            else f"trained with {pick}"
+        keep = ("eval_loss", "final_loss", "tail_loss", "steps", "nonfinite_step", "error")
+        return {"tried": tried, "cured": pick in finding.evidence["cured_by"],
+                "before": {k: variants["as configured"].get(k) for k in keep},
+                "after": {k: variants[pick].get(k) for k in keep}}  # the finding already shows the probe's plot
+
+
+class TrainEvalGap(Diagnosis):
+    code = "train-eval-gap"
+    title = "The same batch scores very differently in train() and eval() mode"
+    severity = "warning"
+    role = "cause"
+    requires = ("train_eval",)
+    thresholds = {
+        "ratio": 3.0,           # eval-mode loss at least 3x the train-mode loss ...
+        "gap": 0.5,             # ... and above it by half the fresh model's loss ...
+        "noise_sigmas": 5.0,    # ... and by this many train-mode standard deviations (Dropout noise)
+        "critical_ratio": 10.0,  # 10x (or a non-finite eval loss): critical ...
+        "trusted_steps": 30,     # ... once the model trained this many steps (running statistics settle)
+    }
+    fix = ("Look at the layers that differ between modes: BatchNorm running statistics that do not match the "
+           "batches (unshuffled or class-sorted data, tiny batches, a momentum too high), a custom layer that "
+           "branches on self.training, or Dropout that is not rescaled. Shuffle the data, use larger batches "
+           "or GroupNorm/LayerNorm, and evaluate with the same preprocessing as training.")
+    doc = """
+    ## What it detects
+    After a short training on the user's data stream, one batch of the user's size is scored in
+    `train()` mode (several times: Dropout is random, the spread is the noise) and in `eval()` mode.
+    The eval-mode loss is far above the train-mode loss, beyond that noise.
+
+    ## Why it breaks training
+    Validation, early stopping and deployment all run in eval mode. A model that is good only in
+    train mode looks like it overfits or never learned: BatchNorm's running statistics describe other
+    data than the batches it normalised during training (class-sorted or unshuffled batches,
+    distribution shift between batches, tiny batches), or a custom layer behaves differently.
+
+    ## Evidence
+    The train-mode loss (mean and spread), the eval-mode loss, their ratio, the layers that depend
+    on the mode, and plots/train_eval.png.
+
+    ## Fix
+    Shuffle the training data; use batches of 16+ per BatchNorm layer or GroupNorm/LayerNorm;
+    recompute BatchNorm statistics on representative data; check custom `self.training` branches.
+
+    ## Known false positives
+    Heavy Dropout makes the train-mode loss *higher* than eval (not flagged: only eval-worse is);
+    very early in training running statistics lag behind the weights (the probe trains first).
+    """
+
+    def check(self, ev: Evidence):
+        r = ev.ok("train_eval")
+        if r is None:
+            return None
+        m, t = r.metrics, self.thresholds
+        tr, ev_loss, std, scale = m.get("train_mode_loss"), m.get("eval_mode_loss"), m.get("train_mode_std"), \
+            m.get("initial_loss")
+        if not _finite(tr):
+            return None
+        nonfinite = ev_loss is not None and not _finite(ev_loss)
+        if not nonfinite:
+            if not _finite(ev_loss) or ev_loss < t["ratio"] * max(tr, 1e-12):
+                return None
+            if ev_loss - tr < max(t["gap"] * abs(scale if _finite(scale) else 1.0), t["noise_sigmas"] * (std or 0.0)):
+                return None
+        ratio = ev_loss / max(tr, 1e-12) if not nonfinite else math.inf
+        settled = (m.get("trained_steps") or 0) >= t["trusted_steps"]
+        critical = (nonfinite or ratio >= t["critical_ratio"]) and settled
+        confidence = 0.85 if critical else 0.7 if settled else 0.5
+        evidence = {"train_mode_loss": tr, "train_mode_std": std, "eval_mode_loss": ev_loss, "ratio": ratio,
+                    "batch_size": m.get("batch_size"), "mode_layers": m.get("mode_layers"),
+                    "initial_loss": scale, "trained_steps": m.get("trained_steps")}
+        return self.finding(confidence, evidence, severity="critical" if critical else "warning", plots=r.plots,
+                            title=f"Eval-mode loss {ev_loss:.4g} vs train-mode {tr:.4g} on the same batch")

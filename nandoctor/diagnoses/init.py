@@ -1,0 +1,155 @@
+"""bad-init: the configured initialisation trains far worse than a standard one."""
+
+from __future__ import annotations
+
+import math
+
+from nandoctor import treatments
+from nandoctor.diagnoses import Diagnosis
+from nandoctor.probes.init_compare import scheme_factory
+from nandoctor.records import Evidence
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+class BadInit(Diagnosis):
+    code = "bad-init"
+    title = "The configured initialisation trains far worse than a standard one"
+    severity = "critical"
+    role = "cause"
+    requires = ("init",)
+    explains = ("exploding-gradients", "vanishing-gradients", "cannot-overfit-batch", "dead-relu",
+                "saturated-activation", "initial-loss-mismatch")
+    thresholds = {
+        "tail_ratio": 3.0,        # the user's final (or held-out) loss at least 3x the best standard init's ...
+        "min_gap": 0.25,          # ... and above it by 25% of the best scheme's initial loss (not noise near 0)
+        "critical_ratio": 10.0,   # 10x worse (or non-finite while a standard init stays finite): critical
+    }
+    fix = ("Remove the custom initialisation (PyTorch's default reset_parameters() is sound) or use the standard "
+           "init named in the evidence: nn.init.kaiming_normal_(w, nonlinearity='relu') for ReLU nets, "
+           "nn.init.xavier_uniform_(w) for tanh/sigmoid, biases zero.")
+    doc = """
+    ## What it detects
+    The `init` probe trains the user's architecture several times for the same short number of
+    steps on the same batches: once as the user's factory initialises it, and once each with
+    PyTorch's default (`reset_parameters()` on every module), Kaiming, Xavier and orthogonal
+    weights (biases zero), then scores each on held-out samples in eval mode. The finding fires
+    when the user's init is a custom one (its weight scale differs from the default's) and ends
+    far above the best standard init on the training batches or on the held-out samples (an init
+    that memorises but does not generalise), or goes non-finite while that one stays finite.
+
+    ## Why it breaks training
+    Weights too large make activations and gradients grow layer after layer (overflow, NaN,
+    saturated units); too small makes them shrink to nothing (vanishing gradients, a network stuck
+    at its initial loss); constant weights make all units identical forever. The optimizer then
+    starts far from any region where it can make progress.
+
+    ## Evidence
+    The final and held-out loss of every scheme, the best standard scheme, the ratio to the user's,
+    each layer's weight std relative to the default's, and plots/init.png: loss curves and the
+    activation/gradient profiles by depth of every scheme side by side. The treatment re-runs the
+    single-batch training with the best standard init.
+
+    ## Fix
+    Drop the custom init or replace it by the best scheme found.
+
+    ## Known false positives
+    Inits that start slow on purpose (zero-initialised last layers or residual branches) can lose a
+    very short race; the thresholds ask for a 3x gap. Pretrained weights loaded in the factory are
+    reported as a custom init and should win, not lose.
+    """
+
+    def check(self, ev: Evidence):
+        r = ev.ok("init")
+        if r is None:
+            return None
+        m = r.metrics
+        schemes, best = m.get("schemes") or {}, m.get("best_standard")
+        user = schemes.get("as configured")
+        if best is None or user is None or m.get("user_is_default"):
+            return None  # no standard init trained, or the user's init is PyTorch's own
+        scale = schemes[best].get("initial_loss")
+        if not _finite(scale):
+            return None
+        # 1. training loss: non-finite while the standard init stays finite, or far above it
+        trained = self._worse(user.get("tail_loss"), schemes[best].get("tail_loss"), scale,
+                              nonfinite=user.get("nonfinite_step") is not None)
+        # 2. held-out loss after the same training: an init that memorises but does not generalise
+        held = {s: v.get("held_out_loss") for s, v in schemes.items() if s != "as configured"}
+        best_held = min((s for s, v in held.items() if _finite(v)), key=lambda s: held[s], default=None)
+        general = self._worse(user.get("held_out_loss"), held.get(best_held), scale) if best_held else None
+        if trained is None and general is None:
+            return None
+        ratio = max(x for x in (trained, general) if x is not None)
+        nonfinite = math.isinf(ratio)
+        critical = nonfinite or ratio >= self.thresholds["critical_ratio"]
+        confidence = 0.9 if nonfinite else min(0.9, 0.6 + 0.15 * math.log10(ratio / self.thresholds["tail_ratio"] + 1))
+        evidence = {"best_standard_init": best if trained is not None else best_held,
+                    "worse_on": [w for w, x in (("training loss", trained), ("held-out loss", general))
+                                 if x is not None],
+                    "user_final_loss": user.get("tail_loss"), "best_final_loss": schemes[best].get("tail_loss"),
+                    "user_held_out_loss": user.get("held_out_loss"),
+                    "best_held_out_loss": held.get(best_held) if best_held else None,
+                    "ratio": ratio, "user_nonfinite_step": user.get("nonfinite_step"),
+                    "final_loss_by_scheme": {s: v.get("tail_loss") for s, v in schemes.items()},
+                    "held_out_loss_by_scheme": {s: v.get("held_out_loss") for s, v in schemes.items()},
+                    "weight_std_vs_default": m.get("user_std_over_default"), "steps": m.get("steps"),
+                    "mode": m.get("mode")}
+        return self.finding(confidence, evidence, severity="critical" if critical else "warning", plots=r.plots,
+                            title=self._title(evidence, trained is not None, nonfinite))
+
+    def _worse(self, user, best, scale: float, nonfinite: bool = False) -> float | None:
+        """How many times worse the user's loss is (inf: non-finite), or None when not clearly worse."""
+        if nonfinite or (user is not None and not _finite(user)):
+            return math.inf if _finite(best) else None
+        if not (_finite(user) and _finite(best)):
+            return None
+        ratio = user / best if best > 0 else math.inf
+        clear = ratio >= self.thresholds["tail_ratio"] and user - best >= self.thresholds["min_gap"] * abs(scale)
+        return ratio if clear else None
+
+    @staticmethod
+    def _title(e: dict, on_training: bool, nonfinite: bool) -> str:
+        best = e["best_standard_init"]
+        if nonfinite:
+            return f"The configured init goes non-finite where the {best} init trains"
+        mine, theirs, where = (e["user_final_loss"], e["best_final_loss"], "training") if on_training else \
+            (e["user_held_out_loss"], e["best_held_out_loss"], "held-out")
+        return f"The configured init ends with a {where} loss of {_fmt(mine)} where the {best} init " \
+               f"reaches {_fmt(theirs)}"
+
+    def treat(self, ctx, finding):
+        """The single-batch training again with the best standard init; cured when it ends far lower.
+
+        When the held-out loss is what differs (an init that memorises one batch as well as any
+        other), the init probe's own comparison (same steps, same batches, held-out loss) is the
+        treatment record: a single-batch re-run cannot show it.
+        """
+        scheme = finding.evidence["best_standard_init"]
+        tried = f"re-initialised with the {scheme} init"
+        if "held-out loss" in finding.evidence["worse_on"]:
+            keep = ("held_out_loss", "tail_loss", "steps", "nonfinite_step")
+            schemes = ctx.evidence["init"].metrics["schemes"]
+            return {"tried": tried + " (the init probe's run: same steps, same batches)", "cured": True,
+                    "before": {k: schemes["as configured"].get(k) for k in keep},
+                    "after": {k: schemes[scheme].get(k) for k in keep}}
+        variant = ctx.patient.variant(tried, model_factory=scheme_factory(ctx.patient, scheme))
+        # 1. the untreated run first: the cure must beat it by the same ratio the probe asked for
+        steps = ctx.steps(lo=treatments.MIN_STEPS, hi=treatments.MAX_STEPS, per_step=ctx.step_time * 1.1)
+        before, before_acc = treatments.overfit_run(ctx, ctx.patient, steps)
+        target = before.tail() / self.thresholds["tail_ratio"] if _finite(before.tail()) and \
+            before.nonfinite_step is None else math.inf
+
+        def judge(run, accuracy) -> bool:
+            if math.isinf(target):  # the untreated run went non-finite: the cure must train properly
+                return treatments.healthy_run(run, accuracy)
+            return not run.error and run.nonfinite_step is None and bool(run.losses) \
+                and min(run.losses) >= -1e-6 and run.tail() <= target
+        return treatments.try_cure(ctx, variant, tried, code=self.code, judge=judge, before=before,
+                                   before_accuracy=before_acc)
+
+
+def _fmt(x) -> str:
+    return f"{x:.4g}" if _finite(x) else str(x)

@@ -1,0 +1,147 @@
+"""The ``bn_freeze`` probe: BatchNorm at the user's batch size, against frozen BatchNorm and a larger batch.
+
+Variants, each a fresh model trained for the same steps on the user's data stream:
+- ``as configured``: the user's batch size, BatchNorm in training mode;
+- ``frozen BN``: the same batch size, every BatchNorm layer in eval mode for good (running
+  statistics used, not updated) and its affine weights frozen;
+- ``batch N``: a larger batch (only when the user's is small), BatchNorm training.
+Each is then scored in eval mode on the same held-out batch. The probe also measures how
+many values each BatchNorm layer averages per channel at the user's batch size. It is
+skipped when the model has no BatchNorm.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import types
+
+import torch
+from torch import nn
+
+from nandoctor.probes import Probe, ProbeContext
+from nandoctor.probes.training import Run, train
+from nandoctor.records import ProbeResult
+from nandoctor.report import gradplots, plots
+
+BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
+LARGER_BATCH = 32      # the comparison batch size, tried when the user's is below it
+EVAL_BATCH = 128       # held-out samples scored in eval mode after training
+MIN_STEPS = 15         # per variant
+MAX_STEPS = 100        # per variant
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, BN_TYPES) for m in model.modules())
+
+
+def _stay_eval(self: nn.Module, mode: bool = True) -> nn.Module:
+    """``train()`` of a frozen BatchNorm: it stays in eval mode whatever the training loop asks."""
+    self.training = False
+    return self
+
+
+def freeze_batchnorm(model: nn.Module) -> nn.Module:
+    """Every BatchNorm in eval mode for good (running statistics, not updated) with frozen affine weights."""
+    for m in model.modules():
+        if isinstance(m, BN_TYPES):
+            m.train = types.MethodType(_stay_eval, m)
+            m.training = False
+            for p in m.parameters(recurse=False):
+                p.requires_grad_(False)
+    return model
+
+
+def frozen_factory(patient):
+    factory = patient.model_factory
+
+    def build() -> nn.Module:
+        return freeze_batchnorm(factory())
+    return build
+
+
+def values_per_channel(patient, model: nn.Module, batch) -> dict[str, int]:
+    """BatchNorm layer -> values its statistics average per channel for one batch (N x spatial size)."""
+    seen: dict[str, int] = {}
+    throwaway = copy.deepcopy(model)  # a train-mode forward updates running statistics
+    for name, m in throwaway.named_modules():
+        if isinstance(m, BN_TYPES):
+            def hook(mod, inputs, name=name):
+                x = inputs[0]
+                seen[name] = int(x.numel() // max(1, x.shape[1])) if x.dim() >= 2 else int(x.numel())
+            m.register_forward_pre_hook(hook)
+    try:
+        with torch.no_grad():
+            patient.compute_loss(throwaway, batch)
+    except Exception:  # a batch of one in BatchNorm1d raises; the pre-hook ran before
+        pass
+    return seen
+
+
+def eval_loss(patient, model: nn.Module, batch, train_mode: bool = False) -> float | None:
+    """The loss of ``batch`` in eval (or train) mode, on a copy: scoring never changes the model."""
+    scored = copy.deepcopy(model)
+    scored.train(train_mode)
+    try:
+        with torch.no_grad():
+            _, loss = patient.compute_loss(scored, batch)
+        return float(loss)
+    except Exception:
+        return None
+
+
+class BatchNormFreeze(Probe):
+    name = "bn_freeze"
+    title = "BatchNorm: as configured vs frozen vs a larger batch"
+    order = 45
+    weight = 1.0
+    needs_pairs = True
+
+    def run(self, ctx: ProbeContext) -> ProbeResult:
+        patient = ctx.patient
+        # 1. skip without BatchNorm; measure the values per channel at the user's batch size
+        probe_model = patient.new_model()
+        if not has_batchnorm(probe_model):
+            return self.result(status="skipped", reason="the model has no BatchNorm layer")
+        if ctx.seconds < ctx.step_time * 3 * MIN_STEPS * 0.5:
+            return self.result(status="skipped", reason="too little time for the three short trainings")
+        bs = patient.batch_size
+        per_channel = values_per_channel(patient, probe_model, patient.fixed_batch(size=bs))
+        # 2. the variants
+        variants = {"as configured": (patient, bs), "frozen BN": (
+            patient.variant("frozen BatchNorm", model_factory=frozen_factory(patient)), bs)}
+        larger = LARGER_BATCH if bs < LARGER_BATCH and len(patient.train_data) >= 2 * LARGER_BATCH else None
+        if larger:
+            variants[f"batch {larger}"] = (patient, larger)
+        steps = ctx.steps(share=0.85 / len(variants), lo=MIN_STEPS, hi=MAX_STEPS, per_step=ctx.step_time * 1.2)
+        held_out = patient.fixed_batch(size=EVAL_BATCH, offset=97)
+        # 3. train each, score each in eval mode on the same held-out batch
+        runs, models, scores = {}, {}, {}
+        for i, (label, (variant, size)) in enumerate(variants.items()):
+            share_end = ctx.started + ctx.seconds * 0.9 * (i + 1) / len(variants)
+            runs[label], models[label] = self._train(variant, size, steps, share_end)
+            scores[label] = eval_loss(patient, models[label], held_out) if not runs[label].error else None
+        metrics = {"batch_size": bs, "larger_batch": larger, "values_per_channel": per_channel,
+                   "min_values_per_channel": min(per_channel.values()) if per_channel else None,
+                   "bn_layers": len(per_channel), "steps": steps, "eval_batch": len(held_out[1]),
+                   "variants": {k: {**runs[k].to_metrics(), "eval_loss": scores[k],
+                                    "error": (runs[k].error or {}).get("message")} for k in variants},
+                   "initial_eval_loss": eval_loss(patient, probe_model, held_out)}
+        rels = self._plot(ctx, runs, scores)
+        return self.result(metrics=metrics, data={"models": models, "runs": runs}, plots=rels)
+
+    def _train(self, patient, batch_size: int, steps: int, deadline: float) -> tuple[Run, nn.Module]:
+        model = patient.new_model()
+        optimizer = patient.make_optimizer(model)
+        loader = patient.loader(batch_size=batch_size, drop_last=len(patient.train_data) > batch_size)
+        return train(patient, model, optimizer, loader, steps, deadline=deadline), model
+
+    def _plot(self, ctx: ProbeContext, runs: dict, scores: dict) -> list[str]:
+        path, rel = ctx.plot_path("bn_freeze")
+        if path is None:
+            return []
+        with plots.figure(path, ncols=2) as (ax1, ax2):
+            plots.compare_curves(ax1, {k: r.losses for k, r in runs.items()}, title="training loss (own batches)")
+            gradplots.bar_compare(ax2, {k: (v if v is not None else math.nan) for k, v in scores.items()},
+                                  ylabel="eval-mode loss", title="held-out batch, eval mode, after training")
+        return [rel]

@@ -1,0 +1,217 @@
+"""The ``init`` probe: the user's initialisation against standard ones, each a short training on the same data.
+
+Schemes (all start from the user's architecture, built by the user's factory):
+- ``as configured``: the model exactly as the factory returns it (its custom init, if any);
+- ``pytorch default``: ``reset_parameters()`` on every module that has it;
+- ``kaiming``, ``xavier``, ``orthogonal``: the default, then that init on the weight of every
+  Linear/Conv/recurrent layer (biases zero) — "where it applies".
+Every scheme trains for the same steps on the same few batches, as one batched
+ensemble when the model allows it (``probes.ensemble``). A single recorded step per
+scheme gives the activation and gradient profiles by depth.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+from nandoctor.probes import Probe, ProbeContext
+from nandoctor.probes.bn_freeze import eval_loss
+from nandoctor.probes.ensemble import train_many
+from nandoctor.probes.gradients import param_counts, weight_layers
+from nandoctor.probes.instrument import Recorder
+from nandoctor.records import ProbeResult
+from nandoctor.report import gradplots, plots
+
+MIN_STEPS = 15          # fewer steps cannot separate a slow start from a bad one
+MAX_STEPS = 120         # enough for a clearly better init to pull away
+N_BATCHES = 4           # the same few batches for every scheme (cycled)
+HELD_OUT = 128          # samples scored in eval mode after training, per scheme
+DEFAULT_STD_TOLERANCE = 0.15  # per-layer weight std within 15% of the default's: "the user's init is the default"
+SAMPLING_SIGMAS = 3.0         # ... or within this many sampling standard errors, for small layers
+INIT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+               nn.ConvTranspose3d, nn.Bilinear)
+ENSEMBLE_CPU_MAX_STEP = 0.002  # on CPU, batch the schemes only for steps this fast (overhead-bound; bench_ensemble)
+RECURRENT = (nn.RNNBase,)
+STANDARD = ("pytorch default", "kaiming", "xavier", "orthogonal")
+
+
+def reset_default(model: nn.Module) -> nn.Module:
+    """PyTorch's own init: ``reset_parameters()`` on every module that has it."""
+    for m in model.modules():
+        reset = getattr(m, "reset_parameters", None)
+        if callable(reset):
+            reset()
+    return model
+
+
+def _weights(model: nn.Module):
+    """(module, weight) pairs an init scheme applies to, and the biases to zero."""
+    for m in model.modules():
+        if isinstance(m, INIT_LAYERS) and isinstance(getattr(m, "weight", None), nn.Parameter):
+            yield m.weight, [getattr(m, "bias", None)]
+        elif isinstance(m, RECURRENT):
+            for name, p in m.named_parameters(recurse=False):
+                if name.startswith("weight"):
+                    yield p, []
+                elif name.startswith("bias"):
+                    yield None, [p]
+
+
+SCHEMES: dict[str, Callable[[torch.Tensor], None]] = {
+    "kaiming": lambda w: nn.init.kaiming_normal_(w, nonlinearity="relu"),
+    "xavier": lambda w: nn.init.xavier_uniform_(w),
+    "orthogonal": lambda w: nn.init.orthogonal_(w),
+}
+
+
+def apply_scheme(model: nn.Module, scheme: str) -> nn.Module:
+    """Re-initialise ``model`` in place with ``scheme`` (see the module doc); returns it."""
+    if scheme == "as configured":
+        return model
+    with torch.no_grad():
+        reset_default(model)
+        init = SCHEMES.get(scheme)
+        if init is None:
+            return model
+        for weight, biases in _weights(model):
+            if weight is not None and weight.dim() >= 2:
+                init(weight)
+            for b in biases:
+                if isinstance(b, nn.Parameter):
+                    b.zero_()
+    return model
+
+
+def scheme_factory(patient, scheme: str) -> Callable[[], nn.Module]:
+    """A model factory for a patient variant: the user's factory, then ``scheme``."""
+    factory = patient.model_factory
+
+    def build() -> nn.Module:
+        return apply_scheme(factory(), scheme)
+    return build
+
+
+def applies(model: nn.Module) -> bool:
+    return any(True for _ in _weights(model))
+
+
+def std_ratios(user: nn.Module, default: nn.Module) -> dict[str, tuple[float, int]]:
+    """Per init-layer (weight std of the user's model / the PyTorch default's, number of weights)."""
+    out = {}
+    named = dict(default.named_modules())
+    for name, m in user.named_modules():
+        w, d = getattr(m, "weight", None), getattr(named.get(name), "weight", None)
+        if isinstance(m, INIT_LAYERS + RECURRENT) and isinstance(w, torch.Tensor) and isinstance(d, torch.Tensor) \
+                and w.numel() > 1:
+            ds = float(d.detach().float().std())
+            out[name or "(model)"] = (float(w.detach().float().std()) / ds if ds > 0 else float("inf"), w.numel())
+    return out
+
+
+def is_default(ratios: dict[str, tuple[float, int]]) -> bool:
+    """Every layer's std matches the default's within sampling noise (two samples of n weights: ~1/sqrt(n))."""
+    return all(abs(r - 1.0) <= max(DEFAULT_STD_TOLERANCE, SAMPLING_SIGMAS / math.sqrt(n)) for r, n in ratios.values())
+
+
+def profile(patient, model: nn.Module, batch) -> dict:
+    """One recorded forward/backward (no update): activation std and RMS gradient per weight layer, by depth."""
+    rec = Recorder(model)
+    try:
+        model.zero_grad(set_to_none=True)
+        _, loss = patient.compute_loss(model, batch)
+        if torch.isfinite(loss):
+            loss.backward()
+        rec.before_step()
+    except Exception:  # the user's code raised: the training below reports it
+        return {"layers": [], "activation_std": [], "grad_rms": [], "initial_loss": None}
+    finally:
+        rec.detach()
+    layers = weight_layers(model, rec.depth_order())
+    counts = param_counts(model)
+    grads = [rec.grad_norms.get(k, [float("nan")])[0] / math.sqrt(max(1, counts.get(k, 1))) for k in layers]
+    acts = [rec.act_std.get(k, [float("nan")])[0] for k in layers]
+    model.zero_grad(set_to_none=True)
+    return {"layers": layers, "activation_std": acts, "grad_rms": grads, "initial_loss": float(loss.detach())}
+
+
+class InitCompare(Probe):
+    name = "init"
+    title = "Compare the initialisation with standard ones"
+    order = 40
+    weight = 1.2
+    needs_pairs = True
+
+    def run(self, ctx: ProbeContext) -> ProbeResult:
+        patient = ctx.patient
+        # 1. one fresh model per scheme, from the same seed
+        schemes = ("as configured",) + STANDARD
+        if ctx.seconds < ctx.step_time * len(schemes) * MIN_STEPS * 0.5:
+            return self.result(status="skipped", reason="too little time for one short training per init scheme")
+        models = {"as configured": patient.new_model()}
+        if not applies(models["as configured"]):
+            return self.result(status="skipped", reason="the model has no Linear/Conv/recurrent layer to initialise")
+        for s in STANDARD:
+            try:
+                models[s] = patient.variant(f"init: {s}", model_factory=scheme_factory(patient, s)).new_model()
+            except Exception:  # e.g. lazy modules whose weights do not exist yet: compare the schemes that apply
+                continue
+        if len(models) < 2:
+            return self.result(status="skipped", reason="no standard init applies to this model")
+        ratios = std_ratios(models["as configured"], models["pytorch default"]) \
+            if "pytorch default" in models else {}  # unknown: treated as the default, never blamed
+        batches = [patient.fixed_batch(offset=i) for i in range(N_BATCHES)]
+        # 2. profiles by depth at initialisation (one step each, on copies: the weights stay as they are)
+        profiles = {s: profile(patient, m, batches[0]) for s, m in models.items()}
+        # 3. the same short training for every scheme, batched when possible
+        k = len(models)
+        steps = ctx.steps(share=0.85, lo=MIN_STEPS, hi=MAX_STEPS, per_step=ctx.step_time * k * 0.8)
+        ctx.progress(0, steps)
+        batched = patient.device.type != "cpu" or ctx.step_time <= ENSEMBLE_CPU_MAX_STEP
+        runs, mode = train_many(patient, list(models.values()), batches, steps, deadline=ctx.deadline,
+                                batched=batched)
+        runs = dict(zip(models, runs))
+        errors = {s: r.error for s, r in runs.items() if r.error}
+        if "as configured" in errors:
+            return self.result(status="failed", error=errors["as configured"])
+        # 4. every trained model scored in eval mode on held-out samples (validation data when given)
+        held_out = self._held_out(patient)
+        summary = {s: {**r.to_metrics(), "held_out_loss": eval_loss(patient, models[s], held_out)
+                       if held_out is not None and r.nonfinite_step is None else None}
+                   for s, r in runs.items()}
+        trained = [s for s in STANDARD if s in summary and summary[s]["tail_loss"] is not None
+                   and runs[s].nonfinite_step is None]
+        best = min(trained,
+                   key=lambda s: summary[s]["tail_loss"], default=None)
+        metrics = {"schemes": summary, "best_standard": best, "mode": mode, "steps": steps,
+                   "user_is_default": is_default(ratios),
+                   "user_std_over_default": {k: r for k, (r, _) in ratios.items()},
+                   "profiles": profiles, "errors": errors or None}
+        rels = self._plot(ctx, runs, profiles)
+        return self.result(metrics=metrics, data={"runs": runs}, plots=rels)
+
+    def _held_out(self, patient):
+        """Samples none of the training batches drew when possible: the validation set, else later draws."""
+        try:
+            if patient.val_data is not None and len(patient.val_data) > 1:
+                return patient.variant("validation data", train_data=patient.val_data).fixed_batch(size=HELD_OUT)
+            return patient.fixed_batch(size=HELD_OUT, offset=N_BATCHES + 90)
+        except Exception:  # an odd validation set: compare on training losses only
+            return None
+
+    def _plot(self, ctx: ProbeContext, runs: dict, profiles: dict) -> list[str]:
+        path, rel = ctx.plot_path("init")
+        if path is None:
+            return []
+        layers = next(iter(profiles.values()))["layers"]
+        with plots.figure(path, ncols=3, size=(4.4, 3.4)) as (ax1, ax2, ax3):
+            plots.compare_curves(ax1, {s: r.losses for s, r in runs.items()}, title="loss by init scheme")
+            gradplots.depth_profile(ax2, {s: p["activation_std"] for s, p in profiles.items()}, layers,
+                                    ylabel="activation std", title="activations by depth at init")
+            gradplots.depth_profile(ax3, {s: p["grad_rms"] for s, p in profiles.items()}, layers,
+                                    ylabel="RMS gradient", title="gradients by depth at init")
+        return [rel]
+

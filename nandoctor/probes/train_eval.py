@@ -1,0 +1,95 @@
+"""The ``train_eval`` probe: the same batch scored in ``train()`` and in ``eval()`` mode after a short training.
+
+Models whose layers behave differently in the two modes (BatchNorm, Dropout, custom
+``self.training`` branches) are trained briefly on the user's data stream (or the
+``bn_freeze`` probe's trained copy is reused), then one batch of the user's size is
+scored in train mode several times (Dropout is random: that spread is the noise) and
+in eval mode once. Scoring happens on copies; the trained model is never changed.
+Skipped when a fresh model gives the same outputs in both modes.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+
+import torch
+from torch import nn
+
+from nandoctor.patient import split_batch
+from nandoctor.probes import Probe, ProbeContext
+from nandoctor.probes.bn_freeze import eval_loss
+from nandoctor.probes.training import train
+from nandoctor.records import ProbeResult
+from nandoctor.report import gradplots, plots
+
+TRAIN_MODE_REPEATS = 3   # train-mode scores of the batch (their spread is the noise)
+MIN_STEPS = 10
+MAX_STEPS = 100
+MODE_LAYERS = (nn.modules.batchnorm._NormBase, nn.modules.dropout._DropoutNd)  # named in the evidence
+SAME_OUTPUT_TOL = 1e-6   # a fresh model whose train/eval outputs agree this closely has no mode-dependent layer
+
+
+def mode_dependent(patient, model: nn.Module, batch) -> bool:
+    """Do train() and eval() give different outputs on ``batch`` (on copies)?"""
+    inputs, _ = split_batch(batch)
+    outs = []
+    for mode in (True, False):
+        m = copy.deepcopy(model).train(mode)
+        with torch.no_grad():
+            outs.append(m(inputs))
+    a, b = outs
+    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)) or a.shape != b.shape:
+        return True
+    return not torch.allclose(a.float(), b.float(), atol=SAME_OUTPUT_TOL, rtol=SAME_OUTPUT_TOL, equal_nan=True)
+
+
+class TrainEval(Probe):
+    name = "train_eval"
+    title = "Score one batch in train() and eval() mode"
+    order = 46
+    weight = 0.4
+    needs_pairs = True
+
+    def run(self, ctx: ProbeContext) -> ProbeResult:
+        patient = ctx.patient
+        batch = patient.fixed_batch(offset=3)
+        fresh = patient.new_model()
+        # 1. nothing to compare when both modes compute the same function
+        if not mode_dependent(patient, fresh, batch):
+            return self.result(status="skipped", reason="the model computes the same in train() and eval() mode")
+        initial = eval_loss(patient, fresh, batch, train_mode=True)
+        # 2. a trained model: the bn_freeze probe's, or a short training of our own
+        bn = ctx.evidence.ok("bn_freeze")
+        model = (bn.data.get("models") or {}).get("as configured") if bn is not None else None
+        source, steps = "bn_freeze", (bn.metrics.get("variants", {}).get("as configured", {}).get("steps")
+                                      if bn is not None else None)
+        if model is None:
+            model, source = fresh, "own run"
+            optimizer = patient.make_optimizer(model)
+            steps = ctx.steps(share=0.8, lo=MIN_STEPS, hi=MAX_STEPS, per_step=ctx.step_time * 1.1)
+            loader = patient.loader(drop_last=len(patient.train_data) > patient.batch_size)
+            run = train(patient, model, optimizer, loader, steps, deadline=ctx.deadline)
+            if run.error:
+                return self.result(status="failed", error=run.error)
+            steps = run.steps
+        # 3. the same batch, both modes
+        train_scores = [eval_loss(patient, model, batch, train_mode=True) for _ in range(TRAIN_MODE_REPEATS)]
+        train_scores = [s for s in train_scores if s is not None]
+        eval_score = eval_loss(patient, model, batch)
+        mean = statistics.fmean(train_scores) if train_scores else None
+        metrics = {"source": source, "trained_steps": steps, "batch_size": len(batch[1]), "initial_loss": initial,
+                   "train_mode_loss": mean, "train_mode_std": statistics.pstdev(train_scores) if train_scores else None,
+                   "train_mode_losses": train_scores, "eval_mode_loss": eval_score,
+                   "mode_layers": sorted({type(m).__name__ for m in model.modules() if isinstance(m, MODE_LAYERS)})}
+        rels = self._plot(ctx, mean, eval_score)
+        return self.result(metrics=metrics, plots=rels)
+
+    def _plot(self, ctx: ProbeContext, train_loss, eval_loss_value) -> list[str]:
+        path, rel = ctx.plot_path("train_eval")
+        if path is None or train_loss is None:
+            return []
+        with plots.figure(path, size=(4.5, 3.5)) as ax:
+            gradplots.bar_compare(ax, {"train()": train_loss, "eval()": eval_loss_value if eval_loss_value is not None
+                                       else float("nan")}, ylabel="loss", title="the same batch in both modes")
+        return [rel]

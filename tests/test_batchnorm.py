@@ -1,0 +1,52 @@
+"""batchnorm-small-batch and train-eval-gap on tiny patients; healthy BatchNorm set-ups stay clean."""
+
+import pytest
+import torch
+
+from patients import battery, blobs, codes, make_patient
+from sick_grads import SoftmaxInEval, bn_cnn, bn_mlp, images
+
+ALL_MINE = ["overfit", "gradients", "init", "bn_freeze", "train_eval"]
+
+
+def test_batchnorm_with_a_batch_of_two_ranks_first_and_freezing_cures_it(out):
+    patient = make_patient(model=bn_mlp, data=blobs(n=512), lr=1e-3, batch_size=2)
+    report = battery(patient, probes=["overfit", "bn_freeze", "train_eval"], budget=15, out=out)
+    top = report.findings[0]
+    assert top.code == "batchnorm-small-batch"
+    assert top.severity == "critical" and top.evidence["batch_size"] == 2
+    assert top.treatment["cured"] is True
+    assert top.treatment["after"]["eval_loss"] < top.treatment["before"]["eval_loss"]
+    assert (out / "plots" / "bn_freeze.png").exists()
+
+
+def test_model_that_switches_to_softmax_in_eval_has_a_train_eval_gap():
+    report = battery(make_patient(model=SoftmaxInEval, lr=1e-2), probes=["overfit", "train_eval"], budget=10)
+    assert codes(report)[0] == "train-eval-gap"
+    ev = report.findings[0].evidence
+    assert ev["eval_mode_loss"] > 3 * ev["train_mode_loss"]
+
+
+@pytest.mark.parametrize("model, data, batch_size", [(bn_mlp, blobs(n=512), 16), (bn_mlp, blobs(n=512), 32),
+                                                     (bn_cnn, images(), 16)])
+def test_healthy_batchnorm_setups_get_no_critical_finding(model, data, batch_size):
+    patient = make_patient(model=model, data=data, lr=1e-3, batch_size=batch_size)
+    report = battery(patient, probes=ALL_MINE, budget=10)
+    assert not [f for f in report.findings if f.severity == "critical"], [(f.code, f.title) for f in report.findings]
+    assert "batchnorm-small-batch" not in codes(report)
+
+
+def test_bn_probe_is_skipped_without_batchnorm():
+    report = battery(make_patient(lr=1e-3), probes=["bn_freeze", "train_eval"], budget=10)
+    assert report.probes["bn_freeze"].status == "skipped"
+    assert report.probes["train_eval"].status == "skipped"
+    assert report.verdict == "healthy"
+
+
+def test_train_eval_probe_scores_on_copies():
+    patient = make_patient(model=bn_mlp, data=blobs(n=512), lr=1e-3, batch_size=2)
+    report = battery(patient, probes=["bn_freeze", "train_eval"], budget=10)
+    model = report.evidence["bn_freeze"].data["models"]["as configured"]
+    stats = model[1].running_mean.clone()
+    battery(patient, probes=["bn_freeze", "train_eval"], budget=10)
+    assert torch.equal(model[1].running_mean, stats)

@@ -1,0 +1,73 @@
+"""exploding-gradients and vanishing-gradients: tiny sick patients, and the diagnoses on hand-built evidence."""
+
+import math
+
+import torch
+from torch import nn
+
+from nandoctor.diagnoses.gradients import ExplodingGradients, VanishingGradients
+from nandoctor.probes.instrument import Recorder
+from nandoctor.records import Evidence, ProbeResult
+from patients import battery, codes, make_patient
+from sick_grads import deep_relu, deep_sigmoid, regression
+
+
+def gradients_evidence(**metrics):
+    base = {"total_grad_norms": [], "nonfinite_grad_step": None, "growth": None, "layers": [], "depth_profile": []}
+    return Evidence({"gradients": ProbeResult(name="gradients", metrics={**base, **metrics})})
+
+
+def test_exploding_sgd_momentum_ranks_first_and_clipping_cures_it(out):
+    patient = make_patient(model=deep_relu, data=regression(), loss=nn.MSELoss(), optimizer=torch.optim.SGD,
+                           lr=0.05, momentum=0.9)
+    report = battery(patient, probes=["overfit", "gradients"], budget=15, out=out)
+    top = report.findings[0]
+    assert top.code == "exploding-gradients"
+    assert top.severity == "critical"
+    assert top.treatment["cured"] is True and "clip_grad_norm_" in top.treatment["tried"]
+    assert (out / "plots" / "gradients.png").exists()
+
+
+def test_vanishing_deep_sigmoid_ranks_first():
+    report = battery(make_patient(model=deep_sigmoid, optimizer=torch.optim.SGD, lr=0.1),
+                     probes=["overfit", "gradients"], budget=10)
+    assert codes(report)[0] == "vanishing-gradients"
+    assert report.findings[0].evidence["ratio_first_to_largest"] < 1e-5
+
+
+def test_healthy_adam_mlp_has_no_gradient_finding():
+    report = battery(make_patient(lr=1e-3), probes=["overfit", "gradients"], budget=10)
+    assert not {"exploding-gradients", "vanishing-gradients"} & set(codes(report))
+
+
+def test_exploding_needs_growth_not_a_nan_born_at_step_zero():
+    diag = ExplodingGradients()
+    assert diag.check(gradients_evidence(total_grad_norms=[math.nan], nonfinite_grad_step=0)) is None
+    grown = gradients_evidence(total_grad_norms=[1.0, 1.1, 0.9, 50.0, 4e4, math.nan], nonfinite_grad_step=5,
+                               growth=4e4, grad_norm_initial=1.0, final_loss=math.nan)
+    found = diag.check(grown)
+    assert found is not None and found.severity == "critical" and found.evidence["nonfinite_grad_step"] == 5
+
+
+def test_vanishing_threshold_on_depth_profile():
+    diag = VanishingGradients()
+    layers = ["0", "2", "4", "6"]
+    fine = gradients_evidence(layers=layers, depth_profile=[0.01, 0.02, 0.03, 0.1], depth_ratio=0.1)
+    assert diag.check(fine) is None
+    sick = gradients_evidence(layers=layers, depth_profile=[1e-9, 1e-7, 1e-5, 1e-3], depth_ratio=1e-6)
+    assert diag.check(sick).evidence["first_layer"] == "0"
+
+
+def test_recorder_global_norm_matches_torch():
+    model = deep_relu()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    rec = Recorder(model)
+    rec.attach_optimizer(optimizer)
+    x, y = regression().tensors
+    nn.functional.mse_loss(model(x), y).backward()
+    expected = float(torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]))
+    optimizer.step()
+    rec.detach()
+    assert math.isclose(rec.total_grad_norms[0], expected, rel_tol=1e-4)
+    assert rec.depth_order()[0] == "0" and rec.depth_order()[-1] == "12"
+    assert math.isclose(rec.act_std["0"][0], float(model[0](x).detach().std(unbiased=False)), rel_tol=1e-3)

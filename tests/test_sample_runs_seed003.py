@@ -1,0 +1,31 @@
+"""The seed 003 sample runs: each config's patient ranks its code first (restricted probes, small budget)."""
+
+from pathlib import Path
+
+import pytest
+
+import nandoctor
+
+RUNS = Path(__file__).resolve().parent.parent / "sample_runs"
+
+
+@pytest.mark.parametrize("name, probes, code", [
+    ("seed003_bad_init", ["init"], "bad-init"),
+    ("seed003_batchnorm_tiny_batch", ["bn_freeze", "train_eval"], "batchnorm-small-batch"),
+    ("seed003_exploding_clip", ["overfit", "gradients"], "exploding-gradients"),
+])
+def test_sample_run_ranks_its_code_first(name, probes, code):
+    report = nandoctor.diagnose(RUNS / name / "config.yaml", probes=probes, budget=15)
+    top = report.findings[0]
+    assert top.code == code, [(f.code, f.title) for f in report.findings]
+    assert top.severity == "critical"
+    assert top.treatment is not None and top.treatment["cured"] is True
+
+
+@pytest.mark.parametrize("name", ["seed003_bad_init", "seed003_batchnorm_tiny_batch", "seed003_exploding_clip"])
+def test_committed_report_ranks_the_same_code_first(name):
+    import json
+    report = json.loads((RUNS / name / "report" / "report.json").read_text())
+    expected = {"seed003_bad_init": "bad-init", "seed003_batchnorm_tiny_batch": "batchnorm-small-batch",
+                "seed003_exploding_clip": "exploding-gradients"}[name]
+    assert report["findings"][0]["code"] == expected
