@@ -74,8 +74,11 @@ def select_probes(requested: Iterable[str] | None) -> dict[str, probes.Probe]:
 
 
 def patient_facts(patient: Patient, model: torch.nn.Module) -> dict:
-    n_params = sum(p.numel() for p in model.parameters())
-    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    from torch.nn.parameter import is_lazy
+
+    sized = [p for p in model.parameters() if not is_lazy(p)]  # lazy modules have no size before a forward
+    n_params = sum(p.numel() for p in sized)
+    n_trainable = sum(p.numel() for p in sized if p.requires_grad)
     return {"model": patient.model_name, "loss": patient.loss_name, "optimizer": patient.optimizer_cls.__name__,
             "optimizer_settings": dict(patient.optimizer_kwargs), "lr": patient.lr,
             "batch_size": patient.batch_size, "train_samples": len(patient.train_data),

@@ -44,3 +44,10 @@ def test_nonfinite_loss_is_loss_nonfinite_not_cannot_overfit():
     assert "cannot-overfit-batch" not in codes(report)
     nonfinite = next(f for f in report.findings if f.code == "loss-nonfinite")
     assert nonfinite.evidence["nonfinite_step"] >= 0 and nonfinite.severity == "critical"
+
+
+def test_lazy_modules_are_diagnosed_not_crashed():
+    report = battery(make_patient(model=lambda: nn.Sequential(nn.LazyLinear(16), nn.ReLU(), nn.Linear(16, 3))),
+                     probes=["overfit"])
+    assert report.probes["overfit"].status == "ok"
+    assert report.verdict == "healthy"
