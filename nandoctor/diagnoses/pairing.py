@@ -250,7 +250,7 @@ class BoundedOutputActivation(PairingDiagnosis):
             new, what = nn.Identity, "nothing (raw scores)"
         tried = f"replaced the final {last.get('type')} ({last['name']}) with {what}"
         variant = ctx.patient.variant(tried, model_factory=replace_module(ctx.patient, last["name"], new))
-        return cure(ctx, variant, tried, code=self.code, ok=healthy_run, broken_before=True)
+        return cure(ctx, variant, tried, code=self.code, ok=lambda run, acc: valid_curve(run), broken_before=True)
 
 
 class ProbabilityLossOnLogits(PairingDiagnosis):
@@ -310,4 +310,4 @@ class ProbabilityLossOnLogits(PairingDiagnosis):
             op = "softmax" if len(shape) >= 2 and shape[1] >= 2 else "sigmoid"
             tried = f"appended {op} to the model's output"
             variant = ctx.patient.variant(tried, model_factory=append_op(ctx.patient, op))
-        return cure(ctx, variant, tried, code=self.code, ok=healthy_run, broken_before=True)
+        return cure(ctx, variant, tried, code=self.code, ok=lambda run, acc: valid_curve(run), broken_before=True)
