@@ -112,3 +112,17 @@ def test_every_code_has_a_full_doc_page(code):
     page = diagnoses.get(code).page()
     for section in diagnoses.DOC_SECTIONS:
         assert f"## {section}" in page
+
+
+def test_sequence_outputs_with_classes_last_are_log_probabilities():
+    logits = torch.randn(4, 7, 5)  # [N, T, C]
+    assert output_kind(torch.log_softmax(logits, -1))["kind"] == "log-probabilities"
+    assert output_kind(torch.softmax(logits, -1))["kind"] == "probabilities"
+
+
+def test_a_later_bce_crash_on_sigmoid_outputs_is_not_a_pairing_problem():
+    sigmoid_bce = outputs_probe("unit-interval", "binary_cross_entropy", mn=0.3, mx=0.7, shape=(32, 1),
+                                output_op="sigmoid", last="Sigmoid")
+    overfit = ProbeResult(name="overfit", status="failed", error={
+        "type": "RuntimeError", "message": "all elements of input should be between 0 and 1", "step": 40})
+    assert fired(sigmoid_bce, overfit) == []

@@ -49,6 +49,28 @@ def squared_error(outputs, targets):
     return ((outputs - targets) ** 2).mean()
 
 
+class Tagger(nn.Module):
+    """A per-position classifier: [N, T, F] -> log-probabilities [N, T, C] (classes last)."""
+
+    def __init__(self, features=10, classes=3):
+        super().__init__()
+        self.net = mlp(features, classes)
+
+    def forward(self, x):
+        return torch.log_softmax(self.net(x), dim=-1)
+
+
+def sequences(n=128, steps=6, features=10, classes=3):
+    gen = torch.Generator().manual_seed(0)
+    centers = torch.randn(classes, features, generator=gen) * 2.0
+    y = torch.randint(0, classes, (n, steps), generator=gen)
+    return TensorDataset(centers[y] + torch.randn(n, steps, features, generator=gen), y)
+
+
+def sequence_nll(outputs, targets):
+    return F.nll_loss(outputs.permute(0, 2, 1), targets)  # NLL wants the classes in dim 1
+
+
 def large_logits():
     model = mlp()
     with torch.no_grad():
@@ -67,6 +89,7 @@ HEALTHY = {
     "sigmoid+bce": lambda: make_patient(model=head(1, nn.Sigmoid()), data=binary(), loss=nn.BCELoss()),
     "linear+mse": lambda: make_patient(model=head(1), data=regression(), loss=nn.MSELoss()),
     "log-softmax+nll": lambda: make_patient(model=head(3, nn.LogSoftmax(dim=1)), loss=nn.NLLLoss()),
+    "sequence log-softmax+nll": lambda: make_patient(model=Tagger, data=sequences(), loss=sequence_nll),
     "softmax+keras-cce": lambda: make_patient(model=head(2, nn.Softmax(dim=1)), data=one_hot(),
                                               loss=keras_categorical_crossentropy),
 }

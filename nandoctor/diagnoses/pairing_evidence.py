@@ -125,7 +125,10 @@ def pairing_verdict(ev: Evidence) -> tuple[str, str, float] | None:
     """(code, reason, confidence) of the one pairing problem this patient has, or None."""
     p = Pairing.of(ev)
     err = crash(ev, PROB_RANGE_ERROR)
-    if err is not None:
+    # a later crash on outputs that started in [0, 1] is a NaN from elsewhere, not a pairing problem
+    later_nan = err is not None and p is not None and err.get("probe") != "outputs" and not p.relu_like \
+        and p.kind in ("unit-interval", "probabilities")
+    if err is not None and not later_nan:
         if p is not None and p.relu_like:
             return "bounded-output-activation", "relu-into-probability-loss", 0.9
         return "probability-loss-on-logits", "bce-range-error", 0.95

@@ -151,10 +151,12 @@ def output_kind(out: torch.Tensor) -> dict:
                 zero_share=float((o == 0).float().mean()))
     rows = o.dim() >= 2 and o.shape[1] >= 2
     if rows:
-        info["classes"] = int(o.shape[1])
-        info["row_sum_dev"] = float((o.sum(1) - 1).abs().max())
-        info["logsumexp_dev"] = float(torch.logsumexp(o, 1).abs().max())
-        info["all_zero_rows"] = float((o == 0).all(dim=1).float().mean())
+        # the class dim is 1 ([N, C, ...]); sequence models often put it last ([N, T, C])
+        dims = [1] + ([o.dim() - 1] if o.dim() > 2 and o.shape[-1] >= 2 else [])
+        sum_dev = min(float((o.sum(d) - 1).abs().max()) for d in dims)
+        lse_dev = min(float(torch.logsumexp(o, d).abs().max()) for d in dims)
+        info.update(classes=int(o.shape[1]), row_sum_dev=sum_dev, logsumexp_dev=lse_dev,
+                    all_zero_rows=float((o == 0).all(dim=1).float().mean()))
     if rows and hi <= LOGPROB_MAX and info["logsumexp_dev"] <= ROW_SUM_TOL:
         kind = "log-probabilities"
     elif rows and lo >= 0 and hi <= 1 and info["row_sum_dev"] <= ROW_SUM_TOL:
