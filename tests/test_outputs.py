@@ -45,6 +45,11 @@ def log_loss(outputs, targets):
     return -(targets * torch.log(outputs)).sum(1).mean()
 
 
+def hand_written_bce(p, t):
+    """No clamp: once a sigmoid saturates to exactly 1.0 in float32, log(1 - p) is -inf."""
+    return -(t * torch.log(p) + (1 - t) * torch.log(1 - p)).mean()
+
+
 def squared_error(outputs, targets):
     return ((outputs - targets) ** 2).mean()
 
@@ -111,6 +116,8 @@ SICK = {
         model=head(1), data=binary(), loss=nn.BCELoss())),
     "log of raw scores": ("probability-loss-on-logits", lambda: make_patient(
         model=head(2), data=one_hot(), loss=log_loss)),
+    "unclamped log of saturating sigmoid": ("probability-loss-on-logits", lambda: make_patient(
+        model=head(1, nn.Sigmoid()), data=binary(), loss=hand_written_bce, lr=0.05)),
     "[N,1] vs [N] in MSELoss": ("loss-shape-mismatch", lambda: make_patient(
         model=head(1), data=regression(column=False), loss=nn.MSELoss())),
     "[N,1] vs [N] in a custom loss": ("loss-shape-mismatch", lambda: make_patient(
@@ -161,6 +168,13 @@ def test_bce_crash_is_mapped_without_the_outputs_probe():
     report = battery(SICK["raw scores into BCELoss (crash)"][1](), probes=["overfit"], budget=6)
     assert codes(report)[:2] == ["probability-loss-on-logits", "training-crashed"]
     assert "between 0 and 1" in report.findings[0].evidence["exception"]["message"]
+
+
+def test_saturating_sigmoid_log_is_cured_by_clamping():
+    report = battery(SICK["unclamped log of saturating sigmoid"][1](), probes=PROBES, budget=6)
+    top = report.findings[0]
+    assert top.evidence["reason"] == "log-of-zero" and top.evidence["overfit_nonfinite_step"] is not None
+    assert top.treatment["cured"] is True and "clamped" in top.treatment["tried"]
 
 
 def test_summed_loss_with_adam_is_a_warning_without_treatment():

@@ -23,7 +23,7 @@ from nandoctor.diagnoses.pairing_evidence import (PROB_RANGE_ERROR, Pairing, cra
                                                   pairing_verdict)
 from nandoctor.records import Evidence, Finding
 from nandoctor.treatments import healthy_run
-from nandoctor.treatments.pairing import append_op, cure, logits_loss, replace_module, valid_curve
+from nandoctor.treatments.pairing import append_op, clamped_outputs, cure, logits_loss, replace_module, valid_curve
 
 SUPPORT_BONUS = 0.05   # added to the confidence when the overfit run shows the expected damage
 COMMON_SYMPTOMS = ("training-crashed", "cannot-overfit-batch", "exploding-gradients", "nonfinite-source",
@@ -259,11 +259,12 @@ class ProbabilityLossOnLogits(PairingDiagnosis):
     severity = "critical"
     requires = ()           # also judged from a crash alone
     accepts_failed = True
-    explains = COMMON_SYMPTOMS
+    explains = tuple(c for c in COMMON_SYMPTOMS if not c.startswith("lr-"))
     fix = "Use nn.BCEWithLogitsLoss on the raw scores (or add a Sigmoid/Softmax before the loss)."
     titles = {"bce-range-error": "BCELoss raises: its input is not in [0, 1] (the model outputs raw scores)",
               "logits-into-log": "The loss takes the log of raw scores: negative values give NaN",
-              "log-of-zero": "The loss takes log(0) of the outputs: the loss is infinite"}
+              "log-of-zero": "The loss takes the log of outputs that reach 0 (or 1 - p that reaches 0): "
+                             "the loss turns infinite/NaN"}
     fixes = {"logits-into-log": "Apply softmax (or sigmoid) before the log, or better use nn.CrossEntropyLoss / "
                                 "nn.BCEWithLogitsLoss on the raw scores.",
              "log-of-zero": "Clamp before the log (p.clamp_min(eps)) or compute the loss from logits "
@@ -275,7 +276,9 @@ class ProbabilityLossOnLogits(PairingDiagnosis):
     raises "all elements of input should be between 0 and 1"), or a hand-written loss that takes
     `log` of outputs that are negative (NaN) or exactly zero (-inf). Judged by the values that reach
     the loss and the ops it applies (traced on a fresh model); the crash message alone is enough
-    when the loss raises.
+    when the loss raises. A hand-written log of sigmoid/softmax outputs without a clamp is flagged
+    when the overfit probe's loss turned non-finite while every module's output stayed finite
+    (the outputs saturated to exactly 0 or 1 in float32 and the log made the NaN).
 
     ## Why it breaks training
     The log of a negative number is NaN and of zero is -inf: one such value makes the batch loss and
@@ -290,19 +293,22 @@ class ProbabilityLossOnLogits(PairingDiagnosis):
     ## Fix
     Keep the model's raw scores and use the logits form of the loss (`BCEWithLogitsLoss`,
     `CrossEntropyLoss`), which is also numerically safer; or add `Sigmoid`/`Softmax` before a loss
-    that needs probabilities. The treatment swaps BCELoss for BCEWithLogitsLoss (or appends the
-    squashing op) on a copy and re-runs the overfit probe.
+    that needs probabilities, and clamp before any hand-written log. The treatment swaps BCELoss
+    for BCEWithLogitsLoss, appends the squashing op, or clamps the outputs, on a copy, and re-runs
+    the overfit probe.
 
     ## Known false positives
     A custom loss that takes the log of a quantity that is positive by construction but only
-    happens to be zero on this batch at init.
+    happens to be zero on this batch at init; a NaN born in the loss for another reason (a
+    division by zero) while the loss also takes an unclamped log.
     """
 
     def treat(self, ctx, finding: Finding) -> dict | None:
         reason, loss = finding.evidence.get("reason"), getattr(ctx.patient.loss_fn, "func", ctx.patient.loss_fn)
         if reason == "log-of-zero":
-            return None
-        if isinstance(loss, nn.BCELoss):
+            tried = "clamped the outputs to [1e-7, 1 - 1e-7] before the loss"
+            variant = ctx.patient.variant(tried, loss_fn=clamped_outputs(ctx.patient.loss_fn))
+        elif isinstance(loss, nn.BCELoss):
             tried = "used BCEWithLogitsLoss instead of BCELoss"
             variant = ctx.patient.variant(tried, loss_fn=logits_loss(loss))
         else:

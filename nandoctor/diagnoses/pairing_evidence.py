@@ -23,6 +23,7 @@ BOUNDED_OPS = {"softmax", "sigmoid", "hardsigmoid", "clamp", "clip", "clamp_"}
 LOGITS_LOSSES = {"cross_entropy", "binary_cross_entropy_with_logits"}
 LOG_LIKELIHOOD_LOSSES = {"nll_loss", "kl_div"}
 LOG_OPS = {"log", "log2", "log10", "log_"}
+CLAMP_OPS = {"clamp", "clip", "clamp_min", "clamp_", "clip_"}
 REGRESSION_LOSSES = {"mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss"}
 RANGE_MARGIN = 0.05      # targets this far outside the reachable output range are unreachable
 
@@ -85,6 +86,13 @@ class Pairing:
         return self.applies in LOG_OPS or bool(self.trace.get("log_of_raw"))
 
     @property
+    def clamps_before_log(self) -> bool:
+        """The loss clamps the outputs before its first log (Keras' clip with epsilon)."""
+        ops = self.trace.get("raw_ops") or []
+        before = ops[:ops.index("log")] if "log" in ops else ops
+        return any(op in CLAMP_OPS for op in before)
+
+    @property
     def loss_name(self) -> str:
         return (self.metrics.get("loss") or {}).get("name", "loss")
 
@@ -134,10 +142,15 @@ def pairing_verdict(ev: Evidence) -> tuple[str, str, float] | None:
         return "probability-loss-on-logits", "bce-range-error", 0.95
     if p is None:
         return None
-    return _static_verdict(p)
+    return _static_verdict(p, overfit_metrics(ev))
 
 
-def _static_verdict(p: Pairing) -> tuple[str, str, float] | None:
+def nan_born_in_loss(overfit: dict) -> bool:
+    """The overfit run's loss turned non-finite while no module's output did: the loss made the NaN."""
+    return overfit.get("nonfinite_step") is not None and not overfit.get("nonfinite_forward")
+
+
+def _static_verdict(p: Pairing, overfit: dict) -> tuple[str, str, float] | None:
     a, kind = p.applies, p.kind
     # 1. a log-likelihood loss must get log-probabilities
     if a in LOG_LIKELIHOOD_LOSSES:
@@ -164,6 +177,8 @@ def _static_verdict(p: Pairing) -> tuple[str, str, float] | None:
         if kind == "unbounded":
             return "probability-loss-on-logits", "logits-into-log", 0.9
         if p.logs_raw and ((p.trace.get("log_input_min") == 0) or p.trace.get("log_input_nonfinite")):
+            return "probability-loss-on-logits", "log-of-zero", 0.8
+        if p.logs_raw and not p.clamps_before_log and nan_born_in_loss(overfit):
             return "probability-loss-on-logits", "log-of-zero", 0.8
         return None
     # 4. a regression loss whose targets lie outside what the output activation can reach

@@ -84,6 +84,15 @@ def outputs_shaped_like_targets(loss_fn: Callable) -> Callable:
     return loss
 
 
+def clamped_outputs(loss_fn: Callable, eps: float = 1e-7) -> Callable:
+    """The user's loss on outputs clamped to [eps, 1 - eps]: a log never sees 0."""
+    def loss(outputs, targets):
+        if isinstance(outputs, torch.Tensor):
+            outputs = outputs.clamp(eps, 1 - eps)
+        return loss_fn(outputs, targets)
+    return loss
+
+
 def logits_loss(loss_fn: Callable) -> nn.Module:
     """``BCEWithLogitsLoss`` with the settings of the user's ``BCELoss``."""
     weight = getattr(loss_fn, "weight", None)
