@@ -34,7 +34,8 @@ from nandoctor.records import ProbeResult
 
 ROW_SUM_TOL = 1e-3      # |sum_c p - 1| (or |logsumexp - 0|) below this: rows are normalised
 LOGPROB_MAX = 1e-4      # log-probabilities are <= 0 (up to rounding)
-SCALE_MIN_SAMPLES = 2   # the batch-size comparison needs at least this many samples per half
+SCALE_MIN_SAMPLES = 2   # the batch-size comparison needs at least this many samples in its smallest batch
+SCALE_STEPS = 2         # its three forward passes cost about this many training steps
 
 # ops after which a tensor derived from the outputs is no longer "raw" (made positive or normalised)
 NORMALISERS = {"softmax", "log_softmax", "sigmoid", "logsigmoid", "exp", "softplus", "_softmax", "_log_softmax"}
@@ -183,22 +184,35 @@ def target_info(targets: Any) -> dict | None:
     return info
 
 
-def last_leaf_module(model: nn.Module, inputs: Any) -> dict:
-    """Name and type of the last leaf module that ran in a forward pass, and whether it produced the output."""
+def traced_forward(model: nn.Module, inputs: Any) -> tuple[Any, str | None, dict]:
+    """Forward pass (no grad) that also returns the op that produced the output and the last leaf module.
+
+    The trace is only supporting evidence: if the user's model does not run under a
+    ``TorchFunctionMode`` (compiled or scripted code), it runs again untraced.
+    """
     order: list[tuple[str, str, int]] = []
     handles = [m.register_forward_hook(lambda mod, i, o, n=n: order.append((n, type(mod).__name__, id(o))))
                for n, m in model.named_modules() if not list(m.children())]
+    trace = ProducerTrace()
     try:
-        with torch.no_grad():
-            out = model(inputs)
+        try:
+            with torch.no_grad(), trace:
+                out = model(inputs)
+        except Exception:
+            order.clear()
+            trace = None
+            with torch.no_grad():
+                out = model(inputs)  # the user's error, if any, is raised from here
     finally:
         for h in handles:
             h.remove()
-    if not order:
-        return {}
-    name, kind, oid = order[-1]
     first = _first_tensor(out)
-    return {"name": name, "type": kind, "is_output": first is not None and id(first) == oid}
+    producer = trace.producer.get(id(first)) if trace is not None and first is not None else None
+    last = {}
+    if order:
+        name, kind, oid = order[-1]
+        last = {"name": name, "type": kind, "is_output": first is not None and id(first) == oid}
+    return out, producer, last
 
 
 def summarise_loss(events: list[dict]) -> dict:
@@ -289,19 +303,16 @@ class Outputs(Probe):
         # 1. a fresh model and the fixed batch
         model = patient.new_model()
         inputs, targets = split_batch(patient.fixed_batch())
-        # 2. the forward pass: who produced the outputs, and what they are
-        trace = ProducerTrace()
+        # 2. the forward pass: what the outputs are, and (supporting) who produced them
         try:
-            with torch.no_grad(), trace:
-                out = model(inputs)
+            out, producer, last = traced_forward(model, inputs)
         except Exception as exc:
             return self.result(metrics={"forward_error": {**error_record(exc), "phase": "forward"}})
         first = _first_tensor(out)
         if first is None or not first.is_floating_point():
             return self.result(metrics={"unsupported_output": type(out).__name__})
-        metrics: dict = {"outputs": output_kind(first), "output_op": trace.producer.get(id(first)),
+        metrics: dict = {"outputs": output_kind(first), "output_op": producer, "last_module": last,
                          "targets": target_info(targets), "loss": loss_module_info(patient.loss_fn)}
-        metrics["last_module"] = last_leaf_module(patient.new_model(), inputs)
         # 3. the loss, traced from the outputs and the targets
         metrics.update(self._trace_loss(patient, out, first, targets))
         ctx.progress(1, 3)
@@ -309,8 +320,8 @@ class Outputs(Probe):
         pairing = metrics.get("loss_trace") or {}
         metrics["expected_initial_loss"] = expected_initial_loss(pairing.get("applies_to_raw"),
                                                                  metrics["outputs"]["kind"], metrics["outputs"]["shape"])
-        if "loss_error" not in metrics:
-            metrics.update(batch_scaling(patient, patient.new_model()))
+        if "loss_error" not in metrics and ctx.time_left() > SCALE_STEPS * ctx.step_time:
+            metrics.update(batch_scaling(patient, model))
         ctx.progress(3, 3)
         return self.result(metrics=metrics)
 
@@ -321,7 +332,17 @@ class Outputs(Probe):
                 warnings.simplefilter("always")
                 loss = patient.loss_fn(out, targets)
         except Exception as exc:
-            return {"loss_error": {**error_record(exc), "phase": "loss"}, "loss_trace": summarise_loss(trace.events)}
-        value = float(loss) if isinstance(loss, torch.Tensor) and loss.numel() == 1 else None
-        return {"initial_loss": value, "loss_trace": summarise_loss(trace.events),
+            try:  # is it the user's loss, or our trace? run it untraced to tell
+                with torch.no_grad(), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    loss = patient.loss_fn(out, targets)
+            except Exception as exc2:
+                return {"loss_error": {**error_record(exc2), "phase": "loss"},
+                        "loss_trace": summarise_loss(trace.events)}
+            return {"initial_loss": _scalar(loss), "trace_error": f"{type(exc).__name__}: {exc}"[:200]}
+        return {"initial_loss": _scalar(loss), "loss_trace": summarise_loss(trace.events),
                 "loss_warnings": [str(w.message)[:200] for w in caught][:3]}
+
+
+def _scalar(loss) -> float | None:
+    return float(loss) if isinstance(loss, torch.Tensor) and loss.numel() == 1 else None
