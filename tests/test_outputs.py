@@ -103,6 +103,10 @@ SICK = {
     "raw scores into NLLLoss": ("nll-on-raw-logits", lambda: make_patient(loss=nn.NLLLoss())),
     "softmax into NLLLoss": ("nll-on-raw-logits", lambda: make_patient(model=head(3, nn.Softmax(dim=1)),
                                                                        loss=nn.NLLLoss())),
+    "log-softmax over the batch into NLLLoss": ("nll-on-raw-logits", lambda: make_patient(
+        model=head(3, nn.LogSoftmax(dim=0)), loss=nn.NLLLoss())),
+    "softmax over the batch into CrossEntropyLoss": ("double-softmax", lambda: make_patient(
+        model=head(3, nn.Softmax(dim=0)))),
     "softmax into CrossEntropyLoss": ("double-softmax", lambda: make_patient(model=head(3, nn.Softmax(dim=1)))),
     "log-softmax into CrossEntropyLoss": ("double-softmax", lambda: make_patient(model=head(3, nn.LogSoftmax(dim=1)))),
     "sigmoid into BCEWithLogitsLoss": ("double-softmax", lambda: make_patient(

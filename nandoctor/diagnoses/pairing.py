@@ -72,9 +72,11 @@ class NllOnRawLogits(PairingDiagnosis):
     requires = ("outputs",)
     explains = COMMON_SYMPTOMS
     fix = "Add nn.LogSoftmax(dim=1) as the last layer, or use nn.CrossEntropyLoss on the raw scores."
-    titles = {"probabilities": "NLLLoss is fed probabilities (softmax), not log-probabilities"}
+    titles = {"probabilities": "NLLLoss is fed probabilities (softmax), not log-probabilities",
+              "wrong-dim": "NLLLoss is fed outputs normalised over the batch (dim=0), not over the classes"}
     fixes = {"probabilities": "Replace the final Softmax with nn.LogSoftmax(dim=1) (or drop it and use "
-                              "nn.CrossEntropyLoss)."}
+                              "nn.CrossEntropyLoss).",
+             "wrong-dim": "Take the log-softmax over the classes: nn.LogSoftmax(dim=1), not dim=0."}
     thresholds = {"logsumexp_tolerance": 1e-3, "logprob_max": 1e-4, "support_bonus": SUPPORT_BONUS}
     doc = """
     ## What it detects

@@ -107,6 +107,8 @@ class Pairing:
                 "outputs_are": self.kind, "outputs_shape": o.get("shape"), "outputs_min": o.get("min"),
                 "outputs_max": o.get("max"), "outputs_zero_share": o.get("zero_share"),
                 "rows_sum_to_one_within": o.get("row_sum_dev"), "rows_logsumexp_within": o.get("logsumexp_dev"),
+                "outputs_normalised_over_batch": o.get("normalised_over_batch"),
+                "loss_ops_on_outputs": (self.trace.get("raw_ops") or [])[:8],
                 "output_op": self.output_op or None, "last_module": self.metrics.get("last_module"),
                 "initial_loss": self.metrics.get("initial_loss")}
 
@@ -153,13 +155,15 @@ def nan_born_in_loss(overfit: dict) -> bool:
 def _static_verdict(p: Pairing, overfit: dict) -> tuple[str, str, float] | None:
     a, kind = p.applies, p.kind
     # 1. a log-likelihood loss must get log-probabilities
+    wrong_dim = p.outputs.get("normalised_over_batch")
     if a in LOG_LIKELIHOOD_LOSSES:
         if kind != "log-probabilities":
-            return "nll-on-raw-logits", "probabilities" if kind == "probabilities" else "raw", 0.9
+            reason = "wrong-dim" if wrong_dim else "probabilities" if kind == "probabilities" else "raw"
+            return "nll-on-raw-logits", reason, 0.9
         return None
     # 2. a loss that applies softmax/sigmoid itself must get logits
     if a in LOGITS_LOSSES or a in ("softmax", "log_softmax"):
-        if kind == "probabilities" and a != "binary_cross_entropy_with_logits":
+        if a != "binary_cross_entropy_with_logits" and (kind == "probabilities" or wrong_dim == "probabilities"):
             return "double-softmax", "softmax-twice", 0.9
         if kind == "log-probabilities" and a in ("cross_entropy", "log_softmax"):
             return "double-softmax", "log-softmax-twice", 0.55

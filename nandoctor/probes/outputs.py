@@ -158,6 +158,11 @@ def output_kind(out: torch.Tensor) -> dict:
         lse_dev = min(float(torch.logsumexp(o, d).abs().max()) for d in dims)
         info.update(classes=int(o.shape[1]), row_sum_dev=sum_dev, logsumexp_dev=lse_dev,
                     all_zero_rows=float((o == 0).all(dim=1).float().mean()))
+        if o.shape[0] >= 2:  # normalised over the batch instead of the classes: softmax(dim=0)
+            if hi <= LOGPROB_MAX and float(torch.logsumexp(o, 0).abs().max()) <= ROW_SUM_TOL:
+                info["normalised_over_batch"] = "log-probabilities"
+            elif lo >= 0 and hi <= 1 and float((o.sum(0) - 1).abs().max()) <= ROW_SUM_TOL:
+                info["normalised_over_batch"] = "probabilities"
     if rows and hi <= LOGPROB_MAX and info["logsumexp_dev"] <= ROW_SUM_TOL:
         kind = "log-probabilities"
     elif rows and lo >= 0 and hi <= 1 and info["row_sum_dev"] <= ROW_SUM_TOL:
