@@ -103,7 +103,7 @@ class Pairing:
     def summary(self) -> dict:
         """The evidence every pairing finding shows."""
         o = self.outputs
-        return {"loss": self.loss_name, "loss_applies_to_outputs": self.applies or None,
+        full = {"loss": self.loss_name, "loss_applies_to_outputs": self.applies or None,
                 "outputs_are": self.kind, "outputs_shape": o.get("shape"), "outputs_min": o.get("min"),
                 "outputs_max": o.get("max"), "outputs_zero_share": o.get("zero_share"),
                 "rows_sum_to_one_within": o.get("row_sum_dev"), "rows_logsumexp_within": o.get("logsumexp_dev"),
@@ -111,6 +111,7 @@ class Pairing:
                 "loss_ops_on_outputs": (self.trace.get("raw_ops") or [])[:8],
                 "output_op": self.output_op or None, "last_module": self.metrics.get("last_module"),
                 "initial_loss": self.metrics.get("initial_loss")}
+        return {k: v for k, v in full.items() if v is not None or k == "initial_loss"}
 
 
 def overfit_metrics(ev: Evidence) -> dict:
