@@ -18,6 +18,16 @@ def looks_summed(metrics: dict) -> bool:
     return len(ratios) >= 2 and all(finite(r) and SUM_RATIO_LO <= r <= SUM_RATIO_HI for r in ratios)
 
 
+def diverged_run(overfit: dict) -> bool:
+    """The overfit run went non-finite, or ended higher than it started."""
+    if not overfit:
+        return False
+    if overfit.get("nonfinite_step") is not None:
+        return True
+    initial, tail = overfit.get("initial_loss"), overfit.get("tail_loss")
+    return finite(initial) and finite(tail) and tail > initial
+
+
 class LossReductionSum(Diagnosis):
     code = "loss-reduction-sum"
     title = "The loss grows with the batch size: it is summed over the samples, not averaged"
@@ -38,8 +48,8 @@ class LossReductionSum(Diagnosis):
     A summed loss has gradients B times larger than the mean: the effective learning rate of SGD
     grows with the batch size, so an LR tuned at one batch size diverges at another, and the loss
     values are not comparable across batch sizes or with the last incomplete batch. Adam is mostly
-    insensitive to the scale, so with Adam this is a warning; when the overfit probe also diverged
-    it becomes critical.
+    insensitive to the scale, so on its own this is a warning; when the overfit probe diverged
+    (non-finite, or ending above where it started) it becomes critical.
 
     ## Evidence
     The batch sizes and the loss on each, the two ratios (about 2 for a sum, about 1 for a mean),
@@ -47,8 +57,8 @@ class LossReductionSum(Diagnosis):
 
     ## Fix
     `reduction='mean'`, or divide by the batch size. The treatment divides the loss by the batch
-    size on a copy and re-runs the overfit probe (only when the overfit probe failed: otherwise there
-    is nothing to cure).
+    size on a copy and re-runs the overfit probe (only when the overfit probe diverged: otherwise
+    there is nothing to cure).
 
     ## Known false positives
     Losses that are deliberately sums (per-sequence sums in language models, ELBO terms) and are
@@ -62,19 +72,18 @@ class LossReductionSum(Diagnosis):
             return None
         m, of = p.metrics, overfit_metrics(ev)
         reduction = (m.get("loss") or {}).get("reduction")
-        diverged = bool(of) and (of.get("nonfinite_step") is not None or of.get("memorised") is False)
+        diverged = diverged_run(of)
         confidence = 0.85 + (0.1 if reduction == "sum" else 0.0)
         evidence = {"batch_sizes": m.get("scale_batches"), "losses": m.get("scale_losses"),
                     "ratios": m.get("scale_ratios"), "reduction": reduction, "loss": p.loss_name,
                     "optimizer": ev.facts.get("optimizer"), "overfit_memorised": of.get("memorised"),
-                    "overfit_nonfinite_step": of.get("nonfinite_step")}
+                    "overfit_nonfinite_step": of.get("nonfinite_step"), "overfit_diverged": diverged}
         return self.finding(confidence, evidence, severity="critical" if diverged else "warning",
                             probes=["outputs", "overfit"] if of else ["outputs"])
 
     def treat(self, ctx, finding: Finding) -> dict | None:
-        if not (finding.evidence.get("overfit_memorised") is False
-                or finding.evidence.get("overfit_nonfinite_step") is not None):
-            return None  # the summed loss trains: nothing to cure, the finding stays a warning
+        if not finding.evidence.get("overfit_diverged"):
+            return None  # the summed loss trains (if slowly): nothing to cure, the finding stays a warning
         tried = "divided the loss by the batch size (sum -> mean)"
         variant = ctx.patient.variant(tried, loss_fn=mean_over_batch(ctx.patient.loss_fn))
         return cure(ctx, variant, tried, code=self.code, ok=lambda run, acc: valid_curve(run) and healthy_run(run, acc),
