@@ -15,6 +15,7 @@ from patients import battery, blobs, codes, make_patient, mlp
 PAIRING_CODES = {"nll-on-raw-logits", "double-softmax", "bounded-output-activation", "probability-loss-on-logits",
                  "loss-shape-mismatch", "initial-loss-mismatch", "loss-reduction-sum"}
 PROBES = ["outputs", "overfit"]
+CURE_BUDGET = 20  # tests that check a cure leave the treatment its share even on a loaded machine
 
 
 # --- data and losses ---------------------------------------------------------------------------------
@@ -150,7 +151,7 @@ def test_sick_pairing_ranks_first(name):
 
 
 def test_nll_on_raw_logits_is_confirmed_by_log_softmax(out):
-    report = battery(make_patient(loss=nn.NLLLoss()), probes=PROBES, budget=6, out=out)
+    report = battery(make_patient(loss=nn.NLLLoss()), probes=PROBES, budget=CURE_BUDGET, out=out)
     top = report.findings[0]
     assert top.code == "nll-on-raw-logits" and top.severity == "critical"
     assert top.evidence["outputs_are"] == "unbounded"
@@ -160,7 +161,7 @@ def test_nll_on_raw_logits_is_confirmed_by_log_softmax(out):
 
 
 def test_relu_keras_names_the_output_layer_and_the_log():
-    report = battery(SICK["ReLU output into keras cce"][1](), probes=PROBES, budget=6)
+    report = battery(SICK["ReLU output into keras cce"][1](), probes=PROBES, budget=CURE_BUDGET)
     top = report.findings[0]
     assert top.evidence["reason"] == "relu-into-log"
     assert top.evidence["last_module"]["type"] == "ReLU"
@@ -175,7 +176,7 @@ def test_bce_crash_is_mapped_without_the_outputs_probe():
 
 
 def test_saturating_sigmoid_log_is_cured_by_clamping():
-    report = battery(SICK["unclamped log of saturating sigmoid"][1](), probes=PROBES, budget=6)
+    report = battery(SICK["unclamped log of saturating sigmoid"][1](), probes=PROBES, budget=CURE_BUDGET)
     top = report.findings[0]
     assert top.evidence["reason"] == "log-of-zero" and top.evidence["overfit_nonfinite_step"] is not None
     assert top.treatment["cured"] is True and "clamped" in top.treatment["tried"]
@@ -186,6 +187,24 @@ def test_summed_loss_with_adam_is_a_warning_without_treatment():
     top = report.findings[0]
     assert top.severity == "warning" and top.treatment is None
     assert all(1.6 <= r <= 2.5 for r in top.evidence["ratios"])
+
+
+def squeezing_step(model, batch, loss_fn, optimizer):
+    """A user's step that fixes the [N, 1] vs [N] shapes itself."""
+    inputs, targets = batch
+    optimizer.zero_grad()
+    loss = loss_fn(model(inputs).squeeze(1), targets)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
+def test_a_train_step_that_reshapes_is_judged_by_what_its_loss_receives():
+    def make(step):
+        return make_patient(model=head(1), data=regression(column=False), loss=nn.MSELoss(), train_step=step)
+    assert "loss-shape-mismatch" not in codes(battery(make(squeezing_step), probes=PROBES, budget=6))
+    report = battery(make(None), probes=PROBES, budget=6)
+    assert codes(report)[0] == "loss-shape-mismatch"
 
 
 def test_outputs_probe_leaves_the_patient_untouched():

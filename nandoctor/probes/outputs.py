@@ -13,7 +13,7 @@ the fixed batch it measures:
   ``binary_cross_entropy``, ``log`` ...), the smallest value a ``log`` receives,
   and any broadcast between outputs and targets that grows the tensor;
 - the loss at init and its expected value for a correct pairing (ln C, ln 2);
-- the loss on batches of B and 2B samples (a summed loss doubles);
+- the loss on nested batches of about B/2, B and 2B samples (a summed loss doubles);
 - the user's exception, when the loss raises, with the phase it came from.
 """
 
@@ -35,7 +35,8 @@ from nandoctor.records import ProbeResult
 ROW_SUM_TOL = 1e-3      # |sum_c p - 1| (or |logsumexp - 0|) below this: rows are normalised
 LOGPROB_MAX = 1e-4      # log-probabilities are <= 0 (up to rounding)
 SCALE_MIN_SAMPLES = 2   # the batch-size comparison needs at least this many samples in its smallest batch
-SCALE_STEPS = 2         # its three forward passes cost about this many training steps
+SCALE_STEPS = 2         # its three forward passes cost about this many training steps ...
+CHEAP_SECONDS = 1.0     # ... and it runs even past this probe's share when that costs under a second
 
 # ops after which a tensor derived from the outputs is no longer "raw" (made positive or normalised)
 NORMALISERS = {"softmax", "log_softmax", "sigmoid", "logsigmoid", "exp", "softplus", "_softmax", "_log_softmax"}
@@ -220,6 +221,27 @@ def traced_forward(model: nn.Module, inputs: Any) -> tuple[Any, str | None, dict
     return out, producer, last
 
 
+def loss_call_in_step(patient, batch) -> tuple[Any, Any] | None:
+    """(outputs, targets) as the user's ``train_step`` passes them to the loss, from one step at lr=0.
+
+    A custom step often reshapes the outputs before the loss; judging ``model(inputs)``
+    instead would blame the pairing for shapes the user already fixed.
+    """
+    calls: list[tuple[Any, Any]] = []
+
+    def recording_loss(outputs, targets, *args, **kwargs):
+        calls.append((outputs.detach() if isinstance(outputs, torch.Tensor) else outputs, targets))
+        return patient.loss_fn(outputs, targets, *args, **kwargs)
+
+    model = patient.new_model()
+    try:
+        optimizer = patient.make_optimizer(model, lr=0.0)
+        patient.variant("record the loss inputs", loss_fn=recording_loss).step(model, optimizer, batch)
+    except Exception:
+        pass  # a crash of the user's step is the warm-up's evidence; the calls seen so far still count
+    return calls[0] if calls else None
+
+
 def summarise_loss(events: list[dict]) -> dict:
     """The loss as seen from the outputs: first loss op on them, log inputs, broadcasts."""
     raw_ops = [e["op"] for e in events if "outputs" in e["sources"] and e["raw"]]
@@ -307,17 +329,23 @@ class Outputs(Probe):
         patient = ctx.patient
         # 1. a fresh model and the fixed batch
         model = patient.new_model()
-        inputs, targets = split_batch(patient.fixed_batch())
+        batch = patient.fixed_batch()
+        inputs, targets = split_batch(batch)
         # 2. the forward pass: what the outputs are, and (supporting) who produced them
         try:
             out, producer, last = traced_forward(model, inputs)
         except Exception as exc:
             return self.result(metrics={"forward_error": {**error_record(exc), "phase": "forward"}})
+        # 2b. with the user's own train_step, judge what its loss call actually receives
+        seen = loss_call_in_step(patient, batch) if patient.train_step is not None else None
+        if seen is not None:
+            out, targets = seen
         first = _first_tensor(out)
         if first is None or not first.is_floating_point():
             return self.result(metrics={"unsupported_output": type(out).__name__})
         metrics: dict = {"outputs": output_kind(first), "output_op": producer, "last_module": last,
-                         "targets": target_info(targets), "loss": loss_module_info(patient.loss_fn)}
+                         "targets": target_info(targets), "loss": loss_module_info(patient.loss_fn),
+                         "loss_inputs_from": "train_step" if seen is not None else "model(inputs)"}
         # 3. the loss, traced from the outputs and the targets
         metrics.update(self._trace_loss(patient, out, first, targets))
         ctx.progress(1, 3)
@@ -325,7 +353,7 @@ class Outputs(Probe):
         pairing = metrics.get("loss_trace") or {}
         metrics["expected_initial_loss"] = expected_initial_loss(pairing.get("applies_to_raw"),
                                                                  metrics["outputs"]["kind"], metrics["outputs"]["shape"])
-        if "loss_error" not in metrics and ctx.time_left() > SCALE_STEPS * ctx.step_time:
+        if "loss_error" not in metrics and SCALE_STEPS * ctx.step_time < max(ctx.time_left(), CHEAP_SECONDS):
             metrics.update(batch_scaling(patient, model))
         ctx.progress(3, 3)
         return self.result(metrics=metrics)
