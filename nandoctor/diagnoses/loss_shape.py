@@ -35,7 +35,8 @@ class LossShapeMismatch(Diagnosis):
     accepts_failed = True
     explains = ("training-crashed", "cannot-overfit-batch", "initial-loss-mismatch", "lr-too-low",
                 "exploding-gradients", "sample-loss-outlier")
-    fix = "Make the outputs and the targets the same shape before the loss (e.g. outputs.squeeze(1) or targets.view(-1, 1))."
+    fix = ("Make the outputs and the targets the same shape before the loss "
+           "(e.g. outputs.squeeze(1) or targets.view(-1, 1)).")
     thresholds = {"partial_broadcast_confidence": 0.6}
     doc = """
     ## What it detects

@@ -52,6 +52,7 @@ LOG_OPS = {"log", "log2", "log10", "log_"}
 BROADCAST_OPS = {"sub", "__sub__", "__rsub__", "rsub", "add", "__add__", "__radd__", "mul", "__mul__", "__rmul__",
                  "div", "__truediv__", "__rtruediv__", "true_divide", "maximum", "minimum", "pow", "__pow__",
                  "where", "sub_", "mul_"}
+DIVIDE_OPS = {"div", "__truediv__", "true_divide"}
 ELEMENTWISE_LOSSES = {"mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss", "binary_cross_entropy",
                       "binary_cross_entropy_with_logits", "soft_margin_loss", "poisson_nll_loss"}
 
@@ -252,13 +253,14 @@ def summarise_loss(events: list[dict]) -> dict:
     elementwise = [e for e in events if e["op"] in ELEMENTWISE_LOSSES and len(e["in_shapes"]) >= 2
                    and e["sources"] == ["outputs", "targets"]]
     return {"ops": [e["op"] for e in events][:40], "applies_to_raw": applies, "raw_ops": raw_ops[:20],
-            "normalises_by_sum": "sum" in raw_ops and any(op in raw_ops for op in ("div", "__truediv__", "true_divide")),
+            "normalises_by_sum": "sum" in raw_ops and any(op in raw_ops for op in DIVIDE_OPS),
             "log_of_raw": bool(log_of_raw),
             "log_input_min": min((e["in_min"] for e in log_of_raw if "in_min" in e), default=None),
             "log_input_nonfinite": sum(e.get("in_nan", 0) for e in log_of_raw),
             "loss_input_min": next((e.get("in_min") for e in events if e["op"] in LOSS_OPS), None),
             "loss_input_max": next((e.get("in_max") for e in events if e["op"] in LOSS_OPS), None),
-            "broadcast": [{"op": e["op"], "shapes": e["in_shapes"][:2], "result": e["out_shape"]} for e in expanded][:3],
+            "broadcast": [{"op": e["op"], "shapes": e["in_shapes"][:2], "result": e["out_shape"]}
+                          for e in expanded][:3],
             "elementwise_shapes": [{"op": e["op"], "shapes": e["in_shapes"][:2]} for e in elementwise][:3]}
 
 
@@ -351,8 +353,8 @@ class Outputs(Probe):
         ctx.progress(1, 3)
         # 4. the expected loss at init for this pairing, and the batch-size scaling
         pairing = metrics.get("loss_trace") or {}
-        metrics["expected_initial_loss"] = expected_initial_loss(pairing.get("applies_to_raw"),
-                                                                 metrics["outputs"]["kind"], metrics["outputs"]["shape"])
+        kind, shape = metrics["outputs"]["kind"], metrics["outputs"]["shape"]
+        metrics["expected_initial_loss"] = expected_initial_loss(pairing.get("applies_to_raw"), kind, shape)
         if "loss_error" not in metrics and SCALE_STEPS * ctx.step_time < max(ctx.time_left(), CHEAP_SECONDS):
             metrics.update(batch_scaling(patient, model))
         ctx.progress(3, 3)
