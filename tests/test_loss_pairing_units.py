@@ -126,3 +126,9 @@ def test_a_later_bce_crash_on_sigmoid_outputs_is_not_a_pairing_problem():
     overfit = ProbeResult(name="overfit", status="failed", error={
         "type": "RuntimeError", "message": "all elements of input should be between 0 and 1", "step": 40})
     assert fired(sigmoid_bce, overfit) == []
+
+
+def test_nll_below_zero_in_the_overfit_probe_is_enough_without_the_outputs_probe():
+    overfit = ProbeResult(name="overfit", metrics={"initial_loss": 0.1, "min_loss": -12.5, "final_loss": -12.5})
+    assert fired(overfit, facts={"loss": "NLLLoss"}) == ["nll-on-raw-logits"]
+    assert fired(overfit, facts={"loss": "CrossEntropyLoss"}) == []

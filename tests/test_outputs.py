@@ -14,6 +14,8 @@ from patients import battery, blobs, codes, make_patient, mlp
 
 PAIRING_CODES = {"nll-on-raw-logits", "double-softmax", "bounded-output-activation", "probability-loss-on-logits",
                  "loss-shape-mismatch", "initial-loss-mismatch", "loss-reduction-sum"}
+pytestmark = pytest.mark.filterwarnings("ignore:Using a target size")  # the [N,1] vs [N] patients, on purpose
+
 PROBES = ["outputs", "overfit"]
 CURE_BUDGET = 20  # tests that check a cure leave the treatment its share even on a loaded machine
 
@@ -214,3 +216,9 @@ def test_outputs_probe_leaves_the_patient_untouched():
     m = report.probes["outputs"].metrics
     assert m["outputs"]["kind"] == "unbounded" and m["loss_trace"]["applies_to_raw"] == "nll_loss"
     assert all(torch.equal(a, b) for a, b in zip(before, patient.new_model().parameters()))
+
+
+def test_raw_scores_into_nll_are_caught_by_the_overfit_probe_alone():
+    report = battery(make_patient(loss=nn.NLLLoss()), probes=["overfit"], budget=6)
+    top = report.findings[0]
+    assert top.code == "nll-on-raw-logits" and top.evidence["overfit_min_loss"] < 0

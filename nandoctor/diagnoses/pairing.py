@@ -26,6 +26,8 @@ from nandoctor.treatments import healthy_run
 from nandoctor.treatments.pairing import append_op, clamped_outputs, cure, logits_loss, replace_module, valid_curve
 
 SUPPORT_BONUS = 0.05   # added to the confidence when the overfit run shows the expected damage
+NEGATIVE_FLOOR_TOL = 1e-3   # a log-likelihood loss below -this has passed its floor of zero
+NLL_LOSS_NAMES = {"NLLLoss", "nll_loss", "KLDivLoss", "kl_div"}
 COMMON_SYMPTOMS = ("training-crashed", "cannot-overfit-batch", "exploding-gradients", "nonfinite-source",
                    "sample-loss-outlier", "initial-loss-mismatch", "lr-too-high", "lr-too-low")
 
@@ -69,7 +71,7 @@ class NllOnRawLogits(PairingDiagnosis):
     code = "nll-on-raw-logits"
     title = "NLLLoss is fed raw scores, not log-probabilities"
     severity = "critical"
-    requires = ("outputs",)
+    requires = ()           # the outputs probe decides; without it, a loss below zero in the overfit probe
     explains = COMMON_SYMPTOMS
     fix = "Add nn.LogSoftmax(dim=1) as the last layer, or use nn.CrossEntropyLoss on the raw scores."
     titles = {"probabilities": "NLLLoss is fed probabilities (softmax), not log-probabilities",
@@ -77,7 +79,8 @@ class NllOnRawLogits(PairingDiagnosis):
     fixes = {"probabilities": "Replace the final Softmax with nn.LogSoftmax(dim=1) (or drop it and use "
                               "nn.CrossEntropyLoss).",
              "wrong-dim": "Take the log-softmax over the classes: nn.LogSoftmax(dim=1), not dim=0."}
-    thresholds = {"logsumexp_tolerance": 1e-3, "logprob_max": 1e-4, "support_bonus": SUPPORT_BONUS}
+    thresholds = {"logsumexp_tolerance": 1e-3, "logprob_max": 1e-4, "support_bonus": SUPPORT_BONUS,
+                  "negative_floor_tolerance": NEGATIVE_FLOOR_TOL}
     doc = """
     ## What it detects
     `NLLLoss` (or `KLDivLoss`, or `F.nll_loss` inside a custom loss) receives model outputs that are
@@ -94,7 +97,8 @@ class NllOnRawLogits(PairingDiagnosis):
     ## Evidence
     The loss, what the outputs are (`outputs_are`, min/max, how far each row's logsumexp is from 0),
     the op and the module that produced them, the loss at init (often already negative) and the
-    overfit probe's minimum loss (below zero, the floor of any log-likelihood).
+    overfit probe's minimum loss (below zero, the floor of any log-likelihood). Without the outputs
+    probe, an NLLLoss/KLDivLoss that the overfit probe drives below zero is enough on its own.
 
     ## Fix
     Add `nn.LogSoftmax(dim=1)` as the last layer (or `F.log_softmax(x, dim=1)` at the end of
@@ -109,6 +113,21 @@ class NllOnRawLogits(PairingDiagnosis):
     def supported(self, evidence: dict) -> bool:
         values = [evidence.get("initial_loss"), evidence.get("overfit_min_loss")]
         return any(finite(v) and v < 0 for v in values)
+
+    def check(self, ev: Evidence) -> Finding | None:
+        found = super().check(ev)
+        if found is not None or Pairing.of(ev) is not None:
+            return found
+        # without the outputs probe: a log-likelihood loss that went below its floor of zero
+        of = overfit_metrics(ev)
+        low = of.get("min_loss")
+        if ev.facts.get("loss") not in NLL_LOSS_NAMES or not finite(low) or low >= -NEGATIVE_FLOOR_TOL:
+            return None
+        evidence = {"reason": "negative-loss", "loss": ev.facts.get("loss"), "overfit_initial_loss":
+                    of.get("initial_loss"), "overfit_min_loss": low, "overfit_final_loss": of.get("final_loss")}
+        return self.finding(0.8, evidence, probes=["overfit"], plots=ev["overfit"].plots,
+                            title=f"{ev.facts.get('loss')} went to {low:.4g}, below its floor of 0: "
+                                  "it is not fed log-probabilities")
 
     def treat(self, ctx, finding: Finding) -> dict | None:
         probs = finding.evidence.get("reason") == "probabilities"
