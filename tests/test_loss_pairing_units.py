@@ -132,3 +132,9 @@ def test_nll_below_zero_in_the_overfit_probe_is_enough_without_the_outputs_probe
     overfit = ProbeResult(name="overfit", metrics={"initial_loss": 0.1, "min_loss": -12.5, "final_loss": -12.5})
     assert fired(overfit, facts={"loss": "NLLLoss"}) == ["nll-on-raw-logits"]
     assert fired(overfit, facts={"loss": "CrossEntropyLoss"}) == []
+
+
+def test_softmax_zeros_into_a_log_are_log_of_zero_not_a_relu():
+    underflow = outputs_probe("probabilities", "log", mn=0.0, mx=1.0, zero_share=0.3, output_op="softmax",
+                              last="Softmax", trace={"log_of_raw": True, "log_input_min": 0.0})
+    assert fired(underflow) == ["probability-loss-on-logits"]

@@ -69,8 +69,11 @@ class Pairing:
         o = self.outputs
         if o.get("min") is None or o["min"] < 0:
             return False
-        return (o.get("zero_share", 0) >= RELU_ZERO_SHARE or self.output_op in RELU_OPS
-                or self.last_module in RELU_MODULES)
+        if self.output_op in RELU_OPS or self.last_module in RELU_MODULES:
+            return True
+        # exact zeros, but not from a softmax/sigmoid that underflowed
+        squashed = self.kind == "probabilities" or self.sigmoid_like or self.output_op in BOUNDED_OPS
+        return o.get("zero_share", 0) >= RELU_ZERO_SHARE and not squashed
 
     @property
     def sigmoid_like(self) -> bool:
