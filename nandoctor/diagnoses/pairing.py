@@ -142,7 +142,7 @@ class DoubleSoftmax(PairingDiagnosis):
     title = "Softmax is applied twice: the model outputs probabilities and the loss applies softmax again"
     severity = "critical"
     requires = ("outputs",)
-    explains = COMMON_SYMPTOMS + ("vanishing-gradients",)
+    explains = COMMON_SYMPTOMS + ("vanishing-gradients", "saturated-activation")
     fix = "Remove the final Softmax from the model and give nn.CrossEntropyLoss the raw scores (logits)."
     titles = {"log-softmax-twice": "Log-softmax output fed to CrossEntropyLoss, which applies log-softmax again",
               "sigmoid-twice": "Sigmoid is applied twice: sigmoid output fed to BCEWithLogitsLoss"}
