@@ -54,7 +54,9 @@ def try_cure(ctx: ProbeContext, variant, tried: str, *, code: str, judge: Callab
              before: Run | None = None, before_accuracy: float | None = None, lr: float | None = None,
              hooks=None) -> dict:
     """Re-run with ``variant`` and say whether it cured the probe; plot before/after together."""
-    steps = before.steps if before is not None and before.steps >= MIN_STEPS else \
+    # a run cut short by a NaN or an exception says nothing about how long the cure should run
+    cut_short = before is not None and before.stopped in ("nonfinite", "error")
+    steps = before.steps if before is not None and before.steps >= MIN_STEPS and not cut_short else \
         ctx.steps(lo=MIN_STEPS, hi=MAX_STEPS, per_step=ctx.step_time * 1.1)
     steps = min(steps, ctx.steps(lo=MIN_STEPS, hi=MAX_STEPS, per_step=ctx.step_time * 1.1))
     if before is None:

@@ -1,0 +1,68 @@
+"""initial-loss-mismatch: the loss at initialisation is far from its expected value."""
+
+from __future__ import annotations
+
+from nandoctor.diagnoses import Diagnosis
+from nandoctor.diagnoses.loss_reduction import looks_summed
+from nandoctor.diagnoses.pairing_evidence import Pairing, finite, pairing_verdict
+from nandoctor.records import Evidence, Finding
+
+
+class InitialLossMismatch(Diagnosis):
+    code = "initial-loss-mismatch"
+    title = "The loss at initialisation is far above its expected value"
+    severity = "warning"
+    role = "symptom"        # of over-confident logits: init scale, input scale, a bias that is off
+    requires = ("outputs",)
+    thresholds = {
+        "ratio_min": 2.0,     # the loss at init is at least this many times the expected value ...
+        "excess_min": 1.0,    # ... and at least this much above it (nats)
+        "max_confidence": 0.75,
+    }
+    fix = ("Make the initial predictions near-uniform: scale down the last layer's weights (or zero them), "
+           "normalise the inputs, and set the output bias to the class log-frequencies.")
+    doc = """
+    ## What it detects
+    On a fresh model, the loss on the fixed batch is far above the value a model that predicts
+    uniformly would get: `ln(C)` for `CrossEntropyLoss` with C classes (or `NLLLoss` on
+    log-probabilities), `ln(2)` for `BCEWithLogitsLoss`/`BCELoss`. Only evaluated when the
+    output/loss pairing is right (otherwise the pairing diagnoses speak) and the loss is a mean.
+
+    ## Why it breaks training
+    A loss far above `ln(C)` at init means the model is confidently wrong before it has seen any
+    data: its logits are large. The first steps are spent shrinking them (the "hockey stick" at the
+    start of the curve), gradients are large and saturated softmax units learn slowly; it often
+    signals unnormalised inputs or a bad init of the last layer.
+
+    ## Evidence
+    The measured loss at init, the expected value and their ratio, the number of classes and the
+    spread of the outputs (the logits' std and largest magnitude).
+
+    ## Fix
+    Normalise the inputs, initialise the last layer with small (or zero) weights, and set its bias
+    to the log of the class frequencies for imbalanced data. Look for `data-unnormalized` or
+    `bad-init` among the other findings: they are the usual causes.
+
+    ## Known false positives
+    Losses with class weights or label smoothing (the uniform prediction still gives ln C, so these
+    are fine); deliberately sharp initialisations such as a pretrained head on new classes.
+    """
+
+    def check(self, ev: Evidence) -> Finding | None:
+        p = Pairing.of(ev)
+        if p is None or pairing_verdict(ev) is not None or looks_summed(p.metrics):
+            return None
+        measured, expected = p.metrics.get("initial_loss"), p.metrics.get("expected_initial_loss")
+        if not (finite(measured) and finite(expected)) or expected <= 0:
+            return None
+        ratio = measured / expected
+        if ratio < self.thresholds["ratio_min"] or measured - expected < self.thresholds["excess_min"]:
+            return None
+        confidence = min(self.thresholds["max_confidence"], 0.45 + 0.05 * ratio)
+        o = p.outputs
+        evidence = {"initial_loss": measured, "expected_initial_loss": expected, "ratio": ratio,
+                    "loss": p.loss_name, "classes": o.get("classes"), "outputs_std": o.get("std"),
+                    "outputs_max_abs": max(abs(o.get("min") or 0), abs(o.get("max") or 0))}
+        return self.finding(confidence, evidence,
+                            title=f"The loss at initialisation is {measured:.3g}, {ratio:.1f}x its expected "
+                                  f"{expected:.3g}: the model starts confidently wrong")

@@ -1,0 +1,90 @@
+"""loss-reduction-sum: the loss grows with the batch size (summed, not averaged)."""
+
+from __future__ import annotations
+
+from nandoctor.diagnoses import Diagnosis
+from nandoctor.diagnoses.pairing_evidence import Pairing, finite, overfit_metrics
+from nandoctor.records import Evidence, Finding
+from nandoctor.treatments import healthy_run
+from nandoctor.treatments.pairing import cure, mean_over_batch, valid_curve
+
+SUM_RATIO_LO = 1.6   # doubling the batch multiplies a summed loss by ~2, a mean by ~1
+SUM_RATIO_HI = 2.5   # ... and not by much more (that would be noise, not a sum)
+
+
+def looks_summed(metrics: dict) -> bool:
+    """Both doublings of the batch (B/2 -> B -> 2B) doubled the loss."""
+    ratios = metrics.get("scale_ratios") or []
+    return len(ratios) >= 2 and all(finite(r) and SUM_RATIO_LO <= r <= SUM_RATIO_HI for r in ratios)
+
+
+def diverged_run(overfit: dict) -> bool:
+    """The overfit run went non-finite, or ended higher than it started."""
+    if not overfit:
+        return False
+    if overfit.get("nonfinite_step") is not None:
+        return True
+    initial, tail = overfit.get("initial_loss"), overfit.get("tail_loss")
+    return finite(initial) and finite(tail) and tail > initial
+
+
+class LossReductionSum(Diagnosis):
+    code = "loss-reduction-sum"
+    title = "The loss grows with the batch size: it is summed over the samples, not averaged"
+    severity = "warning"
+    requires = ("outputs",)
+    explains = ("exploding-gradients", "lr-too-high", "cannot-overfit-batch", "nonfinite-source",
+                "initial-loss-mismatch", "training-crashed")
+    thresholds = {"sum_ratio_lo": SUM_RATIO_LO, "sum_ratio_hi": SUM_RATIO_HI}
+    fix = ("Use reduction='mean' (the default), or divide a hand-written summed loss by the batch size; "
+           "then the learning rate no longer depends on the batch size.")
+    doc = """
+    ## What it detects
+    The loss of a fresh model on nested batches of B/2, B and 2B samples (each containing the
+    previous one) doubles at each doubling of the batch: the loss is a sum over samples
+    (`reduction='sum'`, or `.sum()` in a hand-written loss) rather than a mean.
+
+    ## Why it breaks training
+    A summed loss has gradients B times larger than the mean: the effective learning rate of SGD
+    grows with the batch size, so an LR tuned at one batch size diverges at another, and the loss
+    values are not comparable across batch sizes or with the last incomplete batch. Adam is mostly
+    insensitive to the scale, so on its own this is a warning; when the overfit probe diverged
+    (non-finite, or ending above where it started) it becomes critical.
+
+    ## Evidence
+    The batch sizes and the loss on each, the two ratios (about 2 for a sum, about 1 for a mean),
+    the loss's `reduction` setting when it has one, and the overfit probe's outcome.
+
+    ## Fix
+    `reduction='mean'`, or divide by the batch size. The treatment divides the loss by the batch
+    size on a copy and re-runs the overfit probe (only when the overfit probe diverged: otherwise
+    there is nothing to cure).
+
+    ## Known false positives
+    Losses that are deliberately sums (per-sequence sums in language models, ELBO terms) and are
+    used with a learning rate tuned for that; batches so small that the per-sample losses vary by
+    a factor of two between halves (the two-doubling check makes this unlikely).
+    """
+
+    def check(self, ev: Evidence) -> Finding | None:
+        p = Pairing.of(ev)
+        if p is None or not looks_summed(p.metrics):
+            return None
+        m, of = p.metrics, overfit_metrics(ev)
+        reduction = (m.get("loss") or {}).get("reduction")
+        diverged = diverged_run(of)
+        confidence = 0.85 + (0.1 if reduction == "sum" else 0.0)
+        evidence = {"batch_sizes": m.get("scale_batches"), "losses": m.get("scale_losses"),
+                    "ratios": m.get("scale_ratios"), "reduction": reduction, "loss": p.loss_name,
+                    "optimizer": ev.facts.get("optimizer"), "overfit_memorised": of.get("memorised"),
+                    "overfit_nonfinite_step": of.get("nonfinite_step"), "overfit_diverged": diverged}
+        return self.finding(confidence, evidence, severity="critical" if diverged else "warning",
+                            probes=["outputs", "overfit"] if of else ["outputs"])
+
+    def treat(self, ctx, finding: Finding) -> dict | None:
+        if not finding.evidence.get("overfit_diverged"):
+            return None  # the summed loss trains (if slowly): nothing to cure, the finding stays a warning
+        tried = "divided the loss by the batch size (sum -> mean)"
+        variant = ctx.patient.variant(tried, loss_fn=mean_over_batch(ctx.patient.loss_fn))
+        return cure(ctx, variant, tried, code=self.code, ok=lambda run, acc: valid_curve(run) and healthy_run(run, acc),
+                    broken_before=False)
