@@ -170,8 +170,9 @@ def big_bias_head():
     return model
 
 
-def dropout_heavy():
-    return nn.Sequential(nn.Linear(12, 64), nn.ReLU(), nn.Dropout(0.9), nn.Linear(64, 3))
+def frozen_running_stats():
+    """BatchNorm whose running statistics never update (momentum 0): eval() normalises with mean 0, var 1."""
+    return nn.Sequential(nn.Linear(12, 64), nn.BatchNorm1d(64, momentum=0.0), nn.ReLU(), nn.Linear(64, 3))
 
 
 # --- losses and steps ------------------------------------------------------------------------
@@ -277,7 +278,7 @@ ZOO = [
     ("vanishing", {"vanishing-gradients"}, lambda: P(deep_sigmoid, ds(*blobs()), opt=torch.optim.SGD, lr=0.01)),
     ("bad-init", {"bad-init"}, lambda: P(bad_init, ds(*blobs()), opt=torch.optim.SGD, lr=0.01)),
     ("bn-batch-2", {"batchnorm-small-batch"}, lambda: P(CNN, ds(*images()), batch_size=2)),
-    ("train-eval-gap", {"train-eval-gap"}, lambda: P(dropout_heavy, ds(*blobs()))),
+    ("train-eval-gap", {"train-eval-gap"}, lambda: P(frozen_running_stats, ds(blobs()[0] * 20 + 30, blobs()[1]))),
 ]
 
 
