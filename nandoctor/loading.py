@@ -25,7 +25,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from nandoctor.errors import LoadError
+from nandoctor.errors import LoadError, NandoctorError
 
 _FILE_MODULES: dict[Path, Any] = {}
 
@@ -163,6 +163,10 @@ def call_user(fn: Callable, kwargs: dict, key: str, where: str | None) -> Any:
     """Call user code; an exception becomes a LoadError naming the user's message and line."""
     try:
         return fn(**kwargs)
+    except NandoctorError as exc:  # already explained (e.g. nandoctor.datasets.CSVDataset naming a bad column)
+        exc.where = exc.where or where
+        exc.key = key
+        raise
     except TypeError as exc:
         # the arguments in the config do not fit the signature
         try:
@@ -191,7 +195,20 @@ def _raised(exc: Exception, fn, key: str, where: str | None) -> LoadError:
                      hint="the error comes from your own code at the line shown; fix it there and run again.")
 
 
+def _config_relative(spec: dict, root: Path, key: str, where: str | None) -> dict:
+    """Rewrite the keyword arguments a dataset class lists in ``config_paths`` relative to the config's folder."""
+    target = resolve_target(spec["_target_"], root, key=f"{key}._target_", where=where)
+    names = getattr(target, "config_paths", ())
+    out = dict(spec)
+    for name in names:
+        value = out.get(name)
+        if isinstance(value, str) and not Path(value).is_absolute():
+            out[name] = str(root / value)
+    return out
+
+
 def _dataset(spec: dict, cfg, key: str):
+    spec = _config_relative(spec, cfg.root, key, cfg.where(key))
     data = build(spec, cfg.root, key, where=cfg.where(key))
     if not hasattr(data, "__getitem__") or not hasattr(data, "__len__"):
         raise LoadError(f"'{key}' built a {type(data).__name__}, which is not a map-style dataset "
