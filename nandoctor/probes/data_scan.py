@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from typing import Any, Iterator
 
 import torch
@@ -87,7 +88,7 @@ class Scan:
         self.source = SampleSource(self.dataset)
         self.gen = torch.Generator().manual_seed(self.patient.seed + 4)
         self.errors: list[dict] = []
-        self.error_count = 0
+        self.error_counts: Counter = Counter()  # stage (loading, collate, loss) -> samples
         self.pairs = True
         self.loss_error: dict | None = None
         self.bisect_failures = 0
@@ -118,8 +119,9 @@ class Scan:
         """Load a first chunk, run the model once: shapes, loss kind, cost per sample."""
         t0 = time.perf_counter()
         perm = torch.randperm(self.n, generator=self.gen)[:MEASURE_SAMPLES]
-        chunk = self.load(perm.sort().values)
+        chunk = self.source.load(perm.sort().values)  # its errors are noted when the stream meets them again
         if chunk.batch is None or chunk.index.numel() == 0:
+            self.errors = chunk.errors[:MAX_ERRORS_KEPT]
             return None
         load_s = time.perf_counter() - t0
         batch = to_device(chunk.batch, self.patient.device)
@@ -232,7 +234,7 @@ class Scan:
         return chunk
 
     def note_error(self, err: dict) -> None:
-        self.error_count += 1
+        self.error_counts[err.get("stage")] += 1
         if len(self.errors) < MAX_ERRORS_KEPT:
             self.errors.append(err)
 
@@ -252,19 +254,26 @@ class Scan:
             self.fstats.update(rows, index if self.layout == "features" else None)
             self.feature_res.add(rows if self.layout == "features" else rows[torch.randperm(
                 rows.shape[0], generator=self.gen)[:PIXELS_PER_SAMPLE * index.numel()]])
-        # 3. targets: range, histogram
+        # 3. targets: range, histogram; labels the loss cannot take
+        bad_label = torch.zeros(b, dtype=torch.bool)
         if isinstance(targets, torch.Tensor) and targets.dim() >= 1:
-            self.tstats.update(targets, index)
-        # 4. per-sample losses of both models
-        if self.per_sample is not None and self.loss_error is None:
-            l0 = self.losses(self.model0, inputs, targets, index)
-            l1 = self.losses(self.trained, inputs, targets, index) if self.trained is not None else None
-            self.record_losses(index, l0, l1, bad_x | bad_y)
+            bad_label = self.tstats.update(targets, index).cpu()
+        # 4. per-sample losses of both models, without the samples already known to make the loss raise
+        if self.per_sample is not None and self.loss_error is None and not bool(bad_label.all()):
+            keep = (~bad_label).nonzero().squeeze(1)
+            if keep.numel() < b:
+                inputs, targets, index = take(inputs, keep), take(targets, keep), index[keep]
+                bad_x, bad_y = bad_x[keep], bad_y[keep]
+            l0, failed = self.losses(self.model0, inputs, targets, index)
+            l1 = self.losses(self.trained, inputs, targets, index)[0] if self.trained is not None else None
+            self.record_losses(index, l0, l1, bad_x | bad_y | failed)
 
-    def losses(self, model, inputs, targets, index: torch.Tensor) -> torch.Tensor | None:
-        """Per-sample losses ``[B]`` (NaN where a sample alone makes the loss raise); None on a systematic error."""
+    def losses(self, model, inputs, targets, index: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Per-sample losses ``[B]`` and a ``[B]`` mask of the samples that alone make the loss raise (their
+        loss is NaN). The losses are None when every sample fails (a systematic error, recorded once)."""
+        none_failed = torch.zeros(index.numel(), dtype=torch.bool)
         try:
-            return self._losses(model, inputs, targets)
+            return self._losses(model, inputs, targets), none_failed
         except Exception as exc:
             first_exc = exc
         b = index.numel()
@@ -272,10 +281,11 @@ class Scan:
         singles = [self._try_one(model, inputs, targets, j) for j in probes]
         if all(s is None for s in singles) and b > len(probes):
             self.loss_error = {**error_record(first_exc), "stage": "loss", "samples": [int(index[j]) for j in probes]}
-            return None
+            return None, none_failed
         out = torch.full((b,), float("nan"))
-        self.bisect(model, inputs, targets, index, torch.arange(b), out)
-        return out
+        failed = torch.zeros(b, dtype=torch.bool)
+        self.bisect(model, inputs, targets, index, torch.arange(b), out, failed)
+        return out, failed
 
     def _losses(self, model, inputs, targets) -> torch.Tensor:
         with torch.no_grad():
@@ -288,27 +298,30 @@ class Scan:
         except Exception:
             return None
 
-    def bisect(self, model, inputs, targets, index, pos: torch.Tensor, out: torch.Tensor) -> None:
+    def bisect(self, model, inputs, targets, index, pos: torch.Tensor, out: torch.Tensor,
+               failed: torch.Tensor) -> None:
         """Fill ``out[pos]`` with losses, splitting ``pos`` until the samples that raise are alone."""
         try:
             out[pos] = self._losses(model, take(inputs, pos), take(targets, pos))
             return
         except Exception as exc:
             if pos.numel() == 1 or self.bisect_failures >= MAX_BISECT_FAILURES:
+                failed[pos] = True
                 for j in pos.tolist():
                     self.note_error(sample_error(int(index[j]), exc, "loss"))
                 self.bisect_failures += pos.numel()
                 return
         half = pos.numel() // 2
-        self.bisect(model, inputs, targets, index, pos[:half], out)
-        self.bisect(model, inputs, targets, index, pos[half:], out)
+        self.bisect(model, inputs, targets, index, pos[:half], out, failed)
+        self.bisect(model, inputs, targets, index, pos[half:], out, failed)
 
-    def record_losses(self, index, l0, l1, bad_data: torch.Tensor) -> None:
+    def record_losses(self, index, l0, l1, excused: torch.Tensor) -> None:
         if l0 is None:
             return
         l1 = l1 if l1 is not None else torch.full_like(l0, float("nan"))
-        # a non-finite loss on finite data is a sample-loss finding; on non-finite data it is data-nonfinite's
-        self.loss_nonfinite.add(index[~torch.isfinite(l0) & ~bad_data.cpu()])
+        # a non-finite loss on finite data is a sample-loss finding; on non-finite data it is data-nonfinite's,
+        # and a sample whose loss raised is a sample error
+        self.loss_nonfinite.add(index[~torch.isfinite(l0) & ~excused.cpu()])
         self.loss_res.add(torch.stack([index.double(), l0.double(), l1.double()], 1))
         self.top0.add(l0, index)
         if self.trained is not None:
@@ -359,7 +372,8 @@ class Scan:
             "index_columns": list(getattr(self.dataset, "index_columns", []) or []),
             "nonfinite": {**self.nonfinite.result(), "inputs": self.nonfinite_inputs.result(),
                           "targets": self.nonfinite_targets.result()},
-            "load_errors": {"count": self.error_count, "first": self.errors},
+            "load_errors": {"count": self.error_counts["loading"] + self.error_counts["collate"],
+                            "loss_failures": self.error_counts["loss"], "first": self.errors},
             "targets": {**self.tstats.result(), "dtype_problem": self.target_dtype_problem,
                         "loss": self.patient.loss_name, "n_outputs": self.n_outputs},
             "loss": self.loss_metrics(),

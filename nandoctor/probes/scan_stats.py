@@ -171,8 +171,8 @@ class TargetStats:
         self.out_of_range = IndexList()
         self.out_of_range_values: dict[float, int] = {}
 
-    def update(self, y: torch.Tensor, index: torch.Tensor) -> None:
-        # y: [B, ...] targets of the samples ``index`` ([B])
+    def update(self, y: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Take the targets ``y`` ([B, ...]) of the samples ``index`` ([B]); return the [B] mask of bad labels."""
         self.dtype = self.dtype or str(y.dtype).replace("torch.", "")
         self.shape = self.shape or list(y.shape[1:])
         v = y.detach().to(torch.float64).reshape(y.shape[0], -1)
@@ -193,11 +193,12 @@ class TargetStats:
                 self.counts[: counts.numel()] += counts
         # 2. labels the loss cannot take
         bad = self._bad(v, finite)
-        if bad is not None and bool(bad.any()):
-            rows = bad.any(1)
+        rows = bad.any(1) if bad is not None else torch.zeros(v.shape[0], dtype=torch.bool)
+        if bool(rows.any()):
             self.out_of_range.add(index[rows])
             for val in v[bad].unique()[:20].tolist():
                 self.out_of_range_values[val] = self.out_of_range_values.get(val, 0) + int((v[bad] == val).sum())
+        return rows
 
     def _bad(self, v: torch.Tensor, finite: torch.Tensor) -> torch.Tensor | None:
         if self.kind == "class" and self.n_classes is not None:
