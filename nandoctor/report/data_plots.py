@@ -14,6 +14,7 @@ from nandoctor.report.plots import PALETTE, figure
 
 LABELLED = 6          # worst samples labelled with their index
 MAX_BARS = 60         # classes / features shown (the largest ones when there are more)
+LOG_RATIO = 50        # class counts spanning more than this ratio get a log axis
 
 
 def sample_losses(ax, rows, worst: dict, title: str = "per-sample loss"):
@@ -43,7 +44,10 @@ def sample_losses(ax, rows, worst: dict, title: str = "per-sample loss"):
 
 def class_histogram(ax, histogram: dict, n_classes: int | None, title: str = "samples per class"):
     """Bars per class label; labels outside ``[0, n_classes)`` in red."""
-    items = sorted(histogram.items(), key=lambda kv: int(kv[0]))
+    counts = {int(k): int(v) for k, v in histogram.items()}
+    for c in range(n_classes or 0) if (n_classes or 0) <= MAX_BARS else ():
+        counts.setdefault(c, 0)  # classes the model has an output for but that never occur
+    items = sorted(counts.items())
     if len(items) > MAX_BARS:
         items = sorted(sorted(items, key=lambda kv: -kv[1])[:MAX_BARS], key=lambda kv: int(kv[0]))
     labels = [int(k) for k, _ in items]
@@ -51,7 +55,10 @@ def class_histogram(ax, histogram: dict, n_classes: int | None, title: str = "sa
     ax.bar(range(len(items)), [v for _, v in items], color=colors)
     ax.set_xticks(range(len(items)))
     ax.set_xticklabels([str(c) for c in labels], fontsize=7, rotation=90 if len(items) > 20 else 0)
-    ax.set_yscale("log")
+    values = [v for _, v in items if v > 0]
+    if values and max(values) / min(values) > LOG_RATIO:
+        ax.set_yscale("log")
+        ax.set_ylim(bottom=0.5)
     ax.set_xlabel("class label" + (f" (model outputs: {n_classes})" if n_classes else ""))
     ax.set_ylabel("samples")
     ax.set_title(title)
