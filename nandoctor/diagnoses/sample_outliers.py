@@ -76,18 +76,17 @@ class SampleLossOutlier(Diagnosis):
         many = any(finite(d.get("p99")) and finite(d.get("median")) and d["median"] > 0
                    and d["p99"] >= th["ratio"] * d["median"] for d in (init,))
         worst_ratio = max([w["ratio"] for w in flagged_init + flagged_trained] or [0.0])
-        severity = ("critical" if nonfinite.get("count") or worst_ratio >= th["critical_ratio"] else
-                    "info" if many else "warning")
+        severity = ("critical" if nonfinite.get("count") else "info" if many else
+                    "critical" if worst_ratio >= th["critical_ratio"] else "warning")
         evidence = {"nonfinite_loss_samples": nonfinite.get("count", 0),
                     "nonfinite_loss_indices": (nonfinite.get("indices") or [])[:SHOWN],
                     "worst_at_init": flagged_init[:8], "median_loss_at_init": init.get("median"),
                     "worst_after_training": flagged_trained[:8], "median_loss_after_training": trained.get("median"),
                     "largest_gradients": flagged_grads[:8],
                     "many_outliers": many, "mode": m.get("mode"), **coverage(m)}
-        indices = sorted({w["index"] for w in flagged_init + flagged_trained + flagged_grads}
-                         | set(evidence["nonfinite_loss_indices"]))
-        evidence["sample_indices"] = indices[:SHOWN]
-        confidence = 0.9 if severity == "critical" else 0.5 if many else 0.8
+        ranked = evidence["nonfinite_loss_indices"] + [w["index"] for w in flagged_init + flagged_trained + flagged_grads]
+        evidence["sample_indices"] = list(dict.fromkeys(ranked))[:SHOWN]  # worst first, each once
+        confidence = 0.5 if many and severity == "info" else 0.9 if severity == "critical" else 0.8
         return self.finding(confidence, evidence, severity=severity, plots=plot(r, "data-sample-loss"),
                             title=self._title(evidence, worst_ratio))
 
