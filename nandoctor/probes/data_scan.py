@@ -118,8 +118,8 @@ class Scan:
     def measure(self) -> Chunk | None:
         """Load a first chunk, run the model once: shapes, loss kind, cost per sample."""
         t0 = time.perf_counter()
-        perm = torch.randperm(self.n, generator=self.gen)[:MEASURE_SAMPLES]
-        chunk = self.source.load(perm.sort().values)  # its errors are noted when the stream meets them again
+        pick = torch.randint(self.n, (MEASURE_SAMPLES,), generator=self.gen).unique()  # sorted, no O(n) permutation
+        chunk = self.source.load(pick)  # its errors are noted when the stream meets them again
         if chunk.batch is None or chunk.index.numel() == 0:
             self.errors = chunk.errors[:MAX_ERRORS_KEPT]
             return None
@@ -193,33 +193,45 @@ class Scan:
         return model.eval(), info
 
     def batches(self, size: int) -> Iterator[Any]:
-        """Endless random batches of ``size`` samples (samples that fail to load are left out)."""
+        """Endless random batches of ``size`` samples. Samples that fail to load or hold NaN/Inf are left out:
+        they are reported by the scan, and one of them would make the trained model useless for the others."""
         gen = torch.Generator().manual_seed(self.patient.seed + 5)
-        while True:
-            perm = torch.randperm(self.n, generator=gen)
-            for s in range(0, self.n - size + 1 if self.n >= size else 1, size):
-                chunk = self.source.load(perm[s:s + size])
-                if chunk.batch is not None:
-                    yield chunk.batch
+        size = min(size, self.n)
+        for _ in range(100 * TRAIN_MAX_STEPS):  # independent draws: no O(n) permutation of a huge set
+            chunk = self.source.load(torch.randint(self.n, (size,), generator=gen))
+            if chunk.batch is None:
+                continue
+            batch = chunk.batch
+            if self.pairs:
+                inputs, targets = split_batch(batch)
+                clean = ~(nonfinite_rows(inputs, chunk.index.numel()) | nonfinite_rows(targets, chunk.index.numel()))
+                if not bool(clean.any()):
+                    continue
+                if not bool(clean.all()):
+                    batch = take(batch, clean.nonzero().squeeze(1))
+            yield batch
 
-    def plan(self) -> tuple[torch.Tensor, int]:
-        """The scan order: every sample in order, or a uniform random share (a seeded permutation's prefix)."""
+    def plan(self) -> tuple[torch.Tensor | None, int]:
+        """The scan order: None for every sample in order (chunks made on the fly, constant memory), or the
+        indices of a uniform random share (a seeded permutation's prefix: any prefix of it is uniform too)."""
         avail = self.ctx.time_left() - max(self.min_reserve, RESERVE_SHARE * self.ctx.seconds)
         fit = int(avail / max(self.per_sample_s * COST_MARGIN, 1e-9))
         planned = max(min(self.n, MIN_SCAN), min(self.n, fit))
         if planned >= self.n:
-            return torch.arange(self.n), self.n
+            return None, self.n
         return torch.randperm(self.n, generator=self.gen)[:planned], planned
 
-    def stream(self, order: torch.Tensor) -> tuple[int, bool]:
-        """One pass over ``order`` in chunks; returns (samples scanned, cut short by the deadline)."""
-        done, total = 0, order.numel()
+    def stream(self, order: torch.Tensor | None) -> tuple[int, bool]:
+        """One pass in chunks over every sample (``order`` None) or over ``order``; returns (samples scanned,
+        cut short by the deadline)."""
+        done, total = 0, (self.n if order is None else order.numel())
         self.ctx.progress(0, total)
         hard_stop = self.ctx.deadline - self.min_reserve
         for s in range(0, total, self.chunk_size):
             if s > 0 and time.perf_counter() > hard_stop:
                 return done, True
-            idx = order[s:s + self.chunk_size].sort().values
+            idx = (torch.arange(s, min(s + self.chunk_size, total)) if order is None
+                   else order[s:s + self.chunk_size].sort().values)
             chunk = self.load(idx)
             if chunk.batch is not None and chunk.index.numel():
                 self.process(to_device(chunk.batch, self.patient.device), chunk.index)

@@ -42,32 +42,51 @@ class FeatureStats:
         if self.n is None:
             self._init(rows.shape[1])
         ok = torch.isfinite(rows)
-        self.nonfinite += (~ok).sum(0)
-        vals = torch.where(ok, rows, torch.zeros((), dtype=torch.float64))
-        w = ok.to(torch.float64)
-        nb = w.sum(0)
-        self.min = torch.minimum(self.min, torch.where(ok, rows, torch.full_like(rows, float("inf"))).amin(0))
-        self.max = torch.maximum(self.max, torch.where(ok, rows, torch.full_like(rows, float("-inf"))).amax(0))
-        self.integer &= (vals == vals.round()).all(0)
+        if bool(ok.all()):  # the common case: no masks needed
+            vals, w, nb = rows, None, torch.full_like(self.n, rows.shape[0])
+            lo, hi = rows.aminmax(dim=0)
+        else:
+            self.nonfinite += (~ok).sum(0)
+            vals = torch.where(ok, rows, torch.zeros((), dtype=torch.float64))
+            w = ok.to(torch.float64)
+            nb = w.sum(0)
+            lo = torch.where(ok, rows, torch.full_like(rows, float("inf"))).amin(0)
+            hi = torch.where(ok, rows, torch.full_like(rows, float("-inf"))).amax(0)
+        self.min, self.max = torch.minimum(self.min, lo), torch.maximum(self.max, hi)
+        still = self.integer.nonzero().squeeze(1)  # only columns that were all integers so far
+        if still.numel():
+            sub = vals[:, still]
+            self.integer[still] = (sub == sub.round()).all(0)
         # 1. chunk moments over the finite values of each column
         mb = vals.sum(0) / nb.clamp(min=1)
-        dx = (vals - mb) * w
+        dx = vals - mb if w is None else (vals - mb) * w
         m2b = (dx * dx).sum(0)
         # 2. Chan's merge with what came before
         n = self.n + nb
         delta = mb - self.mean
         frac = torch.where(n > 0, nb / n.clamp(min=1), torch.zeros_like(n))
+        old = self.n
         self.mean = self.mean + delta * frac
-        self.m2 = self.m2 + m2b + delta * delta * self.n * frac
+        self.m2 = self.m2 + m2b + delta * delta * old * frac
         if self.with_index and index is not None:
-            i = index.to(torch.float64)[:, None].expand_as(vals)
-            ib = (i * w).sum(0) / nb.clamp(min=1)
-            di = (i - ib) * w
-            idelta = ib - self.imean
-            self.cov = self.cov + (dx * di).sum(0) + delta * idelta * self.n * frac
-            self.im2 = self.im2 + (di * di).sum(0) + idelta * idelta * self.n * frac
-            self.imean = self.imean + idelta * frac
+            self._update_index(index.to(torch.float64), dx, w, nb, delta, old, frac)
         self.n = n
+
+    def _update_index(self, i: torch.Tensor, dx: torch.Tensor, w: torch.Tensor | None, nb, delta, old, frac) -> None:
+        """Merge the co-moment of every column with the sample index ``i`` ([B])."""
+        if w is None:  # every value finite: one index mean for all columns, a matrix product for the co-moments
+            ib = i.mean().expand_as(nb)
+            di = i - i.mean()
+            cov_b, im2_b = di @ dx, (di * di).sum().expand_as(nb)
+        else:
+            ii = i[:, None].expand_as(dx)
+            ib = (ii * w).sum(0) / nb.clamp(min=1)
+            di = (ii - ib) * w
+            cov_b, im2_b = (dx * di).sum(0), (di * di).sum(0)
+        idelta = ib - self.imean
+        self.cov = self.cov + cov_b + delta * idelta * old * frac
+        self.im2 = self.im2 + im2_b + idelta * idelta * old * frac
+        self.imean = self.imean + idelta * frac
 
     def result(self) -> dict:
         """Lists of plain floats, one entry per column."""
@@ -102,8 +121,11 @@ class Reservoir:
 
     def add(self, rows: torch.Tensor) -> None:
         # rows: [B, ...]; kept as float64
-        rows = rows.detach().to(torch.float64)
         keys = torch.rand(rows.shape[0], generator=self.gen, dtype=torch.float64)
+        if self.keys is not None and self.keys.numel() >= self.size:
+            sel = keys < self.keys.max()  # only rows that would enter the sample: most rows of a large set
+            keys, rows = keys[sel], rows[sel]
+        rows = rows.detach().to(torch.float64)
         if self.keys is not None:
             keys, rows = torch.cat([self.keys, keys]), torch.cat([self.rows, rows])
         if keys.numel() > self.size:
