@@ -141,3 +141,19 @@ def test_the_scan_leaves_the_dataset_and_the_patient_as_they_were():
     assert all(torch.equal(a.nan_to_num(-7.0), b.nan_to_num(-7.0)) for a, b in zip(before, data.tensors))
     after = patient.new_model().state_dict()
     assert all(torch.equal(state[k], after[k]) for k in state)
+
+
+def casting_step(model, batch, loss_fn, optimizer):
+    """A user's own step that converts float labels itself: the set-up is healthy."""
+    x, y = batch
+    optimizer.zero_grad()
+    loss = loss_fn(model(x), y.long())
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
+def test_a_train_step_that_casts_the_labels_is_not_blamed_for_their_dtype():
+    report = scan(make_patient(data=dp.float_labels(), train_step=casting_step))
+    assert "target-out-of-range" not in codes(report)
+    assert not [f for f in report.findings if f.severity == "critical"]

@@ -62,7 +62,8 @@ class TargetOutOfRange(Diagnosis):
     (`CrossEntropyLoss`, `NLLLoss`), labels of a dtype the loss refuses (float labels for
     `CrossEntropyLoss`, integer targets for `BCEWithLogitsLoss`), and BCE targets outside `[0, 1]`.
     It fires from the data scan (which checks every label against the model's output size and the
-    loss) and from a crash of any probe whose message says the same ("Target 3 is out of bounds",
+    loss; not when a custom `train_step` may convert the labels itself) and from a crash of any
+    probe whose message says the same ("Target 3 is out of bounds",
     "expected target dtype to be Long", "Found dtype Long but expected Float", ...).
 
     ## Why it breaks training
@@ -90,9 +91,10 @@ class TargetOutOfRange(Diagnosis):
     def check(self, ev: Evidence):
         r = scan(ev)
         t = (r.metrics.get("targets") or {}) if r is not None else {}
-        oor = t.get("out_of_range") or {}
-        dtype = t.get("dtype_problem")
-        crashed = crashes(ev)
+        trust_scan = not t.get("custom_step")  # a train_step may fix the labels itself: only its crash counts
+        oor = (t.get("out_of_range") or {}) if trust_scan else {}
+        dtype = t.get("dtype_problem") if trust_scan else None
+        crashed = [c for c in crashes(ev) if trust_scan or c[0] != SCAN]
         if not (dtype or oor.get("count", 0) >= self.thresholds["min_samples"] or crashed):
             return None
         evidence = {"loss": t.get("loss") or ev.facts.get("loss"), "model_outputs": t.get("n_outputs"),

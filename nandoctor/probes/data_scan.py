@@ -397,7 +397,9 @@ class Scan:
             "load_errors": {"count": self.error_counts["loading"] + self.error_counts["collate"],
                             "loss_failures": self.error_counts["loss"], "first": self.errors},
             "targets": {**self.tstats.result(), "dtype_problem": self.target_dtype_problem,
-                        "loss": self.patient.loss_name, "n_outputs": self.n_outputs},
+                        "loss": self.patient.loss_name, "n_outputs": self.n_outputs,
+                        # the user's train_step may convert or remap the labels before the loss sees them
+                        "custom_step": self.patient.train_step is not None},
             "loss": self.loss_metrics(),
             "grad_norms": grads,
             "training": jsonable_training(self.training),

@@ -38,7 +38,7 @@ class FeatureStats:
 
     def update(self, rows: torch.Tensor, index: torch.Tensor | None = None) -> None:
         # rows: [B, F]; index: [B] sample indices (only used when with_index)
-        rows = rows.detach().to(torch.float64)
+        rows = rows.detach().to("cpu", torch.float64)
         if self.n is None:
             self._init(rows.shape[1])
         ok = torch.isfinite(rows)
@@ -122,10 +122,11 @@ class Reservoir:
     def add(self, rows: torch.Tensor) -> None:
         # rows: [B, ...]; kept as float64
         keys = torch.rand(rows.shape[0], generator=self.gen, dtype=torch.float64)
+        rows = rows.detach().cpu()
         if self.keys is not None and self.keys.numel() >= self.size:
             sel = keys < self.keys.max()  # only rows that would enter the sample: most rows of a large set
             keys, rows = keys[sel], rows[sel]
-        rows = rows.detach().to(torch.float64)
+        rows = rows.to(torch.float64)
         if self.keys is not None:
             keys, rows = torch.cat([self.keys, keys]), torch.cat([self.rows, rows])
         if keys.numel() > self.size:
@@ -146,7 +147,7 @@ class TopK:
         self.index = torch.empty(0, dtype=torch.long)
 
     def add(self, values: torch.Tensor, index: torch.Tensor) -> None:
-        values = values.detach().to(torch.float64)
+        values = values.detach().to("cpu", torch.float64)
         ok = torch.isfinite(values)
         v, i = torch.cat([self.values, values[ok]]), torch.cat([self.index, index[ok]])
         if v.numel() > self.k:
@@ -197,7 +198,7 @@ class TargetStats:
         """Take the targets ``y`` ([B, ...]) of the samples ``index`` ([B]); return the [B] mask of bad labels."""
         self.dtype = self.dtype or str(y.dtype).replace("torch.", "")
         self.shape = self.shape or list(y.shape[1:])
-        v = y.detach().to(torch.float64).reshape(y.shape[0], -1)
+        v = y.detach().to("cpu", torch.float64).reshape(y.shape[0], -1)
         finite = torch.isfinite(v)
         vals = v[finite]
         if vals.numel():
