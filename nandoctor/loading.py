@@ -54,7 +54,17 @@ def user_frame(exc: BaseException) -> str | None:
         if "/lib/python" in fn:
             continue
         return f"{fr.filename}:{fr.lineno} in {fr.name}"
-    return f"{frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}" if frames else None
+    return f"{library_path(frames[-1].filename)}:{frames[-1].lineno} in {frames[-1].name}" if frames else None
+
+
+def library_path(filename: str) -> str:
+    """An installed library's file relative to site-packages (``torch/nn/functional.py``): reports show no
+    machine's folders; other files are left as they are."""
+    fn = filename.replace("\\", "/")
+    for marker in ("/site-packages/", "/dist-packages/"):
+        if marker in fn:
+            return fn.split(marker, 1)[1]
+    return filename
 
 
 def _load_file_module(file: Path, key: str, where: str | None):

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from nandoctor.loading import user_frame
+from nandoctor.loading import library_path, user_frame
 
 
 @dataclass
@@ -65,7 +65,7 @@ def error_record(exc: BaseException, step: int | None = None) -> dict:
     frames = traceback.extract_tb(exc.__traceback__)
     return {"type": type(exc).__name__, "message": str(exc).strip().splitlines()[0][:500] if str(exc).strip() else "",
             "where": user_frame(exc), "step": step,
-            "last_frame": f"{frames[-1].filename}:{frames[-1].lineno}" if frames else None}
+            "last_frame": f"{library_path(frames[-1].filename)}:{frames[-1].lineno}" if frames else None}
 
 
 def train(patient, model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: Any, steps: int, *,

@@ -15,10 +15,12 @@ from nandoctor.report.plots import PALETTE, figure
 LABELLED = 6          # worst samples labelled with their index
 MAX_BARS = 60         # classes / features shown (the largest ones when there are more)
 LOG_RATIO = 50        # class counts spanning more than this ratio get a log axis
+MAX_POINTS = 1500     # samples drawn in the per-sample loss plot (drawing cost, file size)
 
 
 def sample_losses(ax, rows, worst: dict, title: str = "per-sample loss"):
     """``rows``: [R, 3] (index, loss at init, loss after training); ``worst``: {label: [(index, loss)]}."""
+    rows = rows[:MAX_POINTS]  # the reservoir is a uniform sample already: its first rows are one too
     idx = rows[:, 0].tolist()
     for col, label, color in ((1, "at initialisation", PALETTE[7]), (2, "after a short training", PALETTE[0])):
         ys = rows[:, col].tolist()
