@@ -157,3 +157,47 @@ def test_a_train_step_that_casts_the_labels_is_not_blamed_for_their_dtype():
     report = scan(make_patient(data=dp.float_labels(), train_step=casting_step))
     assert "target-out-of-range" not in codes(report)
     assert not [f for f in report.findings if f.severity == "critical"]
+
+
+class TupleNet(nn.Module):
+    """Returns (logits, a batch-level scalar): the loss picks the logits."""
+
+    def __init__(self):
+        super().__init__()
+        self.m = mlp()
+
+    def forward(self, x):
+        out = self.m(x)
+        return out, out.mean()
+
+
+def tuple_loss(outputs, y):
+    return nn.functional.cross_entropy(outputs[0], y)
+
+
+class DictSamples(torch.utils.data.Dataset):
+    def __init__(self):
+        self.base = dp.blobs()
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        x, y = self.base[i]
+        return {"x": x, "y": y}
+
+
+def dict_step(model, batch, loss_fn, optimizer):
+    optimizer.zero_grad()
+    loss = loss_fn(model(batch["x"]), batch["y"])
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
+def test_odd_outputs_and_batches_are_scanned_without_false_findings():
+    tuple_report = scan(make_patient(model=TupleNet, loss=tuple_loss))
+    assert tuple_report.probes["data_scan"].metrics["loss"]["init"]["sampled"] == 256  # per-sample losses by a loop
+    dict_report = scan(make_patient(data=DictSamples(), train_step=dict_step))
+    assert dict_report.probes["data_scan"].metrics["inputs"]["features"] == 10  # inputs scanned, no loss
+    assert serious_data_findings(tuple_report) == serious_data_findings(dict_report) == []

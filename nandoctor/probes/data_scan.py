@@ -129,21 +129,26 @@ class Scan:
         inputs, targets = self.split(batch)
         self.model0 = self.patient.new_model().eval()
         self.outputs_shape, self.n_outputs = None, None
-        try:
-            with torch.no_grad():
-                out = self.model0(inputs)
-            t = first_tensor(out)
-            if t is not None:
-                self.outputs_shape = list(t.shape[1:])
-                self.n_outputs = int(t.shape[1]) if t.dim() >= 2 else 1
-        except Exception as exc:
-            self.loss_error = {**error_record(exc), "stage": "forward"}
-            out = None
+        out = self.first_outputs(inputs) if self.pairs else None  # else only the user's train_step knows the form
         self.per_sample_s = self.time_process(batch, chunk.index, inputs, targets, out, load_s)
         x = first_tensor(inputs)
         numel = max(1, x[0].numel()) if x is not None and x.dim() > 0 else 1
         self.chunk_size = int(min(MAX_CHUNK, max(MIN_CHUNK, CHUNK_ELEMENTS // numel)))
         return chunk
+
+    def first_outputs(self, inputs):
+        """The fresh model's outputs on the first chunk (eval mode); learns the number of outputs."""
+        try:
+            with torch.no_grad():
+                out = self.model0(inputs)
+        except Exception as exc:
+            self.loss_error = {**error_record(exc), "stage": "forward"}
+            return None
+        t = first_tensor(out)
+        if t is not None:
+            self.outputs_shape = list(t.shape[1:])
+            self.n_outputs = int(t.shape[1]) if t.dim() >= 2 else 1
+        return out
 
     def time_process(self, batch, index, inputs, targets, out, load_s: float) -> float:
         """Seconds per sample of the scan: loading, plus processing timed on a warm second pass over the chunk."""

@@ -124,7 +124,7 @@ def sample_error(index: int, exc: BaseException, stage: str) -> dict:
 def take(obj, pos: torch.Tensor):
     """The samples at positions ``pos`` of a collated batch (tensors, lists, tuples, dicts)."""
     if isinstance(obj, torch.Tensor):
-        return obj[pos]
+        return obj[pos] if obj.dim() > 0 else obj  # a 0-dim tensor belongs to the whole batch, not to a sample
     if isinstance(obj, (list, tuple)):
         moved = [take(o, pos) for o in obj]
         return type(obj)(moved) if not hasattr(obj, "_fields") else type(obj)(*moved)
