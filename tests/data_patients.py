@@ -97,3 +97,11 @@ def bn_cnn(channels=3, classes=4) -> nn.Module:
 
 def reg_mlp(features=8) -> nn.Module:
     return nn.Sequential(nn.Linear(features, 32), nn.ReLU(), nn.Linear(32, 1))
+
+
+def standardised_with_a_constant_column(col=2, n=256) -> TensorDataset:
+    """Columns standardised by (x - mean) / std where one column is constant: 0 / 0 = NaN in every sample."""
+    x, y = blobs(n=n).tensors
+    x = x.clone()
+    x[:, col] = 1.0
+    return TensorDataset((x - x.mean(0)) / x.std(0), y)

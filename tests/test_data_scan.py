@@ -201,3 +201,9 @@ def test_odd_outputs_and_batches_are_scanned_without_false_findings():
     dict_report = scan(make_patient(data=DictSamples(), train_step=dict_step))
     assert dict_report.probes["data_scan"].metrics["inputs"]["features"] == 10  # inputs scanned, no loss
     assert serious_data_findings(tuple_report) == serious_data_findings(dict_report) == []
+
+
+def test_a_constant_column_divided_by_its_zero_std_ranks_above_the_nan_it_makes():
+    report = scan(make_patient(data=dp.standardised_with_a_constant_column(col=2)))
+    assert codes(report)[:2] == ["data-constant-feature", "data-nonfinite"]
+    assert report.findings[0].evidence["nonfinite_columns"] == {"feature 2": 256}

@@ -225,7 +225,9 @@ class DataConstantFeature(Diagnosis):
     doc = """
     ## What it detects
     Input features (tabular columns) or channels (images) whose every finite value in the scanned
-    samples is the same: zero variance.
+    samples is the same: zero variance. Also columns that are NaN/Inf in every sample: what a
+    constant column becomes after `(x - mean) / std` divides 0 by 0 (critical; it then ranks above
+    `data-nonfinite`, which describes the same NaN).
 
     ## Why it breaks training
     A constant column carries no information, and the usual normalisation `(x - mean) / std` divides
@@ -251,6 +253,9 @@ class DataConstantFeature(Diagnosis):
             return None
         m = r.metrics
         feats = features(m)
+        nan_cols = [f for f in feats if not f.get("count") and (f.get("nonfinite") or 0) >= self.thresholds["min_rows"]]
+        if nan_cols:
+            return self.divided_by_zero(m, nan_cols, r)
         const = [f for f in feats if (f.get("count") or 0) >= self.thresholds["min_rows"]
                  and f.get("min") is not None and f.get("min") == f.get("max")]
         if not const:
@@ -263,6 +268,22 @@ class DataConstantFeature(Diagnosis):
         return self.finding(0.9 if every else 0.85 if m.get("whole_set") else 0.6, evidence,
                             severity="critical" if every else "warning", plots=plot(r, "data-features"),
                             title=f"{len(const)} of {len(feats)} input column(s) never change: {names}")
+
+
+    def divided_by_zero(self, m: dict, cols: list[dict], r):
+        """Columns with no finite value at all: a constant column standardised by its zero std (0/0), or empty."""
+        names = [column_name(m, f["j"]) for f in cols]
+        evidence = {"nonfinite_columns": {n: f.get("nonfinite") for n, f in zip(names, cols)}, "count": len(cols),
+                    "of_columns": len(features(m)), "layout": (m.get("inputs") or {}).get("layout"), **coverage(m)}
+        found = self.finding(0.85, evidence, severity="critical", plots=plot(r, "data-features"),
+                             title=f"{len(cols)} input column(s) are NaN/Inf in every sample "
+                                   f"({', '.join(repr(n) for n in names[:3])}): a constant column divided by "
+                                   "its zero std, or an empty column",
+                             fix="Drop the column, or standardise with (x - mean) / (std + eps) and skip columns "
+                                 "whose std is 0.")
+        found.explains = ("data-nonfinite", "nonfinite-source", "training-crashed", "cannot-overfit-batch",
+                          "exploding-gradients", "initial-loss-mismatch", "sample-loss-outlier")
+        return found
 
 
 def fmt(x) -> str:
