@@ -100,7 +100,8 @@ class DataUnnormalized(Diagnosis):
     role = "cause"
     requires = (SCAN,)
     explains = ("exploding-gradients", "cannot-overfit-batch", "lr-too-high", "sample-loss-outlier",
-                "nonfinite-source", "initial-loss-mismatch", "saturated-activation", "dead-relu")
+                "nonfinite-source", "initial-loss-mismatch", "saturated-activation", "dead-relu",
+                "vanishing-gradients")
     thresholds = {
         "far_above": 10.0,      # a feature whose median or robust spread is at least this is far above unit scale
         "far_below": 0.01,      # every feature's magnitude at most this: far below unit scale
