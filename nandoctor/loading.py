@@ -25,7 +25,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from nandoctor.errors import LoadError
+from nandoctor.errors import LoadError, NandoctorError
 
 _FILE_MODULES: dict[Path, Any] = {}
 
@@ -47,6 +47,9 @@ def _missing_name_error(name: str, module, searched: str, key: str, where: str |
 def display_path(path) -> str:
     """A path relative to the working directory when it lies below it (shorter, and no machine paths
     end up in reports), else as it is."""
+    library = library_path(str(path))
+    if library != str(path):
+        return library
     try:
         return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
     except (ValueError, OSError):
@@ -64,6 +67,16 @@ def user_frame(exc: BaseException) -> str | None:
             continue
         return f"{display_path(fr.filename)}:{fr.lineno} in {fr.name}"
     return f"{display_path(frames[-1].filename)}:{frames[-1].lineno} in {frames[-1].name}" if frames else None
+
+
+def library_path(filename: str) -> str:
+    """An installed library's file relative to site-packages (``torch/nn/functional.py``): reports show no
+    machine's folders; other files are left as they are."""
+    fn = filename.replace("\\", "/")
+    for marker in ("/site-packages/", "/dist-packages/"):
+        if marker in fn:
+            return fn.split(marker, 1)[1]
+    return filename
 
 
 def _load_file_module(file: Path, key: str, where: str | None):
@@ -172,6 +185,10 @@ def call_user(fn: Callable, kwargs: dict, key: str, where: str | None) -> Any:
     """Call user code; an exception becomes a LoadError naming the user's message and line."""
     try:
         return fn(**kwargs)
+    except NandoctorError as exc:  # already explained (e.g. nandoctor.datasets.CSVDataset naming a bad column)
+        exc.where = exc.where or where
+        exc.key = key
+        raise
     except TypeError as exc:
         # the arguments in the config do not fit the signature
         try:
@@ -200,7 +217,20 @@ def _raised(exc: Exception, fn, key: str, where: str | None) -> LoadError:
                      hint="the error comes from your own code at the line shown; fix it there and run again.")
 
 
+def _config_relative(spec: dict, root: Path, key: str, where: str | None) -> dict:
+    """Rewrite the keyword arguments a dataset class lists in ``config_paths`` relative to the config's folder."""
+    target = resolve_target(spec["_target_"], root, key=f"{key}._target_", where=where)
+    names = getattr(target, "config_paths", ())
+    out = dict(spec)
+    for name in names:
+        value = out.get(name)
+        if isinstance(value, str) and not Path(value).is_absolute():
+            out[name] = str(root / value)
+    return out
+
+
 def _dataset(spec: dict, cfg, key: str):
+    spec = _config_relative(spec, cfg.root, key, cfg.where(key))
     data = build(spec, cfg.root, key, where=cfg.where(key))
     if not hasattr(data, "__getitem__") or not hasattr(data, "__len__"):
         raise LoadError(f"'{key}' built a {type(data).__name__}, which is not a map-style dataset "

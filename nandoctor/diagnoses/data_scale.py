@@ -1,0 +1,291 @@
+"""Feature columns that hurt training: data-unnormalized, data-constant-feature, csv-index-column."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from nandoctor.diagnoses import Diagnosis
+from nandoctor.diagnoses.data_common import (SCAN, SHOWN, column_name, coverage, features, finite, plot, scan,
+                                             training_trouble)
+from nandoctor.records import Evidence
+
+# --- csv-index-column thresholds ----------------------------------------------------------------------
+INDEX_CORR = 0.999       # |correlation| of a feature with the row index at or above this: it counts up with it
+INDEX_SLOPE_TOL = 0.01   # slope within 1 +- this (and integer values): it IS the row number (plus an offset)
+INDEX_MIN_ROWS = 20      # fewer finite values say nothing about a trend
+
+
+def index_features(m: dict) -> list[dict]:
+    """Features that are a saved index: by name (``Unnamed: 0`` from CSVDataset) or by value (counts with the row)."""
+    names = (m.get("inputs") or {}).get("feature_names") or []
+    by_name = set(m.get("index_columns") or [])
+    found = []
+    for f in features(m):
+        name = column_name(m, f["j"])
+        corr, slope = f.get("index_corr"), f.get("index_slope")
+        strong_value = (finite(corr) and abs(corr) >= INDEX_CORR and (f.get("count") or 0) >= INDEX_MIN_ROWS
+                        and (f.get("std") or 0) > 0)
+        if name in by_name and names:
+            found.append({**f, "name": name, "how": "named like a saved pandas index", "strong": True})
+        elif strong_value:
+            counter = bool(f.get("integer_valued")) and finite(slope) and abs(abs(slope) - 1) <= INDEX_SLOPE_TOL
+            found.append({**f, "name": name, "strong": counter,
+                          "how": "equals the row index plus an offset" if counter else "counts up with the row index"})
+    return found
+
+
+class CsvIndexColumn(Diagnosis):
+    code = "csv-index-column"
+    title = "A saved row index is used as a feature"
+    severity = "critical"
+    role = "cause"
+    requires = (SCAN,)
+    explains = ("data-unnormalized", "exploding-gradients", "cannot-overfit-batch", "lr-too-high",
+                "nonfinite-source", "sample-loss-outlier", "initial-loss-mismatch", "saturated-activation")
+    thresholds = {"index_corr": INDEX_CORR, "index_slope_tol": INDEX_SLOPE_TOL, "min_rows": INDEX_MIN_ROWS}
+    fix = ("Drop the index column: save with df.to_csv(path, index=False), read with pd.read_csv(path, index_col=0), "
+           "or list the real inputs under 'feature_columns:' for nandoctor.datasets.CSVDataset.")
+    doc = """
+    ## What it detects
+    An input feature that is the row number: a column named like the index pandas writes with
+    `df.to_csv()` and reads back as `Unnamed: 0`, or a feature whose values equal the sample index
+    plus an offset (correlation with the index at least `index_corr`, integer values, slope 1), or
+    that counts up with the index (correlation alone: reported as a warning).
+
+    ## Why it breaks training
+    The row number carries no information about the target, but it is the largest input by far
+    (0..N), so it dominates the first layer, blows up the activations and the gradients (often to
+    NaN at the user's learning rate), and, when the rows are ordered (by time, by class), it leaks
+    the order into the model: it fits the training set and fails on anything else.
+
+    ## Evidence
+    The column's name and position, its range, its correlation and slope against the sample index,
+    and the feature scale plot.
+
+    ## Fix
+    `df.to_csv(path, index=False)` when saving; `pd.read_csv(path, index_col=0)` when reading a file
+    already saved with its index; or name the real inputs in `feature_columns:`.
+
+    ## Known false positives
+    A real feature that grows with the row order: a time stamp or a day counter in a time-ordered file,
+    or a file sorted by one of its features (then the correlation is high but the values are not the
+    row number; such cases get a warning, not critical).
+    """
+
+    def check(self, ev: Evidence):
+        r = scan(ev)
+        if r is None:
+            return None
+        found = index_features(r.metrics)
+        if not found:
+            return None
+        strong = [f for f in found if f["strong"]]
+        top = (strong or found)[0]
+        evidence = {"columns": [{"name": f["name"], "position": f["j"], "min": f.get("min"), "max": f.get("max"),
+                                 "index_corr": f.get("index_corr"), "index_slope": f.get("index_slope"),
+                                 "how": f["how"]} for f in found[:SHOWN]], **coverage(r.metrics)}
+        return self.finding(0.95 if top["how"].startswith("named") else 0.85 if strong else 0.55, evidence,
+                            severity="critical" if strong else "warning", plots=plot(r, "data-features"),
+                            title=f"Feature '{top['name']}' {top['how']} (values {fmt(top.get('min'))}.."
+                                  f"{fmt(top.get('max'))})")
+
+
+class DataUnnormalized(Diagnosis):
+    code = "data-unnormalized"
+    title = "Inputs are far from unit scale"
+    severity = "warning"
+    role = "cause"
+    requires = (SCAN,)
+    explains = ("exploding-gradients", "cannot-overfit-batch", "lr-too-high", "sample-loss-outlier",
+                "nonfinite-source", "initial-loss-mismatch", "saturated-activation", "dead-relu",
+                "vanishing-gradients")
+    thresholds = {
+        "far_above": 10.0,      # a feature whose median or robust spread is at least this is far above unit scale
+        "far_below": 0.01,      # every feature's magnitude at most this: far below unit scale
+        "spread_ratio": 1e3,    # largest / smallest feature spread at least this: wildly different scales
+        "critical_scale": 1e4,  # at least this is critical even while training still runs
+    }
+    fix = ("Standardise the inputs with statistics of the training set: x = (x - mean) / std per feature "
+           "(sklearn StandardScaler, or transforms.Normalize(mean, std) for images after ToTensor()).")
+    doc = """
+    ## What it detects
+    Inputs whose typical magnitude (per feature or per channel: the larger of the median's size and
+    the robust spread, IQR / 1.349) is `far_above` or more (pixels 0..255, incomes, years, a saved
+    index), all features `far_below` or less, or features whose spreads differ by `spread_ratio` or
+    more. Robust statistics come from a uniform sample of the scanned rows, so a few outlier samples
+    do not make a column look unnormalised (those are `sample-loss-outlier`).
+
+    ## Why it breaks training
+    Default initialisations assume inputs of unit scale. Inputs of scale 100 give pre-activations of
+    scale 100: saturated sigmoids, huge logits, a loss and gradients 100x too large, so the learning
+    rate that works for normalised data diverges (often to NaN) here. Features on wildly different
+    scales make the loss surface ill-conditioned: the small features are never learned.
+
+    ## Evidence
+    The worst columns with their median, robust spread, min and max; the ratio of largest to smallest
+    spread; whether a probe that trained saw trouble (non-finite loss, cannot memorise a batch), which
+    makes the finding critical; and the feature scale plot. When training is in trouble nandoctor tries
+    the cure on a copy: a fixed standardisation layer in front of the model.
+
+    ## Fix
+    Standardise with the training set's mean and std (store them; use the same for validation).
+
+    ## Known false positives
+    Models that normalise their own input (a BatchNorm or LayerNorm first layer, or a scaling inside
+    `forward`): the data is then fine as it is. Count-like features that are meant to be large and are
+    log-transformed inside the model.
+    """
+
+    def check(self, ev: Evidence):
+        r = scan(ev)
+        if r is None:
+            return None
+        m = r.metrics
+        skip = {f["j"] for f in index_features(m)}
+        cols = [c for c in (scaled(f) for f in features(m) if f["j"] not in skip) if c is not None]
+        if not cols:
+            return None
+        th = self.thresholds
+        big = max(cols, key=lambda c: c["magnitude"])
+        spread = max(c["scale"] for c in cols) / min(c["scale"] for c in cols)
+        reasons = []
+        if big["magnitude"] >= th["far_above"]:
+            reasons.append(f"'{column_name(m, big['j'])}' has magnitude {fmt(big['magnitude'])}")
+        if max(c["magnitude"] for c in cols) <= th["far_below"]:
+            reasons.append(f"every column is below {th['far_below']} in magnitude")
+        if spread >= th["spread_ratio"]:
+            reasons.append(f"column spreads differ {spread:.3g}x")
+        if not reasons:
+            return None
+        trouble = training_trouble(ev)
+        critical = big["magnitude"] >= th["critical_scale"] or trouble is not None
+        worst = sorted(cols, key=lambda c: -c["magnitude"])[:SHOWN]
+        evidence = {"largest_magnitude": big["magnitude"], "spread_ratio": spread,
+                    "columns": [{"name": column_name(m, c["j"]), "median": c.get("median"),
+                                 "robust_scale": c.get("robust_scale"), "std": c.get("std"), "min": c.get("min"),
+                                 "max": c.get("max")} for c in worst[:8]],
+                    "layout": (m.get("inputs") or {}).get("layout"), "training_trouble": trouble, **coverage(m)}
+        confidence = 0.7 + 0.25 * min(1.0, math.log10(max(big["magnitude"], 10) / 10) / 3)
+        return self.finding(confidence if not trouble else max(confidence, 0.85), evidence,
+                            severity="critical" if critical else "warning", plots=plot(r, "data-features"),
+                            title="Inputs are far from unit scale: " + "; ".join(reasons))
+
+    def treat(self, ctx, finding):
+        """Put a fixed standardisation (the scan's mean and std) in front of a copy of the model."""
+        r = scan(ctx.evidence)
+        if finding.severity != "critical" or r is None or not finding.evidence.get("training_trouble"):
+            return None
+        layout = (r.metrics.get("inputs") or {}).get("layout")
+        f = r.metrics.get("features") or {}
+        if layout not in ("features", "channels") or r.metrics.get("features_truncated") or not f.get("mean"):
+            return None
+        from nandoctor.treatments import try_cure
+        norm = Standardize(f["mean"], f["std"], layout)
+        factory = ctx.patient.model_factory
+        variant = ctx.patient.variant("inputs standardised", model_factory=lambda: nn.Sequential(norm, factory()))
+        return try_cure(ctx, variant, "inputs standardised with the training set's mean and std", code=self.code)
+
+
+class Standardize(nn.Module):
+    """(x - mean) / std per feature ([N, F]) or per channel ([N, C, ...]); constant columns are only centred."""
+
+    def __init__(self, mean: list[float], std: list[float], layout: str):
+        super().__init__()
+        std = [s if finite(s) and s > 0 else 1.0 for s in std]
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))  # [F] or [C]
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
+
+    def forward(self, x):
+        shape = (1, -1) + (1,) * (x.dim() - 2)  # [1, F] or [1, C, 1, 1, ...]
+        return (x - self.mean.reshape(shape)) / self.std.reshape(shape)
+
+
+def scaled(f: dict) -> dict | None:
+    """A column's magnitude and spread, or None when it is constant or empty."""
+    std, rs, med = f.get("std"), f.get("robust_scale"), f.get("median")
+    if not finite(std) or std <= 0 or not (f.get("count") or 0):
+        return None
+    scale = rs if finite(rs) and rs > 0 else std
+    center = abs(med) if finite(med) else abs(f.get("mean") or 0.0)
+    return {**f, "scale": scale, "magnitude": max(center, scale)}
+
+
+class DataConstantFeature(Diagnosis):
+    code = "data-constant-feature"
+    title = "A feature has the same value in every sample"
+    severity = "warning"
+    role = "cause"
+    requires = (SCAN,)
+    explains = ()
+    thresholds = {"min_rows": 2}  # a column needs at least two finite values to be called constant
+    fix = ("Drop the constant column(s) before training; if you standardise, divide by (std + eps) or skip columns "
+           "whose std is 0, or the division turns the whole column into NaN.")
+    doc = """
+    ## What it detects
+    Input features (tabular columns) or channels (images) whose every finite value in the scanned
+    samples is the same: zero variance. Also columns that are NaN/Inf in every sample: what a
+    constant column becomes after `(x - mean) / std` divides 0 by 0 (critical; it then ranks above
+    `data-nonfinite`, which describes the same NaN).
+
+    ## Why it breaks training
+    A constant column carries no information, and the usual normalisation `(x - mean) / std` divides
+    by zero and turns it into NaN for every sample, which makes the loss NaN from the first step. It
+    is often the sign of a bug upstream: a column filled with a default, an empty channel, a join
+    that failed.
+
+    ## Evidence
+    The constant columns (name or position) and their value, and the feature scale plot (constant
+    columns in red).
+
+    ## Fix
+    Drop the column; guard normalisation with an epsilon; find why it is constant.
+
+    ## Known false positives
+    One-hot columns of a category absent from the training set; on a scanned share of a very large set,
+    a rare non-zero value can be missed (the evidence says how much was scanned).
+    """
+
+    def check(self, ev: Evidence):
+        r = scan(ev)
+        if r is None:
+            return None
+        m = r.metrics
+        feats = features(m)
+        nan_cols = [f for f in feats if not f.get("count") and (f.get("nonfinite") or 0) >= self.thresholds["min_rows"]]
+        if nan_cols:
+            return self.divided_by_zero(m, nan_cols, r)
+        const = [f for f in feats if (f.get("count") or 0) >= self.thresholds["min_rows"]
+                 and f.get("min") is not None and f.get("min") == f.get("max")]
+        if not const:
+            return None
+        every = len(const) == len(feats)
+        evidence = {"constant_columns": {column_name(m, f["j"]): f["min"] for f in const[:SHOWN]},
+                    "count": len(const), "of_columns": len(feats),
+                    "layout": (m.get("inputs") or {}).get("layout"), **coverage(m)}
+        names = ", ".join(f"'{n}'" for n in list(evidence["constant_columns"])[:3])
+        return self.finding(0.9 if every else 0.85 if m.get("whole_set") else 0.6, evidence,
+                            severity="critical" if every else "warning", plots=plot(r, "data-features"),
+                            title=f"{len(const)} of {len(feats)} input column(s) never change: {names}")
+
+
+    def divided_by_zero(self, m: dict, cols: list[dict], r):
+        """Columns with no finite value at all: a constant column standardised by its zero std (0/0), or empty."""
+        names = [column_name(m, f["j"]) for f in cols]
+        evidence = {"nonfinite_columns": {n: f.get("nonfinite") for n, f in zip(names, cols)}, "count": len(cols),
+                    "of_columns": len(features(m)), "layout": (m.get("inputs") or {}).get("layout"), **coverage(m)}
+        found = self.finding(0.85, evidence, severity="critical", plots=plot(r, "data-features"),
+                             title=f"{len(cols)} input column(s) are NaN/Inf in every sample "
+                                   f"({', '.join(repr(n) for n in names[:3])}): a constant column divided by "
+                                   "its zero std, or an empty column",
+                             fix="Drop the column, or standardise with (x - mean) / (std + eps) and skip columns "
+                                 "whose std is 0.")
+        found.explains = ("data-nonfinite", "nonfinite-source", "training-crashed", "cannot-overfit-batch",
+                          "exploding-gradients", "initial-loss-mismatch", "sample-loss-outlier")
+        return found
+
+
+def fmt(x) -> str:
+    return f"{x:.4g}" if finite(x) else str(x)

@@ -1,0 +1,112 @@
+"""sample-loss-outlier: individual samples whose loss or gradient is extreme or non-finite."""
+
+from __future__ import annotations
+
+from nandoctor.diagnoses import Diagnosis
+from nandoctor.diagnoses.data_common import SCAN, SHOWN, coverage, finite, plot, scan
+from nandoctor.records import Evidence
+
+
+class SampleLossOutlier(Diagnosis):
+    code = "sample-loss-outlier"
+    title = "A few samples have an extreme or non-finite loss"
+    severity = "warning"
+    role = "cause"
+    requires = (SCAN,)
+    explains = ("exploding-gradients", "nonfinite-source", "cannot-overfit-batch", "initial-loss-mismatch",
+                "lr-too-high")
+    thresholds = {
+        "ratio": 100.0,          # loss at least this many times the median sample's loss ...
+        "robust_z": 10.0,        # ... and at least this many robust standard deviations (1.4826 MAD) above it
+        "trained_floor": 10.0,   # after training also at least this many times the median loss at initialisation
+        "grad_ratio": 100.0,     # gradient norm at least this many times the reference samples' median
+        "critical_ratio": 1e4,   # a loss this many times the median dominates every batch it is in
+        "max_share": 0.01,       # if more than this share of samples is that far out (p99 is), it is not "a few"
+    }
+    fix = ("Look at the samples listed (their inputs and labels): drop or fix corrupted rows and mislabelled samples, "
+           "clip or winsorise extreme values, or use a robust loss (HuberLoss / SmoothL1Loss) for heavy-tailed targets.")
+    doc = """
+    ## What it detects
+    Individual samples whose loss is far above every other sample's: at initialisation (where a
+    random model's loss only reflects the size of the inputs and targets: a corrupted value, a target
+    1000x the others) and after a short training (where it also shows samples the model cannot fit:
+    mislabelled ones). Also samples whose per-sample gradient norm is far above a random reference
+    set's, and samples with a finite input whose loss is NaN/Inf. Scores are robust (median and MAD),
+    so the outliers do not hide themselves by inflating the spread.
+
+    ## Why it breaks training
+    A sample whose loss is 1000x the others' produces a gradient that dominates every batch it is in:
+    the loss spikes each time it is drawn, the optimizer's moment estimates are thrown off, and a
+    learning rate that is fine for the rest of the data diverges. A NaN loss on one sample poisons the
+    whole model on the first step that sees it.
+
+    ## Evidence
+    The worst samples with their index, loss and ratio to the median, the median loss, the largest
+    per-sample gradient norms with their ratio to the reference, the samples with a non-finite loss,
+    and the per-sample loss plot with the worst samples labelled by index. Per-sample numbers come from
+    the model in eval mode (BatchNorm running statistics, dropout off).
+
+    ## Fix
+    Inspect and fix or drop the samples; clip extreme values; a robust loss for heavy-tailed targets.
+
+    ## Known false positives
+    Heavy-tailed targets that are real (prices, counts) give large losses on honest samples; hard or
+    rare-class samples after training (their loss is compared with the untrained model's median loss
+    to keep these out, and a rare class is reported as `class-imbalance` above this finding).
+    """
+
+    def check(self, ev: Evidence):
+        r = scan(ev)
+        if r is None:
+            return None
+        m = r.metrics
+        loss = m.get("loss") or {}
+        init, trained = loss.get("init") or {}, loss.get("trained") or {}
+        th = self.thresholds
+        nonfinite = (loss.get("nonfinite") or {})
+        flagged_init = outliers(init, th["ratio"], th["robust_z"])
+        floor = th["trained_floor"] * init["median"] if finite(init.get("median")) else None
+        flagged_trained = [w for w in outliers(trained, th["ratio"], th["robust_z"])
+                           if floor is not None and w["loss"] >= floor]
+        grads = ((m.get("grad_norms") or {}).get("init") or {}).get("worst") or []
+        flagged_grads = [g for g in grads if finite(g.get("ratio")) and g["ratio"] >= th["grad_ratio"]]
+        if not (nonfinite.get("count") or flagged_init or flagged_trained or flagged_grads):
+            return None
+        # many samples that far out is a property of the data's distribution, not a few bad samples
+        many = any(finite(d.get("p99")) and finite(d.get("median")) and d["median"] > 0
+                   and d["p99"] >= th["ratio"] * d["median"] for d in (init,))
+        worst_ratio = max([w["ratio"] for w in flagged_init + flagged_trained] or [0.0])
+        severity = ("critical" if nonfinite.get("count") else "info" if many else
+                    "critical" if worst_ratio >= th["critical_ratio"] else "warning")
+        evidence = {"nonfinite_loss_samples": nonfinite.get("count", 0),
+                    "nonfinite_loss_indices": (nonfinite.get("indices") or [])[:SHOWN],
+                    "worst_at_init": flagged_init[:8], "median_loss_at_init": init.get("median"),
+                    "worst_after_training": flagged_trained[:8], "median_loss_after_training": trained.get("median"),
+                    "largest_gradients": flagged_grads[:8],
+                    "many_outliers": many, "mode": m.get("mode"), **coverage(m)}
+        ranked = evidence["nonfinite_loss_indices"] + [w["index"] for w in flagged_init + flagged_trained + flagged_grads]
+        evidence["sample_indices"] = list(dict.fromkeys(ranked))[:SHOWN]  # worst first, each once
+        confidence = 0.5 if many and severity == "info" else 0.9 if severity == "critical" else 0.8
+        return self.finding(confidence, evidence, severity=severity, plots=plot(r, "data-sample-loss"),
+                            title=self._title(evidence, worst_ratio))
+
+    @staticmethod
+    def _title(e: dict, ratio: float) -> str:
+        shown = ", ".join(str(i) for i in e["sample_indices"][:5])
+        if e["nonfinite_loss_samples"]:
+            return f"{e['nonfinite_loss_samples']} sample(s) with finite inputs have a NaN/Inf loss (e.g. {shown})"
+        if ratio:
+            return f"Sample(s) {shown} have a loss up to {ratio:.3g}x the median sample's"
+        return f"Sample(s) {shown} have a gradient norm over {SampleLossOutlier.thresholds['grad_ratio']:.0f}x " \
+               "the typical sample's"
+
+
+def outliers(dist: dict, ratio: float, z: float) -> list[dict]:
+    """The worst samples of one loss distribution that are ``ratio`` x the median and ``z`` robust SDs above it."""
+    med, mad = dist.get("median"), dist.get("mad")
+    if not finite(med) or med <= 0:
+        return []
+    spread = max(mad if finite(mad) else 0.0, 1e-12)
+    return [{"index": w["index"], "loss": w["loss"], "ratio": w["loss"] / med, "robust_z": (w["loss"] - med) / spread}
+            for w in dist.get("worst") or []
+            if finite(w.get("loss")) and w["loss"] >= ratio * med and (w["loss"] - med) / spread >= z]

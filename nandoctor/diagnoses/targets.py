@@ -1,0 +1,222 @@
+"""target-out-of-range (labels the loss cannot take) and class-imbalance (a class far rarer than the others)."""
+
+from __future__ import annotations
+
+import math
+import re
+
+from nandoctor.diagnoses import Diagnosis
+from nandoctor.diagnoses.data_common import LABEL_ERROR_PATTERNS, LOSS_FILES, SCAN, SHOWN, coverage, plot, scan
+from nandoctor.records import Evidence
+
+
+def label_error(error: dict | None) -> str | None:
+    """``range`` / ``dtype`` when an exception record is a loss refusing its targets, else None."""
+    if not error or error.get("internal"):
+        return None
+    message = error.get("message") or ""
+    for pattern, kind in LABEL_ERROR_PATTERNS:
+        if re.search(pattern, message):
+            return kind
+    frame = (error.get("last_frame") or "").replace("\\", "/")
+    if error.get("type") == "IndexError" and ("target" in message.lower() or any(f in frame for f in LOSS_FILES)):
+        return "range"
+    return None
+
+
+def crashes(ev: Evidence) -> list[tuple[str, str, dict]]:
+    """(probe, kind, error) for every probe whose run died on the targets, the data scan's loss errors included."""
+    found = []
+    for name, r in ev.items():
+        kind = label_error(r.error)
+        if kind:
+            found.append((name, kind, r.error))
+        if name == SCAN and r.ok:
+            loss_error = (r.metrics.get("loss") or {}).get("error")
+            kind = label_error(loss_error)
+            if kind:
+                found.append((name, kind, loss_error))
+            for e in (r.metrics.get("load_errors") or {}).get("first", []):
+                kind = label_error(e) if e.get("stage") == "loss" else None
+                if kind:
+                    found.append((name, kind, e))
+    return found
+
+
+class TargetOutOfRange(Diagnosis):
+    code = "target-out-of-range"
+    title = "Labels the loss cannot take (out of range or of the wrong dtype)"
+    severity = "critical"
+    role = "cause"
+    requires = ()            # reads the data scan when it ran, and the crash of any probe
+    accepts_failed = True
+    explains = ("training-crashed", "cannot-overfit-batch", "sample-loss-outlier", "probe-failed",
+                "initial-loss-mismatch")
+    thresholds = {"min_samples": 1}  # one label out of range crashes (CPU) or corrupts (GPU) training
+    fix = ("Class labels must be int64 (torch.long) indices in [0, number of model outputs): convert them with "
+           "torch.as_tensor(y, dtype=torch.long), shift 1-based labels by -1, or give the last layer as many "
+           "outputs as there are classes. BCE targets must be floats in [0, 1].")
+    doc = """
+    ## What it detects
+    Targets the loss cannot take: class labels outside `[0, C)` for a model with `C` outputs
+    (`CrossEntropyLoss`, `NLLLoss`), labels of a dtype the loss refuses (float labels for
+    `CrossEntropyLoss`, integer targets for `BCEWithLogitsLoss`), and BCE targets outside `[0, 1]`.
+    It fires from the data scan (which checks every label against the model's output size and the
+    loss; not when a custom `train_step` may convert the labels itself) and from a crash of any
+    probe whose message says the same ("Target 3 is out of bounds",
+    "expected target dtype to be Long", "Found dtype Long but expected Float", ...).
+
+    ## Why it breaks training
+    On CPU the loss raises on the first batch with such a label; on GPU it is a device-side assert
+    that kills the process with a message far from the cause, or, for BCE, a loss that goes
+    negative. Labels stored as float (pandas turns an integer column with a missing value into
+    float) make `CrossEntropyLoss` refuse every batch.
+
+    ## Evidence
+    The loss, the model's number of outputs, the label dtype and the dtype expected, the number of
+    labels out of range with their values and sample indices, and the exception message of the probe
+    that crashed on them.
+
+    ## Fix
+    Convert labels with `torch.as_tensor(y, dtype=torch.long)` (or `target_dtype: long` for
+    `nandoctor.datasets.CSVDataset`); map labels to `0..C-1` (1-based labels: subtract 1); make the
+    model output one score per class; use float targets in `[0, 1]` for BCE. When the cure is simple
+    (cast to long, shift by one) nandoctor tries it on a copy and says whether training then runs.
+
+    ## Known false positives
+    A loss that maps labels itself (a custom loss that one-hot encodes with a larger C) is judged by
+    the model's output size; the crash-based evidence has no false positives.
+    """
+
+    def check(self, ev: Evidence):
+        r = scan(ev)
+        t = (r.metrics.get("targets") or {}) if r is not None else {}
+        trust_scan = not t.get("custom_step")  # a train_step may fix the labels itself: only its crash counts
+        oor = (t.get("out_of_range") or {}) if trust_scan else {}
+        dtype = t.get("dtype_problem") if trust_scan else None
+        crashed = [c for c in crashes(ev) if trust_scan or c[0] != SCAN]
+        if not (dtype or oor.get("count", 0) >= self.thresholds["min_samples"] or crashed):
+            return None
+        evidence = {"loss": t.get("loss") or ev.facts.get("loss"), "model_outputs": t.get("n_outputs"),
+                    "label_dtype": t.get("dtype"), "label_min": t.get("min"), "label_max": t.get("max")}
+        if dtype:
+            evidence["expected_dtype"] = dtype.get("expected")
+        if oor.get("count"):
+            evidence.update(labels_out_of_range=oor["count"], values=oor.get("values"),
+                            sample_indices=oor.get("indices", [])[:SHOWN],
+                            valid_range=f"[0, {t.get('n_classes')})" if t.get("kind") == "class" else "[0, 1]")
+        if crashed:
+            name, kind, err = crashed[0]
+            evidence.update(crashed_in=sorted({c[0] for c in crashed}), exception=err.get("type"),
+                            message=err.get("message"), where=err.get("where"))
+        if r is not None:
+            evidence.update(coverage(r.metrics))
+        return self.finding(0.96 if (crashed and (dtype or oor.get("count"))) else 0.93,
+                            evidence, title=self._title(evidence, dtype, crashed),
+                            probes=sorted({c[0] for c in crashed} | ({SCAN} if r is not None else set())),
+                            plots=plot(r, "data-classes") if r is not None and oor.get("count") else [])
+
+    @staticmethod
+    def _title(e: dict, dtype: dict | None, crashed: list) -> str:
+        if e.get("labels_out_of_range"):
+            vals = ", ".join(str(v) for v in list(e.get("values") or {})[:4])
+            return (f"{e['labels_out_of_range']} label(s) outside {e.get('valid_range')} for {e.get('loss')} "
+                    f"(values {vals})")
+        if dtype:
+            return f"Labels are {e.get('label_dtype')}; {e.get('loss')} expects {dtype.get('expected')}"
+        return f"The loss refuses the labels: {crashed[0][2].get('message', '')[:120]}"
+
+    def treat(self, ctx, finding):
+        """Cast the labels to long, or shift 1-based labels by -1, on a copy; only where a probe crashed on them."""
+        e = finding.evidence
+        if not e.get("crashed_in"):
+            return None  # without a crash the fixed batch may hold no bad label: the cure would prove nothing
+        from nandoctor.treatments import try_cure
+        loss = ctx.patient.loss_fn
+        n, lo, hi = e.get("model_outputs"), e.get("label_min"), e.get("label_max")
+        if e.get("expected_dtype", "").startswith("int64") and not e.get("labels_out_of_range"):
+            variant = ctx.patient.variant("labels cast to torch.long", loss_fn=lambda out, y: loss(out, y.long()))
+            return try_cure(ctx, variant, "labels cast to torch.long", code=self.code)
+        if e.get("expected_dtype", "").startswith("float"):
+            variant = ctx.patient.variant("targets cast to float", loss_fn=lambda out, y: loss(out, as_float(y, out)))
+            return try_cure(ctx, variant, "targets cast to float", code=self.code)
+        if n and lo == 1 and hi == n:
+            variant = ctx.patient.variant("labels shifted by -1", loss_fn=lambda out, y: loss(out, y.long() - 1))
+            return try_cure(ctx, variant, "labels shifted by -1 (1-based to 0-based)", code=self.code)
+        return None
+
+
+class ClassImbalance(Diagnosis):
+    code = "class-imbalance"
+    title = "A class is far rarer than the others"
+    severity = "warning"
+    role = "cause"
+    requires = (SCAN,)
+    explains = ("sample-loss-outlier",)
+    thresholds = {
+        "ratio": 10.0,       # most common / least common class count at or above this fires
+        "min_samples": 50,   # fewer scanned labels say nothing about balance
+    }
+    fix = ("Weight the loss by inverse class frequency (CrossEntropyLoss(weight=...), BCEWithLogitsLoss(pos_weight=...)) "
+           "or draw batches with torch.utils.data.WeightedRandomSampler; judge the model by per-class recall or F1, "
+           "not accuracy.")
+    doc = """
+    ## What it detects
+    The class histogram of the training labels (from the data scan) has a class whose count is at
+    least `ratio` times smaller than the most common class's. Classes the model has an output for but
+    that never occur are listed too.
+
+    ## Why it breaks training
+    The loss is dominated by the common classes: the model learns to predict them and reaches a high
+    accuracy while never predicting the rare class; the loss stalls at the entropy of the majority.
+    With batches smaller than the imbalance ratio, most batches hold no rare sample at all.
+
+    ## Evidence
+    Samples per class, the ratio of the most to the least common class, the rare classes, classes
+    never seen, and the class histogram plot.
+
+    ## Fix
+    A weighted loss, a weighted sampler, or more data for the rare class; per-class metrics.
+
+    ## Known false positives
+    Imbalance that is real and handled (the loss is already weighted, or a sampler re-balances the
+    batches: nandoctor looks at the dataset, not the sampler). On a scanned share of a very large set
+    a very rare class can be missed or its count be noisy.
+    """
+
+    def check(self, ev: Evidence):
+        r = scan(ev)
+        if r is None:
+            return None
+        t = r.metrics.get("targets") or {}
+        hist = {int(k): int(v) for k, v in (t.get("histogram") or {}).items()}
+        if not labels_like(t) or len(hist) < 2 or sum(hist.values()) < self.thresholds["min_samples"]:
+            return None
+        n_classes = t.get("n_classes") if t.get("kind") == "class" else None
+        common, rare = max(hist.values()), min(hist.values())
+        ratio = common / rare
+        if ratio < self.thresholds["ratio"]:
+            return None
+        rare_classes = {c: k for c, k in sorted(hist.items(), key=lambda kv: kv[1]) if common / k >= self.thresholds["ratio"]}
+        never = [c for c in range(n_classes or 0) if c not in hist]
+        evidence = {"samples_per_class": hist, "ratio": ratio, "rare_classes": dict(list(rare_classes.items())[:SHOWN]),
+                    "most_common_class": max(hist, key=hist.get), "classes_never_seen": never[:SHOWN],
+                    **coverage(r.metrics)}
+        confidence = 0.6 + 0.3 * min(1.0, math.log10(ratio / self.thresholds["ratio"]) / 2)
+        first = next(iter(rare_classes))
+        return self.finding(confidence, evidence, plots=plot(r, "data-classes"),
+                            title=f"Class {first} has {hist[first]} samples, {ratio:.0f}x fewer than class "
+                                  f"{evidence['most_common_class']} ({common})")
+
+
+def as_float(y, out):
+    """Targets as float, shaped like the outputs when they hold as many values."""
+    y = y.float()
+    return y.reshape(out.shape) if hasattr(out, "shape") and y.numel() == out.numel() else y
+
+
+def labels_like(t: dict) -> bool:
+    """Whether the targets are class labels: a class/binary loss, or integer targets with a loss we do not know."""
+    if t.get("kind") in ("class", "binary"):
+        return (len(t.get("shape") or []) == 0 or t.get("shape") == [1]) and bool(t.get("integer_valued"))
+    return t.get("kind") == "unknown" and str(t.get("dtype", "")).startswith(("int", "uint")) and not t.get("shape")

@@ -1,0 +1,214 @@
+"""Loading samples by index, in chunks, for the data scan; and per-sample losses in batches.
+
+``SampleSource`` gathers many samples at once: straight tensor indexing for a
+``TensorDataset`` (and ``Subset``s of one, and ``nandoctor.datasets.CSVDataset``),
+``__getitems__`` when the dataset has it, else one ``dataset[i]`` per index and the
+default collate. A sample whose loading raises is reported with its index and the
+exception, and left out of the chunk; a sample whose shape differs from the rest is
+reported and left out the same way. Nothing here trains.
+
+``per_sample_loss`` turns the user's loss into one that returns ``[B]`` values:
+``reduction='none'`` when the loss has it, else ``torch.func.vmap`` over the samples,
+else a loop over the samples *for the loss only* (the model still runs in batches).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch.utils.data import Subset, TensorDataset
+from torch.utils.data._utils.collate import default_collate
+
+from nandoctor.probes.training import error_record
+
+MAX_ERRORS_KEPT = 20   # sample errors kept with their message (all are counted)
+
+
+@dataclass
+class Chunk:
+    batch: Any                 # the collated samples that loaded
+    index: torch.Tensor        # [B] their dataset indices
+    errors: list[dict] = field(default_factory=list)  # {"index", "type", "message", "stage"}
+
+
+def tensor_view(dataset) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None] | None:
+    """``(tensors, index map)`` when ``dataset`` is a TensorDataset (or a Subset chain over one), else None."""
+    mapping = None
+    while isinstance(dataset, Subset):
+        idx = torch.as_tensor(list(dataset.indices), dtype=torch.long)
+        mapping = idx if mapping is None else idx[mapping]
+        dataset = dataset.dataset
+    if isinstance(dataset, TensorDataset) and type(dataset).__getitem__ is TensorDataset.__getitem__:
+        return dataset.tensors, mapping
+    return None
+
+
+class SampleSource:
+    """Load samples by index, many at a time."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        self.view = tensor_view(dataset)
+        self.method = "tensor indexing" if self.view else \
+            "__getitems__" if hasattr(dataset, "__getitems__") else "__getitem__ + collate"
+
+    def load(self, index: torch.Tensor) -> Chunk:
+        if self.view is not None:
+            tensors, mapping = self.view
+            rows = index if mapping is None else mapping[index]
+            return Chunk(tuple(t[rows] for t in tensors), index)
+        items, ok, errors = self._items(index.tolist())
+        return self._collate(items, torch.as_tensor(ok, dtype=torch.long), errors)
+
+    def _items(self, index: list[int]) -> tuple[list, list[int], list[dict]]:
+        if hasattr(self.dataset, "__getitems__"):
+            try:
+                return list(self.dataset.__getitems__(index)), index, []
+            except Exception:
+                pass  # fall back to one by one, to find the sample that raises
+        items, ok, errors = [], [], []
+        for i in index:
+            try:
+                items.append(self.dataset[i])
+                ok.append(i)
+            except Exception as exc:  # the user's __getitem__ raised on this sample: evidence
+                errors.append(sample_error(i, exc, "loading"))
+        return items, ok, errors
+
+    def _collate(self, items: list, ok: torch.Tensor, errors: list[dict]) -> Chunk:
+        if not items:
+            return Chunk(None, ok, errors)
+        try:
+            return Chunk(default_collate(items), ok, errors)
+        except Exception:
+            pass
+        # some samples differ in shape or type: keep the most common form, report the others
+        forms = [form_of(it) for it in items]
+        common = Counter(forms).most_common(1)[0][0]
+        keep = [j for j, f in enumerate(forms) if f == common]
+        for j, f in enumerate(forms):
+            if f != common:
+                errors.append({"index": int(ok[j]), "type": "ShapeMismatch", "stage": "collate",
+                               "message": f"sample is {f}, most samples are {common}"})
+        try:
+            batch = default_collate([items[j] for j in keep])
+        except Exception as exc:
+            errors.append(sample_error(int(ok[0]), exc, "collate"))
+            return Chunk(None, ok[:0], errors)
+        return Chunk(batch, ok[keep], errors)
+
+
+def form_of(obj) -> str:
+    """A short description of a sample's structure and tensor shapes."""
+    if isinstance(obj, torch.Tensor):
+        return f"{str(obj.dtype).replace('torch.', '')}{list(obj.shape)}"
+    if isinstance(obj, (list, tuple)):
+        return "(" + ", ".join(form_of(o) for o in obj) + ")"
+    if isinstance(obj, dict):
+        return "{" + ", ".join(f"{k}: {form_of(v)}" for k, v in obj.items()) + "}"
+    return type(obj).__name__
+
+
+def sample_error(index: int, exc: BaseException, stage: str) -> dict:
+    rec = error_record(exc)
+    return {"index": int(index), "type": rec["type"], "message": rec["message"][:300], "where": rec["where"],
+            "stage": stage}
+
+
+def take(obj, pos: torch.Tensor):
+    """The samples at positions ``pos`` of a collated batch (tensors, lists, tuples, dicts)."""
+    if isinstance(obj, torch.Tensor):
+        return obj[pos] if obj.dim() > 0 else obj  # a 0-dim tensor belongs to the whole batch, not to a sample
+    if isinstance(obj, (list, tuple)):
+        moved = [take(o, pos) for o in obj]
+        return type(obj)(moved) if not hasattr(obj, "_fields") else type(obj)(*moved)
+    if isinstance(obj, dict):
+        return {k: take(v, pos) for k, v in obj.items()}
+    return obj
+
+
+def batch_size_of(obj) -> int | None:
+    t = first_tensor(obj)
+    return int(t.shape[0]) if t is not None and t.dim() > 0 else None
+
+
+def first_tensor(obj) -> torch.Tensor | None:
+    if isinstance(obj, torch.Tensor):
+        return obj
+    if isinstance(obj, (list, tuple)):
+        for o in obj:
+            t = first_tensor(o)
+            if t is not None:
+                return t
+    if isinstance(obj, dict):
+        for o in obj.values():
+            t = first_tensor(o)
+            if t is not None:
+                return t
+    return None
+
+
+# --- per-sample losses ------------------------------------------------------------------------------
+def loss_callable(loss_fn) -> tuple[Callable, dict]:
+    """The function behind a loss (module, partial or function) and its bound keyword arguments."""
+    if isinstance(loss_fn, functools.partial):
+        return loss_fn.func, dict(loss_fn.keywords)
+    return loss_fn, {}
+
+
+def unreduced(loss_fn) -> Callable | None:
+    """The same loss with ``reduction='none'``, or None when it has no such switch."""
+    if isinstance(loss_fn, torch.nn.Module) and isinstance(getattr(loss_fn, "reduction", None), str):
+        clone = copy.copy(loss_fn)
+        clone.reduction = "none"
+        return clone
+    func, kwargs = loss_callable(loss_fn)
+    try:
+        params = inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return None
+    if "reduction" in params:
+        args = loss_fn.args if isinstance(loss_fn, functools.partial) else ()
+        return functools.partial(func, *args, **{**kwargs, "reduction": "none"})
+    return None
+
+
+class PerSampleLoss:
+    """``(outputs, targets) -> [B]`` losses, the cheapest way the user's loss allows."""
+
+    def __init__(self, loss_fn):
+        self.loss_fn = loss_fn
+        self.none = unreduced(loss_fn)
+        self.method = "reduction='none'" if self.none is not None else "torch.func.vmap"
+
+    def __call__(self, outputs, targets) -> torch.Tensor:
+        b = batch_size_of(outputs)
+        if self.method == "reduction='none'":
+            values = self.none(outputs, targets)
+            if isinstance(values, torch.Tensor) and values.dim() >= 1 and values.shape[0] == b:
+                return values.reshape(b, -1).float().mean(1)
+            self.method = "torch.func.vmap"  # the loss ignored the switch
+        if self.method == "torch.func.vmap":
+            try:
+                return self._vmap(outputs, targets)
+            except Exception:
+                self.method = "loop over the loss"
+        return torch.stack([torch.as_tensor(self.loss_fn(take(outputs, torch.tensor([i])),
+                                                         take(targets, torch.tensor([i])))).float().reshape(())
+                            for i in range(b)])
+
+    def _vmap(self, outputs, targets) -> torch.Tensor:
+        def one(o, t):
+            return self.loss_fn(take(o, None), take(t, None)).float().reshape(())
+        return torch.func.vmap(one)(outputs, targets)
+
+    def single(self, outputs, targets) -> torch.Tensor:
+        """The loss of one sample given as a batch of one, as a scalar (used under torch.func.grad)."""
+        fn = self.none if self.none is not None else self.loss_fn
+        return fn(outputs, targets).float().mean()

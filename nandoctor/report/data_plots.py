@@ -1,0 +1,119 @@
+"""The data scan's plots. Each function takes an ``ax`` and returns it; ``save_all`` writes the PNGs.
+
+- ``sample_losses``: per-sample loss (a uniform sample of the scanned set) with the worst samples
+  marked and labelled with their dataset index;
+- ``class_histogram``: samples per class, labels outside the model's outputs in red;
+- ``feature_scales``: per feature (or channel) the min..max range, mean +- std, symlog axis.
+"""
+
+from __future__ import annotations
+
+import math
+
+from nandoctor.report.plots import PALETTE, figure
+
+LABELLED = 6          # worst samples labelled with their index
+MAX_BARS = 60         # classes / features shown (the largest ones when there are more)
+LOG_RATIO = 50        # class counts spanning more than this ratio get a log axis
+MAX_POINTS = 1500     # samples drawn in the per-sample loss plot (drawing cost, file size)
+
+
+def sample_losses(ax, rows, worst: dict, title: str = "per-sample loss"):
+    """``rows``: [R, 3] (index, loss at init, loss after training); ``worst``: {label: [(index, loss)]}."""
+    rows = rows[:MAX_POINTS]  # the reservoir is a uniform sample already: its first rows are one too
+    idx = rows[:, 0].tolist()
+    for col, label, color in ((1, "at initialisation", PALETTE[7]), (2, "after a short training", PALETTE[0])):
+        ys = rows[:, col].tolist()
+        pts = [(i, y) for i, y in zip(idx, ys) if math.isfinite(y) and y > 0]
+        if pts:
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=4, alpha=0.5, color=color, label=label)
+    for n, (label, items) in enumerate(worst.items()):
+        pts = [(i, v) for i, v in items[:LABELLED] if math.isfinite(v) and v > 0]
+        if not pts:
+            continue
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker="x", s=40, color=PALETTE[1 + 2 * n],
+                   label=f"worst ({label})", zorder=5)
+        for i, v in pts:
+            ax.annotate(str(i), (i, v), textcoords="offset points", xytext=(4, 4), fontsize=7, color=PALETTE[1])
+    ax.set_yscale("log")
+    ax.set_xlabel("sample index")
+    ax.set_ylabel("loss (eval mode)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=7)
+    return ax
+
+
+def class_histogram(ax, histogram: dict, n_classes: int | None, title: str = "samples per class"):
+    """Bars per class label; labels outside ``[0, n_classes)`` in red."""
+    counts = {int(k): int(v) for k, v in histogram.items()}
+    for c in range(n_classes or 0) if (n_classes or 0) <= MAX_BARS else ():
+        counts.setdefault(c, 0)  # classes the model has an output for but that never occur
+    items = sorted(counts.items())
+    if len(items) > MAX_BARS:
+        items = sorted(sorted(items, key=lambda kv: -kv[1])[:MAX_BARS], key=lambda kv: int(kv[0]))
+    labels = [int(k) for k, _ in items]
+    colors = [PALETTE[1] if n_classes is not None and not 0 <= c < n_classes else PALETTE[0] for c in labels]
+    ax.bar(range(len(items)), [v for _, v in items], color=colors)
+    ax.set_xticks(range(len(items)))
+    ax.set_xticklabels([str(c) for c in labels], fontsize=7, rotation=90 if len(items) > 20 else 0)
+    values = [v for _, v in items if v > 0]
+    if values and max(values) / min(values) > LOG_RATIO:
+        ax.set_yscale("log")
+        ax.set_ylim(bottom=0.5)
+    ax.set_xlabel("class label" + (f" (model outputs: {n_classes})" if n_classes else ""))
+    ax.set_ylabel("samples")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, axis="y")
+    return ax
+
+
+def feature_scales(ax, feats: dict, names: list[str] | None, title: str = "feature scales"):
+    """Per column: min..max as a thin line, mean +- std as a thick one; constant columns marked."""
+    means, stds = feats.get("mean", []), feats.get("std", [])
+    lows, highs = feats.get("min", []), feats.get("max", [])
+    cols = list(range(len(means)))
+    if len(cols) > MAX_BARS:  # the columns with the largest magnitude
+        cols = sorted(sorted(cols, key=lambda j: -max(abs(lows[j] or 0), abs(highs[j] or 0)))[:MAX_BARS])
+    for x, j in enumerate(cols):
+        lo, hi = lows[j], highs[j]
+        if lo is not None and hi is not None:
+            ax.plot([x, x], [lo, hi], color=PALETTE[7], lw=1)
+        ax.plot([x, x], [means[j] - stds[j], means[j] + stds[j]], color=PALETTE[0], lw=5, solid_capstyle="butt")
+        if stds[j] == 0:
+            ax.scatter([x], [means[j]], marker="s", color=PALETTE[1], zorder=5)
+    ax.set_yscale("symlog", linthresh=1.0)
+    ax.set_xticks(range(len(cols)))
+    labels = [names[j] if names and j < len(names) else str(j) for j in cols]
+    ax.set_xticklabels(labels, fontsize=7, rotation=90 if len(cols) > 8 else 0)
+    ax.axhspan(-1, 1, color=PALETTE[2], alpha=0.08, label="unit scale")
+    ax.set_ylabel("value (symlog)")
+    ax.set_title(title + " (grey: min..max, blue: mean ± std, red: constant)")
+    ax.grid(alpha=0.3, axis="y")
+    return ax
+
+
+def save_all(ctx, m: dict, loss_res) -> list[str]:
+    """Write the scan's plots; return their report-relative ids."""
+    saved = []
+    loss = m.get("loss", {})
+    if loss_res is not None and loss_res.rows is not None and len(loss_res):
+        worst = {k: [(w["index"], w["loss"]) for w in loss[k]["worst"]] for k in ("init", "trained") if k in loss}
+        path, rel = ctx.plot_path("data-sample-loss")
+        with figure(path) as ax:
+            sample_losses(ax, loss_res.rows, worst, title=f"per-sample loss ({m['samples_scanned']} samples scanned)")
+        saved.append(rel)
+    targets = m.get("targets", {})
+    if targets.get("histogram") and targets.get("kind") in ("class", "binary", "unknown"):
+        path, rel = ctx.plot_path("data-classes")
+        with figure(path) as ax:
+            class_histogram(ax, targets["histogram"], targets.get("n_classes"))
+        saved.append(rel)
+    feats = m.get("features", {})
+    if feats.get("mean"):
+        path, rel = ctx.plot_path("data-features")
+        with figure(path, size=(max(6.4, 0.25 * min(len(feats["mean"]), MAX_BARS)), 3.8)) as ax:
+            feature_scales(ax, feats, m["inputs"].get("feature_names"),
+                           title="channel scales" if m["inputs"]["layout"] == "channels" else "feature scales")
+        saved.append(rel)
+    return saved

@@ -1,0 +1,209 @@
+"""The data scan: one tiny dirty dataset per data diagnosis (its code ranks first), and clean ones."""
+
+import pytest
+import torch
+from torch import nn
+
+import data_patients as dp
+from patients import battery, codes, make_patient, mlp
+
+BUDGET = 8.0
+DATA_CODES = {"data-nonfinite", "target-out-of-range", "data-unnormalized", "data-constant-feature",
+              "csv-index-column", "class-imbalance", "sample-loss-outlier", "sample-load-error"}
+
+
+def scan(patient, budget=BUDGET, **kw):
+    return battery(patient, probes=["data_scan"], budget=budget, **kw)
+
+
+def serious_data_findings(report):
+    return [f.code for f in report.findings if f.code in DATA_CODES and f.severity in ("warning", "critical")]
+
+
+@pytest.mark.parametrize("patient", [
+    pytest.param(lambda: make_patient(), id="blobs"),
+    pytest.param(lambda: make_patient(data=dp.regression(), model=dp.reg_mlp, loss=nn.MSELoss()), id="regression"),
+    pytest.param(lambda: make_patient(data=dp.images(), model=dp.bn_cnn, batch_size=8), id="batchnorm-cnn"),
+])
+def test_clean_data_has_no_data_finding(patient):
+    report = scan(patient())
+    assert report.probes["data_scan"].status == "ok"
+    assert serious_data_findings(report) == []
+    assert report.probes["data_scan"].metrics["samples_scanned"] == report.probes["data_scan"].metrics["samples_total"]
+
+
+def test_batchnorm_model_is_scanned_in_eval_mode():
+    report = scan(make_patient(data=dp.images(), model=dp.bn_cnn, batch_size=8))
+    m = report.probes["data_scan"].metrics
+    assert m["mode"].startswith("eval")
+    assert m["inputs"]["layout"] == "channels" and m["inputs"]["features"] == 3
+    assert m["loss"]["init"]["sampled"] == 128  # a per-sample loss for every image
+
+
+def test_nan_rows_are_data_nonfinite_with_indices():
+    report = scan(make_patient(data=dp.with_nan_rows(rows=(5, 77, 190))))
+    top = report.findings[0]
+    assert top.code == "data-nonfinite" and top.severity == "critical"
+    assert top.evidence["sample_indices"] == [5, 77, 190]
+    assert top.evidence["values_per_column"] == {"feature 3": 3}
+
+
+def test_labels_out_of_range_rank_above_the_crash_and_the_cure_is_tried():
+    report = scan(make_patient(data=dp.labels_off_by_one()), budget=12)
+    assert codes(report)[0] == "target-out-of-range"
+    assert "training-crashed" in codes(report)
+    top = report.findings[0]
+    assert top.evidence["values"] == {3: top.evidence["labels_out_of_range"]}
+    assert top.evidence["valid_range"] == "[0, 3)"
+    assert top.treatment is None or top.treatment["tried"].startswith("labels shifted")
+
+
+def test_float_labels_are_a_wrong_dtype():
+    report = scan(make_patient(data=dp.float_labels()))
+    top = report.findings[0]
+    assert top.code == "target-out-of-range"
+    assert top.evidence["label_dtype"] == "float32" and top.evidence["expected_dtype"].startswith("int64")
+
+
+def test_label_crash_alone_is_target_out_of_range():
+    """Without the data scan, the crash message of the warm-up and overfit probes is enough."""
+    report = battery(make_patient(data=dp.labels_off_by_one()), probes=["overfit"], budget=BUDGET, treatments=False)
+    assert codes(report)[:2] == ["target-out-of-range", "training-crashed"]
+    assert "out of bounds" in report.findings[0].evidence["message"]
+
+
+def test_unnormalized_inputs():
+    report = scan(make_patient(data=dp.scaled(factor=300.0)))
+    top = report.findings[0]
+    assert top.code == "data-unnormalized"
+    assert top.evidence["largest_magnitude"] > 100
+
+
+def test_constant_column():
+    report = scan(make_patient(data=dp.constant_column(col=4, value=5.0)))
+    assert codes(report)[0] == "data-constant-feature"
+    assert report.findings[0].evidence["constant_columns"] == {"feature 4": 5.0}
+
+
+def test_row_counter_feature_is_csv_index_column():
+    report = scan(make_patient(data=dp.index_column(), model=lambda: mlp(features=10)))
+    top = report.findings[0]
+    assert top.code == "csv-index-column" and top.severity == "critical"
+    assert top.evidence["columns"][0]["position"] == 0
+
+
+def test_rare_class_is_class_imbalance():
+    report = scan(make_patient(data=dp.imbalanced(counts=(300, 300, 12))))
+    top = report.findings[0]
+    assert top.code == "class-imbalance"
+    assert top.evidence["ratio"] == pytest.approx(25.0)
+    assert list(top.evidence["rare_classes"]) == [2]
+
+
+def test_corrupted_targets_are_sample_loss_outliers():
+    report = scan(make_patient(data=dp.regression(corrupt=(11, 123)), model=dp.reg_mlp, loss=nn.MSELoss()))
+    top = report.findings[0]
+    assert top.code == "sample-loss-outlier"
+    assert sorted(top.evidence["sample_indices"][:2]) == [11, 123]
+
+
+def test_sample_that_raises_is_reported_and_the_scan_goes_on():
+    report = scan(make_patient(data=dp.Flaky(dp.blobs(), broken=(7, 100))))
+    top = report.findings[0]
+    assert top.code == "sample-load-error"
+    assert top.evidence["sample_indices"] == [7, 100]
+    assert top.evidence["exception"] == "FileNotFoundError"
+    assert report.probes["data_scan"].metrics["loss"]["init"]["sampled"] == 254
+
+
+def test_a_large_set_is_scanned_as_a_stated_uniform_share():
+    big = dp.blobs(n=400_000)
+    report = scan(make_patient(data=big, model=lambda: mlp()), budget=3)
+    m = report.probes["data_scan"].metrics
+    assert 256 <= m["samples_scanned"] < m["samples_total"] == 400_000
+    assert m["uniform"] and "uniformly drawn share" in m["sampling"]
+
+
+def test_plots_are_written(out):
+    report = scan(make_patient(data=dp.imbalanced()), out=out, budget=10)
+    plots = report.probes["data_scan"].plots
+    assert set(plots) == {"plots/data-sample-loss.png", "plots/data-classes.png", "plots/data-features.png"}
+    assert all((out / p).stat().st_size > 1000 for p in plots)
+    assert report.findings[0].plots == ["plots/data-classes.png"]
+
+
+def test_the_scan_leaves_the_dataset_and_the_patient_as_they_were():
+    data = dp.with_nan_rows()
+    before = [t.clone() for t in data.tensors]
+    patient = make_patient(data=data)
+    state = {k: v.clone() for k, v in patient.new_model().state_dict().items()}
+    scan(patient)
+    assert all(torch.equal(a.nan_to_num(-7.0), b.nan_to_num(-7.0)) for a, b in zip(before, data.tensors))
+    after = patient.new_model().state_dict()
+    assert all(torch.equal(state[k], after[k]) for k in state)
+
+
+def casting_step(model, batch, loss_fn, optimizer):
+    """A user's own step that converts float labels itself: the set-up is healthy."""
+    x, y = batch
+    optimizer.zero_grad()
+    loss = loss_fn(model(x), y.long())
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
+def test_a_train_step_that_casts_the_labels_is_not_blamed_for_their_dtype():
+    report = scan(make_patient(data=dp.float_labels(), train_step=casting_step))
+    assert "target-out-of-range" not in codes(report)
+    assert not [f for f in report.findings if f.severity == "critical"]
+
+
+class TupleNet(nn.Module):
+    """Returns (logits, a batch-level scalar): the loss picks the logits."""
+
+    def __init__(self):
+        super().__init__()
+        self.m = mlp()
+
+    def forward(self, x):
+        out = self.m(x)
+        return out, out.mean()
+
+
+def tuple_loss(outputs, y):
+    return nn.functional.cross_entropy(outputs[0], y)
+
+
+class DictSamples(torch.utils.data.Dataset):
+    def __init__(self):
+        self.base = dp.blobs()
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        x, y = self.base[i]
+        return {"x": x, "y": y}
+
+
+def dict_step(model, batch, loss_fn, optimizer):
+    optimizer.zero_grad()
+    loss = loss_fn(model(batch["x"]), batch["y"])
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
+def test_odd_outputs_and_batches_are_scanned_without_false_findings():
+    tuple_report = scan(make_patient(model=TupleNet, loss=tuple_loss))
+    assert tuple_report.probes["data_scan"].metrics["loss"]["init"]["sampled"] == 256  # per-sample losses by a loop
+    dict_report = scan(make_patient(data=DictSamples(), train_step=dict_step))
+    assert dict_report.probes["data_scan"].metrics["inputs"]["features"] == 10  # inputs scanned, no loss
+    assert serious_data_findings(tuple_report) == serious_data_findings(dict_report) == []
+
+
+def test_a_constant_column_divided_by_its_zero_std_ranks_above_the_nan_it_makes():
+    report = scan(make_patient(data=dp.standardised_with_a_constant_column(col=2)))
+    assert codes(report)[:2] == ["data-constant-feature", "data-nonfinite"]
+    assert report.findings[0].evidence["nonfinite_columns"] == {"feature 2": 256}
