@@ -9,6 +9,8 @@ by ``tests/test_zoo.py`` (a quick subset).
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
@@ -170,9 +172,16 @@ def big_bias_head():
     return model
 
 
-def frozen_running_stats():
-    """BatchNorm whose running statistics never update (momentum 0): eval() normalises with mean 0, var 1."""
-    return nn.Sequential(nn.Linear(12, 64), nn.BatchNorm1d(64, momentum=0.0), nn.ReLU(), nn.Linear(64, 3))
+class SoftmaxInEval(nn.Module):
+    """Returns probabilities in eval mode "for inference": the loss then scores them as logits."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = mlp()
+
+    def forward(self, x):
+        logits = self.net(x)
+        return logits if self.training else torch.softmax(logits, dim=1)
 
 
 # --- losses and steps ------------------------------------------------------------------------
@@ -229,9 +238,12 @@ def outlier_targets():
 # --- the zoo ----------------------------------------------------------------------------------
 
 
+DEVICE = os.environ.get("NANDOCTOR_ZOO_DEVICE", "cpu")  # e.g. cuda, to run the zoo on a GPU
+
+
 def P(model, data, loss=None, opt=torch.optim.Adam, lr=1e-3, **kw) -> Patient:
     return Patient.from_objects(model, data, loss if loss is not None else nn.CrossEntropyLoss(), opt, lr=lr,
-                                device="cpu", **kw)
+                                device=DEVICE, **kw)
 
 
 HEALTHY: set[str] = set()
@@ -278,7 +290,7 @@ ZOO = [
     ("vanishing", {"vanishing-gradients"}, lambda: P(deep_sigmoid, ds(*blobs()), opt=torch.optim.SGD, lr=0.01)),
     ("bad-init", {"bad-init"}, lambda: P(bad_init, ds(*blobs()), opt=torch.optim.SGD, lr=0.01)),
     ("bn-batch-2", {"batchnorm-small-batch"}, lambda: P(CNN, ds(*images()), batch_size=2)),
-    ("train-eval-gap", {"train-eval-gap"}, lambda: P(frozen_running_stats, ds(blobs()[0] * 20 + 30, blobs()[1]))),
+    ("train-eval-gap", {"train-eval-gap"}, lambda: P(SoftmaxInEval, ds(*blobs()))),
 ]
 
 
