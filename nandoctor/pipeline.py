@@ -11,6 +11,7 @@ config -> patient -> probes -> diagnoses -> treatments -> ranking -> report.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from dataclasses import dataclass
@@ -99,6 +100,30 @@ def check_batch_form(patient: Patient) -> None:
         split_batch(sample)  # raises DataError with the explanation
 
 
+ASSERT_PRONE = ("out of bounds", "between 0 and 1", "index", "Target", "target")  # CPU messages of CUDA asserts
+
+
+def cpu_if_cuda_would_assert(patient: Patient, reason: str | None = None) -> tuple[Patient, str | None]:
+    """On CUDA, a loss that meets labels out of range (or BCELoss values outside [0, 1]) fails with a
+    device-side assert that poisons the whole CUDA context for the rest of the process. Run one step
+    on the CPU first; if it raises such an error, diagnose on the CPU instead (the same findings,
+    without a dead process)."""
+    if patient.device.type != "cuda":
+        return patient, None
+    cpu = dataclasses.replace(patient, device=torch.device("cpu"))
+    if reason is None:
+        try:
+            model = cpu.new_model()
+            cpu.step(model, cpu.make_optimizer(model), cpu.fixed_batch())
+            return patient, None
+        except Exception as exc:
+            message = str(exc)
+            if not any(word in message for word in ASSERT_PRONE):
+                return patient, None
+            reason = f"one step on the CPU raised {type(exc).__name__}: {message.splitlines()[0][:200]}"
+    return cpu, f"{reason}; on CUDA this is a device-side assert that kills the process, so the probes ran on the CPU"
+
+
 def load_patient(source, device: str | None, seed: int | None) -> tuple[Patient, str]:
     if isinstance(source, Patient):
         return source, "<python objects>"
@@ -134,12 +159,15 @@ class Battery:
         selected = select_probes(self.opts.probes)
         patient, config_name = load_patient(source, self.opts.device, self.opts.seed)
         check_batch_form(patient)
+        patient, device_note = cpu_if_cuda_would_assert(patient)
         plots_dir = self.opts.out / "plots" if self.opts.out is not None else None
         if plots_dir is not None:
             plots_dir.mkdir(parents=True, exist_ok=True)
         interrupted = False
         with preserved_rng():
             evidence = Evidence(facts=patient_facts(patient, patient.new_model()))
+            if device_note:
+                evidence.facts["device_note"] = device_note
             plan: dict = {"budget_seconds": self.opts.budget, "probes": {}}
             # 2. probes, each sized to its share of what is left
             step_time = None
@@ -163,6 +191,10 @@ class Battery:
                     if name == "warmup" and result.ok:
                         step_time = result.metrics.get("step_seconds")
                         plan["step_seconds"] = step_time
+                    if name == "data_scan" and patient.device.type == "cuda" and _bad_labels(result):
+                        # later probes stream every batch: one with such labels would assert on the GPU
+                        patient, note = cpu_if_cuda_would_assert(patient, "the data scan found labels out of range")
+                        evidence.facts["device_note"] = note
             except KeyboardInterrupt:
                 interrupted = True
                 for name in selected:
@@ -251,6 +283,11 @@ class Battery:
             except Exception as exc:
                 finding.treatment = {"tried": "failed to run", "cured": False, "error": error_record(exc)}
             self.progress.finish(f"treat:{finding.code}", ProbeResult(name=finding.code))
+
+
+def _bad_labels(result: ProbeResult) -> bool:
+    targets = (result.metrics or {}).get("targets") or {}
+    return bool((targets.get("out_of_range") or {}).get("count"))
 
 
 def _pairs_ok(patient: Patient) -> bool:

@@ -77,3 +77,15 @@ def test_factory_returning_one_shared_instance_is_never_trained(tmp_path):
     before = shared.weight.detach().clone()
     nandoctor.diagnose(tmp_path / "c.yaml", budget=5, probes=["overfit"])
     assert torch.equal(shared.weight, before)
+
+
+def test_cuda_guard_moves_assert_prone_patients_to_the_cpu():
+    from nandoctor.pipeline import cpu_if_cuda_would_assert
+    from patients import blobs
+    bad = make_patient(data=torch.utils.data.TensorDataset(blobs()[:][0], blobs(classes=5)[:][1]))
+    good = make_patient()
+    bad.device = good.device = torch.device("cuda")  # never used to compute: the check runs on the CPU
+    moved, note = cpu_if_cuda_would_assert(bad)
+    assert moved.device.type == "cpu" and "out of bounds" in note
+    kept, note = cpu_if_cuda_would_assert(good)
+    assert kept.device.type == "cuda" and note is None

@@ -165,7 +165,9 @@ class TrainEvalGap(Diagnosis):
         if not nonfinite:
             if not _finite(ev_loss) or ev_loss < t["ratio"] * max(tr, 1e-12):
                 return None
-            if ev_loss - tr < max(t["gap"] * abs(scale if _finite(scale) else 1.0), t["noise_sigmas"] * (std or 0.0)):
+            # a gap of half the fresh model's loss; a quarter when eval is already critical_ratio times worse
+            gap = t["gap"] * (0.5 if ev_loss >= t["critical_ratio"] * max(tr, 1e-12) else 1.0)
+            if ev_loss - tr < max(gap * abs(scale if _finite(scale) else 1.0), t["noise_sigmas"] * (std or 0.0)):
                 return None
         ratio = ev_loss / max(tr, 1e-12) if not nonfinite else math.inf
         settled = (m.get("trained_steps") or 0) >= t["trusted_steps"]

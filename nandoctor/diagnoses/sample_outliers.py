@@ -22,6 +22,7 @@ class SampleLossOutlier(Diagnosis):
         "grad_ratio": 100.0,     # gradient norm at least this many times the reference samples' median
         "critical_ratio": 1e4,   # a loss this many times the median dominates every batch it is in
         "max_share": 0.01,       # if more than this share of samples is that far out (p99 is), it is not "a few"
+        "nonfinite_share": 0.5,  # NaN losses on more than half the samples: the model or loss makes them (nonfinite-source)
     }
     fix = ("Look at the samples listed (their inputs and labels): drop or fix corrupted rows and mislabelled samples, "
            "clip or winsorise extreme values, or use a robust loss (HuberLoss / SmoothL1Loss) for heavy-tailed targets.")
@@ -64,6 +65,9 @@ class SampleLossOutlier(Diagnosis):
         init, trained = loss.get("init") or {}, loss.get("trained") or {}
         th = self.thresholds
         nonfinite = (loss.get("nonfinite") or {})
+        scanned = m.get("samples_scanned") or 0
+        if scanned and (nonfinite.get("count") or 0) > th["nonfinite_share"] * scanned:
+            nonfinite = {}  # not a few bad samples: every sample's loss is NaN, the computation is at fault
         flagged_init = outliers(init, th["ratio"], th["robust_z"])
         floor = th["trained_floor"] * init["median"] if finite(init.get("median")) else None
         flagged_trained = [w for w in outliers(trained, th["ratio"], th["robust_z"])

@@ -39,6 +39,8 @@ def render(report, out: Path) -> str:
              f"({e(facts.get('parameters'))} parameters) · loss <code>{e(facts.get('loss'))}</code> · optimizer "
              f"<code>{e(facts.get('optimizer'))}</code> lr={e(facts.get('lr'))} · batch {e(facts.get('batch_size'))}"
              f" · {report.elapsed_seconds:.1f} s of a {e(report.plan.get('budget_seconds'))} s budget</p>"]
+    if facts.get("device_note"):
+        parts.append(f"<p class=muted>device: {escape(str(facts['device_note']))}</p>")
     if report.interrupted:
         parts.append("<p><b>Interrupted:</b> this is a partial report.</p>")
     if not report.findings:

@@ -33,6 +33,8 @@ def render(report) -> str:
               f"optimizer: `{facts.get('optimizer')}` lr={fmt(facts.get('lr'))}; batch size {facts.get('batch_size')}",
               f"- {len(report.findings)} finding(s) in {report.elapsed_seconds:.1f} s "
               f"(budget {fmt(report.plan.get('budget_seconds'))} s, step {fmt(report.plan.get('step_seconds'))} s)"]
+    if facts.get("device_note"):
+        lines.append(f"- device: {facts['device_note']}")
     if report.interrupted:
         lines.append("- **interrupted**: this is a partial report")
     lines.append("")
