@@ -56,14 +56,30 @@ def display_path(path) -> str:
         return str(path)
 
 
+def _library_roots() -> tuple[str, ...]:
+    """Folders whose files are never the user's code: nandoctor, torch, the standard library, site-packages."""
+    import sysconfig
+
+    import torch
+
+    roots = {Path(__file__).resolve().parent, Path(torch.__file__).resolve().parent}
+    roots.update(Path(sysconfig.get_paths()[k]).resolve() for k in ("stdlib", "platstdlib", "purelib", "platlib"))
+    return tuple(str(r).replace("\\", "/") + "/" for r in roots)
+
+
+def is_user_file(filename: str) -> bool:
+    """True for the user's own source files (their model, dataset, loss), by where the file lies."""
+    if filename.startswith("<"):
+        return False
+    fn = str(Path(filename).resolve()).replace("\\", "/")
+    return not fn.startswith(_LIBRARY_ROOTS) and "/site-packages/" not in fn and "/dist-packages/" not in fn
+
+
 def user_frame(exc: BaseException) -> str | None:
-    """``file.py:LINE in func`` of the innermost frame outside torch/nandoctor/stdlib."""
+    """``file.py:LINE in func`` of the innermost frame in the user's own code (else the innermost frame)."""
     frames = traceback.extract_tb(exc.__traceback__)
     for fr in reversed(frames):
-        fn = fr.filename.replace("\\", "/")
-        if "/nandoctor/" in fn or "/torch/" in fn or "/site-packages/" in fn or fn.startswith("<"):
-            continue
-        if "/lib/python" in fn:
+        if not is_user_file(fr.filename):
             continue
         return f"{display_path(fr.filename)}:{fr.lineno} in {fr.name}"
     return f"{display_path(frames[-1].filename)}:{frames[-1].lineno} in {frames[-1].name}" if frames else None
@@ -322,3 +338,6 @@ def _name_of(fn) -> str:
     if isinstance(fn, functools.partial):
         fn = fn.func
     return type(fn).__name__ if not (inspect.isfunction(fn) or inspect.isbuiltin(fn)) else fn.__name__
+
+
+_LIBRARY_ROOTS = _library_roots()

@@ -40,6 +40,27 @@ def preserved_rng() -> Iterator[None]:
                 np.random.set_state(np_state)
 
 
+def clone_module(model: nn.Module) -> nn.Module:
+    """A deep copy of a model.
+
+    A model that keeps intermediate tensors as attributes (``self.out = self.conv(x)`` in
+    ``forward``, as in seed 002) cannot be deep-copied after a forward pass: those tensors are
+    not graph leaves. They are transient, so the copy is made without them.
+    """
+    try:
+        return copy.deepcopy(model)
+    except RuntimeError:
+        stash = [(m, k, v) for m in model.modules() for k, v in list(vars(m).items())
+                 if isinstance(v, torch.Tensor) and v.grad_fn is not None]
+        for m, k, _ in stash:
+            del vars(m)[k]
+        try:
+            return copy.deepcopy(model)
+        finally:
+            for m, k, v in stash:
+                vars(m)[k] = v
+
+
 def resolve_device(name: str | None) -> torch.device:
     if not name or name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

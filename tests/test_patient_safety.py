@@ -89,3 +89,24 @@ def test_cuda_guard_moves_assert_prone_patients_to_the_cpu():
     assert moved.device.type == "cpu" and "out of bounds" in note
     kept, note = cpu_if_cuda_would_assert(good)
     assert kept.device.type == "cuda" and note is None
+
+
+def test_models_that_keep_intermediate_tensors_can_be_copied():
+    from torch import nn
+
+    from nandoctor.patient import clone_module
+
+    class KeepsActivations(nn.Module):  # seed 002 stores every intermediate result on self
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            self.hidden = self.fc(x)
+            return self.hidden
+
+    model = KeepsActivations()
+    model(torch.randn(3, 4))
+    copy = clone_module(model)
+    assert torch.equal(copy.fc.weight, model.fc.weight) and copy.fc.weight is not model.fc.weight
+    assert model.hidden.grad_fn is not None  # the original keeps its attribute

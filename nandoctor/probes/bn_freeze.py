@@ -12,13 +12,13 @@ skipped when the model has no BatchNorm.
 
 from __future__ import annotations
 
-import copy
 import math
 import types
 
 import torch
 from torch import nn
 
+from nandoctor.patient import clone_module
 from nandoctor.probes import Probe, ProbeContext
 from nandoctor.probes.training import Run, train
 from nandoctor.records import ProbeResult
@@ -63,7 +63,7 @@ def frozen_factory(patient):
 def values_per_channel(patient, model: nn.Module, batch) -> dict[str, int]:
     """BatchNorm layer -> values its statistics average per channel for one batch (N x spatial size)."""
     seen: dict[str, int] = {}
-    throwaway = copy.deepcopy(model)  # a train-mode forward updates running statistics
+    throwaway = clone_module(model)  # a train-mode forward updates running statistics
     for name, m in throwaway.named_modules():
         if isinstance(m, BN_TYPES):
             def hook(mod, inputs, name=name):
@@ -80,7 +80,7 @@ def values_per_channel(patient, model: nn.Module, batch) -> dict[str, int]:
 
 def eval_loss(patient, model: nn.Module, batch, train_mode: bool = False) -> float | None:
     """The loss of ``batch`` in eval (or train) mode, on a copy: scoring never changes the model."""
-    scored = copy.deepcopy(model)
+    scored = clone_module(model)
     scored.train(train_mode)
     try:
         with torch.no_grad():

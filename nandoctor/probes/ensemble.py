@@ -10,7 +10,6 @@ patient has its own ``train_step``, an optimizer that is not element-wise, Batch
 
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 import time
@@ -19,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nandoctor.patient import split_batch
+from nandoctor.patient import clone_module, split_batch
 from nandoctor.probes.training import Run, train
 
 # optimizers whose update of each element depends only on that element's history
@@ -76,7 +75,7 @@ def train_ensemble(patient, models: list[nn.Module], batches: list[Any], steps: 
 
     # 1. stacked parameters [K, ...] as fresh leaf tensors, a stateless copy of the architecture
     params, buffers = stack_module_state(models)
-    base = copy.deepcopy(models[0]).to("meta")
+    base = clone_module(models[0]).to("meta")
 
     def one(p, b, x):
         return functional_call(base, (p, b), (x,))

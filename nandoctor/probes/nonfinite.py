@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn.modules import module as module_hooks
 from torch.overrides import TorchFunctionMode, resolve_name
 
+from nandoctor.loading import display_path, is_user_file
 from nandoctor.probes import Probe, ProbeContext
 from nandoctor.probes.instrument import tensor_stats
 from nandoctor.probes.training import error_record
@@ -52,10 +53,9 @@ def _all_finite(tensors: list) -> bool:
 def user_line(frames) -> str | None:
     """``file.py:LINE in func`` of the innermost frame that is the user's code."""
     for fr in reversed(frames):
-        fn = fr[0].replace("\\", "/")
-        if "/torch/" in fn or "/nandoctor/" in fn or "/site-packages/" in fn or "/lib/python" in fn or fn.startswith("<"):
+        if not is_user_file(fr[0]):
             continue
-        return f"{fr[0]}:{fr[1]} in {fr[2]}"
+        return f"{display_path(fr[0])}:{fr[1]} in {fr[2]}"
     return None
 
 

@@ -10,13 +10,12 @@ Skipped when a fresh model gives the same outputs in both modes.
 
 from __future__ import annotations
 
-import copy
 import statistics
 
 import torch
 from torch import nn
 
-from nandoctor.patient import split_batch
+from nandoctor.patient import clone_module, split_batch
 from nandoctor.probes import Probe, ProbeContext
 from nandoctor.probes.bn_freeze import eval_loss
 from nandoctor.probes.training import train
@@ -35,7 +34,7 @@ def mode_dependent(patient, model: nn.Module, batch) -> bool:
     inputs, _ = split_batch(batch)
     outs = []
     for mode in (True, False):
-        m = copy.deepcopy(model).train(mode)
+        m = clone_module(model).train(mode)
         with torch.no_grad():
             outs.append(m(inputs))
     a, b = outs
