@@ -85,13 +85,17 @@ def divergence_index(raw: Sequence[float], smoothed: Sequence[float], factor: fl
 
     1. a non-finite raw loss diverges at once (warm-up or not);
     2. after the warm-up, a smoothed loss above ``best + (factor - 1) * scale`` diverges,
-       ``scale = max(|best so far|, DIVERGE_FLOOR_SHARE * |first smoothed|)``.
+       ``scale = max(|best so far|, DIVERGE_FLOOR_SHARE * |first smoothed|)``;
+    3. a loss that starts positive and falls below minus its start is ``unbounded``: it left the
+       range a loss can take (raw scores into NLLLoss, a sign error), so "lower" no longer means better.
     """
     best, first = math.inf, None
     for i, (x, s) in enumerate(zip(raw, smoothed)):
         if not finite(x) or not finite(s):
             return i, "nonfinite"
         first = s if first is None else first
+        if first > 0 and s < -first:
+            return i, "unbounded"
         if i >= warmup:
             scale = max(abs(best), DIVERGE_FLOOR_SHARE * abs(first))
             if s > best + (factor - 1) * scale:
@@ -189,7 +193,7 @@ class SweepReading:
     smoothed: list[float]
     divergence_index: int | None = None
     divergence_lr: float | None = None
-    divergence_kind: str | None = None      # nonfinite | rising
+    divergence_kind: str | None = None      # nonfinite | rising | unbounded
     suggestions: dict = field(default_factory=dict)  # rule -> LR (None when the rule could not answer)
     suggested_lr: float | None = None
     suggested_by: str | None = None          # which rule gave the recommendation

@@ -129,3 +129,10 @@ def test_schedule_is_exponential_and_speeds_up_to_beat_its_deadline():
     assert len(plain) == 50 and plain[0] == pytest.approx(1e-7) and plain[-1] == pytest.approx(10.0)
     late = list(Schedule(1e-7, 10.0, 50, deadline=time.perf_counter() - 1.0))
     assert len(late) <= 2 and late[-1] == pytest.approx(10.0)   # out of time: the whole range anyway
+
+
+def test_a_loss_that_runs_below_zero_is_unbounded_not_better():
+    from nandoctor.curves import divergence_index, smooth
+    raw = [0.1] * 20 + [0.1 - 0.05 * i for i in range(20)] + [-1e6 * i for i in range(1, 10)]
+    index, kind = divergence_index(raw, smooth(raw))
+    assert kind == "unbounded" and 20 < index < 40
