@@ -26,6 +26,9 @@ def test_plan_fits_the_budget_and_is_reported(tmp_path):
     plan = json.loads((tmp_path / "o" / "report.json").read_text())["plan"]
     assert plan["budget_seconds"] == 8
     assert plan["step_seconds"] > 0
-    allowed = [p["seconds_allowed"] for name, p in plan["probes"].items() if name != "warmup"]
-    assert sum(allowed) <= 8
+    # each probe is allowed at most what is left of the budget when it starts
+    used = 0.0
+    for name, probe in plan["probes"].items():
+        assert probe["seconds_allowed"] <= 8 - used + 0.05, name
+        used += probe["seconds_used"]
     assert report.probes["warmup"].status == "ok"
