@@ -201,7 +201,7 @@ def explain(code: Annotated[Optional[str], typer.Argument(help="A diagnosis code
         close = difflib.get_close_matches(code, registry, n=3)
         fail(f"no diagnosis code {code!r}." + (f" Did you mean {', '.join(close)}?" if close else "")
              + "\nWhat to do: `nandoctor explain --list` lists every code.")
-    out.print(diag.page(), markup=False, highlight=False)
+    typer.echo(diag.page())  # plain text: no re-wrapping of the page
 
 
 @app.command("probes")
