@@ -65,7 +65,7 @@ class Diagnosis:
     def page(self) -> str:
         """The doc page as printed by ``nandoctor explain``."""
         head = f"{self.code} — {self.title}\n(severity: {self.severity}, role: {self.role}, " \
-               f"evidence from: {', '.join(self.requires) or 'the config alone'})\n"
+               f"evidence from: {', '.join(self.requires) or 'whichever probes ran'})\n"
         body = textwrap.dedent(self.doc).strip()
         if self.thresholds:
             body += "\n\n## Thresholds\n" + "\n".join(f"- `{k}` = {v}" for k, v in self.thresholds.items())
