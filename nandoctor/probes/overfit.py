@@ -43,6 +43,8 @@ def batch_accuracy(patient, model, batch) -> float | None:
         return None
     finally:
         model.train(was_training)
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        out = out[0]  # (logits, extras...): the first output is the one scored
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != targets.shape[0] or out.shape[1] < 2:
         return None
     return float((out.argmax(dim=1) == targets).float().mean())
