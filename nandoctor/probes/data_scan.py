@@ -43,6 +43,7 @@ from nandoctor.records import ProbeResult
 # --- sizes and shares (defaults) ---------------------------------------------------------------
 CHUNK_ELEMENTS = 2 ** 21     # input elements per chunk (~8 MB of float32): bounds memory, whatever the set size
 MIN_CHUNK, MAX_CHUNK = 16, 8192  # samples per chunk
+MEASURE_SHARE = 0.1          # the measuring passes take at most this share of the probe's time
 MEASURE_SAMPLES = 512        # samples of the first, timing chunk
 TRAINED_FACTOR = 1.5         # processing cost with the trained model's forward pass too, against without it
 TRAIN_SHARE = 0.2            # share of the probe's time for the short training
@@ -119,7 +120,7 @@ class Scan:
     def measure(self) -> Chunk | None:
         """Load a first chunk, run the model once: shapes, loss kind, cost per sample."""
         t0 = time.perf_counter()
-        pick = torch.randint(self.n, (MEASURE_SAMPLES,), generator=self.gen).unique()  # sorted, no O(n) permutation
+        pick = torch.randint(self.n, (self.measure_samples(),), generator=self.gen).unique()  # sorted, no O(n) perm.
         chunk = self.source.load(pick)  # its errors are noted when the stream meets them again
         if chunk.batch is None or chunk.index.numel() == 0:
             self.errors = chunk.errors[:MAX_ERRORS_KEPT]
@@ -135,6 +136,14 @@ class Scan:
         numel = max(1, x[0].numel()) if x is not None and x.dim() > 0 else 1
         self.chunk_size = int(min(MAX_CHUNK, max(MIN_CHUNK, CHUNK_ELEMENTS // numel)))
         return chunk
+
+    def measure_samples(self) -> int:
+        """Samples in the measuring chunk: MEASURE_SAMPLES, fewer for a slow model (its two forward passes
+        over the chunk should cost at most MEASURE_SHARE of the probe's time; a forward pass is about a
+        third of a training step)."""
+        per_sample = self.ctx.step_time / max(1, self.patient.batch_size) / 3
+        fit = int(MEASURE_SHARE * self.ctx.seconds / 2 / max(per_sample, 1e-9))
+        return max(MIN_CHUNK, min(MEASURE_SAMPLES, fit))
 
     def first_outputs(self, inputs):
         """The fresh model's outputs on the first chunk (eval mode); learns the number of outputs."""
