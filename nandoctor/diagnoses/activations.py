@@ -90,7 +90,7 @@ class DeadRelu(OptionalExplains):
             if rec.layer_types.get(name) not in DEAD_TYPES or name == out_layer:
                 continue
             late = window(series, share, last=True)
-            if late is not None and late >= start:
+            if late is not None and late > start:  # SageMaker: above the threshold
                 flagged.append({"layer": name, "dead_share": late, "dead_share_at_init": series[0],
                                 "calls": len(series)})
         if not flagged:
