@@ -223,6 +223,12 @@ def with_nan(n_bad=5):
     return ds(x, y)
 
 
+def with_inf():
+    x, y = blobs()
+    x[::50] = float("inf")
+    return ds(x, y)
+
+
 def constant_feature():
     x, y = blobs()
     x[:, 4] = 3.0
@@ -291,6 +297,24 @@ ZOO = [
     ("bad-init", {"bad-init"}, lambda: P(bad_init, ds(*blobs()), opt=torch.optim.SGD, lr=0.01)),
     ("bn-batch-2", {"batchnorm-small-batch"}, lambda: P(CNN, ds(*images()), batch_size=2)),
     ("train-eval-gap", {"train-eval-gap"}, lambda: P(SoftmaxInEval, ds(*blobs()))),
+    # variations on the same causes
+    ("softmax-into-nll", {"nll-on-raw-logits", "double-softmax"},
+     lambda: P(lambda: mlp(last=nn.Softmax(dim=1)), ds(*blobs()), nn.NLLLoss())),
+    ("log-softmax-into-ce", {"double-softmax"}, lambda: P(lambda: mlp(last=nn.LogSoftmax(dim=1)), ds(*blobs()))),
+    ("sigmoid-into-bce-with-logits", {"double-softmax"},
+     lambda: P(lambda: mlp(classes=1, last=nn.Sigmoid()), ds(blobs()[0], (blobs()[1] == 0).float().unsqueeze(1)),
+               nn.BCEWithLogitsLoss())),
+    ("relu-into-ce", {"bounded-output-activation"}, lambda: P(lambda: mlp(last=nn.ReLU()), ds(*blobs()))),
+    ("adam-lr-1", {"lr-too-high"}, lambda: P(mlp, ds(*blobs()), lr=1.0)),
+    ("sgd-lr-1e-7", {"lr-too-low"}, lambda: P(mlp, ds(*blobs()), opt=torch.optim.SGD, lr=1e-7)),
+    ("one-based-labels", {"target-out-of-range"}, lambda: P(mlp, ds(blobs()[0], blobs()[1] + 1))),
+    ("inf-inputs", {"data-nonfinite"}, lambda: P(mlp, with_inf())),
+    ("healthy-sgd-momentum", HEALTHY, lambda: P(mlp, ds(*blobs()), opt=torch.optim.SGD, lr=0.05, momentum=0.9)),
+    ("healthy-adamw-batch-8", HEALTHY, lambda: P(mlp, ds(*blobs()), opt=torch.optim.AdamW, lr=3e-4, batch_size=8)),
+    ("healthy-rmsprop", HEALTHY, lambda: P(mlp, ds(*blobs()), opt=torch.optim.RMSprop, lr=1e-3)),
+    ("healthy-bce-with-logits", HEALTHY,
+     lambda: P(lambda: mlp(classes=1), ds(blobs()[0], (blobs()[1] == 0).float().unsqueeze(1)), nn.BCEWithLogitsLoss())),
+    ("healthy-huber", HEALTHY, lambda: P(lambda: mlp(8, 1), ds(*regression()), nn.HuberLoss())),
 ]
 
 
