@@ -223,6 +223,11 @@ def with_nan(n_bad=5):
     return ds(x, y)
 
 
+def shuffled(x, y):
+    """Targets shuffled on their own: every label now belongs to another input."""
+    return ds(x, y[torch.randperm(len(y), generator=torch.Generator().manual_seed(1))])
+
+
 def with_inf():
     x, y = blobs()
     x[::50] = float("inf")
@@ -315,6 +320,8 @@ ZOO = [
     ("healthy-bce-with-logits", HEALTHY,
      lambda: P(lambda: mlp(classes=1), ds(blobs()[0], (blobs()[1] == 0).float().unsqueeze(1)), nn.BCEWithLogitsLoss())),
     ("healthy-huber", HEALTHY, lambda: P(lambda: mlp(8, 1), ds(*regression()), nn.HuberLoss())),
+    ("shuffled-labels", {"no-generalisation"}, lambda: P(mlp, shuffled(*blobs(n=512)))),
+    ("shuffled-labels-cnn", {"no-generalisation"}, lambda: P(CNN, shuffled(*images()), batch_size=16)),
 ]
 
 
