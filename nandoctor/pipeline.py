@@ -28,6 +28,7 @@ from nandoctor.patient import Patient, preserved_rng, split_batch
 from nandoctor.probes import ProbeContext
 from nandoctor.probes.training import error_record
 from nandoctor.records import Evidence, ProbeResult, Report
+from nandoctor.treatments import plot_treatment
 
 DEFAULT_BUDGET = 120.0       # seconds for the whole run
 REPORT_RESERVE = 0.08        # share of the budget kept for diagnoses, plots and writing the report
@@ -278,6 +279,8 @@ class Battery:
             self.progress.start(f"treat:{finding.code}", f"Try a cure for {finding.code}")
             try:
                 finding.treatment = registry[finding.code].treat(ctx, finding)
+                if finding.treatment:
+                    plot_treatment(ctx, finding.code, finding.treatment)
             except KeyboardInterrupt:
                 raise
             except Exception as exc:

@@ -65,13 +65,21 @@ def try_cure(ctx: ProbeContext, variant, tried: str, *, code: str, judge: Callab
     cured = judge(after, after_accuracy) and not judge(before, before_accuracy)
     record = {"tried": tried, "cured": bool(cured), "before": summary(before, before_accuracy),
               "after": summary(after, after_accuracy)}
-    path, rel = ctx.plot_path(f"treatment-{code}")
-    if path is not None:
-        with plots.figure(path) as ax:
-            plots.compare_curves(ax, {"as configured": before.losses, f"treated: {tried}": after.losses},
-                                 title=f"{code}: {'cured' if cured else 'not cured'}")
-        record["plot"] = rel
+    # the before/after plot is drawn by ``plot_treatment`` once the diagnosis has its final verdict
+    # (some diagnoses judge the cure by more than the loss curve and update ``cured`` afterwards)
+    record["_curves"] = {"as configured": before.losses, f"treated: {tried}": after.losses}
     return record
+
+
+def plot_treatment(ctx: ProbeContext, code: str, record: dict) -> None:
+    """Draw the before/after curves a ``try_cure`` record carries, titled with its final verdict."""
+    curves = record.pop("_curves", None)
+    path, rel = ctx.plot_path(f"treatment-{code}")
+    if curves is None or path is None:
+        return
+    with plots.figure(path) as ax:
+        plots.compare_curves(ax, curves, title=f"{code}: {'cured' if record.get('cured') else 'not cured'}")
+    record["plot"] = rel
 
 
 def finite(x) -> bool:
