@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from statistics import fmean
 
-from nandoctor.diagnoses.module_tree import OptionalExplains, installed, not_memorised
+from nandoctor.diagnoses import Diagnosis
+from nandoctor.diagnoses.module_tree import not_memorised
 from nandoctor.probes.instrument import INACTIVE_BELOW, SATURATION_MARGIN
 from nandoctor.records import Evidence
 
 DEAD_TYPES = ("ReLU", "ReLU6")            # units that can die for good (leaky variants cannot)
 SATURATING_TYPES = ("Sigmoid", "Tanh", "Hardtanh", "Hardsigmoid")
-ACTIVATION_SYMPTOMS = ("cannot-overfit-batch",)
-LATER_SYMPTOMS = ("vanishing-gradients",)   # explained too, once that diagnosis is installed
+ACTIVATION_SYMPTOMS = ("cannot-overfit-batch", "vanishing-gradients")
 
 
 def window(series: list[float], share: float, last: bool) -> float | None:
@@ -37,14 +37,13 @@ def output_layer(rec) -> str | None:
     return rec.forward_order[-1] if getattr(rec, "forward_order", None) else None
 
 
-class DeadRelu(OptionalExplains):
+class DeadRelu(Diagnosis):
     code = "dead-relu"
     title = "Most units of a ReLU layer never activate"
     severity = "warning"
     role = "cause"
     requires = ("overfit",)
     explains = ACTIVATION_SYMPTOMS
-    optional_explains = LATER_SYMPTOMS
     thresholds = {"layer_dead_share": 0.5,       # SageMaker Debugger's threshold_layer: 50% of a layer's units dead
                   "inactive_below": INACTIVE_BELOW,  # a unit is dead when active on < 1% of the positions of a call
                   "window": 0.2,                 # judged on the last 20% of the probe's forward calls
@@ -110,20 +109,19 @@ class DeadRelu(OptionalExplains):
             finding.role, finding.explains = "symptom", ()
             finding.evidence["zero_initialised_layers"] = zeroed
         elif at_init:  # dead from the first call: the init is the mechanism, this names the layer
-            finding.explains = installed(finding.explains + ("bad-init",))
+            finding.explains = tuple(dict.fromkeys(finding.explains + ("bad-init",)))
         else:  # dying during training is usually the learning rate's doing: a symptom
             finding.role, finding.explains = "symptom", ()
         return finding
 
 
-class SaturatedActivation(OptionalExplains):
+class SaturatedActivation(Diagnosis):
     code = "saturated-activation"
     title = "Sigmoid/tanh units are pinned at their bounds"
     severity = "warning"
     role = "cause"
     requires = ("overfit",)
     explains = ACTIVATION_SYMPTOMS
-    optional_explains = LATER_SYMPTOMS
     thresholds = {"layer_saturated_share": 0.5,   # SageMaker's threshold_layer: 50% of a layer's outputs saturated
                   "margin": SATURATION_MARGIN,     # within 1% of the range from a bound (sigmoid < 0.01 or > 0.99)
                   "window": 0.2}                   # judged on the first 20% of the calls (and the last 20% if stuck)

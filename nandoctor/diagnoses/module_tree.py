@@ -6,36 +6,12 @@ walked from the loss) and, where it helps, the ``overfit`` probe's outcome.
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 from nandoctor.diagnoses import Diagnosis
-from nandoctor.records import Evidence, Finding
+from nandoctor.records import Evidence
 
 DRIFT_CHANGED = 1e-3   # outputs of two calls on the same input differ by more than 0.1%: not a fixed function
 DRIFT_SAME = 1e-6      # ... and at most this after the cure
-SYMPTOMS = ("cannot-overfit-batch", "training-crashed")
-LATER_SYMPTOMS = ("exploding-gradients", "train-eval-gap")   # explained too, once those diagnoses are installed
-
-
-class OptionalExplains(Diagnosis):
-    """A diagnosis that also explains codes from diagnoses that may not be installed (other families).
-
-    ``explains`` lists codes that always exist; ``optional_explains`` those added to each finding only
-    when their diagnosis is registered, so a typo is still caught and a missing family is no error.
-    """
-
-    optional_explains: ClassVar[tuple[str, ...]] = ()
-
-    def finding(self, *args, **kwargs) -> Finding:
-        finding = super().finding(*args, **kwargs)
-        finding.explains = installed(finding.explains + self.optional_explains)
-        return finding
-
-
-def installed(codes: tuple[str, ...]) -> tuple[str, ...]:
-    """``codes`` without duplicates and without the codes no registered diagnosis emits."""
-    from nandoctor.diagnoses import REGISTRY
-    return tuple(c for c in dict.fromkeys(codes) if c in REGISTRY)
+SYMPTOMS = ("cannot-overfit-batch", "training-crashed", "exploding-gradients", "train-eval-gap")
 
 
 def not_memorised(ev: Evidence) -> bool:
@@ -86,14 +62,13 @@ def zero_grad_layers(ev: Evidence) -> list[dict]:
     return out
 
 
-class UnregisteredModule(OptionalExplains):
+class UnregisteredModule(Diagnosis):
     code = "unregistered-module"
     title = "Layers take part in the loss but are not registered in the model"
     severity = "critical"
     role = "cause"
     requires = ("structure",)
     explains = SYMPTOMS + ("params-not-in-optimizer",)
-    optional_explains = LATER_SYMPTOMS
     thresholds = {"confidence_fresh": 0.97,   # weights new on every call: certain and always harmful
                   "confidence_fixed": 0.92}   # same weights each call, but outside parameters() and the optimizer
     fix = ("Create every layer once in `__init__` and assign it to `self` (use nn.ModuleList / nn.ModuleDict "
@@ -179,14 +154,13 @@ class UnregisteredModule(OptionalExplains):
         return record
 
 
-class ParamsNotInOptimizer(OptionalExplains):
+class ParamsNotInOptimizer(Diagnosis):
     code = "params-not-in-optimizer"
     title = "Trainable parameters are missing from the optimizer"
     severity = "critical"
     role = "cause"
     requires = ("structure",)
     explains = SYMPTOMS
-    optional_explains = LATER_SYMPTOMS
     thresholds = {"critical_share": 0.5,   # critical when at least this share of the trainable values is left out
                   "confidence": 0.9}
     fix = ("Build the optimizer from model.parameters() after the model is complete (or list every param "
@@ -237,14 +211,13 @@ class ParamsNotInOptimizer(OptionalExplains):
                     "added the missing parameters to the optimizer", code=self.code, hooks=add_missing_params)
 
 
-class NoTrainableParams(OptionalExplains):
+class NoTrainableParams(Diagnosis):
     code = "no-trainable-params"
     title = "Nothing (or too little) of the model can learn"
     severity = "critical"
     role = "cause"
     requires = ("structure",)
     explains = SYMPTOMS
-    optional_explains = LATER_SYMPTOMS
     thresholds = {"critical_share": 0.5,     # critical when gradients miss at least this share of trainable values
                   "tiny_trainable_share": 0.01}  # "almost all frozen": below 1% of the values trainable
     fix = ("Unfreeze the layers that should learn (requires_grad_(True)); remove .detach(), .item(), "

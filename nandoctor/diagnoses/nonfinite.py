@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from nandoctor.diagnoses.module_tree import OptionalExplains
+from nandoctor.diagnoses import Diagnosis
 from nandoctor.records import Evidence
 
 
@@ -12,14 +12,13 @@ def before_birth(losses: list[float], step: int) -> list[float]:
     return [x for x in losses[:step] if math.isfinite(x)]
 
 
-class NonfiniteSource(OptionalExplains):
+class NonfiniteSource(Diagnosis):
     code = "nonfinite-source"
     title = "Where the first NaN/Inf is born"
     severity = "critical"
     role = "cause"
     requires = ("overfit",)
-    explains = ("cannot-overfit-batch", "training-crashed")
-    optional_explains = ("exploding-gradients",)
+    explains = ("cannot-overfit-batch", "training-crashed", "exploding-gradients")
     thresholds = {"diverged_factor": 10.0,   # the loss grew 10x above its start before the NaN: a consequence of divergence
                   "huge_input": 1e10,        # inputs this large overflow anywhere: the cause is their scale (data, LR)
                   "confidence_model": 0.9,   # born in the model's own computation, with the loss still sane

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 from nandoctor.diagnoses import Diagnosis
-from nandoctor.diagnoses.module_tree import OptionalExplains
 from nandoctor.records import Evidence
 
 
-class MissingZeroGrad(OptionalExplains):
+class MissingZeroGrad(Diagnosis):
     code = "missing-zero-grad"
     title = "Gradients accumulate across steps: zero_grad() is missing"
     severity = "critical"
     role = "cause"
     requires = ("structure",)
-    explains = ("cannot-overfit-batch",)
-    optional_explains = ("exploding-gradients", "lr-too-high")
+    explains = ("cannot-overfit-batch", "exploding-gradients", "lr-too-high")
     thresholds = {"accumulated_ratio": 1.5,   # <g2, g1>/<g1, g1>: 1 when zeroed, 2 when summed; flag above halfway
                   "min_cosine": 0.9}          # the second gradient points the same way as the first
     fix = ("Call optimizer.zero_grad() (or model.zero_grad()) at the start of every step, before backward(); "
