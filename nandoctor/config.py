@@ -197,8 +197,6 @@ def load_config(path: str | Path) -> Config:
     device = scalar(str(raw.get("device", "auto")), "device", str,
                     lambda v: v in ("auto", "cpu", "cuda", "mps") or v.startswith("cuda:"),
                     "use auto, cpu, cuda or cuda:N.")
-    if "lr" not in specs["optimizer"] and specs["optimizer"]["_target_"].rsplit(".", 1)[-1] in ("SGD",):
-        pass  # torch gives SGD a default lr in recent releases; nothing to enforce here
 
     return Config(path=cfg_path, model_spec=specs["model"], train_spec=train_spec, loss_spec=specs["loss"],
                   optimizer_spec=specs["optimizer"], val_spec=val_spec, train_step_spec=specs.get("train_step"),

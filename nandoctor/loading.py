@@ -109,8 +109,7 @@ def _load_file_module(file: Path, key: str, where: str | None):
     module = importlib.util.module_from_spec(spec)
     sys.modules[mod_name] = module
     folder = str(file.parent)
-    added = folder not in sys.path
-    if added:
+    if folder not in sys.path:
         sys.path.insert(0, folder)  # so the user's file can import its neighbours
     try:
         spec.loader.exec_module(module)
@@ -272,8 +271,7 @@ def build_patient(cfg, *, device: str | None = None, seed: int | None = None):
     from nandoctor.patient import Patient, preserved_rng, resolve_device
 
     root = cfg.root
-    added = str(root) not in sys.path
-    if added:
+    if str(root) not in sys.path:
         sys.path.insert(0, str(root))  # user modules may import their neighbours by name
     seed = cfg.seed if seed is None else seed
 

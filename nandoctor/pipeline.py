@@ -212,14 +212,11 @@ class Battery:
                         elapsed_seconds=time.perf_counter() - t0, findings=findings,
                         probes={n: evidence[n] for n in evidence}, version=__version__, plan=plan,
                         not_evaluated=not_evaluated, interrupted=interrupted, patient=evidence.facts,
-                        out_dir=str(self.opts.out) if self.opts.out else None)
-        report.evidence = evidence  # in-memory access for notebooks and tests
+                        out_dir=str(self.opts.out) if self.opts.out else None, evidence=evidence)
         # 6. the report files
         if self.opts.out is not None:
             from nandoctor.report.writer import write_all
-            write_all(report, self.opts.out)
-            report.elapsed_seconds = time.perf_counter() - t0
-            write_all(report, self.opts.out, json_only=True)
+            write_all(report, self.opts.out, elapsed=lambda: time.perf_counter() - t0)
         return report
 
     def _run_probe(self, probe: probes.Probe, ctx: ProbeContext, left_total: float) -> ProbeResult:

@@ -128,6 +128,7 @@ class Report:
     interrupted: bool = False
     patient: dict = field(default_factory=dict)
     out_dir: str | None = None
+    evidence: Evidence | None = field(default=None, repr=False)  # in memory only, for notebooks and tests
 
     def to_json(self) -> dict:
         return {
