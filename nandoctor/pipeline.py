@@ -20,23 +20,31 @@ from typing import Iterable
 
 import torch
 
-from nandoctor import __version__, diagnoses, probes, ranking
+from nandoctor import __version__, diagnoses, planning, probes, ranking, watchdog
 from nandoctor.config import Config, load_config
 from nandoctor.errors import ConfigError
 from nandoctor.loading import build_patient
 from nandoctor.patient import Patient, preserved_rng, split_batch
 from nandoctor.probes import ProbeContext
+from nandoctor.probes import training
 from nandoctor.probes.training import error_record
 from nandoctor.records import Evidence, ProbeResult, Report
 from nandoctor.treatments import plot_treatment
 
 DEFAULT_BUDGET = 120.0       # seconds for the whole run
-REPORT_RESERVE = 0.08        # share of the budget kept for diagnoses, plots and writing the report
-MIN_REPORT_RESERVE = 2.0     # ... and at least this many seconds
-TREATMENT_WEIGHT = 1.5       # budget weight of all treatments together, against the probes' weights
+REPORT_RESERVE = 0.06        # share of the budget kept for diagnoses, plots and writing the report
+MIN_REPORT_RESERVE = 2.5     # ... and at least this many seconds
 MAX_TREATMENTS = 4           # cures tried per run, best-ranked findings first
+CURES_PLANNED = 2            # cures the plan keeps room for (each re-runs the overfit training)
+TREATMENTS = "treatments"    # the cures' entry in the plan
 FALLBACK_STEP_SECONDS = 0.05  # assumed step time when the warm-up could not measure one
 MAX_WARNINGS = 5             # distinct warnings kept per probe (e.g. torch's broadcasting warning)
+MIN_ALLOWANCE = 2.0          # seconds a probe that is not planned in steps gets at least
+WATCHDOG_GRACE = 5.0         # the hard stop comes this long after a probe's own deadline (at most at the budget's end)
+SLOWDOWN = 1.5               # steps this much slower than planned: re-plan the rest at the new step time
+# most important first: when the budget is short the last ones are dropped (and reported inconclusive)
+PRIORITY = ["overfit", "lr_sweep", TREATMENTS, "gradients", "nonfinite", "precision", "schedule", "init",
+            "bn_freeze", "generalise", "train_eval"]
 
 
 class Progress:
@@ -56,6 +64,7 @@ class Options:
     out: Path | None = None
     probe_options: dict | None = None       # per-command knobs, e.g. {"min_lr": 1e-7}
     treatments: bool = True
+    step_time_scale: float = 1.0            # tests and benchmarks: plan as if steps were this much slower
 
 
 def select_probes(requested: Iterable[str] | None) -> dict[str, probes.Probe]:
@@ -135,7 +144,7 @@ def load_patient(source, device: str | None, seed: int | None) -> tuple[Patient,
 def diagnose(source, *, budget: float = DEFAULT_BUDGET, probes: Iterable[str] | None = None,
              device: str | None = None, seed: int | None = None, out: str | Path | None = None,
              progress: Progress | None = None, probe_options: dict | None = None,
-             treatments: bool = True) -> Report:
+             treatments: bool = True, step_time_scale: float = 1.0) -> Report:
     """Run the battery on a config path, a ``Config`` or a ``Patient`` and return the ranked ``Report``.
 
     Writes ``report.json/.md/.html`` and ``plots/`` to ``out`` when given. Bad input raises
@@ -143,7 +152,7 @@ def diagnose(source, *, budget: float = DEFAULT_BUDGET, probes: Iterable[str] | 
     """
     opts = Options(budget=float(budget), probes=tuple(probes) if probes is not None else None, device=device,
                    seed=seed, out=Path(out) if out is not None else None, probe_options=probe_options or {},
-                   treatments=treatments)
+                   treatments=treatments, step_time_scale=float(step_time_scale))
     return Battery(opts, progress or Progress()).run(source)
 
 
@@ -153,11 +162,13 @@ class Battery:
         self.progress = progress
 
     def run(self, source) -> Report:
-        t0 = time.perf_counter()
-        deadline = t0 + self.opts.budget
-        reserve = max(MIN_REPORT_RESERVE, REPORT_RESERVE * self.opts.budget)
+        t0 = self.t0 = time.perf_counter()
+        reserve = self.reserve = max(MIN_REPORT_RESERVE, REPORT_RESERVE * self.opts.budget)
+        self.end = t0 + self.opts.budget - reserve   # probes and cures stop here; the report fits in the reserve
+        self.selected = ()
         # 1. config -> patient (bad input raises here, before anything trains)
         selected = select_probes(self.opts.probes)
+        self.selected = tuple(selected)
         patient, config_name = load_patient(source, self.opts.device, self.opts.seed)
         check_batch_form(patient)
         patient, device_note = cpu_if_cuda_would_assert(patient)
@@ -169,29 +180,20 @@ class Battery:
             evidence = Evidence(facts=patient_facts(patient, patient.new_model()))
             if device_note:
                 evidence.facts["device_note"] = device_note
-            plan: dict = {"budget_seconds": self.opts.budget, "probes": {}}
-            # 2. probes, each sized to its share of what is left
-            step_time = None
+            self.plan_record: dict = {"budget_seconds": self.opts.budget, "probes": {}}
+            self.plan: planning.Plan | None = None
+            self.needs: dict[str, planning.StepNeed] = {}
+            self.step_time = FALLBACK_STEP_SECONDS
+            # 2. probes: the warm-up measures the step time, the planner sizes the rest in steps
             try:
-                remaining = dict(selected)
                 for name, probe in selected.items():
-                    weights = sum(p.weight for p in remaining.values()) + (TREATMENT_WEIGHT if self.opts.treatments else 0)
-                    left = max(0.0, deadline - time.perf_counter() - reserve)
-                    seconds = left * probe.weight / weights if weights else left
-                    if name == "warmup":
-                        seconds = left
-                    ctx = ProbeContext(patient=patient, seconds=seconds,
-                                       step_time=step_time or FALLBACK_STEP_SECONDS, evidence=evidence,
-                                       plots_dir=plots_dir, options=self.opts.probe_options,
-                                       progress=lambda done, total=None, n=name: self.progress.update(n, done, total))
-                    plan["probes"][name] = {"seconds_allowed": round(seconds, 2)}
-                    remaining.pop(name)
-                    result = self._run_probe(probe, ctx, left_total=left)
+                    if name != "warmup" and self.plan is None:
+                        self._make_plan(selected, patient, evidence, plots_dir)
+                    result = self._run_probe(probe, patient, evidence, plots_dir)
                     evidence[name] = result
-                    plan["probes"][name]["seconds_used"] = round(result.seconds, 2)
-                    if name == "warmup" and result.ok:
-                        step_time = result.metrics.get("step_seconds")
-                        plan["step_seconds"] = step_time
+                    if name == "warmup" and result.ok and result.metrics.get("step_seconds"):
+                        self.step_time = result.metrics["step_seconds"] * self.opts.step_time_scale
+                        self.plan_record["step_seconds"] = self.step_time
                     if name == "data_scan" and patient.device.type == "cuda" and _bad_labels(result):
                         # later probes stream every batch: one with such labels would assert on the GPU
                         patient, note = cpu_if_cuda_would_assert(patient, "the data scan found labels out of range")
@@ -204,13 +206,21 @@ class Battery:
             findings, not_evaluated = self._diagnose(evidence)
             if self.opts.treatments and not interrupted:
                 try:
-                    self._treat(findings, patient, evidence, plots_dir, deadline - reserve, step_time)
+                    self._treat(findings, patient, evidence, plots_dir)
                 except KeyboardInterrupt:
                     interrupted = True
             findings = ranking.rank(findings)
+        if self.plan is not None:
+            self.plan_record["steps"]["dropped"] = dict(self.plan.dropped)
+            inconclusive = [n for n, r in evidence.items() if r.status == "inconclusive"]
+            if inconclusive:
+                needed = planning.suggest_budget(max(self.plan.needed_seconds, self.opts.budget * 1.25))
+                self.plan_record["note"] = (f"{len(inconclusive)} probe(s) inconclusive ({', '.join(inconclusive)}): "
+                                            f"at {self.step_time:.3g} s a step the full battery needs about "
+                                            f"{needed} s (--budget {needed})")
         report = Report(config=config_name, verdict=ranking.verdict(findings),
                         elapsed_seconds=time.perf_counter() - t0, findings=findings,
-                        probes={n: evidence[n] for n in evidence}, version=__version__, plan=plan,
+                        probes={n: evidence[n] for n in evidence}, version=__version__, plan=self.plan_record,
                         not_evaluated=not_evaluated, interrupted=interrupted, patient=evidence.facts,
                         out_dir=str(self.opts.out) if self.opts.out else None, evidence=evidence)
         # 6. the report files
@@ -219,38 +229,132 @@ class Battery:
             write_all(report, self.opts.out, elapsed=lambda: time.perf_counter() - t0)
         return report
 
-    def _run_probe(self, probe: probes.Probe, ctx: ProbeContext, left_total: float) -> ProbeResult:
-        self.progress.start(probe.name, probe.title or probe.name)
+    # --- planning -------------------------------------------------------------------------
+    def _context(self, patient, evidence, plots_dir, seconds: float, name: str) -> ProbeContext:
+        return ProbeContext(patient=patient, seconds=seconds, step_time=self.step_time, evidence=evidence,
+                            plots_dir=plots_dir, options=self.opts.probe_options, selected=self.selected,
+                            progress=lambda done, total=None, n=name: self.progress.update(n, done, total))
+
+    def _needs(self, probes_left: dict, patient, evidence, plots_dir) -> dict[str, planning.StepNeed]:
+        needs = {}
+        for name, probe in probes_left.items():
+            need = probe.need(self._context(patient, evidence, plots_dir, 0.0, name))
+            if need is not None:
+                needs[name] = need
+        return needs
+
+    def _make_plan(self, selected: dict, patient, evidence, plots_dir) -> None:
+        """After the warm-up: one tier for every training probe (and the cures), from the measured step time."""
+        later = {n: p for n, p in selected.items() if n != "warmup"}
+        needs = self._needs(later, patient, evidence, plots_dir)
+        if self.opts.treatments and "overfit" in needs:
+            o = needs["overfit"]  # a cure re-runs the overfit training: size two of them like it
+            needs[TREATMENTS] = planning.StepNeed(o.min, o.ideal, cost=CURES_PLANNED * 1.1)
+        unplanned = sum(self._allowance(p) for n, p in later.items() if n not in needs)
+        now = time.perf_counter()
+        available = self.end - now - unplanned
+        self.plan = planning.plan(needs, PRIORITY, self.step_time, available,
+                                  extra_seconds=unplanned + (now - self.t0) + self.reserve)
+        self.needs = needs
+        self.plan_record["planned_training_seconds"] = round(available, 2)
+        self.plan_record["tier"] = self.plan.tier
+        self.plan_record["steps"] = self.plan.to_json()  # as first planned; probes' entries say what each got
+
+    def _allowance(self, probe: probes.Probe) -> float:
+        """Seconds for a probe that is not planned in steps (static checks, the data scan)."""
+        return probe.share * self.opts.budget
+
+    # --- running ------------------------------------------------------------------------
+    def _run_probe(self, probe: probes.Probe, patient, evidence, plots_dir) -> ProbeResult:
+        name = probe.name
+        self.progress.start(name, probe.title or name)
         start = time.perf_counter()
-        if left_total <= 0 and probe.name != "warmup":
-            result = probe.result(status="skipped", reason="the time budget was spent")
-        elif probe.needs_pairs and ctx.patient.train_step is not None and not _pairs_ok(ctx.patient):
+        ctx, reason = self._sized_context(probe, patient, evidence, plots_dir)
+        if reason is not None:
+            result = probe.result(status="inconclusive", reason=reason)
+        elif probe.needs_pairs and patient.train_step is not None and not _pairs_ok(patient):
             result = probe.result(status="skipped", reason="batches are not (inputs, targets) pairs")
         else:
+            meter = training.StepMeter.start()
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 try:
-                    result = probe.run(ctx)
+                    with watchdog.deadline(self._hard_stop(ctx) if name != "warmup" else self.end):
+                        result = probe.run(ctx)
                 except KeyboardInterrupt:
                     raise
+                except probes.Inconclusive as exc:
+                    result = probe.result(status="inconclusive", reason=str(exc))
+                except watchdog.Overrun:
+                    result = probe.result(status="inconclusive",
+                                          reason=f"stopped at its deadline ({ctx.seconds:.1f} s planned); "
+                                                 f"the user's code ran far slower than the warm-up measured")
                 except Exception as exc:  # a crash of the probe itself: a finding, not a dead run
                     result = probe.result(status="failed", error={**error_record(exc), "internal": True})
             # warnings the user's code (or torch on its behalf) raised are evidence too
             messages = list(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught))
             if messages:
                 result.metrics.setdefault("warnings", messages[:MAX_WARNINGS])
+            self._observe(meter.stop())
         result.seconds = time.perf_counter() - start
-        self.progress.finish(probe.name, result)
+        entry = self.plan_record["probes"].setdefault(name, {})
+        entry.update(seconds_allowed=round(ctx.seconds, 2) if ctx else 0.0, seconds_used=round(result.seconds, 2))
+        if ctx is not None and ctx.planned_steps is not None:
+            entry.update(planned_steps=ctx.planned_steps, min_steps=ctx.min_steps)
+        if result.status == "inconclusive":
+            entry["inconclusive"] = result.reason
+        self.progress.finish(name, result)
         return result
+
+    def _sized_context(self, probe, patient, evidence, plots_dir) -> tuple[ProbeContext | None, str | None]:
+        """The probe's context with its steps and deadline, or the reason it cannot reach its minimum."""
+        name, now = probe.name, time.perf_counter()
+        left = self.end - now
+        if name == "warmup":
+            return self._context(patient, evidence, plots_dir, max(0.0, left), name), None
+        if left <= 0:
+            return None, "the time budget was spent before it could start"
+        need = self.needs.get(name) if self.plan is not None else None
+        if need is None:
+            need = probe.need(self._context(patient, evidence, plots_dir, 0.0, name))
+            if need is not None:  # known only now (e.g. the NaN replay needs the step the NaN appeared at)
+                self.needs[name] = need
+                self.plan.steps[name] = need.steps_at(self.plan.tier)
+        if need is None:
+            seconds = min(left, max(self._allowance(probe), MIN_ALLOWANCE))
+            return self._context(patient, evidence, plots_dir, seconds, name), None
+        if name in self.plan.dropped:
+            return None, self.plan.dropped[name]
+        # re-plan what is still to run at the step time measured so far, with the cures' reserve
+        later = [n for n in self.plan.steps if n not in evidence]
+        self.plan = planning.replan(self.plan, {n: self.needs[n] for n in later}, PRIORITY, self.step_time, left)
+        if name in self.plan.dropped:
+            return None, self.plan.dropped[name]
+        seconds = self.plan.seconds[name]
+        ctx = self._context(patient, evidence, plots_dir, min(left, planning.deadline_seconds(seconds)), name)
+        ctx.planned_steps, ctx.min_steps = self.plan.steps[name], need.min
+        return ctx, None
+
+    def _hard_stop(self, ctx: ProbeContext) -> float:
+        """Where the watchdog stops code that does not come back to the training loop in time."""
+        return min(ctx.deadline + WATCHDOG_GRACE, self.end + 1.0)
+
+    def _observe(self, median_step: float | None) -> None:
+        """A machine that slows down mid-run: the step time the rest of the plan uses goes up with it."""
+        if median_step is not None and median_step > SLOWDOWN * self.step_time * planning.SAFETY:
+            self.step_time = median_step / planning.SAFETY
+            self.plan_record.setdefault("slowdowns", []).append(round(self.step_time, 4))
 
     def _diagnose(self, evidence: Evidence):
         findings, not_evaluated = [], []
         for code, diag in diagnoses.load_all().items():
             missing = [p for p in diag.requires if p not in evidence]
             failed = [p for p in diag.requires if p in evidence and not evidence[p].ok]
-            if missing or (failed and not diag.accepts_failed):
-                not_evaluated.append({"code": code, "missing": missing + failed,
-                                      "reason": "probe not run" if missing else "probe failed or skipped"})
+            if missing or (failed and not diag.accepts_failed) or \
+                    any(evidence[p].status == "inconclusive" for p in failed):
+                reason = "probe not run" if missing else "probe inconclusive" if any(
+                    evidence[p].status == "inconclusive" for p in failed) else "probe failed or skipped"
+                not_evaluated.append({"code": code, "missing": missing + failed, "reason": reason})
                 continue
             try:
                 out = diag.check(evidence)
@@ -262,24 +366,33 @@ class Battery:
             findings.extend(out if isinstance(out, list) else [out])
         return findings, not_evaluated
 
-    def _treat(self, findings, patient, evidence, plots_dir, until: float, step_time) -> None:
+    def _treat(self, findings, patient, evidence, plots_dir) -> None:
+        """Cures, best-ranked findings first, each sized like the overfit probe and run only if it fits whole."""
         registry = diagnoses.load_all()
         candidates = [f for f in ranking.rank(list(findings))
                       if type(registry[f.code]).treat is not diagnoses.Diagnosis.treat][:MAX_TREATMENTS]
-        for i, finding in enumerate(candidates):
-            left = until - time.perf_counter()
-            if left <= 0.5:
-                break
-            ctx = ProbeContext(patient=patient, seconds=left / (len(candidates) - i),
-                               step_time=step_time or FALLBACK_STEP_SECONDS, evidence=evidence,
-                               plots_dir=plots_dir, options=self.opts.probe_options)
+        overfit = self.needs.get("overfit") if self.plan is not None else None
+        steps = (self.plan.steps.get(TREATMENTS) or overfit.min) if overfit is not None else None
+        for finding in candidates:
+            left = self.end - time.perf_counter()
+            cost = 2 * planning.StepNeed(1, 1).seconds(steps or 0, self.step_time)
+            if left <= 0.5 or (steps is not None and cost > left):
+                finding.treatment_note = "not tried: the budget was spent"
+                continue
+            ctx = self._context(patient, evidence, plots_dir, min(left, planning.deadline_seconds(cost)),
+                                f"treat:{finding.code}")
+            ctx.planned_steps, ctx.min_steps = steps, (overfit.min if overfit is not None else 0)
             self.progress.start(f"treat:{finding.code}", f"Try a cure for {finding.code}")
             try:
-                finding.treatment = registry[finding.code].treat(ctx, finding)
+                with watchdog.deadline(self._hard_stop(ctx)):
+                    finding.treatment = registry[finding.code].treat(ctx, finding)
                 if finding.treatment:
                     plot_treatment(ctx, finding.code, finding.treatment)
             except KeyboardInterrupt:
                 raise
+            except watchdog.Overrun:
+                finding.treatment = None
+                finding.treatment_note = "not judged: the cure ran past its deadline"
             except Exception as exc:
                 finding.treatment = {"tried": "failed to run", "cured": False, "error": error_record(exc)}
             self.progress.finish(f"treat:{finding.code}", ProbeResult(name=finding.code))

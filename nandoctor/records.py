@@ -8,7 +8,7 @@ them ranked. ``to_json`` of each is the SPEC section 3 contract.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 SEVERITIES = ("info", "warning", "critical")  # ascending
@@ -38,6 +38,8 @@ def jsonable(value: Any) -> Any:
         return round(value, 6) if abs(value) >= 1e-4 or value == 0 else float(f"{value:.6g}")
     if isinstance(value, (bool, int, str)) or value is None:
         return value
+    if isinstance(value, Metrics):
+        return value.to_json()
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, set)):
@@ -46,13 +48,77 @@ def jsonable(value: Any) -> Any:
 
 
 @dataclass
+class Metrics:
+    """A probe's measurements, typed: each probe declares a dataclass of what it measured.
+
+    A diagnosis reads them by field (``m.initial_loss``) or, as a mapping, by name
+    (``m.get("initial_loss")``); either way a name the probe does not declare is an error, not
+    a silent ``None``, so a typo in a diagnosis or a probe fails loudly. Values a probe did not
+    measure this time are ``None``. ``warnings`` is filled by the pipeline for every probe.
+    """
+
+    warnings: list | None = None   # distinct warnings the user's code raised during the probe
+    summary: str | None = None     # the probe's answer in one line, where it has one (the terminal shows it)
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    def _check(self, key: str) -> str:
+        if key not in self.names():
+            raise KeyError(f"{type(self).__name__} has no field {key!r} (it has: {', '.join(self.names())})")
+        return key
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = getattr(self, self._check(key))
+        return default if value is None else value
+
+    def __getitem__(self, key: str) -> Any:
+        return getattr(self, self._check(key))
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        setattr(self, self._check(key), value)
+
+    def __contains__(self, key: str) -> bool:
+        return getattr(self, self._check(key)) is not None
+
+    def setdefault(self, key: str, value: Any) -> Any:
+        if getattr(self, self._check(key)) is None:
+            setattr(self, key, value)
+        return getattr(self, key)
+
+    def update(self, other: dict | None = None, **kwargs) -> None:
+        for key, value in {**(other or {}), **kwargs}.items():
+            self[key] = value
+
+    def keys(self):
+        return [k for k in self.names() if getattr(self, k) is not None]
+
+    def items(self):
+        return [(k, getattr(self, k)) for k in self.keys()]
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def __bool__(self) -> bool:
+        return bool(self.keys())
+
+    def to_json(self) -> dict:
+        """Every declared field, unmeasured ones as null (so the report's keys do not depend on the run); {} if none."""
+        if not self.keys():
+            return {}
+        return {k: jsonable(getattr(self, k)) for k in self.names()
+                if k not in ("warnings", "summary") or getattr(self, k) is not None}
+
+
+@dataclass
 class ProbeResult:
     """What one probe measured. ``metrics`` go into report.json; ``data`` stays in memory for diagnoses."""
 
     name: str
-    status: str = "ok"  # ok | failed | skipped
+    status: str = "ok"  # ok | failed | skipped | inconclusive (its evidence would be too short to judge)
     seconds: float = 0.0
-    metrics: dict = field(default_factory=dict)
+    metrics: "Metrics | dict" = field(default_factory=dict)  # the probe's typed Metrics (a dict for untyped probes)
     data: dict = field(default_factory=dict)
     plots: list[str] = field(default_factory=list)
     error: dict | None = None  # {"type", "message", "where"} when the probe (or the user's code in it) raised
@@ -97,6 +163,7 @@ class Finding:
     probes: list[str] = field(default_factory=list)
     plots: list[str] = field(default_factory=list)
     treatment: dict | None = None
+    treatment_note: str | None = None  # why a cure exists but was not tried or judged (the budget)
     role: str = "cause"  # cause | symptom: a cause outranks the symptoms it explains
     explains: tuple[str, ...] = ()
     generic: bool = False  # a catch-all symptom (cannot-overfit-batch, loss-nonfinite, training-crashed)
@@ -112,6 +179,8 @@ class Finding:
                "title": self.title, "evidence": jsonable(self.evidence), "fix": self.fix,
                "probes": list(self.probes), "plots": list(self.plots), "treatment": jsonable(self.treatment)}
         out["status"] = {True: "confirmed", False: "treatment-failed", None: "suspected"}[self.confirmed]
+        if self.treatment_note:
+            out["treatment_note"] = self.treatment_note
         return out
 
 

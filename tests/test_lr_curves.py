@@ -120,15 +120,12 @@ def test_geometric_median():
     assert curves.geometric_median([]) is None
 
 
-def test_schedule_is_exponential_and_speeds_up_to_beat_its_deadline():
-    import time
-
+def test_schedule_is_exponential_and_the_same_on_any_machine():
     from nandoctor.probes.lr_sweep import Schedule
 
     plain = list(Schedule(1e-7, 10.0, 50))
     assert len(plain) == 50 and plain[0] == pytest.approx(1e-7) and plain[-1] == pytest.approx(10.0)
-    late = list(Schedule(1e-7, 10.0, 50, deadline=time.perf_counter() - 1.0))
-    assert len(late) <= 2 and late[-1] == pytest.approx(10.0)   # out of time: the whole range anyway
+    assert all(b / a == pytest.approx(plain[1] / plain[0]) for a, b in zip(plain, plain[1:]))
 
 
 def test_a_loss_that_runs_below_zero_is_unbounded_not_better():

@@ -68,7 +68,8 @@ def test_nan_after_divergence_is_a_symptom():
 
 def test_finite_run_triggers_nothing():
     report = battery(make_patient(), probes=PROBES)
-    assert report.probes["nonfinite"].metrics == {"triggered": False}
+    metrics = report.probes["nonfinite"].metrics
+    assert metrics.triggered is False and metrics.birth is None and metrics.replayed_steps is None
     assert "nonfinite-source" not in codes(report)
 
 

@@ -15,7 +15,8 @@ class CannotOverfitBatch(Diagnosis):
     role = "symptom"
     generic = True
     requires = ("overfit",)
-    thresholds = {"critical_below_drop": 0.25, "warning_below_drop": 0.9}
+    thresholds = {"critical_below_drop": 0.25, "warning_below_drop": 0.9,
+                  "still_learning_drop": 0.1}  # the second half of the run still took 10% of the start off
     fix = ("Check that every layer is trainable and in the optimizer, that the loss matches the model's "
            "outputs, and that the learning rate is in the useful range (run `nandoctor lr-sweep`).")
     doc = """
@@ -32,7 +33,10 @@ class CannotOverfitBatch(Diagnosis):
 
     ## Evidence
     Initial and final loss on the batch, the relative drop, the batch accuracy, the number of steps,
-    the learning rate, and the loss curve (plots/overfit.png).
+    the learning rate, and the loss curve (plots/overfit.png). A run whose loss was still falling
+    clearly over its second half (`still_learning_drop` of the initial loss) is not flagged at any
+    step count: a large model or a careful learning rate memorises slowly, and the verdict must be the
+    same whether the budget allowed 30 steps or 300.
 
     ## Fix
     Look at the findings ranked above this one: they usually name the cause. Otherwise check the
@@ -57,11 +61,14 @@ class CannotOverfitBatch(Diagnosis):
         drop = (initial - tail) / abs(initial) if initial else 0.0
         if drop >= self.thresholds["warning_below_drop"]:
             return None
+        late = m.get("late_drop")
+        if late is not None and late >= self.thresholds["still_learning_drop"] and drop >= 0:
+            return None  # still learning when the probe stopped: slow to memorise is not unable to
         severity = "critical" if drop < self.thresholds["critical_below_drop"] else "warning"
         confidence = 0.9 if drop < 0.05 else 0.75 if drop < self.thresholds["critical_below_drop"] else 0.5
         evidence = {"initial_loss": initial, "final_loss": m.get("final_loss"), "tail_loss": tail,
                     "relative_drop": drop, "accuracy": m.get("accuracy"), "steps": m.get("steps"),
-                    "lr": m.get("lr"), "batch_size": m.get("batch_size")}
+                    "lr": m.get("lr"), "batch_size": m.get("batch_size"), "late_drop": late}
         return self.finding(confidence, evidence, severity=severity, plots=r.plots,
                             title=f"The model cannot memorise a single batch (loss {initial:.4g} -> {tail:.4g} "
                                   f"in {m.get('steps')} steps)")

@@ -12,6 +12,7 @@ skipped when the model has no BatchNorm.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 import math
 import types
 
@@ -19,9 +20,10 @@ import torch
 from torch import nn
 
 from nandoctor.patient import clone_module
+from nandoctor.planning import StepNeed
 from nandoctor.probes import Probe, ProbeContext
 from nandoctor.probes.training import Run, train
-from nandoctor.records import ProbeResult
+from nandoctor.records import Metrics, ProbeResult
 from nandoctor.report import gradplots, plots
 
 BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
@@ -90,12 +92,38 @@ def eval_loss(patient, model: nn.Module, batch, train_mode: bool = False) -> flo
         return None
 
 
+@dataclass
+class BatchNormMetrics(Metrics):
+    batch_size: int | None = None
+    larger_batch: int | None = None
+    values_per_channel: dict | None = None   # per BatchNorm layer: values each channel's statistics average over
+    min_values_per_channel: int | None = None
+    bn_layers: int | None = None
+    steps: int | None = None
+    eval_batch: int | None = None
+    variants: dict | None = None             # as configured / frozen BN / a larger batch: run summary, eval loss
+    initial_eval_loss: float | None = None
+
+
 class BatchNormFreeze(Probe):
+    metrics_type = BatchNormMetrics
     name = "bn_freeze"
     title = "BatchNorm: as configured vs frozen vs a larger batch"
     order = 45
-    weight = 1.0
     needs_pairs = True
+    priority = 50
+    stream_cost = 1.2   # a streamed batch against the fixed one the warm-up timed
+
+    def need(self, ctx: ProbeContext) -> StepNeed | None:
+        """Three short trainings (as configured, frozen BN, a larger batch); nothing without BatchNorm."""
+        try:
+            if not has_batchnorm(ctx.patient.new_model()):
+                return None
+        except Exception:
+            return None
+        # the larger batch costs up to its size ratio a step (less for small models, whose steps are overhead)
+        bigger = min(4.0, LARGER_BATCH / max(1, ctx.patient.batch_size)) if ctx.patient.batch_size < LARGER_BATCH else 0.0
+        return StepNeed(min=MIN_STEPS, ideal=MAX_STEPS, cost=self.stream_cost * (2 + bigger), fixed=4.0)
 
     def run(self, ctx: ProbeContext) -> ProbeResult:
         patient = ctx.patient
@@ -103,8 +131,6 @@ class BatchNormFreeze(Probe):
         probe_model = patient.new_model()
         if not has_batchnorm(probe_model):
             return self.result(status="skipped", reason="the model has no BatchNorm layer")
-        if ctx.seconds < ctx.step_time * 3 * MIN_STEPS * 0.5:
-            return self.result(status="skipped", reason="too little time for the three short trainings")
         bs = patient.batch_size
         per_channel = values_per_channel(patient, probe_model, patient.fixed_batch(size=bs))
         # 2. the variants
@@ -114,12 +140,14 @@ class BatchNormFreeze(Probe):
         if larger:
             variants[f"batch {larger}"] = (patient, larger)
         steps = ctx.steps(share=0.85 / len(variants), lo=MIN_STEPS, hi=MAX_STEPS, per_step=ctx.step_time * 1.2)
+        ctx.progress(0, steps * len(variants))
         held_out = patient.fixed_batch(size=EVAL_BATCH, offset=97)
         # 3. train each, score each in eval mode on the same held-out batch
         runs, models, scores = {}, {}, {}
-        for i, (label, (variant, size)) in enumerate(variants.items()):
-            share_end = ctx.started + ctx.seconds * 0.9 * (i + 1) / len(variants)
-            runs[label], models[label] = self._train(variant, size, steps, share_end)
+        for label, (variant, size) in variants.items():
+            runs[label], models[label] = self._train(variant, size, steps, ctx.deadline)
+            ctx.require(runs[label])
+            ctx.progress(steps, None)
             scores[label] = eval_loss(patient, models[label], held_out) if not runs[label].error else None
         metrics = {"batch_size": bs, "larger_batch": larger, "values_per_channel": per_channel,
                    "min_values_per_channel": min(per_channel.values()) if per_channel else None,

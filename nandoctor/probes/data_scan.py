@@ -72,7 +72,7 @@ class DataScan(Probe):
     name = "data_scan"
     title = "Scan the training data"
     order = 8
-    weight = 1.5
+    share = 0.15
 
     def run(self, ctx: ProbeContext) -> ProbeResult:
         scan = Scan(ctx)

@@ -46,11 +46,9 @@ def train_many(patient, models: list[nn.Module], batches: list[Any], steps: int,
         except Exception:  # vmap refused the model (data-dependent control flow, in-place ops, ...)
             pass
     runs = []
-    for i, model in enumerate(models):
-        # 1. an equal share of the time left for each model still to train
-        share = None if deadline is None else time.perf_counter() + (deadline - time.perf_counter()) / (len(models) - i)
+    for model in models:  # the same steps for each: the deadline is a stop, not a share
         optimizer = patient.make_optimizer(model)
-        runs.append(train(patient, model, optimizer, BatchList(batches), steps, deadline=share))
+        runs.append(train(patient, model, optimizer, BatchList(batches), steps, deadline=deadline))
     return runs, "sequential"
 
 

@@ -8,22 +8,25 @@ overfit probe cannot see this (any model memorises one batch, random labels or n
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 import math
 
 import torch
 from torch.utils.data import DataLoader, Subset
 
 from nandoctor.patient import split_batch, to_device
+from nandoctor.planning import StepNeed
 from nandoctor.probes import Probe, ProbeContext
 from nandoctor.probes.ensemble import BatchList
 from nandoctor.probes.training import train
-from nandoctor.records import ProbeResult
+from nandoctor.records import Metrics, ProbeResult
 
 POOL = 256           # training samples the model is fitted on (half the set when it is smaller)
 HELD_OUT = 256       # unseen samples it is scored on (the val set when the config has one)
 MIN_SAMPLES = 64     # below this many training samples the split says nothing
 MIN_STEPS, MAX_STEPS = 30, 200
-TRAIN_SHARE = 0.8    # share of the probe's time for the training; the rest scores before and after
+TRAIN_SHARE = 0.8    # without a plan: share of the probe's time for the training; the rest scores before and after
+SCORE_PASSES = 8     # the four scoring passes (pool and held-out, before and after), in training-step equivalents
 
 
 def score(patient, model: torch.nn.Module, dataset) -> float:
@@ -43,12 +46,28 @@ def score(patient, model: torch.nn.Module, dataset) -> float:
     return total / max(1, count)
 
 
+@dataclass
+class GeneraliseMetrics(Metrics):
+    pool_samples: int | None = None
+    held_out_samples: int | None = None
+    held_out_from: str | None = None
+    steps: int | None = None
+    epochs_over_pool: float | None = None
+    pool_loss_before: float | None = None
+    pool_loss_after: float | None = None
+    held_out_loss_before: float | None = None
+    held_out_loss_after: float | None = None
+    finite: bool | None = None
+
+
 class Generalise(Probe):
+    metrics_type = GeneraliseMetrics
     name = "generalise"
     title = "Fit a pool of samples, score unseen ones"
     order = 58
-    weight = 0.8
     needs_pairs = True
+    priority = 60
+    steps = StepNeed(min=MIN_STEPS, ideal=MAX_STEPS, cost=1.1, fixed=SCORE_PASSES)
 
     def run(self, ctx: ProbeContext) -> ProbeResult:
         p = ctx.patient
@@ -82,6 +101,7 @@ class Generalise(Probe):
         ctx.progress(0, steps)
         run = train(p, model, optimizer, BatchList(batches), steps, deadline=ctx.deadline,
                     progress=lambda k: ctx.progress(k, None))
+        ctx.require(run)
         if run.error:
             return self.result(status="failed", error=run.error)
         try:

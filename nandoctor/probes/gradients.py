@@ -11,15 +11,17 @@ gradient per weight layer over the early steps, input side first).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 import math
 import statistics
 
 from torch import nn
 
+from nandoctor.planning import StepNeed
 from nandoctor.probes import Probe, ProbeContext
 from nandoctor.probes.instrument import Recorder
 from nandoctor.probes.training import train
-from nandoctor.records import ProbeResult
+from nandoctor.records import Metrics, ProbeResult
 from nandoctor.report import gradplots, plots
 
 MIN_STEPS = 20            # own run: fewer steps say little about growth
@@ -84,11 +86,39 @@ def depth_ratio(profile: list[float | None]) -> float | None:
     return profile[0] / later if later > 0 else None
 
 
+@dataclass
+class GradientsMetrics(Metrics):
+    source: str | None = None               # "overfit" (its recording reused) or "own run"
+    steps: int | None = None
+    grad_norm_initial: float | None = None  # median total gradient norm over the first steps
+    grad_norm_peak: float | None = None
+    grad_norm_final: float | None = None
+    growth: float | None = None             # peak / initial
+    nonfinite_grad_step: int | None = None
+    nonfinite_grad: dict | None = None
+    nonfinite_loss_step: int | None = None
+    initial_loss: float | None = None
+    final_loss: float | None = None
+    layers: list | None = None              # weight layers, input side first
+    depth_profile: list | None = None       # RMS gradient per weight layer over the early steps
+    depth_ratio: float | None = None        # first layer over the largest hidden one
+    total_grad_norms: list | None = None
+
+
 class Gradients(Probe):
+    metrics_type = GradientsMetrics
     name = "gradients"
     title = "Gradient health by layer and step"
     order = 25
-    weight = 0.3
+    steps = StepNeed(min=MIN_STEPS, ideal=MAX_STEPS, cost=1.15)
+    priority = 30
+
+    def need(self, ctx: ProbeContext) -> StepNeed | None:
+        """Nothing to plan when the overfit probe runs: its recording is reused."""
+        reused = ctx.evidence.ok("overfit")
+        if reused is not None and isinstance(reused.data.get("recorder"), Recorder):
+            return None
+        return None if "overfit" in ctx.selected and "overfit" not in ctx.evidence else self.steps
 
     def run(self, ctx: ProbeContext) -> ProbeResult:
         # 1. the overfit probe's recording when it exists, else a short run of our own
@@ -130,6 +160,7 @@ class Gradients(Probe):
                         progress=lambda n: ctx.progress(n, steps))
         finally:
             rec.detach()
+        ctx.require(run)
         return rec, run, "own run"
 
     def _plot(self, ctx: ProbeContext, rec: Recorder, order: list[str], layers: list[str], profile) -> list[str]:

@@ -12,18 +12,20 @@ scheme gives the activation and gradient profiles by depth.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 import math
 from typing import Callable
 
 import torch
 from torch import nn
 
+from nandoctor.planning import StepNeed
 from nandoctor.probes import Probe, ProbeContext
 from nandoctor.probes.bn_freeze import eval_loss
 from nandoctor.probes.ensemble import train_many
 from nandoctor.probes.gradients import param_counts, weight_layers
 from nandoctor.probes.instrument import Recorder
-from nandoctor.records import ProbeResult
+from nandoctor.records import Metrics, ProbeResult
 from nandoctor.report import gradplots, plots
 
 MIN_STEPS = 15          # fewer steps cannot separate a slow start from a bad one
@@ -138,19 +140,40 @@ def profile(patient, model: nn.Module, batch) -> dict:
     return {"layers": layers, "activation_std": acts, "grad_rms": grads, "initial_loss": float(loss.detach())}
 
 
+@dataclass
+class InitMetrics(Metrics):
+    schemes: dict | None = None          # per init scheme: the run's losses summary and the held-out loss
+    best_standard: str | None = None
+    mode: str | None = None              # ensemble | sequential
+    steps: int | None = None
+    user_is_default: bool | None = None
+    user_std_over_default: dict | None = None
+    profiles: dict | None = None         # activation std and RMS gradient by depth at init, per scheme
+    errors: dict | None = None
+
+
 class InitCompare(Probe):
+    metrics_type = InitMetrics
     name = "init"
     title = "Compare the initialisation with standard ones"
     order = 40
-    weight = 1.2
     needs_pairs = True
+    priority = 40
+
+    def need(self, ctx: ProbeContext) -> StepNeed | None:
+        """One short training per init scheme (five, trained one after another on CPU), plus the profiles."""
+        try:
+            if not applies(ctx.patient.new_model()):
+                return None  # nothing to plan: the probe says so at once
+        except Exception:
+            return None
+        k = 1 + len(STANDARD)
+        return StepNeed(min=MIN_STEPS, ideal=MAX_STEPS, cost=float(k), fixed=2.0 * k)
 
     def run(self, ctx: ProbeContext) -> ProbeResult:
         patient = ctx.patient
         # 1. one fresh model per scheme, from the same seed
         schemes = ("as configured",) + STANDARD
-        if ctx.seconds < ctx.step_time * len(schemes) * MIN_STEPS * 0.5:
-            return self.result(status="skipped", reason="too little time for one short training per init scheme")
         models = {"as configured": patient.new_model()}
         if not applies(models["as configured"]):
             return self.result(status="skipped", reason="the model has no Linear/Conv/recurrent layer to initialise")
@@ -174,6 +197,8 @@ class InitCompare(Probe):
         runs, mode = train_many(patient, list(models.values()), batches, steps, deadline=ctx.deadline,
                                 batched=batched)
         runs = dict(zip(models, runs))
+        for r in runs.values():
+            ctx.require(r)
         errors = {s: r.error for s, r in runs.items() if r.error}
         if "as configured" in errors:
             return self.result(status="failed", error=errors["as configured"])

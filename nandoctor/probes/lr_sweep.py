@@ -4,8 +4,9 @@ A fresh model is trained with the user's own step and optimizer on the user's
 batches while the learning rate grows exponentially from ``min_lr`` to ``max_lr``
 (set through ``optimizer.param_groups``, so any ``torch.optim`` optimizer works).
 The sweep stops as soon as the loss diverges (non-finite, or the smoothed loss
-far above its best); on a machine slower than planned the schedule speeds up so
-the whole range is still covered. The curve is read by the pure functions of
+far above its best). Its points are planned in steps (30 at least, 100 when time
+allows); a sweep that its deadline stops before the end of the range has not
+covered it and is inconclusive, never read. The curve is read by the pure functions of
 ``nandoctor.curves``. Batches holding NaN/Inf are skipped (the data scan's business).
 
 Then, when the user's LR is 10x or more away from the suggestion, the *check*:
@@ -30,9 +31,10 @@ from torch.utils.data import TensorDataset
 
 from nandoctor import curves
 from nandoctor.patient import preserved_rng, to_device
-from nandoctor.probes import Probe, ProbeContext
+from nandoctor.planning import StepNeed
+from nandoctor.probes import Inconclusive, Probe, ProbeContext
 from nandoctor.probes.training import Run, error_record, train
-from nandoctor.records import ProbeResult
+from nandoctor.records import Metrics, ProbeResult
 
 DEFAULT_MIN_LR = 1e-7     # the sweep's lowest LR (the CLI's --min-lr default)
 DEFAULT_MAX_LR = 10.0     # the sweep's highest LR (--max-lr)
@@ -42,7 +44,7 @@ STEP_COST = 1.2           # a streamed batch costs a little more than the fixed 
 MAX_BAD_IN_A_ROW = 16     # give up when this many batches in a row hold non-finite values
 CHECK_STEPS = 20          # steps of each short constant-LR run (user's LR vs the suggestion) from the same init
 CHECK_MIN_STEPS = 8       # below this the check is not run (no time)
-CHECK_SHARE = 0.35        # share of the probe's steps kept for the three check runs (LR 0, user, suggestion)
+CHECK_COST = 0.6          # the three check runs (LR 0, user, suggestion), per sweep point, in steps
 SUGGESTION_TRAINS_DROP = 0.25  # the suggestion "trains" when its check run's loss falls by 25% or more
 CHECK_RATIO = 10.0        # the check runs only when the user's LR is 10x above or below the suggestion
 TAIL_SHARE = 0.25         # a check run's end loss is the mean of its last quarter of steps
@@ -96,27 +98,14 @@ def _batches(patient):
 
 
 class Schedule:
-    """Exponential LRs from ``min_lr`` to ``max_lr`` in ``steps`` points, that speed up to beat a deadline.
+    """Exponential LRs from ``min_lr`` to ``max_lr`` in ``steps`` points: the same points on any machine."""
 
-    Without a deadline it is the plain schedule. With one, each LR is set by the larger of the
-    step fraction and the time fraction, so a machine slower than planned still sweeps the
-    whole range (with fewer points) instead of stopping half-way at tiny LRs.
-    """
-
-    def __init__(self, min_lr: float, max_lr: float, steps: int, deadline: float | None = None):
+    def __init__(self, min_lr: float, max_lr: float, steps: int):
         self.lo, self.span, self.steps = math.log(min_lr), math.log(max_lr / min_lr), max(2, steps)
-        self.start, self.deadline = time.perf_counter(), deadline
 
     def __iter__(self):
-        i = 0
-        while True:
-            frac = i / (self.steps - 1)
-            if self.deadline is not None:
-                frac = max(frac, (time.perf_counter() - self.start) / max(self.deadline - self.start, 1e-9))
-            yield math.exp(self.lo + min(frac, 1.0) * self.span)
-            if frac >= 1.0:
-                return
-            i += 1
+        for i in range(self.steps):
+            yield math.exp(self.lo + i / (self.steps - 1) * self.span)
 
 
 def _tensor_batches(patient):
@@ -143,7 +132,10 @@ def sweep(patient, min_lr: float = DEFAULT_MIN_LR, max_lr: float = DEFAULT_MAX_L
         optimizer = patient.make_optimizer(model, lr=min_lr)
         stream, watch = _batches(patient), curves.DivergenceWatch()
         # 2. one step per LR; stop at divergence, at max_lr, or when the user's code raises
-        for lr in Schedule(min_lr, max_lr, steps, deadline):
+        for lr in Schedule(min_lr, max_lr, steps):
+            if deadline is not None and time.perf_counter() > deadline:
+                out.stopped = "deadline"
+                break
             batch = _next_finite(stream, out)
             if batch is None:
                 out.stopped = "bad-data"
@@ -247,7 +239,7 @@ def check_lrs(patient, lrs: dict[str, float], steps: int, deadline: float | None
     measured against a run at LR 0 (the untrained model's loss on those batches; pass one to reuse it)."""
     baseline = baseline if baseline is not None else _constant_lr_run(patient, 0.0, steps, deadline)
     runs = {label: _constant_lr_run(patient, lr, steps, deadline) for label, lr in lrs.items()}
-    if any(r.stopped == "deadline" and r.steps < CHECK_MIN_STEPS for r in [baseline, *runs.values()]):
+    if any(r.stopped == "deadline" for r in [baseline, *runs.values()]):
         return {}  # cut short by the clock: no verdict is better than a wrong one
     out = {label: {"lr": lrs[label], **run_summary(run, baseline)} for label, run in runs.items()}
     out["_baseline"] = baseline
@@ -282,21 +274,15 @@ def worth_checking(user_lr: float | None, suggested_lr: float | None) -> bool:
     return ratio >= CHECK_RATIO or ratio <= 1 / CHECK_RATIO
 
 
-def fit_check(ctx: ProbeContext, planned: int, run: Sweep) -> int:
-    """Steps per check run that fit the time left, at the step time the sweep just measured; 0: skip the check."""
-    per_step = run.seconds / max(1, len(run.losses)) if run.losses else ctx.step_time * STEP_COST
-    fit = int(ctx.time_left() / max(3 * per_step, 1e-9))
-    steps = min(planned, fit)
-    return steps if steps >= CHECK_MIN_STEPS else 0
-
-
 def plan_steps(ctx: ProbeContext, requested: int | None) -> tuple[int, int]:
-    """(sweep points, steps per check run) that fit the probe's allowance."""
-    total = ctx.steps(lo=MIN_STEPS, hi=MAX_STEPS + 3 * CHECK_STEPS, per_step=ctx.step_time * STEP_COST)
-    check = min(CHECK_STEPS, int(total * CHECK_SHARE / 3))
-    check = check if check >= CHECK_MIN_STEPS else 0
-    points = requested or max(MIN_STEPS, min(MAX_STEPS, total - 3 * check))
-    return points, check
+    """(sweep points, steps per check run): the planned points, and check runs a fifth as long (8 to 20 steps)."""
+    if requested:
+        points = requested
+    elif ctx.planned_steps is not None:
+        points = ctx.planned_steps
+    else:  # no plan (a direct call): what fits the allowance
+        points = ctx.steps(lo=MIN_STEPS, hi=MAX_STEPS, per_step=ctx.step_time * (STEP_COST + CHECK_COST))
+    return points, min(CHECK_STEPS, max(CHECK_MIN_STEPS, points // 5))
 
 
 def summary_line(m: dict) -> str:
@@ -311,11 +297,47 @@ def summary_line(m: dict) -> str:
     return f"suggested LR {m['suggested_lr']:.3g} ({m.get('suggested_by') or 'valley'}{spread}); {div}{user}"
 
 
+@dataclass
+class LRSweepMetrics(Metrics):
+    suggested_lr: float | None = None        # SPEC: always present, null when there is none
+    suggested_by: str | None = None
+    suggestions: dict | None = None          # each curve rule's LR
+    divergence_lr: float | None = None       # SPEC: always present, null when there is none
+    divergence_kind: str | None = None
+    reason: str | None = None                # why there is no suggestion
+    best_loss: float | None = None
+    best_lr: float | None = None
+    initial_loss: float | None = None
+    useful_range: list | None = None
+    spread_decades: float | None = None
+    user_lr: float | None = None
+    user_lr_position: str | None = None
+    loss_at_user_lr: float | None = None
+    drop_at_user_lr: float | None = None
+    min_lr: float | None = None
+    max_lr: float | None = None
+    steps: int | None = None
+    steps_planned: int | None = None
+    stopped: str | None = None
+    last_lr: float | None = None
+    skipped_nonfinite_batches: int | None = None
+    optimizer: str | None = None
+    error_at_lr: dict | None = None
+    check: dict | None = None                # the constant-LR runs: untrained, the user's LR, the suggestion
+
+
 class LRSweep(Probe):
+    metrics_type = LRSweepMetrics
     name = "lr_sweep"
     title = "Sweep the learning rate"
     order = 40
-    weight = 1.5
+    priority = 20
+    steps = StepNeed(min=MIN_STEPS, ideal=MAX_STEPS, cost=STEP_COST + CHECK_COST, fixed=6.0)
+
+    def need(self, ctx: ProbeContext) -> StepNeed | None:
+        """The battery's sweep, or exactly the points ``--steps`` asked for."""
+        asked = int((ctx.options or {}).get("steps") or 0)
+        return StepNeed(min=asked, ideal=asked, cost=self.steps.cost, fixed=self.steps.fixed) if asked else self.steps
 
     def run(self, ctx: ProbeContext) -> ProbeResult:
         patient, opts = ctx.patient, ctx.options or {}
@@ -325,8 +347,11 @@ class LRSweep(Probe):
         steps, check_steps = plan_steps(ctx, int(opts["steps"]) if opts.get("steps") else None)
         ctx.progress(0, steps + 3 * check_steps)
         # 2. sweep and read the curve
-        sweep_until = ctx.started + ctx.seconds * (1 - CHECK_SHARE if check_steps else 1.0)
-        run = sweep(patient, min_lr, max_lr, steps, deadline=sweep_until, progress=lambda n: ctx.progress(n, None))
+        run = sweep(patient, min_lr, max_lr, steps, deadline=ctx.deadline, progress=lambda n: ctx.progress(n, None))
+        if run.stopped == "deadline":
+            raise Inconclusive(f"stopped by its deadline at LR {run.lrs[-1] if run.lrs else min_lr:.3g}, "
+                               f"after {len(run.losses)} of {steps} points: the range was not covered; "
+                               f"run with a larger --budget")
         if run.error and not run.losses:
             return self.result(status="failed", error={**run.error, "phase": "LR sweep"})
         reading = curves.read_sweep(run.lrs, run.losses)
@@ -336,7 +361,6 @@ class LRSweep(Probe):
                                       "message": run.error.get("message")}
         # 3. the user's LR against the suggestion: two short runs from the same init
         check = {}
-        check_steps = fit_check(ctx, check_steps, run)
         if check_steps and worth_checking(patient.lr, reading.suggested_lr):
             check = check_lrs(patient, {"user": patient.lr, "suggested": reading.suggested_lr}, check_steps,
                               deadline=ctx.deadline)

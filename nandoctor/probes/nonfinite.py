@@ -11,6 +11,7 @@ It does nothing (and costs nothing) when the run stayed finite.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 import re
 import time
 import traceback
@@ -23,10 +24,11 @@ from torch.nn.modules import module as module_hooks
 from torch.overrides import TorchFunctionMode, resolve_name
 
 from nandoctor.loading import display_path, is_user_file
-from nandoctor.probes import Probe, ProbeContext
+from nandoctor.planning import StepNeed
+from nandoctor.probes import Inconclusive, Probe, ProbeContext
 from nandoctor.probes.instrument import tensor_stats
 from nandoctor.probes.training import error_record
-from nandoctor.records import ProbeResult
+from nandoctor.records import Metrics, ProbeResult
 
 EXTRA_STEPS = 5   # checked steps past the recorded one, in case the replay drifts (dropout draws)
 ANOMALY = re.compile(r"Function '(\w+)' returned nan values in its (\d+)\w* output")
@@ -142,24 +144,50 @@ def anomaly_birth(exc: BaseException, caught: list) -> dict | None:
             "output_index": int(m.group(2))}
 
 
+@dataclass
+class NonFiniteMetrics(Metrics):
+    triggered: bool | None = None       # the overfit probe saw a non-finite value
+    recorded_step: int | None = None    # the step it saw it at
+    replayed_steps: int | None = None
+    birth: dict | None = None           # the op/module and the user's line where the first NaN/Inf was born
+    step: int | None = None
+    stopped: str | None = None
+    error: dict | None = None
+
+
 class NonFinite(Probe):
+    metrics_type = NonFiniteMetrics
     name = "nonfinite"
     title = "Find the op where the first NaN/Inf is born"
     order = 25
-    weight = 0.5
+    replay_cost = 3.0   # a checked step (anomaly mode, hooks on every module) against a plain one
+
+    def need(self, ctx: ProbeContext) -> StepNeed | None:
+        """Known once the overfit probe ran: replay up to the recorded step, then check a few more."""
+        target = self._target(ctx)
+        if target is None:
+            return None
+        return StepNeed(min=target + 1, ideal=target + EXTRA_STEPS + 1, cost=1.0, fixed=self.replay_cost * 2)
+
+    @staticmethod
+    def _target(ctx: ProbeContext) -> int | None:
+        overfit = ctx.evidence.ok("overfit")
+        if overfit is None:
+            return None
+        run, rec = overfit.data.get("run"), overfit.data.get("recorder")
+        steps = [s for s in (run.nonfinite_step if run else None,
+                             (rec.nonfinite_forward or {}).get("step") if rec else None,
+                             (rec.nonfinite_grad or {}).get("step") if rec else None) if s is not None]
+        return min(steps) if steps else None
 
     def run(self, ctx: ProbeContext) -> ProbeResult:
         # 1. only when the overfit probe saw a non-finite value
         overfit = ctx.evidence.ok("overfit")
         if overfit is None:
             return self.result(status="skipped", reason="the overfit probe did not run")
-        run, rec = overfit.data.get("run"), overfit.data.get("recorder")
-        steps = [s for s in (run.nonfinite_step if run else None,
-                             (rec.nonfinite_forward or {}).get("step") if rec else None,
-                             (rec.nonfinite_grad or {}).get("step") if rec else None) if s is not None]
-        if not steps:
+        target = self._target(ctx)
+        if target is None:
             return self.result(metrics={"triggered": False})
-        target = min(steps)
         # 2. replay up to the step, then check every call from there
         patient = ctx.patient
         model = patient.new_model()
@@ -167,7 +195,7 @@ class NonFinite(Probe):
         batch = patient.fixed_batch()
         metrics: dict = {"triggered": True, "recorded_step": target, "birth": None, "step": None}
         done = 0
-        for i in range(target + EXTRA_STEPS + 1):
+        for i in range(max(target + 1, ctx.planned_steps or target + EXTRA_STEPS + 1)):
             if time.perf_counter() > ctx.deadline:
                 metrics["stopped"] = "deadline"
                 break
@@ -185,6 +213,9 @@ class NonFinite(Probe):
                 metrics.update(birth=birth, step=i)
                 break
         metrics["replayed_steps"] = done
+        if metrics.get("stopped") == "deadline" and done <= target:
+            raise Inconclusive(f"stopped by its deadline after replaying {done} of the {target + 1} steps "
+                               f"up to the first non-finite value; run with a larger --budget")
         return self.result(metrics=metrics)
 
     @staticmethod

@@ -19,6 +19,7 @@ the fixed batch it measures:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 import math
 import warnings
 from typing import Any
@@ -30,7 +31,7 @@ from torch.overrides import TorchFunctionMode
 from nandoctor.patient import split_batch
 from nandoctor.probes import Probe, ProbeContext
 from nandoctor.probes.training import error_record
-from nandoctor.records import ProbeResult
+from nandoctor.records import Metrics, ProbeResult
 
 ROW_SUM_TOL = 1e-3      # |sum_c p - 1| (or |logsumexp - 0|) below this: rows are normalised
 LOGPROB_MAX = 1e-4      # log-probabilities are <= 0 (up to rounding)
@@ -320,11 +321,33 @@ def batch_scaling(patient, model) -> dict:
     return {"scale_batches": [quarter, 2 * quarter, 4 * quarter], "scale_losses": losses, "scale_ratios": ratios}
 
 
+@dataclass
+class OutputsMetrics(Metrics):
+    outputs: dict | None = None              # shape, kind (logits, probabilities, log-probabilities, ...)
+    output_op: str | None = None             # the op that produced them
+    last_module: dict | None = None
+    targets: dict | None = None
+    loss: dict | None = None                 # the loss callable's name and settings
+    loss_inputs_from: str | None = None      # model(inputs) or the user's train_step
+    initial_loss: float | None = None
+    loss_trace: dict | None = None           # the ops between the outputs and the loss
+    loss_warnings: list | None = None
+    loss_error: dict | None = None
+    trace_error: str | None = None
+    expected_initial_loss: float | None = None
+    scale_batches: list | None = None        # the batch-size scaling of the loss (sum vs mean)
+    scale_losses: list | None = None
+    scale_ratios: list | None = None
+    forward_error: dict | None = None
+    unsupported_output: str | None = None
+
+
 class Outputs(Probe):
+    metrics_type = OutputsMetrics
     name = "outputs"
     title = "Read the outputs and the loss at initialisation"
     order = 10
-    weight = 0.2
+    share = 0.03
     needs_pairs = True
 
     def run(self, ctx: ProbeContext) -> ProbeResult:

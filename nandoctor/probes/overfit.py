@@ -9,17 +9,22 @@ where the first non-finite value was born.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 
 from nandoctor.patient import split_batch
+from nandoctor.planning import StepNeed
 from nandoctor.probes import Probe, ProbeContext
 from nandoctor.probes.instrument import Recorder
 from nandoctor.probes.training import train
-from nandoctor.records import ProbeResult
+from nandoctor.records import Metrics, ProbeResult
 from nandoctor.report import plots
 
 MIN_STEPS = 30    # below this the verdict is too noisy to trust
 MAX_STEPS = 300   # a healthy small model memorises a batch well before this
+INSTRUMENT_COST = 1.15  # an instrumented step against a bare one (benchmarks/bench_instrument.py)
 MEMORISED_DROP = 0.9      # loss fell by 90% of its initial value ...
 MEMORISED_ACCURACY = 0.95  # ... or (classification) the batch is classified right
 
@@ -33,7 +38,7 @@ def batch_accuracy(patient, model, batch) -> float | None:
             return None
     else:
         inputs, targets = split_batch(batch)
-    if not isinstance(targets, torch.Tensor) or targets.is_floating_point() or targets.dim() != 1:
+    if not isinstance(targets, torch.Tensor) or targets.is_floating_point() or targets.dim() < 1:
         return None
     was_training = model.training
     try:
@@ -45,9 +50,33 @@ def batch_accuracy(patient, model, batch) -> float | None:
         model.train(was_training)
     if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
         out = out[0]  # (logits, extras...): the first output is the one scored
-    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != targets.shape[0] or out.shape[1] < 2:
+    if not isinstance(out, torch.Tensor) or out.dim() < 2:
         return None
-    return float((out.argmax(dim=1) == targets).float().mean())
+    if out.dim() == targets.dim() + 1 and out.shape[:-1] == targets.shape and out.shape[-1] >= 2 and out.dim() == 3:
+        predicted = out.argmax(dim=-1)      # [N, T, V] tokens against [N, T] labels (language models, taggers)
+    elif out.dim() == targets.dim() + 1 and out.shape[0] == targets.shape[0] and out.shape[2:] == targets.shape[1:] \
+            and out.shape[1] >= 2:
+        predicted = out.argmax(dim=1)       # [N, C, ...] scores against [N, ...] labels (CrossEntropyLoss's layout)
+    elif out.dim() == 2 and targets.dim() == 1 and out.shape[0] == targets.numel() and out.shape[1] >= 2:
+        predicted = out.argmax(dim=1)
+    else:
+        return None
+    scored = targets >= 0  # ignore_index labels (-100, padding) are not scored
+    if not bool(scored.any()):
+        return None
+    return float((predicted == targets)[scored].float().mean())
+
+
+def late_drop(losses: list[float]) -> float | None:
+    """How far the loss still fell over the second half of a run, as a share of its start: a run that is still
+    learning when it stops (a large model, a careful LR) is slow, not broken."""
+    finite = [x for x in losses if math.isfinite(x)]
+    if len(finite) < 8 or not finite[0]:
+        return None
+    half, k = len(finite) // 2, max(2, len(finite) // 10)
+    mid = sum(finite[half - k // 2: half - k // 2 + k]) / k
+    end = sum(finite[-k:]) / k
+    return (mid - end) / abs(finite[0])
 
 
 def memorised(initial: float | None, tail: float | None, accuracy: float | None) -> bool:
@@ -60,11 +89,32 @@ def memorised(initial: float | None, tail: float | None, accuracy: float | None)
     return False
 
 
+@dataclass
+class OverfitMetrics(Metrics):
+    steps: int | None = None              # steps run (the planned ones unless a NaN or an error stopped it)
+    planned_steps: int | None = None
+    initial_loss: float | None = None
+    final_loss: float | None = None
+    min_loss: float | None = None
+    tail_loss: float | None = None        # mean of the last tenth of the finite losses
+    late_drop: float | None = None        # how far the loss still fell over the second half, as a share of its start
+    stopped: str | None = None            # done | nonfinite | deadline | error
+    nonfinite_step: int | None = None
+    accuracy: float | None = None         # share of the batch classified right at the end (classification)
+    memorised: bool | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    nonfinite_forward: dict | None = None  # the first module whose output turned non-finite
+    nonfinite_grad: dict | None = None     # the first parameter whose gradient did
+    layers_without_grad: list | None = None
+
+
 class Overfit(Probe):
+    metrics_type = OverfitMetrics
     name = "overfit"
     title = "Overfit one batch"
     order = 20
-    weight = 2.0
+    steps = StepNeed(min=MIN_STEPS, ideal=MAX_STEPS, cost=INSTRUMENT_COST)
 
     def run(self, ctx: ProbeContext) -> ProbeResult:
         patient = ctx.patient
@@ -72,7 +122,7 @@ class Overfit(Probe):
         model = patient.new_model()
         optimizer = patient.make_optimizer(model)
         batch = patient.fixed_batch()
-        steps = ctx.steps(lo=MIN_STEPS, hi=MAX_STEPS, per_step=ctx.step_time * 1.15)
+        steps = ctx.steps(lo=MIN_STEPS, hi=MAX_STEPS, per_step=ctx.step_time * INSTRUMENT_COST)
         ctx.progress(0, steps)
         # 2. train with the recorder attached
         rec = Recorder(model)
@@ -82,12 +132,15 @@ class Overfit(Probe):
                         progress=lambda n: ctx.progress(n, None))
         finally:
             rec.detach()
+        ctx.require(run)
         # 3. did it memorise?
         acc = batch_accuracy(patient, model, batch)
-        metrics = {**run.to_metrics(), "accuracy": acc, "batch_size": patient.batch_size,
-                   "lr": patient.lr, "memorised": memorised(run.initial, run.tail(), acc),
-                   **{k: v for k, v in rec.summary().items() if k in ("nonfinite_forward", "nonfinite_grad",
-                                                                      "layers_without_grad")}}
+        summary = rec.summary()
+        metrics = OverfitMetrics(**run.to_metrics(), accuracy=acc, batch_size=patient.batch_size, lr=patient.lr,
+                                 memorised=memorised(run.initial, run.tail(), acc), planned_steps=steps,
+                                 late_drop=late_drop(run.losses), nonfinite_forward=summary.get("nonfinite_forward"),
+                                 nonfinite_grad=summary.get("nonfinite_grad"),
+                                 layers_without_grad=summary.get("layers_without_grad"))
         # 4. plot loss and gradient norms side by side
         path, rel = ctx.plot_path("overfit")
         if path is not None and run.losses:

@@ -28,7 +28,7 @@ from torch.nn.modules import module as module_hooks
 from nandoctor.patient import preserved_rng, split_batch
 from nandoctor.probes import Probe, ProbeContext
 from nandoctor.probes.training import error_record
-from nandoctor.records import ProbeResult
+from nandoctor.records import Metrics, ProbeResult
 
 TRACED_STEPS = 2          # two identical steps: enough to see fresh weights and accumulated gradients
 ZERO_GRAD_ATOL = 0.0      # a gradient tensor whose largest |value| is at most this counts as zero
@@ -218,11 +218,35 @@ def traced_step(patient, model: nn.Module, optimizer, batch, params: dict[int, n
 
 
 # --- the probe --------------------------------------------------------------------------------
+@dataclass
+class StructureMetrics(Metrics):
+    parameter_tensors: int | None = None
+    parameters: int | None = None
+    trainable_parameters: int | None = None
+    trainable_tensors: int | None = None
+    optimizer_error: dict | None = None
+    not_in_optimizer: list | None = None       # trainable parameters no param group holds
+    not_in_optimizer_count: int | None = None
+    not_in_optimizer_numel: int | None = None
+    step_error: dict | None = None
+    loss_requires_grad: bool | None = None
+    unregistered: dict | None = None           # modules/parameters that took part but are not registered
+    no_grad_path: list | None = None           # trainable parameters the loss does not reach
+    no_grad_path_numel: int | None = None
+    grads_at_step: dict | None = None
+    zero_grad_at_step: list | None = None
+    strided: list | None = None                # pool/conv strides larger than their kernels
+    accumulation: dict | None = None           # gradients that grow step over step (user train_step)
+    custom_train_step: bool | None = None
+    call_to_call_change: float | None = None   # the same input twice, eval mode: fresh layers differ
+
+
 class Structure(Probe):
+    metrics_type = StructureMetrics
     name = "structure"
     title = "Inspect the module tree, the optimizer and the autograd graph"
     order = 5
-    weight = 0.2
+    share = 0.03
 
     def run(self, ctx: ProbeContext) -> ProbeResult:
         patient = ctx.patient

@@ -10,16 +10,18 @@ Skipped when a fresh model gives the same outputs in both modes.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 import statistics
 
 import torch
 from torch import nn
 
 from nandoctor.patient import clone_module, split_batch
+from nandoctor.planning import StepNeed
 from nandoctor.probes import Probe, ProbeContext
 from nandoctor.probes.bn_freeze import eval_loss
 from nandoctor.probes.training import train
-from nandoctor.records import ProbeResult
+from nandoctor.records import Metrics, ProbeResult
 from nandoctor.report import gradplots, plots
 
 TRAIN_MODE_REPEATS = 3   # train-mode scores of the batch (their spread is the noise)
@@ -43,12 +45,41 @@ def mode_dependent(patient, model: nn.Module, batch) -> bool:
     return not torch.allclose(a.float(), b.float(), atol=SAME_OUTPUT_TOL, rtol=SAME_OUTPUT_TOL, equal_nan=True)
 
 
+@dataclass
+class TrainEvalMetrics(Metrics):
+    source: str | None = None
+    trained_steps: int | None = None
+    batch_size: int | None = None
+    initial_loss: float | None = None
+    train_mode_loss: float | None = None
+    train_mode_std: float | None = None
+    train_mode_losses: list | None = None
+    eval_mode_loss: float | None = None
+    mode_layers: list | None = None
+
+
 class TrainEval(Probe):
+    metrics_type = TrainEvalMetrics
     name = "train_eval"
     title = "Score one batch in train() and eval() mode"
     order = 46
-    weight = 0.4
     needs_pairs = True
+    priority = 70
+    steps = StepNeed(min=MIN_STEPS, ideal=MAX_STEPS, cost=1.1, fixed=TRAIN_MODE_REPEATS + 2)
+
+    def need(self, ctx: ProbeContext) -> StepNeed | None:
+        """Nothing to plan when the bn_freeze probe trains a model this one can reuse."""
+        if "bn_freeze" in ctx.selected and "bn_freeze" not in ctx.evidence:
+            try:
+                from nandoctor.probes.bn_freeze import has_batchnorm
+                if has_batchnorm(ctx.patient.new_model()):
+                    return None
+            except Exception:
+                return None
+        bn = ctx.evidence.ok("bn_freeze")
+        if bn is not None and (bn.data.get("models") or {}).get("as configured") is not None:
+            return None
+        return self.steps
 
     def run(self, ctx: ProbeContext) -> ProbeResult:
         patient = ctx.patient
@@ -69,6 +100,7 @@ class TrainEval(Probe):
             steps = ctx.steps(share=0.8, lo=MIN_STEPS, hi=MAX_STEPS, per_step=ctx.step_time * 1.1)
             loader = patient.loader(drop_last=len(patient.train_data) > patient.batch_size)
             run = train(patient, model, optimizer, loader, steps, deadline=ctx.deadline)
+            ctx.require(run)
             if run.error:
                 return self.result(status="failed", error=run.error)
             steps = run.steps

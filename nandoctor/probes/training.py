@@ -19,6 +19,32 @@ import torch
 from nandoctor.loading import display_path, user_frame
 
 
+class StepMeter:
+    """Durations of the training steps run since ``start()``: the step time re-measured as probes run."""
+
+    _active: "StepMeter | None" = None
+
+    def __init__(self):
+        self.durations: list[float] = []
+
+    @classmethod
+    def start(cls) -> "StepMeter":
+        cls._active = cls()
+        return cls._active
+
+    def stop(self) -> float | None:
+        """The median step duration (None when fewer than 3 steps ran)."""
+        if StepMeter._active is self:
+            StepMeter._active = None
+        d = sorted(self.durations)
+        return d[len(d) // 2] if len(d) >= 3 else None
+
+    @classmethod
+    def add(cls, seconds: float) -> None:
+        if cls._active is not None:
+            cls._active.durations.append(seconds)
+
+
 @dataclass
 class Run:
     losses: list[float] = field(default_factory=list)
@@ -78,6 +104,7 @@ def train(patient, model: torch.nn.Module, optimizer: torch.optim.Optimizer, bat
     stream = None if fixed else _cycle(batches, patient)
     for i in range(steps):
         batch = batches if fixed else next(stream)
+        t_step = time.perf_counter()
         try:
             loss = patient.step(model, optimizer, batch)
             value = float(loss)
@@ -85,6 +112,7 @@ def train(patient, model: torch.nn.Module, optimizer: torch.optim.Optimizer, bat
             run.error = error_record(exc, step=i)
             run.stopped = "error"
             break
+        StepMeter.add(time.perf_counter() - t_step)
         run.losses.append(value)
         if on_step:
             on_step(i, value)

@@ -1,0 +1,135 @@
+"""The budget planner: probes are planned in *steps*; the clock only decides which fit.
+
+Each training probe declares a ``StepNeed``: the fewest steps its verdict needs (``min``),
+the steps it takes when time allows (``ideal``) and what one of its steps costs in
+training-step equivalents (``cost``: K models trained side by side cost K). After the
+warm-up has measured the step time, ``plan`` picks one *tier* for the whole battery: a
+probe at tier k runs ``min * TIER_FACTORS[k]`` steps, capped at its ideal. Tiers are
+coarse (each doubles the steps), so a machine 30% slower than another plans the same
+steps unless it sits right at a boundary, and every verdict is defined at the minimum,
+so even then the same diagnosis comes out. A probe whose minimum does not fit is not run
+short: it is dropped, lowest priority first, and reported ``inconclusive`` with the
+steps it needed and the budget that would fit them.
+
+The functions here are pure (no clock, no torch): the pipeline feeds them the measured
+step time and the seconds left, and ``tests/test_planning.py`` feeds them numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+TIER_FACTORS = (1, 2, 4, 8, 16, 32)  # steps at tier k: min x factor, capped at the ideal
+SAFETY = 1.15        # the plan assumes a step costs this much more than measured (hooks, streamed batches)
+SLACK = 1.7          # a probe's own deadline: its planned seconds x this, so a machine that slows down still finishes
+GRACE = 3.0          # ... plus this many seconds (fixed costs: fresh models, plots)
+FIXED_SECONDS = 0.4  # planned per probe for what is not steps (fresh models, a plot)
+
+
+@dataclass(frozen=True)
+class StepNeed:
+    """What a probe's verdict needs, in training steps."""
+
+    min: int                 # fewest steps its verdict needs; below this it is inconclusive
+    ideal: int               # what it takes when time allows
+    cost: float = 1.0        # training-step equivalents per planned step (K models side by side: K)
+    fixed: float = 0.0       # training-step equivalents of fixed work (evaluation passes, profiles)
+
+    def steps_at(self, tier: int) -> int:
+        return min(self.ideal, self.min * TIER_FACTORS[min(tier, len(TIER_FACTORS) - 1)])
+
+    def top_tier(self) -> int:
+        """The lowest tier at which this probe already takes its ideal steps."""
+        for k in range(len(TIER_FACTORS)):
+            if self.steps_at(k) >= self.ideal:
+                return k
+        return len(TIER_FACTORS) - 1
+
+    def seconds(self, steps: int, step_time: float) -> float:
+        return (self.fixed + steps * self.cost) * step_time * SAFETY + FIXED_SECONDS
+
+
+@dataclass
+class Plan:
+    """The planner's answer: one tier, the steps of every kept probe, and what was dropped and why."""
+
+    tier: int
+    step_time: float
+    steps: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    dropped: dict[str, str] = field(default_factory=dict)   # probe -> the inconclusive reason
+    needed_seconds: float = 0.0   # what every planned probe needs at its minimum, at this step time
+
+    def to_json(self) -> dict:
+        return {"tier": self.tier, "step_seconds": self.step_time, "steps": dict(self.steps),
+                "planned_seconds": {k: round(v, 2) for k, v in self.seconds.items()},
+                "dropped": dict(self.dropped), "needed_seconds": round(self.needed_seconds, 1)}
+
+
+def suggest_budget(seconds: float) -> int:
+    """A round ``--budget`` that covers ``seconds``: the next multiple of 30 s (60 s past 300)."""
+    unit = 60 if seconds > 300 else 30
+    return int(math.ceil(max(seconds, 1.0) / unit) * unit)
+
+
+def plan(needs: dict[str, StepNeed], priority: list[str], step_time: float, available: float,
+         *, max_tier: int | None = None, extra_seconds: float = 0.0) -> Plan:
+    """The highest common tier at which every probe in ``needs`` fits ``available`` seconds.
+
+    ``priority`` orders the probes, most important first; when even the minimum of all does
+    not fit, the least important are dropped until the rest do. ``extra_seconds`` is what the
+    rest of the run needs whatever the plan (report, untrained probes): it only enters the
+    budget suggested for a run in which nothing is dropped.
+    """
+    step_time = max(step_time, 1e-6)
+    order = [n for n in priority if n in needs] + [n for n in needs if n not in priority]
+    top = max((needs[n].top_tier() for n in order), default=0)
+    top = top if max_tier is None else min(top, max_tier)
+
+    def total(names, tier):
+        return sum(needs[n].seconds(needs[n].steps_at(tier), step_time) for n in names)
+
+    minimum = total(order, 0)
+    result = Plan(tier=0, step_time=step_time, needed_seconds=minimum + extra_seconds)
+    kept = list(order)
+    for tier in range(top, -1, -1):
+        if total(kept, tier) <= available:
+            result.tier = tier
+            break
+    else:
+        # 1. not even the minimum of all fits: drop the least important until the rest do
+        while kept and total(kept, 0) > available:
+            name = kept.pop()
+            need = needs[name]
+            seconds = need.seconds(need.min, step_time)
+            result.dropped[name] = (f"needs at least {need.min} steps (about {seconds:.0f} s at "
+                                    f"{step_time:.3g} s a step); the budget left {max(0.0, available):.0f} s for "
+                                    f"the training probes. The full battery needs about "
+                                    f"{suggest_budget(result.needed_seconds)} s here: run with "
+                                    f"--budget {suggest_budget(result.needed_seconds)}")
+    for name in kept:
+        steps = needs[name].steps_at(result.tier)
+        result.steps[name] = steps
+        result.seconds[name] = needs[name].seconds(steps, step_time)
+    return result
+
+
+def replan(current: Plan, needs: dict[str, StepNeed], priority: list[str], step_time: float,
+           available: float) -> Plan:
+    """The plan for the probes still to run, at a step time re-measured as probes ran.
+
+    Never above the tier already chosen (a faster stretch does not add steps, so quiet and
+    busy machines agree); lower only when what is left no longer fits, and drop probes only
+    when their minimum does not.
+    """
+    remaining = {n: needs[n] for n in needs if n in current.steps}
+    fresh = plan(remaining, priority, max(step_time, current.step_time), available, max_tier=current.tier)
+    fresh.dropped = {**current.dropped, **fresh.dropped}
+    fresh.needed_seconds = current.needed_seconds
+    return fresh
+
+
+def deadline_seconds(planned_seconds: float) -> float:
+    """A probe's own time limit: its planned seconds with slack for a machine that slows down."""
+    return planned_seconds * SLACK + GRACE
