@@ -78,7 +78,8 @@ class RichProgress:
         task = self.tasks.get(name)
         if task is not None:
             total = self.bar.tasks[task].total or 1
-            mark = {"ok": "", "failed": " [red](failed)", "skipped": " [yellow](skipped)"}.get(result.status, "")
+            mark = {"ok": "", "failed": " [red](failed)", "skipped": " [yellow](skipped)",
+                    "inconclusive": " [yellow](inconclusive)"}.get(result.status, "")
             self.bar.update(task, total=total, completed=total,
                             description=self.bar.tasks[task].description + mark)
 
@@ -128,7 +129,10 @@ def run_command(config: Path, outdir: Path, budget: float, probes, device, seed,
     if report.findings:
         out.print(summary_table(report))
     else:
-        out.print("[green]verdict: healthy[/green] — no problem found.")
+        from nandoctor.report.markdown import healthy_sentence
+        out.print(f"[green]verdict: healthy[/green] — {healthy_sentence(report)}")
+    if report.plan.get("note"):
+        out.print(f"[yellow]inconclusive:[/yellow] {report.plan['note']}", highlight=False)
     for name, result in report.probes.items():  # one-line answers of probes that give one (the LR sweep's)
         if result.ok and result.metrics.get("summary"):
             out.print(f"{name}: {result.metrics['summary']}", markup=False, highlight=False)

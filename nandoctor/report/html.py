@@ -6,7 +6,7 @@ import base64
 from html import escape
 from pathlib import Path
 
-from nandoctor.report.markdown import fmt, status_of
+from nandoctor.report.markdown import fmt, healthy_sentence, status_of
 
 CSS = """
 body{font:15px/1.5 system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -43,8 +43,10 @@ def render(report, out: Path) -> str:
         parts.append(f"<p class=muted>device: {escape(str(facts['device_note']))}</p>")
     if report.interrupted:
         parts.append("<p><b>Interrupted:</b> this is a partial report.</p>")
+    if report.plan.get("note"):
+        parts.append(f"<p><b>Inconclusive:</b> {escape(str(report.plan['note']))}</p>")
     if not report.findings:
-        parts.append("<p>No problem found: the set-up trains as it should on every probe that ran.</p>")
+        parts.append(f"<p>{escape(healthy_sentence(report))}</p>")
     for i, f in enumerate(report.findings, 1):
         rows = "".join(f"<tr><th>{escape(str(k))}</th><td>{e(v)}</td></tr>" for k, v in f.evidence.items())
         parts.append(f"<div class='finding sev-{escape(f.severity)}'><h2>{i}. <code>{escape(f.code)}</code> "

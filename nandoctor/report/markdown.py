@@ -24,6 +24,15 @@ def status_of(finding) -> str:
     return {True: "confirmed by its cure", False: "cure tried, did not cure", None: "suspected"}[finding.confirmed]
 
 
+def healthy_sentence(report) -> str:
+    """What "no finding" means for this run: every probe ran, or only those that did say so."""
+    unjudged = [n for n, r in report.probes.items() if r.status == "inconclusive"]
+    if not unjudged:
+        return "No problem found: the set-up trains as it should on every probe that ran."
+    return (f"No problem found by the probes that ran; {', '.join(unjudged)} could not reach the steps their "
+            f"verdicts need in this budget, so what they check is not judged.")
+
+
 def render(report) -> str:
     lines = [f"# nandoctor report: {report.verdict.upper()}", ""]
     facts = report.patient
@@ -38,8 +47,11 @@ def render(report) -> str:
     if report.interrupted:
         lines.append("- **interrupted**: this is a partial report")
     lines.append("")
+    if report.plan.get("note"):
+        lines += [f"- **inconclusive**: {report.plan['note']}"]
+        lines.append("")
     if not report.findings:
-        lines += ["No problem found: the set-up trains as it should on every probe that ran.", ""]
+        lines += [healthy_sentence(report), ""]
     for i, f in enumerate(report.findings, 1):
         lines += [f"## {i}. {ICON.get(f.severity, '')} `{f.code}` — {f.title}", "",
                   f"**{f.severity}**, confidence {f.confidence:.2f}, {status_of(f)}. "
