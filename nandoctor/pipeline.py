@@ -34,8 +34,8 @@ from nandoctor.treatments import plot_treatment
 DEFAULT_BUDGET = 120.0       # seconds for the whole run
 REPORT_RESERVE = 0.06        # share of the budget kept for diagnoses, plots and writing the report
 MIN_REPORT_RESERVE = 2.5     # ... and at least this many seconds
-MAX_TREATMENTS = 4           # cures tried per run, best-ranked findings first
-CURES_PLANNED = 2            # cures the plan keeps room for (each re-runs the overfit training)
+MAX_TREATMENTS = 4           # cures tried per run, best-ranked findings first; the plan keeps room for all of them
+CURE_COST = 1.1              # one cure re-runs the overfit training (its untreated run is the overfit probe's)
 TREATMENTS = "treatments"    # the cures' entry in the plan
 FALLBACK_STEP_SECONDS = 0.05  # assumed step time when the warm-up could not measure one
 MAX_WARNINGS = 5             # distinct warnings kept per probe (e.g. torch's broadcasting warning)
@@ -248,8 +248,8 @@ class Battery:
         later = {n: p for n, p in selected.items() if n != "warmup"}
         needs = self._needs(later, patient, evidence, plots_dir)
         if self.opts.treatments and "overfit" in needs:
-            o = needs["overfit"]  # a cure re-runs the overfit training: size two of them like it
-            needs[TREATMENTS] = planning.StepNeed(o.min, o.ideal, cost=CURES_PLANNED * 1.1)
+            o = needs["overfit"]  # a cure re-runs the overfit training: size them like it
+            needs[TREATMENTS] = planning.StepNeed(o.min, o.ideal, cost=MAX_TREATMENTS * CURE_COST)
         unplanned = sum(self._allowance(p) for n, p in later.items() if n not in needs)
         now = time.perf_counter()
         available = self.end - now - unplanned
@@ -375,7 +375,7 @@ class Battery:
         steps = (self.plan.steps.get(TREATMENTS) or overfit.min) if overfit is not None else None
         for finding in candidates:
             left = self.end - time.perf_counter()
-            cost = 2 * planning.StepNeed(1, 1).seconds(steps or 0, self.step_time)
+            cost = planning.StepNeed(1, 1, cost=CURE_COST).seconds(steps or 0, self.step_time)
             if left <= 0.5 or (steps is not None and cost > left):
                 finding.treatment_note = "not tried: the budget was spent"
                 continue
