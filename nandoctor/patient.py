@@ -117,6 +117,8 @@ class TrainingState:
     optimizer_steps: int = 0       # optimizer.step() calls so far (fewer than batches when accumulating)
     scheduler_steps: int = 0       # scheduler.step() calls so far
     epoch_losses: list = dataclasses.field(default_factory=list)  # this epoch's losses (ReduceLROnPlateau)
+    schedule_ended: dict | None = None  # {"step", "message"} once the scheduler reached its end
+    hold_past_end: bool = True  # past its end a OneCycleLR holds its last LR (False: steps on and raises, as users see)
 
 
 def training_state(optimizer) -> TrainingState | None:
@@ -382,7 +384,17 @@ class Patient:
             if isinstance(state.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 finite = [v for v in state.epoch_losses if math.isfinite(v)]
                 state.scheduler.step(sum(finite) / len(finite) if finite else float("inf"))
-            else:
-                state.scheduler.step()
+            elif state.schedule_ended is None:
+                # OneCycleLR has total_steps LRs; stepped further it turns back up, then raises. The user's run ends
+                # with its schedule, a probe may train longer: the LR holds at the schedule's last value, and the
+                # schedule probe reports where it ended.
+                total = getattr(state.scheduler, "total_steps", None)
+                if state.hold_past_end and isinstance(state.scheduler, torch.optim.lr_scheduler.OneCycleLR) and \
+                        state.scheduler.last_epoch + 1 >= total:
+                    state.schedule_ended = {"step": state.scheduler_steps,
+                                            "message": f"OneCycleLR has total_steps={total}: stepped once more it "
+                                                       f"raises 'Tried to step {total + 2} times'"}
+                else:
+                    state.scheduler.step()
         state.scheduler_steps += 1
         state.epoch_losses.clear()

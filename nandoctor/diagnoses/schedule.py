@@ -7,6 +7,7 @@ import math
 
 from nandoctor import treatments
 from nandoctor.diagnoses import Diagnosis
+from nandoctor.patient import training_state
 from nandoctor.records import Evidence
 
 PROBE = "schedule"
@@ -67,6 +68,14 @@ def _advice(kind: str, m: dict) -> str:
                 f"after every batch: set 'interval: epoch' if you meant epochs (call it once per epoch), or multiply "
                 f"those settings by the {spe} optimizer steps per epoch.")
     return f"Check {name}'s settings against how often you call scheduler.step() ({interval})."
+
+
+def _as_users_loop(model, optimizer) -> None:
+    """``hooks`` for ``treatments.overfit_run``: step the scheduler past its end as the user's loop would (a
+    OneCycleLR then raises) instead of holding its last LR, as probes that train longer than the user's run do."""
+    state = training_state(optimizer)
+    if state is not None:
+        state.hold_past_end = False
 
 
 class LRScheduleCollapse(Diagnosis):
@@ -167,7 +176,7 @@ class LRScheduleCollapse(Diagnosis):
         # 2. the same model, batch and seed, with and without the schedule
         constant = f" (constant LR {patient.lr:.3g})" if patient.lr else ""
         tried = f"the same training without {ev.get('scheduler') or 'the scheduler'}{constant}"
-        before, before_acc = treatments.overfit_run(ctx, patient, steps)
+        before, before_acc = treatments.overfit_run(ctx, patient, steps, hooks=_as_users_loop)
         after, after_acc = treatments.overfit_run(ctx, patient.variant("no scheduler", scheduler=None), steps)
         # 3. clearly better without: it trains where the scheduled run broke, or its loss falls much further
         d_before, d_after = treatments.relative_drop(before), treatments.relative_drop(after)

@@ -50,8 +50,11 @@ def trace_schedule(patient, horizon: int) -> tuple[list[float], dict | None]:
                 stepped = k == patient.accumulate - 1
                 state.optimizer_steps += stepped
                 patient.advance_schedule(state, 0.0, stepped=stepped)
-        except Exception as exc:  # the scheduler itself refuses to go on (OneCycleLR past total_steps)
+        except Exception as exc:  # the user's scheduler (a lambda, say) raised
             ended = {**error_record(exc), "step": len(lrs)}
+            break
+        if state.schedule_ended is not None:  # OneCycleLR past its total_steps: the user's run crashes here
+            ended = {"type": "ValueError", "message": state.schedule_ended["message"], "step": len(lrs)}
             break
         lrs.append(lr_of(optimizer))
     return lrs, ended
