@@ -214,6 +214,9 @@ class Precision(Probe):
         with plots.figure(path, ncols=2) as (ax1, ax2):
             plots.compare_curves(ax1, {f"{configured.precision} as configured": configured.run.losses,
                                        "fp32": fp32.run.losses}, title="the same training, two precisions")
+            overflow = configured.watch.overflow
             setup_plots.activation_range(ax2, {f"{configured.precision} as configured": configured.watch.per_step,
-                                               "fp32": fp32.watch.per_step}, limit=FP16_MAX)
+                                               "fp32": fp32.watch.per_step}, limit=FP16_MAX,
+                                         overflows={configured.precision: (overflow["step"], overflow["module"])}
+                                         if overflow else None)
         return [rel]

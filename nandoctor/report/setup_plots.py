@@ -8,13 +8,19 @@ from typing import Sequence
 
 from nandoctor.report.plots import PALETTE, _clean
 
+DYNAMIC_RANGE = 1e-8  # the LR plot shows eight decades below the peak
 
-def activation_range(ax, curves: dict, limit: float, title: str = "largest |activation| per step"):
-    """One line per run (its largest finite |activation| each step), log scale, the dtype's limit dashed."""
+
+def activation_range(ax, curves: dict, limit: float, overflows: dict | None = None,
+                     title: str = "largest |activation| per step"):
+    """One line per run (its largest finite |activation| each step), log scale, the dtype's limit dashed;
+    ``overflows`` (label -> (step, module)) marks where a run's activations left the range with a cross."""
     for i, (label, values) in enumerate(curves.items()):
         ys = [v if v and v > 0 else float("nan") for v in _clean(values)]
-        ax.plot(range(len(ys)), ys, label=label, color=PALETTE[i % len(PALETTE)], lw=1.6)
+        ax.plot(range(len(ys)), ys, label=label, color=PALETTE[i % len(PALETTE)], lw=1.6, marker="." if len(ys) < 3 else None)
     ax.axhline(limit, color="#d62728", ls="--", lw=1.2, label=f"fp16 max {limit:g}")
+    for label, (step, module) in (overflows or {}).items():
+        ax.scatter([step], [limit], marker="x", s=60, color="#d62728", zorder=5, label=f"{label}: inf in {module}")
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("max |activation|")
@@ -27,8 +33,12 @@ def activation_range(ax, curves: dict, limit: float, title: str = "largest |acti
 def lr_schedule(ax, lrs: Sequence[float], *, configured_lr: float | None = None, divergence_lr: float | None = None,
                 early_steps: int | None = None, title: str = "learning rate per optimizer step"):
     """The scheduled LR per optimizer step (log y), the configured LR, the sweep's divergence LR, the early window."""
-    ys = [v if v is not None and math.isfinite(v) and v > 0 else float("nan") for v in lrs]
-    ax.plot(range(len(ys)), ys, color=PALETTE[0], lw=1.6, label="scheduled LR")
+    finite = [v for v in lrs if v is not None and math.isfinite(v) and v > 0]
+    floor = max(finite) * DYNAMIC_RANGE if finite else None   # an LR that decays for ever would flatten the rest
+    ys = [max(v, floor) if floor and v is not None and math.isfinite(v) and v >= 0 else float("nan") for v in lrs]
+    floored = floor is not None and any(v is not None and math.isfinite(v) and v < floor for v in lrs)
+    ax.plot(range(len(ys)), ys, color=PALETTE[0], lw=1.6,
+            label="scheduled LR" + (f" (floored at {floor:.0e})" if floored else ""))
     if configured_lr:
         ax.axhline(configured_lr, color=PALETTE[2], ls=":", lw=1.2, label=f"configured LR {configured_lr:.3g}")
     if divergence_lr:
