@@ -84,8 +84,9 @@ class LRScheduleCollapse(Diagnosis):
     severity = "critical"
     role = "cause"
     requires = (PROBE,)
+    # the LR sweep and its check runs use a constant LR (no schedule): lr-too-high/low are not its symptoms
     explains = ("cannot-overfit-batch", "training-crashed", "exploding-gradients", "loss-nonfinite",
-                "nonfinite-source", "no-generalisation", "lr-too-high", "lr-too-low", "bad-init")
+                "nonfinite-source", "no-generalisation")
     thresholds = {
         "collapse_ratio": 1e-3,    # the LR is "~0" below this share of its peak (or of the configured LR)
         "early_epochs": 2,         # the first steps judged: this many epochs of optimizer steps ...
