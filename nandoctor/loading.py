@@ -364,11 +364,12 @@ def scheduler_factory(cfg, trial_optimizer) -> Callable:
     try:
         built = target(trial_optimizer, **kwargs)
     except Exception as exc:
-        raise ConfigError(f"building the scheduler {name}(optimizer, {', '.join(f'{k}={v!r}' for k, v in kwargs.items())}) "
-                          f"raised {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
+        args = ", ".join(["optimizer", *(f"{k}={v!r}" for k, v in kwargs.items())])
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ConfigError(f"building the scheduler {name}({args}) raised {type(exc).__name__}: {first}",
                           where=where, key="scheduler",
-                          hint=f"fix the keys under 'scheduler:' so they fit {name}{_safe_sig(target)}; the "
-                               "optimizer is passed first by nandoctor, and 'interval' is read by nandoctor itself.") from None
+                          hint=f"fix the keys under 'scheduler:' so they fit {name}{_safe_sig(target)}; the optimizer "
+                               "is passed first by nandoctor, and 'interval' is read by nandoctor itself.") from None
     if not callable(getattr(built, "step", None)):
         raise ConfigError(f"the scheduler target {name} returned a {type(built).__name__}, which has no step() method.",
                           where=where, key="scheduler",

@@ -102,8 +102,9 @@ class FP16Overflow(Diagnosis):
             return None  # the fp32 run broke too: the cause is not the precision
         ref_max = ref.get("act_max")
         evidence = {"precision": "fp16", "grad_scaler": m.get("grad_scaler"), "steps": mine.get("steps"),
-                    "nonfinite_step": mine.get("nonfinite_step"), "grad_nonfinite_step": mine.get("grad_nonfinite_step"),
-                    "overflow": mine.get("overflow"), "fp32_act_max": ref_max, "fp32_act_max_module": ref.get("act_max_module"),
+                    "nonfinite_step": mine.get("nonfinite_step"),
+                    "grad_nonfinite_step": mine.get("grad_nonfinite_step"), "overflow": mine.get("overflow"),
+                    "fp32_act_max": ref_max, "fp32_act_max_module": ref.get("act_max_module"),
                     "fp32_act_max_over_fp16_max": ref_max / FP16_MAX if _finite(ref_max) else None,
                     "fp16_max": FP16_MAX, "scale_initial": mine.get("scale_initial"),
                     "scale_final": mine.get("scale_final"), "scale_min": mine.get("scale_min"),

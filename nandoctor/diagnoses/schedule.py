@@ -3,7 +3,6 @@ within the first steps the user trains."""
 
 from __future__ import annotations
 
-import math
 
 from nandoctor import treatments
 from nandoctor.diagnoses import Diagnosis
@@ -164,7 +163,10 @@ class LRScheduleCollapse(Diagnosis):
             "past-divergence": f"{m.get('scheduler')} raises the LR to {read.get('lr', 0):.2g} by step {step}, "
                                f"{read.get('ratio', 0):.0f}x the LR sweep's divergence point {divergence or 0:.2g}",
         }
-        confidence = 0.85 if kind in ("collapse", "schedule-ends") and step <= spe else 0.8 if kind != "past-divergence" else 0.7
+        if kind == "past-divergence":
+            confidence = 0.7   # a warm-up may legitimately pass what a fresh model tolerates
+        else:
+            confidence = 0.85 if kind in ("collapse", "schedule-ends") and step <= spe else 0.8
         return self.finding(confidence, evidence, plots=r.plots, title=titles[kind], fix=_advice(kind, m))
 
     def treat(self, ctx, finding):

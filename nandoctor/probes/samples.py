@@ -3,9 +3,10 @@
 ``SampleSource`` gathers many samples at once: straight tensor indexing for a
 ``TensorDataset`` (and ``Subset``s of one, and ``nandoctor.datasets.CSVDataset``),
 ``__getitems__`` when the dataset has it, else one ``dataset[i]`` per index and the
-default collate (the user's ``collate_fn`` when the config names one). A sample whose loading raises is reported with its index and the
-exception, and left out of the chunk; a sample whose shape differs from the rest is
-reported and left out the same way. Nothing here trains.
+default collate (the user's ``collate_fn`` when the config names one). A sample whose
+loading raises is reported with its index and the exception, and left out of the chunk;
+a sample whose shape differs from the rest is reported and left out the same way.
+Nothing here trains.
 
 ``per_sample_loss`` turns the user's loss into one that returns ``[B]`` values:
 ``reduction='none'`` when the loss has it, else ``torch.func.vmap`` over the samples,

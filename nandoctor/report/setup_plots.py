@@ -17,7 +17,8 @@ def activation_range(ax, curves: dict, limit: float, overflows: dict | None = No
     ``overflows`` (label -> (step, module)) marks where a run's activations left the range with a cross."""
     for i, (label, values) in enumerate(curves.items()):
         ys = [v if v and v > 0 else float("nan") for v in _clean(values)]
-        ax.plot(range(len(ys)), ys, label=label, color=PALETTE[i % len(PALETTE)], lw=1.6, marker="." if len(ys) < 3 else None)
+        ax.plot(range(len(ys)), ys, label=label, color=PALETTE[i % len(PALETTE)], lw=1.6,
+                marker="." if len(ys) < 3 else None)  # a run cut short at its first step is a dot
     ax.axhline(limit, color="#d62728", ls="--", lw=1.2, label=f"fp16 max {limit:g}")
     for label, (step, module) in (overflows or {}).items():
         ax.scatter([step], [limit], marker="x", s=60, color="#d62728", zorder=5, label=f"{label}: inf in {module}")
