@@ -9,6 +9,7 @@ by ``tests/test_zoo.py`` (a quick subset).
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -126,6 +127,27 @@ class LogOfNegative(nn.Module):
 
     def forward(self, x):
         return self.out(torch.log(self.fc(x)))
+
+
+class RawUnits(nn.Module):
+    """Converts its inputs to raw units inside forward (x 1e5), then normalises after the first layer: fine in
+    fp32 thanks to the LayerNorm, but the first Linear's output (and its fp16 input) passes 65504 under fp16."""
+
+    def __init__(self, features=12, classes=3, gain=1e5):
+        super().__init__()
+        self.register_buffer("gain", torch.tensor(gain))
+        self.fc1 = nn.Linear(features, 32)
+        self.norm = nn.LayerNorm(32)
+        self.out = nn.Linear(32, classes)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.norm(self.fc1(x * self.gain))))
+
+
+def warmup_cosine(optimizer, warmup=20, total=2000):
+    import math
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
 
 
 def frozen():
@@ -322,6 +344,23 @@ ZOO = [
     ("healthy-huber", HEALTHY, lambda: P(lambda: mlp(8, 1), ds(*regression()), nn.HuberLoss())),
     ("shuffled-labels", {"no-generalisation"}, lambda: P(mlp, shuffled(*blobs(n=512)))),
     ("shuffled-labels-cnn", {"no-generalisation"}, lambda: P(CNN, shuffled(*images()), batch_size=16)),
+    # the training set-ups (0.2): precision and LR schedules
+    ("fp16-overflow", {"fp16-overflow"}, lambda: P(RawUnits, ds(*blobs()), precision="fp16", grad_scaler=False)),
+    ("fp16-overflow-with-scaler", {"fp16-overflow"}, lambda: P(RawUnits, ds(*blobs()), precision="fp16")),
+    ("steplr-per-batch", {"lr-schedule-collapse"},
+     lambda: P(mlp, ds(*blobs()), opt=torch.optim.SGD, lr=0.05,
+               scheduler=functools.partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.1))),
+    ("onecycle-total-steps-in-epochs", {"lr-schedule-collapse"},
+     lambda: P(mlp, ds(*blobs()), opt=torch.optim.SGD, lr=0.01, momentum=0.9,
+               scheduler=functools.partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=0.05, total_steps=20))),
+    ("healthy-bf16", HEALTHY, lambda: P(mlp, ds(*blobs()), precision="bf16")),
+    ("healthy-fp16-grad-scaler", HEALTHY, lambda: P(mlp, ds(*blobs()), precision="fp16")),
+    ("healthy-onecycle", HEALTHY,
+     lambda: P(mlp, ds(*blobs()), opt=torch.optim.SGD, lr=0.01, momentum=0.9,
+               scheduler=functools.partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=0.05, epochs=30,
+                                           steps_per_epoch=12))),
+    ("healthy-warmup-cosine", HEALTHY, lambda: P(mlp, ds(*blobs()), scheduler=warmup_cosine)),
+    ("healthy-clip-accumulate", HEALTHY, lambda: P(mlp, ds(*blobs()), grad_clip=1.0, accumulate=4)),
 ]
 
 

@@ -25,6 +25,12 @@ TOP_KEYS = {
     "train_step": False,  # fn(model, batch, loss_fn, optimizer) -> loss
     "seed": False,        # int, default 0
     "device": False,      # auto | cpu | cuda | cuda:N
+    # the training set-ups people use (0.2): each changes how the probes train, as the user's loop does
+    "scheduler": False,   # torch.optim.lr_scheduler class (or callable(optimizer, **kw)); optimizer injected
+    "precision": False,   # fp32 (default) | bf16 | fp16: autocast as the user trains
+    "grad_scaler": False,  # fp16 only: torch.amp.GradScaler, default true
+    "grad_clip": False,   # clip_grad_norm_ max norm, a positive number
+    "accumulate": False,  # gradient accumulation: the optimizer steps every N batches
 }
 DATA_KEYS = {
     "train": True,
@@ -32,11 +38,16 @@ DATA_KEYS = {
     "batch_size": False,   # default 32
     "shuffle": False,      # default true
     "num_workers": False,  # default 0
+    "collate_fn": False,   # a function (bound) or class passed to the DataLoader
 }
-TARGET_BLOCKS = ("model", "loss", "optimizer", "train_step")
+TARGET_BLOCKS = ("model", "loss", "optimizer", "train_step", "scheduler")
+PRECISIONS = ("fp32", "bf16", "fp16")
+SCHEDULER_INTERVALS = ("step", "epoch")  # how often the user calls scheduler.step()
 
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_SEED = 0
+DEFAULT_PRECISION = "fp32"
+DEFAULT_INTERVAL = "step"
 
 
 @dataclass
@@ -55,6 +66,13 @@ class Config:
     num_workers: int = 0
     seed: int = DEFAULT_SEED
     device: str = "auto"
+    collate_spec: dict | None = None      # data.collate_fn
+    scheduler_spec: dict | None = None    # without 'interval'
+    scheduler_interval: str = DEFAULT_INTERVAL
+    precision: str = DEFAULT_PRECISION
+    grad_scaler: bool = True
+    grad_clip: float | None = None
+    accumulate: int = 1
     lines: dict[str, int] = field(default_factory=dict)
     given: str = ""  # the path as the user typed it (shown in reports)
 
@@ -180,6 +198,8 @@ def load_config(path: str | Path) -> Config:
     specs = {k: _target_block(raw[k], k, cfg_path, lines) for k in TARGET_BLOCKS if raw.get(k) is not None}
     train_spec = _target_block(data["train"], "data.train", cfg_path, lines)
     val_spec = _target_block(data["val"], "data.val", cfg_path, lines) if data.get("val") is not None else None
+    collate_spec = (_target_block(data["collate_fn"], "data.collate_fn", cfg_path, lines)
+                    if data.get("collate_fn") is not None else None)
 
     # 3. scalars
     def scalar(value, key, kind, check, hint):
@@ -198,7 +218,30 @@ def load_config(path: str | Path) -> Config:
                     lambda v: v in ("auto", "cpu", "cuda", "mps") or v.startswith("cuda:"),
                     "use auto, cpu, cuda or cuda:N.")
 
+    # 4. the training set-up (0.2)
+    interval = DEFAULT_INTERVAL
+    scheduler_spec = specs.get("scheduler")
+    if scheduler_spec is not None:
+        interval = scalar(scheduler_spec.pop("interval", DEFAULT_INTERVAL), "scheduler.interval", str,
+                          lambda v: v in SCHEDULER_INTERVALS,
+                          "use 'step' when you call scheduler.step() after every optimizer step, 'epoch' when "
+                          "you call it once per pass over the training set.")
+    precision = scalar(raw.get("precision", DEFAULT_PRECISION), "precision", str, lambda v: v in PRECISIONS,
+                       "use fp32 (no autocast), bf16 or fp16 (torch.autocast with that dtype).")
+    grad_scaler = scalar(raw.get("grad_scaler", True), "grad_scaler", bool, lambda v: True,
+                         "use true or false (it only matters with precision: fp16).")
+    grad_clip = raw.get("grad_clip")
+    if grad_clip is not None:
+        grad_clip = float(scalar(grad_clip, "grad_clip", (int, float), lambda v: v > 0 and v == v and v != float("inf"),
+                                 "give the max_norm you pass to clip_grad_norm_, a positive number such as 1.0; "
+                                 "leave the key out for no clipping."))
+    accumulate = scalar(raw.get("accumulate", 1), "accumulate", int, lambda v: v >= 1,
+                        "give the number of batches whose gradients add up before each optimizer step: "
+                        "a whole number, 1 (no accumulation) or more.")
+
     return Config(path=cfg_path, model_spec=specs["model"], train_spec=train_spec, loss_spec=specs["loss"],
                   optimizer_spec=specs["optimizer"], val_spec=val_spec, train_step_spec=specs.get("train_step"),
                   batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, seed=seed, device=device,
+                  collate_spec=collate_spec, scheduler_spec=scheduler_spec, scheduler_interval=interval,
+                  precision=precision, grad_scaler=grad_scaler, grad_clip=grad_clip, accumulate=accumulate,
                   lines=lines, given=str(path))

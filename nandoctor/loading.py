@@ -25,7 +25,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from nandoctor.errors import LoadError, NandoctorError
+from nandoctor.errors import ConfigError, LoadError, NandoctorError
 
 _FILE_MODULES: dict[Path, Any] = {}
 
@@ -325,11 +325,56 @@ def build_patient(cfg, *, device: str | None = None, seed: int | None = None):
         raise LoadError(f"{opt_cls.__name__} does not accept the settings {opt_kwargs}: {exc}", key="optimizer",
                         where=cfg.where("optimizer"), hint="fix the keys under 'optimizer:'.") from None
 
+    # 5. the training set-up: collate_fn (bound, like loss), scheduler (a factory of the optimizer)
+    collate = (build(cfg.collate_spec, root, "data.collate_fn", bind=True, where=cfg.where("data.collate_fn"))
+               if cfg.collate_spec else None)
+    if collate is not None and not callable(collate):
+        raise LoadError(f"'data.collate_fn' is a {type(collate).__name__}, which cannot be called.",
+                        key="data.collate_fn", where=cfg.where("data.collate_fn"),
+                        hint="name a function that takes a list of samples and returns a batch.")
+    scheduler = (scheduler_factory(cfg, opt_cls([nn.Parameter(torch.zeros(1))], **opt_kwargs))
+                 if cfg.scheduler_spec else None)
+
     return Patient(model_factory=model_factory, train_data=train, val_data=val, loss_fn=loss_fn,
                    optimizer_cls=opt_cls, optimizer_kwargs=opt_kwargs, train_step=step,
                    batch_size=cfg.batch_size, shuffle=cfg.shuffle, num_workers=cfg.num_workers, seed=seed,
                    device=resolve_device(device or cfg.device), name=cfg.path.stem,
-                   loss_name=_name_of(loss_fn), model_name=type(probe_model).__name__)
+                   loss_name=_name_of(loss_fn), model_name=type(probe_model).__name__,
+                   collate_fn=collate, scheduler=scheduler, scheduler_interval=cfg.scheduler_interval,
+                   precision=cfg.precision, grad_scaler=cfg.grad_scaler, grad_clip=cfg.grad_clip,
+                   accumulate=cfg.accumulate)
+
+
+def scheduler_factory(cfg, trial_optimizer) -> Callable:
+    """``optimizer -> scheduler`` from the config's ``scheduler`` block, checked once on ``trial_optimizer``.
+
+    The target is a ``torch.optim.lr_scheduler`` class or any callable taking the optimizer first; the
+    block's other keys (``interval`` aside) are its keyword arguments. A target that cannot be called, that
+    raises when built, or that builds something without ``step()`` is a ``ConfigError`` naming the key.
+    """
+    spec, where = cfg.scheduler_spec, cfg.where("scheduler")
+    target = resolve_target(spec["_target_"], cfg.root, key="scheduler._target_", where=where)
+    kwargs = {k: v for k, v in spec.items() if k != "_target_"}
+    name = getattr(target, "__name__", spec["_target_"])
+    if not callable(target):
+        raise ConfigError(f"'scheduler._target_' names {spec['_target_']!r}, a {type(target).__name__}, "
+                          "which cannot be called with the optimizer.", where=where, key="scheduler",
+                          hint="name a torch.optim.lr_scheduler class (e.g. torch.optim.lr_scheduler.StepLR) "
+                               "or a function fn(optimizer, ...) that returns a scheduler.")
+    try:
+        built = target(trial_optimizer, **kwargs)
+    except Exception as exc:
+        args = ", ".join(["optimizer", *(f"{k}={v!r}" for k, v in kwargs.items())])
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ConfigError(f"building the scheduler {name}({args}) raised {type(exc).__name__}: {first}",
+                          where=where, key="scheduler",
+                          hint=f"fix the keys under 'scheduler:' so they fit {name}{_safe_sig(target)}; the optimizer "
+                               "is passed first by nandoctor, and 'interval' is read by nandoctor itself.") from None
+    if not callable(getattr(built, "step", None)):
+        raise ConfigError(f"the scheduler target {name} returned a {type(built).__name__}, which has no step() method.",
+                          where=where, key="scheduler",
+                          hint="return the scheduler object (e.g. torch.optim.lr_scheduler.LambdaLR(optimizer, ...)).")
+    return functools.partial(target, **kwargs) if kwargs else target
 
 
 def _name_of(fn) -> str:

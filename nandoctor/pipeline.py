@@ -24,7 +24,7 @@ from nandoctor import __version__, diagnoses, planning, probes, ranking, watchdo
 from nandoctor.config import Config, load_config
 from nandoctor.errors import ConfigError
 from nandoctor.loading import build_patient
-from nandoctor.patient import Patient, preserved_rng, split_batch
+from nandoctor.patient import Patient, callable_name, preserved_rng, split_batch
 from nandoctor.probes import ProbeContext
 from nandoctor.probes import training
 from nandoctor.probes.training import error_record
@@ -95,7 +95,12 @@ def patient_facts(patient: Patient, model: torch.nn.Module) -> dict:
             "batch_size": patient.batch_size, "train_samples": len(patient.train_data),
             "val_samples": len(patient.val_data) if patient.val_data is not None else None,
             "device": str(patient.device), "parameters": n_params, "trainable_parameters": n_trainable,
-            "custom_train_step": patient.train_step is not None, "seed": patient.seed}
+            "custom_train_step": patient.train_step is not None, "seed": patient.seed,
+            "precision": patient.precision, "grad_scaler": patient.uses_grad_scaler,
+            "scheduler": patient.scheduler_name, "scheduler_interval": patient.scheduler_interval
+            if patient.scheduler is not None else None, "grad_clip": patient.grad_clip,
+            "accumulate": patient.accumulate, "collate_fn": callable_name(patient.collate_fn)
+            if patient.collate_fn is not None else None}
 
 
 def check_batch_form(patient: Patient) -> None:

@@ -87,7 +87,7 @@ class Scan:
         self.patient = ctx.patient
         self.dataset = ctx.patient.train_data
         self.n = len(self.dataset)
-        self.source = SampleSource(self.dataset)
+        self.source = SampleSource(self.dataset, ctx.patient.collate_fn)
         self.gen = torch.Generator().manual_seed(self.patient.seed + 4)
         self.errors: list[dict] = []
         self.error_counts: Counter = Counter()  # stage (loading, collate, loss) -> samples

@@ -5,7 +5,8 @@
 element-wise optimizers (SGD, Adam, ...) that is exactly K independent trainings, in
 one pass instead of K. It falls back to training the models one after another when the
 patient has its own ``train_step``, an optimizer that is not element-wise, BatchNorm
-(its running statistics are updated in place), or when ``vmap`` refuses the model.
+(its running statistics are updated in place), a training set-up that ``Patient.step``
+applies (precision, scheduler, clipping, accumulation), or when ``vmap`` refuses the model.
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ def can_batch(patient, model: nn.Module) -> str | None:
         return f"{patient.optimizer_cls.__name__} is not an element-wise optimizer"
     if any(isinstance(m, nn.modules.batchnorm._NormBase) for m in model.modules()):
         return "BatchNorm updates its running statistics in place"
+    if patient.precision != "fp32" or patient.scheduler is not None or patient.grad_clip is not None \
+            or patient.accumulate > 1:
+        # autocast, the scheduler, clipping (a norm over each model's own gradients) and accumulation are
+        # applied by Patient.step, model by model
+        return "the training set-up (precision, scheduler, clipping or accumulation) is applied per model"
     return None
 
 

@@ -36,7 +36,8 @@ def score(patient, model: torch.nn.Module, dataset) -> float:
     total, count = 0.0, 0
     try:
         with torch.no_grad():
-            for batch in DataLoader(dataset, batch_size=patient.batch_size, shuffle=False):
+            for batch in DataLoader(dataset, batch_size=patient.batch_size, shuffle=False,
+                                    collate_fn=patient.collate_fn):
                 batch = to_device(batch, patient.device)
                 _, loss = patient.compute_loss(model, batch)
                 size = len(split_batch(batch)[1])
@@ -96,7 +97,8 @@ class Generalise(Probe):
         except Exception as exc:  # dirty samples or labels: the data scan and the crash findings say which
             return self.result(status="skipped", reason=f"scoring the samples raised {type(exc).__name__}")
         batches = [to_device(b, p.device) for b in
-                   DataLoader(pool, batch_size=p.batch_size, shuffle=True, generator=gen, drop_last=len(pool) > p.batch_size)]
+                   DataLoader(pool, batch_size=p.batch_size, shuffle=True, generator=gen, drop_last=len(pool) > p.batch_size,
+                              collate_fn=p.collate_fn)]
         steps = ctx.steps(share=TRAIN_SHARE, lo=MIN_STEPS, hi=MAX_STEPS)
         ctx.progress(0, steps)
         run = train(p, model, optimizer, BatchList(batches), steps, deadline=ctx.deadline,

@@ -85,7 +85,7 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 def _batches(patient):
     """The user's batches, on the device, re-cycled as needed (the loader is seeded: same order every sweep)."""
-    if type(patient.train_data) is TensorDataset and patient.num_workers == 0:
+    if type(patient.train_data) is TensorDataset and patient.num_workers == 0 and patient.collate_fn is None:
         yield from _tensor_batches(patient)
         return
     while True:
@@ -129,7 +129,7 @@ def sweep(patient, min_lr: float = DEFAULT_MIN_LR, max_lr: float = DEFAULT_MAX_L
         # 1. a fresh model, the user's optimizer, a seeded stream of the user's batches
         torch.manual_seed(patient.seed)
         model = patient.new_model()
-        optimizer = patient.make_optimizer(model, lr=min_lr)
+        optimizer = patient.make_optimizer(model, lr=min_lr, schedule=False)  # the sweep sets the LR itself
         stream, watch = _batches(patient), curves.DivergenceWatch()
         # 2. one step per LR; stop at divergence, at max_lr, or when the user's code raises
         for lr in Schedule(min_lr, max_lr, steps):
@@ -229,7 +229,7 @@ def _constant_lr_run(patient, lr: float, steps: int, deadline: float | None) -> 
     with preserved_rng():
         torch.manual_seed(patient.seed)
         model = patient.new_model()
-        optimizer = patient.make_optimizer(model, lr=lr)
+        optimizer = patient.make_optimizer(model, lr=lr, schedule=False)  # constant LR: no scheduler
         return train(patient, model, optimizer, patient.loader(), steps, deadline=deadline)
 
 

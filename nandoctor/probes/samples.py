@@ -3,9 +3,10 @@
 ``SampleSource`` gathers many samples at once: straight tensor indexing for a
 ``TensorDataset`` (and ``Subset``s of one, and ``nandoctor.datasets.CSVDataset``),
 ``__getitems__`` when the dataset has it, else one ``dataset[i]`` per index and the
-default collate. A sample whose loading raises is reported with its index and the
-exception, and left out of the chunk; a sample whose shape differs from the rest is
-reported and left out the same way. Nothing here trains.
+default collate (the user's ``collate_fn`` when the config names one). A sample whose
+loading raises is reported with its index and the exception, and left out of the chunk;
+a sample whose shape differs from the rest is reported and left out the same way.
+Nothing here trains.
 
 ``per_sample_loss`` turns the user's loss into one that returns ``[B]`` values:
 ``reduction='none'`` when the loss has it, else ``torch.func.vmap`` over the samples,
@@ -52,9 +53,10 @@ def tensor_view(dataset) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None]
 class SampleSource:
     """Load samples by index, many at a time."""
 
-    def __init__(self, dataset):
+    def __init__(self, dataset, collate_fn: Callable | None = None):
         self.dataset = dataset
-        self.view = tensor_view(dataset)
+        self.collate = collate_fn or default_collate  # the user's collate_fn, as their DataLoader uses it
+        self.view = tensor_view(dataset) if collate_fn is None else None
         self.method = "tensor indexing" if self.view else \
             "__getitems__" if hasattr(dataset, "__getitems__") else "__getitem__ + collate"
 
@@ -85,7 +87,7 @@ class SampleSource:
         if not items:
             return Chunk(None, ok, errors)
         try:
-            return Chunk(default_collate(items), ok, errors)
+            return Chunk(self.collate(items), ok, errors)
         except Exception:
             pass
         # some samples differ in shape or type: keep the most common form, report the others
@@ -97,7 +99,7 @@ class SampleSource:
                 errors.append({"index": int(ok[j]), "type": "ShapeMismatch", "stage": "collate",
                                "message": f"sample is {f}, most samples are {common}"})
         try:
-            batch = default_collate([items[j] for j in keep])
+            batch = self.collate([items[j] for j in keep])
         except Exception as exc:
             errors.append(sample_error(int(ok[0]), exc, "collate"))
             return Chunk(None, ok[:0], errors)

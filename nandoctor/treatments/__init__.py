@@ -71,6 +71,24 @@ def try_cure(ctx: ProbeContext, variant, tried: str, *, code: str, judge: Callab
     return record
 
 
+def cure_record(tried: str, cured: bool, before: Run, after: Run, *, before_accuracy: float | None = None,
+                after_accuracy: float | None = None, **extra) -> dict:
+    """The SPEC ``treatment`` record of a cure a diagnosis judged itself (by comparing the two runs),
+    carrying both curves for ``plot_treatment``."""
+    record = {"tried": tried, "cured": bool(cured), "before": summary(before, before_accuracy),
+              "after": summary(after, after_accuracy), **extra}
+    record["_curves"] = {"as configured": before.losses, f"treated: {tried}": after.losses}
+    return record
+
+
+def relative_drop(run: Run, share: float = 0.25) -> float | None:
+    """1 - (mean of the last ``share`` of the losses) / first loss; None when the run broke or starts at <= 0."""
+    start, end = run.initial, run.tail(share)
+    if run.error or run.nonfinite_step is not None or start is None or end is None or start <= 0:
+        return None
+    return (start - end) / start
+
+
 def plot_treatment(ctx: ProbeContext, code: str, record: dict) -> None:
     """Draw the before/after curves a ``try_cure`` record carries, titled with its final verdict."""
     curves = record.pop("_curves", None)
