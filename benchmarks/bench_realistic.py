@@ -152,12 +152,14 @@ def stability(name: str, budget: float, folder: Path | None) -> None:
             for process in busy:
                 process.kill()
                 process.wait()
-        codes.append([f.code for f in report.findings])
+        codes.append([(f.code, f.severity) for f in report.findings])
         _, line = describe(name, accepted, report, elapsed, budget)
         print(f"run {k + 1} ({busy_count} busy processes): {line}", flush=True)
         dump(report, folder, f"{name}.stability{k + 1}")
-    same = all(c == codes[0] for c in codes)
-    print(f"ranked codes identical over the three runs: {'yes' if same else 'no'}")
+    same_codes = all([c for c, _ in run] == [c for c, _ in codes[0]] for run in codes)
+    same_severities = all(run == codes[0] for run in codes)
+    print(f"ranked codes identical over the three runs: {'yes' if same_codes else 'no'}; "
+          f"with their severities: {'yes' if same_severities else 'no'}")
 
 
 def main() -> None:
