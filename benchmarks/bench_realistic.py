@@ -91,9 +91,20 @@ def not_ok(report) -> list[str]:
     return out
 
 
+def explained_by(finding, ranked) -> str:
+    """``", under CAUSE"`` when a finding ranked above it explains it (a folded symptom), else ``""``."""
+    for cause in ranked:
+        if cause is finding:
+            return ""
+        if finding.code in cause.explains and cause.severity != "info":
+            return f", under {cause.code}"
+    return ""
+
+
 def describe(name: str, accepted: set[str], report, elapsed: float, budget: float) -> tuple[bool, str]:
     ok, _ = judge(report, accepted)
-    ranked = ", ".join(f"{f.code}({f.severity})" for f in report.findings) or "none"
+    ranked = ", ".join(f"{f.code}({f.severity}{explained_by(f, report.findings)})" for f in report.findings)
+    ranked = ranked or "none"
     parts = [f"{'OK' if ok else 'XX'} {name}", f"expected {'/'.join(sorted(accepted)) or 'healthy'}",
              f"ranked [{ranked}]"]
     if not accepted:
