@@ -7,7 +7,7 @@ import torch
 from nandoctor.diagnoses import Diagnosis
 from nandoctor.diagnoses.pairing_evidence import SHAPE_ERROR, Pairing, crash
 from nandoctor.records import Evidence, Finding
-from nandoctor.treatments import healthy_run
+from nandoctor.treatments import trains
 from nandoctor.treatments.pairing import cure, outputs_shaped_like_targets
 
 TARGET_SIZE_WARNING = "target size"   # PyTorch's UserWarning for mismatched elementwise losses
@@ -117,5 +117,5 @@ class LossShapeMismatch(Diagnosis):
             return None
         tried = f"reshaped the outputs {a} to the targets' shape {b} before the loss"
         variant = ctx.patient.variant(tried, loss_fn=outputs_shaped_like_targets(ctx.patient.loss_fn))
-        return cure(ctx, variant, tried, code=self.code, ok=lambda run, acc: healthy_run(run, None),
+        return cure(ctx, variant, tried, code=self.code, ok=lambda run, acc: trains(run, None),
                     broken_before=True)

@@ -90,7 +90,9 @@ class LRTooHigh(LRDiagnosis):
         "far_above": 30.0,       # the user's LR is at least 30x the suggestion (with a failing check) ...
         "fails_below_drop": 0.1,  # a check run "fails" when its loss falls by less than 10% (or goes non-finite)
         "trains_above_drop": 0.25,  # the run at the suggestion "trains" when its loss falls by 25% or more
+        "rises_above": 1.2,      # without a usable sweep: the overfit run at the user's LR ends 20% above its start
     }
+    cure_factors = (10.0, 100.0)  # without a suggestion, the cure retrains the overfit run at these fractions
     fix = ("Lower the learning rate to the suggested value (see the LR-sweep plot), or add a warm-up; "
            "with SGD on a deep net, gradient clipping also helps.")
     doc = """
@@ -138,8 +140,8 @@ class LRTooHigh(LRDiagnosis):
             return None
         m = r.metrics
         user, sugg, div = m.get("user_lr"), m.get("suggested_lr"), m.get("divergence_lr")
-        if not user or not sugg:
-            return None  # no usable curve (diverges at the lowest LR, never decreases): not an LR verdict
+        if user and not sugg:
+            return self._rising_overfit(ev, r, user)  # no usable curve: the overfit run at the user's LR decides
         # 1. where the user's LR sits: past the divergence point, or far above the suggestion
         past = div is not None and user >= div
         far = user >= sugg * self.thresholds["far_above"]
@@ -165,6 +167,48 @@ class LRTooHigh(LRDiagnosis):
                             title=f"The learning rate {user:.3g} is {where}",
                             fix=f"Lower the learning rate to about {sugg:.2g} (the LR sweep's suggestion); "
                                 f"add a warm-up if you need a higher one.")
+
+
+    def _rising_overfit(self, ev: Evidence, sweep, user: float):
+        """A suspicion from the overfit probe alone: at the user's constant LR the loss on one batch climbs
+        (or turns non-finite) instead of falling. Its cure, the same training at a tenth of the LR, decides."""
+        over = ev.ok("overfit")
+        if over is None:
+            return None
+        m = over.metrics
+        start, tail = m.get("initial_loss"), m.get("tail_loss")
+        rises = m.get("nonfinite_step") is not None or (
+            start is not None and tail is not None and start > 0 and tail > self.thresholds["rises_above"] * start)
+        if not rises or m.get("memorised"):
+            return None
+        evidence = {"user_lr": user, "suggested_lr": None, "divergence_lr": sweep.metrics.get("divergence_lr"),
+                    "sweep": sweep.metrics.get("reason"), "overfit_initial_loss": start, "overfit_tail_loss": tail,
+                    "overfit_nonfinite_step": m.get("nonfinite_step"), "overfit_steps": m.get("steps"),
+                    "optimizer": sweep.metrics.get("optimizer")}
+        return self.finding(0.5, evidence, severity="warning", plots=over.plots, probes=[LR_PROBE, "overfit"],
+                            title=f"At the learning rate {user:.3g} the loss on one batch rises instead of falling",
+                            fix=f"Lower the learning rate (try {user / 10:.2g}), or add a warm-up.")
+
+    def treat(self, ctx, finding) -> dict | None:
+        if finding.evidence.get("suggested_lr") is not None:
+            return super().treat(ctx, finding)
+        # no suggestion: retrain the overfit probe's run at a tenth (then a hundredth) of the LR
+        from nandoctor import treatments
+        from nandoctor.probes.training import Run
+        over = ctx.evidence.ok("overfit")
+        before = over.data.get("run") if over is not None else None
+        if not isinstance(before, Run):
+            return None
+        record = None
+        for factor in self.cure_factors:
+            lr = ctx.patient.lr / factor
+            tried = f"the overfit run again at LR {lr:.3g} ({factor:g}x lower), same init and batch"
+            record = treatments.try_cure(ctx, ctx.patient.variant(tried), tried, code=self.code, lr=lr,
+                                         before=before, before_accuracy=over.metrics.get("accuracy"))
+            if record["cured"]:
+                finding.severity = "critical"  # proven by its cure
+                break
+        return record
 
 
 class LRTooLow(LRDiagnosis):

@@ -22,7 +22,7 @@ from nandoctor.diagnoses import Diagnosis
 from nandoctor.diagnoses.pairing_evidence import (PROB_RANGE_ERROR, Pairing, crash, finite, overfit_metrics,
                                                   pairing_verdict)
 from nandoctor.records import Evidence, Finding
-from nandoctor.treatments import healthy_run
+from nandoctor.treatments import trains
 from nandoctor.treatments.pairing import append_op, clamped_outputs, cure, logits_loss, replace_module, valid_curve
 
 SUPPORT_BONUS = 0.05   # added to the confidence when the overfit run shows the expected damage
@@ -195,7 +195,7 @@ class DoubleSoftmax(PairingDiagnosis):
             tried = f"applied {op} to the model's output (undoing the activation)"
             factory = append_op(ctx.patient, op)
         variant = ctx.patient.variant(tried, model_factory=factory)
-        return cure(ctx, variant, tried, code=self.code, ok=lambda run, acc: healthy_run(run, None),
+        return cure(ctx, variant, tried, code=self.code, ok=lambda run, acc: trains(run, None),
                     broken_before=True)
 
 

@@ -21,6 +21,8 @@ from nandoctor.report import plots
 
 MIN_STEPS = 20
 MAX_STEPS = 300
+TRAINS_DROP = 0.25     # a cured run that has not memorised the batch yet must have taken 25% off its loss ...
+BEATS_CONTROL = 0.5    # ... and end at most half the untreated run's loss (its start, when it went non-finite)
 
 
 def healthy_run(run: Run, accuracy: float | None = None) -> bool:
@@ -30,6 +32,38 @@ def healthy_run(run: Run, accuracy: float | None = None) -> bool:
     if min(run.losses) < -1e-6:
         return False
     return memorised(run.initial, run.tail(), accuracy)
+
+
+def _clean(run: Run) -> bool:
+    return not run.error and run.nonfinite_step is None and bool(run.losses) and min(run.losses) >= -1e-6
+
+
+def trains(run: Run, accuracy: float | None = None) -> bool:
+    """Memorised the batch, or clean and ``TRAINS_DROP`` off its loss: at any step count, a run that learns."""
+    if healthy_run(run, accuracy):
+        return True
+    start, end = run.initial, run.tail()
+    return _clean(run) and start is not None and end is not None and start > 0 and (start - end) / start >= TRAINS_DROP
+
+
+def beats_control(after: Run, after_accuracy: float | None, before: Run, before_accuracy: float | None) -> bool:
+    """The default cure criterion, on the same steps, batch and seed as the untreated control.
+
+    Cured when the treated run is finite all along and never negative (a log-likelihood below zero is
+    no cure), the control did not memorise the batch, and the treated run either memorised it or
+    trains clearly: ``TRAINS_DROP`` off its loss and at most ``BEATS_CONTROL`` of the control's end
+    loss. A treated run that is still learning when the steps run out counts, so the verdict does
+    not depend on how many steps the budget allowed.
+    """
+    if not _clean(after) or healthy_run(before, before_accuracy):
+        return False
+    if healthy_run(after, after_accuracy):
+        return True
+    start, end = after.initial, after.tail()
+    if start is None or end is None or start <= 0 or (start - end) / start < TRAINS_DROP:
+        return False
+    reference = before.tail() if _clean(before) and before.tail() is not None else before.initial
+    return reference is not None and math.isfinite(reference) and end <= BEATS_CONTROL * reference
 
 
 def overfit_run(ctx: ProbeContext, patient, steps: int, *, lr: float | None = None,
@@ -50,10 +84,15 @@ def summary(run: Run, accuracy: float | None) -> dict:
             "accuracy": accuracy, "error": run.error and run.error.get("message")}
 
 
-def try_cure(ctx: ProbeContext, variant, tried: str, *, code: str, judge: Callable[[Run, float | None], bool] = healthy_run,
+def try_cure(ctx: ProbeContext, variant, tried: str, *, code: str,
+             judge: Callable[[Run, float | None], bool] | None = None,
              before: Run | None = None, before_accuracy: float | None = None, lr: float | None = None,
              hooks=None) -> dict:
-    """Re-run with ``variant`` and say whether it cured the probe; plot before/after together."""
+    """Re-run with ``variant`` and say whether it cured the probe; plot before/after together.
+
+    ``judge(run, accuracy)`` is a diagnosis's own criterion (cured: the treated run passes it and the
+    untreated one does not); without one, ``beats_control`` judges.
+    """
     # a run cut short by a NaN or an exception says nothing about how long the cure should run
     cut_short = before is not None and before.stopped in ("nonfinite", "error")
     steps = before.steps if before is not None and before.steps >= MIN_STEPS and not cut_short else \
@@ -62,7 +101,10 @@ def try_cure(ctx: ProbeContext, variant, tried: str, *, code: str, judge: Callab
     if before is None:
         before, before_accuracy = overfit_run(ctx, ctx.patient, steps)
     after, after_accuracy = overfit_run(ctx, variant, steps, lr=lr, hooks=hooks)
-    cured = judge(after, after_accuracy) and not judge(before, before_accuracy)
+    if judge is None:
+        cured = beats_control(after, after_accuracy, before, before_accuracy)
+    else:
+        cured = judge(after, after_accuracy) and not judge(before, before_accuracy)
     record = {"tried": tried, "cured": bool(cured), "before": summary(before, before_accuracy),
               "after": summary(after, after_accuracy)}
     # the before/after plot is drawn by ``plot_treatment`` once the diagnosis has its final verdict
