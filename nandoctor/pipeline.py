@@ -34,7 +34,7 @@ from nandoctor.treatments import plot_treatment
 DEFAULT_BUDGET = 120.0       # seconds for the whole run
 REPORT_RESERVE = 0.06        # share of the budget kept for diagnoses, plots and writing the report
 MIN_REPORT_RESERVE = 2.5     # ... and at least this many seconds
-MAX_TREATMENTS = 4           # cures tried per run, best-ranked findings first; the plan keeps room for all of them
+MAX_TREATMENTS = 3           # cures tried per run, best-ranked findings first; the plan keeps room for all of them
 CURE_COST = 1.1              # one cure re-runs the overfit training (its untreated run is the overfit probe's)
 TREATMENTS = "treatments"    # the cures' entry in the plan
 FALLBACK_STEP_SECONDS = 0.05  # assumed step time when the warm-up could not measure one
@@ -263,6 +263,7 @@ class Battery:
         self.needs = needs
         self.plan_record["planned_training_seconds"] = round(available, 2)
         self.plan_record["tier"] = self.plan.tier
+        self.plan_record["tiers"] = dict(self.plan.tiers)
         self.plan_record["steps"] = self.plan.to_json()  # as first planned; probes' entries say what each got
 
     def _allowance(self, probe: probes.Probe) -> float:
@@ -324,6 +325,7 @@ class Battery:
             need = probe.need(self._context(patient, evidence, plots_dir, 0.0, name))
             if need is not None:  # known only now (e.g. the NaN replay needs the step the NaN appeared at)
                 self.needs[name] = need
+                self.plan.tiers[name] = self.plan.tier
                 self.plan.steps[name] = need.steps_at(self.plan.tier)
         if need is None:
             seconds = min(left, max(self._allowance(probe), MIN_ALLOWANCE))

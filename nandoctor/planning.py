@@ -3,8 +3,9 @@
 Each training probe declares a ``StepNeed``: the fewest steps its verdict needs (``min``),
 the steps it takes when time allows (``ideal``) and what one of its steps costs in
 training-step equivalents (``cost``: K models trained side by side cost K). After the
-warm-up has measured the step time, ``plan`` picks one *tier* for the whole battery: a
-probe at tier k runs ``min * TIER_FACTORS[k]`` steps, capped at its ideal. Tiers are
+warm-up has measured the step time, ``plan`` picks a *tier* for each probe: a probe at
+tier k runs ``min * TIER_FACTORS[k]`` steps, capped at its ideal. Every probe gets its
+minimum first; what is left raises the tiers, most important probe first. Tiers are
 coarse (each doubles the steps), so a machine 30% slower than another plans the same
 steps unless it sits right at a boundary, and every verdict is defined at the minimum,
 so even then the same diagnosis comes out. A probe whose minimum does not fit is not run
@@ -52,18 +53,19 @@ class StepNeed:
 
 @dataclass
 class Plan:
-    """The planner's answer: one tier, the steps of every kept probe, and what was dropped and why."""
+    """The planner's answer: a tier per probe, the steps of every kept probe, what was dropped and why."""
 
-    tier: int
+    tier: int                     # the lowest tier of the kept probes (the battery's floor)
     step_time: float
+    tiers: dict[str, int] = field(default_factory=dict)
     steps: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     dropped: dict[str, str] = field(default_factory=dict)   # probe -> the inconclusive reason
-    needed_seconds: float = 0.0   # what every planned probe needs at its minimum, at this step time
+    needed_seconds: float = 0.0   # what the whole run needs with every probe at its minimum, at this step time
 
     def to_json(self) -> dict:
-        return {"tier": self.tier, "step_seconds": self.step_time, "steps": dict(self.steps),
-                "planned_seconds": {k: round(v, 2) for k, v in self.seconds.items()},
+        return {"tier": self.tier, "tiers": dict(self.tiers), "step_seconds": self.step_time,
+                "steps": dict(self.steps), "planned_seconds": {k: round(v, 2) for k, v in self.seconds.items()},
                 "dropped": dict(self.dropped), "needed_seconds": round(self.needed_seconds, 1)}
 
 
@@ -74,44 +76,56 @@ def suggest_budget(seconds: float) -> int:
 
 
 def plan(needs: dict[str, StepNeed], priority: list[str], step_time: float, available: float,
-         *, max_tier: int | None = None, extra_seconds: float = 0.0) -> Plan:
-    """The highest common tier at which every probe in ``needs`` fits ``available`` seconds.
+         *, max_tiers: dict[str, int] | None = None, extra_seconds: float = 0.0,
+         full_seconds: float | None = None) -> Plan:
+    """Tiers that fit ``available`` seconds, filled in order of importance.
 
-    ``priority`` orders the probes, most important first; when even the minimum of all does
-    not fit, the least important are dropped until the rest do. ``extra_seconds`` is what the
-    rest of the run needs whatever the plan (report, untrained probes): it only enters the
-    budget suggested for a run in which nothing is dropped.
+    Every probe starts at its minimum (tier 0). When even that does not fit, the least
+    important are dropped until the rest do. What is left over raises the tiers in rounds: in
+    each round every probe, most important first (``priority``), goes one tier up if that fits, so
+    the battery rises together and, when a round does not fit whole, the overfit probe gets its
+    longer run before the init comparison does. ``max_tiers`` caps each probe
+    (a re-plan never raises one). ``extra_seconds`` is what the rest of the run needs whatever the
+    plan (report, untrained probes): it enters only the budget suggested when probes are
+    dropped; ``full_seconds``, when given, is that suggestion instead (a re-plan keeps the first).
     """
     step_time = max(step_time, 1e-6)
     order = [n for n in priority if n in needs] + [n for n in needs if n not in priority]
-    top = max((needs[n].top_tier() for n in order), default=0)
-    top = top if max_tier is None else min(top, max_tier)
 
-    def total(names, tier):
-        return sum(needs[n].seconds(needs[n].steps_at(tier), step_time) for n in names)
+    def cost(name, tier):
+        return needs[name].seconds(needs[name].steps_at(tier), step_time)
 
-    minimum = total(order, 0)
-    result = Plan(tier=0, step_time=step_time, needed_seconds=minimum + extra_seconds)
+    result = Plan(tier=0, step_time=step_time, needed_seconds=full_seconds if full_seconds is not None
+                  else sum(cost(n, 0) for n in order) + extra_seconds)
     kept = list(order)
-    for tier in range(top, -1, -1):
-        if total(kept, tier) <= available:
-            result.tier = tier
-            break
-    else:
-        # 1. not even the minimum of all fits: drop the least important until the rest do
-        while kept and total(kept, 0) > available:
-            name = kept.pop()
-            need = needs[name]
-            seconds = need.seconds(need.min, step_time)
-            result.dropped[name] = (f"needs at least {need.min} steps (about {seconds:.0f} s at "
-                                    f"{step_time:.3g} s a step); the budget left {max(0.0, available):.0f} s for "
-                                    f"the training probes. The full battery needs about "
-                                    f"{suggest_budget(result.needed_seconds)} s here: run with "
-                                    f"--budget {suggest_budget(result.needed_seconds)}")
+    # 1. the minimum of all, dropping the least important until it fits
+    while kept and sum(cost(n, 0) for n in kept) > available:
+        name = kept.pop()
+        need = needs[name]
+        result.dropped[name] = (f"needs at least {need.min} steps (about {cost(name, 0):.0f} s at {step_time:.3g} s "
+                                f"a step) and {max(0.0, available):.0f} s were left for the training probes; the "
+                                f"whole battery needs about {suggest_budget(result.needed_seconds)} s here: run "
+                                f"with --budget {suggest_budget(result.needed_seconds)}")
+    # 2. what is left raises the tiers in rounds, one tier a round, most important first in each round
+    tiers = {n: 0 for n in kept}
+    caps = {n: min(needs[n].top_tier(), (max_tiers or {}).get(n, needs[n].top_tier())) for n in kept}
+    spent = sum(cost(n, 0) for n in kept)
+    raised = True
+    while raised:
+        raised = False
+        for name in kept:
+            if tiers[name] >= caps[name]:
+                continue
+            extra = cost(name, tiers[name] + 1) - cost(name, tiers[name])
+            if spent + extra <= available:
+                tiers[name] += 1
+                spent += extra
+                raised = True
     for name in kept:
-        steps = needs[name].steps_at(result.tier)
-        result.steps[name] = steps
-        result.seconds[name] = needs[name].seconds(steps, step_time)
+        result.tiers[name] = tiers[name]
+        result.steps[name] = needs[name].steps_at(tiers[name])
+        result.seconds[name] = cost(name, tiers[name])
+    result.tier = min(tiers.values(), default=0)
     return result
 
 
@@ -119,14 +133,14 @@ def replan(current: Plan, needs: dict[str, StepNeed], priority: list[str], step_
            available: float) -> Plan:
     """The plan for the probes still to run, at a step time re-measured as probes ran.
 
-    Never above the tier already chosen (a faster stretch does not add steps, so quiet and
+    Never above the tiers already chosen (a faster stretch does not add steps, so quiet and
     busy machines agree); lower only when what is left no longer fits, and drop probes only
     when their minimum does not.
     """
     remaining = {n: needs[n] for n in needs if n in current.steps}
-    fresh = plan(remaining, priority, max(step_time, current.step_time), available, max_tier=current.tier)
+    fresh = plan(remaining, priority, max(step_time, current.step_time), available,
+                 max_tiers=dict(current.tiers), full_seconds=current.needed_seconds)
     fresh.dropped = {**current.dropped, **fresh.dropped}
-    fresh.needed_seconds = current.needed_seconds
     return fresh
 
 

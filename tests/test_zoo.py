@@ -23,3 +23,5 @@ def test_top_finding(name, accepted, factory):
     ok, top = judge(report, accepted)
     ranked = [(f.code, f.severity) for f in report.findings]
     assert ok, f"{name}: expected {sorted(accepted) or 'no critical finding'}, got {ranked}"
+    broken = [n for n in report.not_evaluated if str(n.get("reason", "")).startswith("diagnosis error")]
+    assert not broken, f"{name}: diagnoses that raised (a misread field of the typed evidence?): {broken}"

@@ -65,7 +65,7 @@ def training_trouble(ev: Evidence) -> str | None:
         r = ev.get(name)
         if r is None or not r.ok:
             continue
-        losses = r.metrics.get("losses") or []
+        losses = (r.metrics.get("losses") if name == "warmup" else None) or []
         if any(not finite(x) for x in losses):
             return f"{name}: non-finite loss"
         if name == "overfit" and r.metrics.get("nonfinite_step") is not None:

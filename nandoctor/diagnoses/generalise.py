@@ -13,7 +13,8 @@ class NoGeneralisation(Diagnosis):
     role = "cause"
     requires = ("generalise",)
     thresholds = {
-        "pool_drop": 0.1,     # the loss on the pool fell by at least 10% of its start ...
+        "pool_drop": 0.08,    # the loss on the pool fell by at least 8% of its start (defined at the probe's
+                              # minimum of 60 steps; longer runs only fall further) ...
         "carry_share": 0.1,   # ... while the unseen samples' loss fell by at most 10% of that fall
     }
     fix = ("Check that each input still sits beside its own label: a shuffle, sort or filter applied to the "

@@ -164,6 +164,8 @@ class VanishingGradients(Diagnosis):
         ratio, layers, profile = m.get("depth_ratio"), m.get("layers") or [], m.get("depth_profile") or []
         if not _finite(ratio) or len(layers) < t["min_weight_layers"] or ratio >= t["ratio_warning"]:
             return None
+        if ratio <= 0:
+            return None  # no gradient at all reaches the first layer: dead units or a cut path, not a vanishing one
         # 1. stronger when the single-batch training did not progress either
         over = ev.ok("overfit")
         stuck = over is not None and not over.metrics.get("memorised")

@@ -24,7 +24,7 @@ from nandoctor.records import Metrics, ProbeResult
 POOL = 256           # training samples the model is fitted on (half the set when it is smaller)
 HELD_OUT = 256       # unseen samples it is scored on (the val set when the config has one)
 MIN_SAMPLES = 64     # below this many training samples the split says nothing
-MIN_STEPS, MAX_STEPS = 30, 200
+MIN_STEPS, MAX_STEPS = 60, 240   # a pool of 256 needs a few epochs before its fall says anything
 TRAIN_SHARE = 0.8    # without a plan: share of the probe's time for the training; the rest scores before and after
 SCORE_PASSES = 8     # the four scoring passes (pool and held-out, before and after), in training-step equivalents
 
