@@ -269,6 +269,7 @@ def version():
 
 
 def main() -> None:
+    sys.dont_write_bytecode = True  # importing the user's files leaves no __pycache__ beside them
     app()
 
 

@@ -139,6 +139,7 @@ def _load_file_module(file: Path, key: str, where: str | None):
     folder = str(file.parent)
     if folder not in sys.path:
         sys.path.insert(0, folder)  # so the user's file can import its neighbours
+    writes_bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # no __pycache__ in the user's folder
     try:
         spec.loader.exec_module(module)
     except Exception as exc:  # the user's module failed at import time
@@ -146,6 +147,8 @@ def _load_file_module(file: Path, key: str, where: str | None):
         raise LoadError(f"importing '{file.name}' raised {type(exc).__name__}: {exc}",
                         key=key, where=user_frame(exc) or where,
                         hint="fix the error in that file; it must import on its own.") from None
+    finally:
+        sys.dont_write_bytecode = writes_bytecode
     _FILE_MODULES[file] = module
     return module
 
