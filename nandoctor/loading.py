@@ -241,7 +241,7 @@ def call_user(fn: Callable, kwargs: dict, key: str, where: str | None) -> Any:
             sig = inspect.signature(fn)
             sig.bind(**kwargs)
         except (TypeError, ValueError):
-            raise LoadError(f"the arguments {sorted(kwargs)} do not fit {getattr(fn, '__name__', fn)}"
+            raise LoadError(f"the arguments {sorted(map(str, kwargs))} do not fit {getattr(fn, '__name__', fn)}"
                             f"{_safe_sig(fn)}: {exc}", key=key, where=where,
                             hint="make the keys under this block match the parameter names.") from None
         raise _raised(exc, fn, key, where) from None
