@@ -305,6 +305,11 @@ def build_patient(cfg, *, device: str | None = None, seed: int | None = None):
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))  # user modules may import their neighbours by name
     seed = cfg.seed if seed is None else seed
+    from nandoctor.config import MAX_SEED
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        from nandoctor.errors import ConfigError
+        raise ConfigError(f"the seed {seed!r} is not allowed.", key="--seed",
+                          hint=f"use a whole number from 0 to {MAX_SEED}.")
     try:  # a device the machine lacks is said before anything is imported
         resolved_device = resolve_device(device or cfg.device)
     except NandoctorError as exc:
