@@ -164,6 +164,9 @@ def run_command(config: Path, outdir: Path, budget: float, probes, device, seed,
         fail(exc.render(), exc.exit_code)
     except KeyboardInterrupt:  # before the battery started, or while the report was written
         fail("interrupted before a report was written.", EXIT_INTERRUPTED)
+    finally:
+        from nandoctor import isolation
+        isolation.close_all()  # probe worker processes, when probes ran isolated
     if report.interrupted:
         err.print("[yellow]interrupted:[/yellow] the report below is partial.")
     if report.findings:
