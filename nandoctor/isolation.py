@@ -52,6 +52,7 @@ TIMESTAMP_FIELDS = ("started", "deadline")  # ProbeContext fields that are clock
 LOCAL_FIELDS = ("patient", "evidence", "progress")
 
 _workers: dict[int, "Worker"] = {}  # per run: keyed by id() of its Evidence, dropped when that is collected
+_unavailable: dict[int, str] = {}   # runs whose worker could not start (why)
 
 
 # --- when ----------------------------------------------------------------------------------------------------
@@ -75,13 +76,21 @@ def run_probe(probe, ctx) -> ProbeResult:
     if not wanted(ctx.patient):
         return run_guarded(probe, ctx)
     key, plan = id(ctx.evidence), recipe(ctx.patient)
+    if key in _unavailable:  # the worker could not start in this run: the probes run here, as without isolation
+        return run_guarded(probe, ctx)
     worker = _workers.get(key)
     if worker is not None and (worker.recipe != plan or not worker.alive()):
         worker.close()
         worker = None
     if worker is None:
         worker = _workers[key] = Worker(plan)
-        weakref.finalize(ctx.evidence, _forget, key)
+        weakref.finalize(ctx.evidence, _end_of_run, key)
+    if not worker.ready():
+        _unavailable[key] = worker.startup_error
+        _forget(key)
+        ctx.evidence.facts["isolation_note"] = (f"probes ran in this process: the isolated worker could not start "
+                                                f"({worker.startup_error})")
+        return run_guarded(probe, ctx)
     result = worker.run(probe, ctx)
     if not worker.alive() or worker.poisoned:
         worker.close()
@@ -95,11 +104,17 @@ def _forget(key: int) -> None:
         worker.close()
 
 
+def _end_of_run(key: int) -> None:
+    _forget(key)
+    _unavailable.pop(key, None)
+
+
 def close_all() -> None:
     """Stop every worker now (the CLI calls it when a command ends)."""
     for worker in list(_workers.values()):
         worker.close()
     _workers.clear()
+    _unavailable.clear()
 
 
 # --- the parent's side --------------------------------------------------------------------------------------
@@ -110,6 +125,8 @@ class Worker:
         import multiprocessing as mp
 
         self.recipe = plan
+        self.startup_seconds: float | None = None   # spawn, imports and building the patient
+        self.startup_error: str | None = None
         self.known: set[str] = set()      # probes whose results the worker holds
         self.poisoned = False
         self.fresh = True
@@ -126,6 +143,33 @@ class Worker:
     def alive(self) -> bool:
         return self.proc.is_alive()
 
+    def ready(self) -> bool:
+        """Wait for a fresh worker to have built the patient; False (with ``startup_error``) when it could not."""
+        if self.startup_seconds is not None:
+            return True
+        deadline = time.perf_counter() + STARTUP_GRACE
+        while time.perf_counter() < deadline:
+            try:
+                answered = self.conn.poll(POLL)
+            except KeyboardInterrupt:
+                self.close()
+                raise
+            if answered:
+                try:
+                    message = pickle.loads(self.conn.recv_bytes())
+                except (OSError, EOFError):
+                    break
+                if message[0] == "ready":
+                    self.startup_seconds = time.perf_counter() - self.started
+                    return True
+                self.startup_error = f"{message[1].get('type')}: {message[1].get('message')}"
+                return False
+            if not self.proc.is_alive():
+                break
+        self.startup_error = self.startup_error or (f"it exited with status {self.proc.exitcode} while starting"
+                                                    if not self.proc.is_alive() else "it did not start in time")
+        return False
+
     def run(self, probe, ctx) -> ProbeResult:
         start = time.perf_counter()
         updates = {n: portable(r) for n, r in ctx.evidence.items() if n not in self.known}
@@ -134,7 +178,7 @@ class Worker:
         except (OSError, EOFError):
             return self._died(probe, start)
         self.known.update(updates)
-        grace = (STARTUP_GRACE if self.fresh else 0.0) + PROBE_GRACE
+        grace = PROBE_GRACE
         deadline = ctx.deadline + grace
         try:
             while True:
@@ -172,6 +216,7 @@ class Worker:
         elapsed = time.perf_counter() - start
         result.metrics["isolation"] = {
             "worker_pid": self.proc.pid, "fresh_worker": self.fresh,
+            "startup_seconds": round(self.startup_seconds, 3) if self.fresh else None,
             "overhead_seconds": round(max(0.0, elapsed - payload["seconds"]), 3),
             "data_kept_in_worker": sorted(payload["data_lost"] + lost) or None}
         self.fresh = False
@@ -271,12 +316,17 @@ def worker_main(conn, plan: dict, fault_path: str, parent_pid: int) -> None:
     from nandoctor.probes import ProbeContext
     from nandoctor.records import Evidence
 
-    patient = build_patient(load_config(plan["config"]), device=plan["device"], seed=plan["seed"])
-    registry = probe_pkg.load_all()
-    evidence = Evidence()
-
     def send(message) -> None:
         conn.send_bytes(pickle.dumps(message))
+
+    try:
+        patient = build_patient(load_config(plan["config"]), device=plan["device"], seed=plan["seed"])
+        registry = probe_pkg.load_all()
+    except Exception as exc:  # the parent built it: this should not happen; the parent runs the probes itself
+        send(("failed", {"type": type(exc).__name__, "message": str(exc)[:300]}))
+        return
+    send(("ready",))
+    evidence = Evidence()
 
     while conn.poll(IDLE_EXIT):
         try:
@@ -310,7 +360,10 @@ def worker_main(conn, plan: dict, fault_path: str, parent_pid: int) -> None:
             metrics = pickle.loads(pickle.dumps(result.metrics))
         except Exception:
             from nandoctor.records import jsonable
-            metrics = jsonable(result.metrics)
+            try:
+                metrics = jsonable(result.metrics)
+            except Exception:  # tensors on a device whose context a CUDA error poisoned
+                metrics = {"lost": "the metrics could not be read back from the worker"}
         send(("result", {"status": result.status, "seconds": result.seconds, "metrics": metrics,
                          "plots": result.plots, "error": result.error, "reason": result.reason, "data": data,
                          "data_lost": lost, "poisoned": poisoned}))

@@ -1,16 +1,18 @@
 """A watchdog on the user's data loading: a sample whose ``__getitem__`` hangs stops the probe that
 loads it, with the sample's index, instead of hanging the whole run.
 
-While a probe runs (inside ``limit(seconds)``), every sample nandoctor loads through ``fetch`` (the
-patient's loaders and fixed batches go through ``watched(dataset)``; the data scan calls ``fetch``)
-is loaded under a timer. When the timer fires, ``SampleTimeout`` is raised inside the user's
-``__getitem__``, so its traceback ends at the line that hung; the index is remembered, and a later
-probe that draws the same sample fails at once instead of waiting again.
+While a probe runs (inside ``limit(seconds)``), every sample nandoctor loads from the user's dataset
+goes through here: the patient's loaders and fixed batches read ``watched(dataset)``, the data scan
+calls ``load_each``. A timer is armed once per batch; it ticks every second past the limit and,
+when the sample being loaded has taken longer than the limit, raises ``SampleTimeout`` inside the
+user's ``__getitem__`` (so its traceback ends at the line that hung). The index is remembered: a
+later probe that draws the same sample fails at once instead of waiting again.
 
-The timer is ``SIGALRM`` (``setitimer``): it interrupts a ``sleep``, a blocking read or a Python loop,
-and starts no thread. It only works in the main thread of a POSIX process; anywhere else (a notebook
-running nandoctor in a thread, Windows) loading is not watched. DataLoader worker processes
-(``num_workers > 0``) are bounded by the DataLoader's own ``timeout`` instead.
+The timer is ``SIGALRM`` (``setitimer``): it interrupts a ``sleep``, a blocking read or a Python
+loop, and starts no thread. It works in the main thread of a POSIX process; anywhere else (a
+notebook running nandoctor in a thread, Windows) loading is not watched. DataLoader worker
+processes (``num_workers > 0``) are bounded by the DataLoader's own ``timeout`` instead. A plain
+``TensorDataset`` is never watched: indexing tensors cannot hang.
 """
 
 from __future__ import annotations
@@ -19,14 +21,15 @@ import contextlib
 import os
 import signal
 import threading
+import time
 import weakref
 from typing import Any, Iterator
 
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset, TensorDataset
 
 SAMPLE_TIMEOUT = 30.0       # seconds one sample may take to load, at most (NANDOCTOR_SAMPLE_TIMEOUT overrides)
 MIN_SAMPLE_TIMEOUT = 5.0    # ... and at least, whatever the probe's share of the budget
-REPEAT_SECONDS = 1.0        # the alarm repeats while the user's code swallows it (``except Exception: retry``)
+TICK = 1.0                  # past the limit the timer ticks this often (also while user code swallows the error)
 ENV_TIMEOUT = "NANDOCTOR_SAMPLE_TIMEOUT"
 
 
@@ -40,8 +43,9 @@ class SampleTimeout(TimeoutError):
         self.index, self.seconds = index, seconds
 
 
-_timeout: float | None = None                       # seconds per sample while a probe is watched, else None
-_current: tuple[Any, int] | None = None             # (dataset, index) being loaded under the timer
+_timeout: float | None = None              # seconds per sample while a probe is watched, else None
+_watched_thread: int | None = None         # the thread whose loading is watched (the main one)
+_current: tuple | None = None              # (dataset, index, started, chunk) of the sample being loaded
 _hung: "weakref.WeakKeyDictionary[Any, set[int]]" = weakref.WeakKeyDictionary()
 
 
@@ -51,35 +55,35 @@ def timeout_for(seconds: float) -> float:
     return min(ceiling, max(min(MIN_SAMPLE_TIMEOUT, ceiling), seconds))
 
 
-def _can_watch() -> bool:
-    return hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
-
-
 @contextlib.contextmanager
 def limit(seconds: float) -> Iterator[None]:
-    """Watch every ``fetch`` in this block with a ``seconds`` timer (a no-op where signals cannot be used)."""
-    global _timeout
-    if _timeout is not None or not _can_watch() or signal.getitimer(signal.ITIMER_REAL)[0] > 0:
+    """Watch the loading in this block with a ``seconds`` limit per sample (a no-op where signals cannot be used)."""
+    global _timeout, _watched_thread
+    if (_timeout is not None or not hasattr(signal, "setitimer")
+            or threading.current_thread() is not threading.main_thread()
+            or signal.getitimer(signal.ITIMER_REAL)[0] > 0):
         yield  # already watched, not the main thread, or the user's own code uses the real-time timer
         return
     previous = signal.signal(signal.SIGALRM, _alarm)
-    _timeout = float(seconds)
+    _timeout, _watched_thread = float(seconds), threading.get_ident()
     try:
         yield
     finally:
-        _timeout = None
+        _timeout, _watched_thread = None, None
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
 
 
 def _alarm(signum, frame) -> None:
     current = _current
-    if current is None:  # fired just after the sample returned
+    if current is None or _timeout is None:
         return
-    dataset, index = current
-    if isinstance(index, list):  # a whole chunk through __getitems__: which sample is not known yet
-        raise SampleTimeout(f"loading samples {index[0]}..{index[-1]} took longer than {_timeout:g} s",
-                            index=None, seconds=_timeout)
+    dataset, index, started, chunk = current
+    if time.perf_counter() - started < _timeout:  # a slow batch, but this sample is within its limit
+        return
+    if chunk:  # a whole chunk through __getitems__: which of its samples hangs is not known here
+        raise SampleTimeout(f"loading samples {chunk[0]}..{chunk[-1]} (one call of __getitems__) took longer "
+                            f"than {time.perf_counter() - started + _timeout:.0f} s", seconds=_timeout)
     _remember(dataset, index)
     raise SampleTimeout(f"loading sample {index} took longer than {_timeout:g} s (its __getitem__ hangs); "
                         "the probe loading it stopped", index=index, seconds=_timeout)
@@ -100,36 +104,72 @@ def hung(dataset) -> set[int]:
         return set()
 
 
-def fetch(dataset, index: int) -> Any:
-    """``dataset[index]``, under the timer while a probe is watched."""
+def _watching() -> bool:
+    return _timeout is not None and threading.get_ident() == _watched_thread
+
+
+@contextlib.contextmanager
+def _armed() -> Iterator[None]:
+    """The timer for one batch: first at the limit, then every TICK until the batch is loaded."""
     global _current
-    if index in hung(dataset):
-        raise SampleTimeout(f"sample {index} hung when it was loaded earlier in this run; not loaded again",
-                            index=index, seconds=_timeout)
-    if _timeout is None or not _can_watch():
-        return dataset[index]
-    _current = (dataset, index)
-    signal.setitimer(signal.ITIMER_REAL, _timeout, REPEAT_SECONDS)
+    signal.setitimer(signal.ITIMER_REAL, _timeout, min(TICK, _timeout))
     try:
-        return dataset[index]
+        yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         _current = None
+
+
+def _one(dataset, index: int) -> Any:
+    global _current
+    if _hung and index in hung(dataset):
+        raise SampleTimeout(f"sample {index} hung when it was loaded earlier in this run; not loaded again",
+                            index=index, seconds=_timeout)
+    _current = (dataset, index, time.perf_counter(), None)
+    sample = dataset[index]
+    _current = None  # between samples the timer's ticks are ignored
+    return sample
+
+
+def fetch(dataset, index: int) -> Any:
+    """``dataset[index]``, under the timer while a probe is watched."""
+    if not _watching():
+        return _one(dataset, index)
+    with _armed():
+        return _one(dataset, index)
+
+
+def fetch_batch(dataset, indices: list[int]) -> list:
+    """``[dataset[i] for i in indices]`` under one timer (the first sample that raises ends the batch)."""
+    if not _watching():
+        return [_one(dataset, i) for i in indices]
+    with _armed():
+        return [_one(dataset, i) for i in indices]
+
+
+def load_each(dataset, indices: list[int]) -> list[tuple[int, Any, Exception | None]]:
+    """``(index, sample, None)`` or ``(index, None, the exception)`` for every index: a sample that raises or
+    hangs is reported and the others still load (the data scan's way)."""
+    out = []
+    with (_armed() if _watching() else contextlib.nullcontext()):
+        for i in indices:
+            try:
+                out.append((i, _one(dataset, i), None))
+            except Exception as exc:
+                out.append((i, None, exc))
+    return out
 
 
 def fetch_many(dataset, indices: list[int]) -> Any:
-    """``dataset.__getitems__(indices)`` under one timer for the chunk (the caller falls back to ``fetch``
-    one sample at a time to find the one that hangs)."""
+    """``dataset.__getitems__(indices)`` under one timer, with a limit of the per-sample one times the square
+    root of the chunk's size (which sample hangs is not known here: callers fall back to ``load_each``)."""
     global _current
-    if _timeout is None or not _can_watch() or not indices:
+    if not _watching() or not indices:
         return dataset.__getitems__(indices)
-    _current = (dataset, list(indices))
-    signal.setitimer(signal.ITIMER_REAL, _timeout * max(1, len(indices)) ** 0.5, REPEAT_SECONDS)
-    try:
+    with _armed():
+        allowance = _timeout * max(1, len(indices)) ** 0.5
+        _current = (dataset, None, time.perf_counter() + allowance - _timeout, list(indices))
         return dataset.__getitems__(indices)
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        _current = None
 
 
 def loader_timeout() -> float:
@@ -138,7 +178,7 @@ def loader_timeout() -> float:
 
 
 class Watched(Dataset):
-    """A map-style dataset seen through ``fetch``: what the patient's DataLoaders load from."""
+    """A map-style dataset seen through the watchdog: what the patient's DataLoaders load from."""
 
     def __init__(self, dataset):
         self.dataset = dataset
@@ -149,6 +189,19 @@ class Watched(Dataset):
     def __getitem__(self, index):
         return fetch(self.dataset, index)
 
+    def __getitems__(self, indices: list[int]) -> list:  # a DataLoader batch: one timer for all of it
+        if hasattr(self.dataset, "__getitems__"):  # the user's own batched loading
+            return fetch_many(self.dataset, list(indices))
+        return fetch_batch(self.dataset, list(indices))
+
+
+def cannot_hang(dataset) -> bool:
+    """A plain TensorDataset (or a Subset chain over one): loading is tensor indexing, nothing to watch."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return type(dataset) is TensorDataset
+
 
 def watched(dataset) -> Dataset:
-    return dataset if isinstance(dataset, Watched) else Watched(dataset)
+    """``dataset`` seen through the watchdog (itself when loading it cannot hang)."""
+    return dataset if isinstance(dataset, Watched) or cannot_hang(dataset) else Watched(dataset)

@@ -84,6 +84,16 @@ def test_a_worker_that_exits_is_replaced_and_a_stuck_probe_is_stopped(isolated, 
     assert "probe-failed" not in [f.code for f in report.findings]
 
 
+def test_a_worker_that_cannot_start_leaves_the_probes_to_this_process(isolated, tmp_path):
+    cfg = isolated("never")
+    (tmp_path / "net.py").write_text("import multiprocessing\n"
+                                     "if multiprocessing.parent_process() is not None:\n"
+                                     "    raise RuntimeError('this module refuses to load in a worker')\n" + NET)
+    report = nandoctor.diagnose(cfg, probes=["overfit"], budget=20, treatments=False)
+    assert report.probes["overfit"].ok and "isolation" not in report.probes["overfit"].metrics
+    assert "refuses to load in a worker" in report.patient["isolation_note"]
+
+
 def test_off_by_default_on_the_cpu_and_for_python_objects(monkeypatch):
     from patients import make_patient
 

@@ -26,7 +26,7 @@ from torch.utils.data import Subset, TensorDataset
 from torch.utils.data._utils.collate import default_collate
 
 from nandoctor.probes.training import error_record
-from nandoctor.watchdog import fetch, fetch_many
+from nandoctor.watchdog import fetch_many, load_each
 
 MAX_ERRORS_KEPT = 20   # sample errors kept with their message (all are counted)
 
@@ -74,11 +74,11 @@ class SampleSource:
             except Exception:
                 pass  # fall back to one by one, to find the sample that raises
         items, ok, errors = [], [], []
-        for i in index:
-            try:
-                items.append(fetch(self.dataset, i))  # under the watchdog: a sample that hangs is an error too
+        for i, item, exc in load_each(self.dataset, index):  # under the watchdog: a sample that hangs is an error too
+            if exc is None:
+                items.append(item)
                 ok.append(i)
-            except Exception as exc:  # the user's __getitem__ raised on this sample: evidence
+            else:  # the user's __getitem__ raised on this sample: evidence
                 errors.append(sample_error(i, exc, "loading"))
         return items, ok, errors
 
