@@ -135,7 +135,9 @@ class Worker:
         spawn = mp.get_context("spawn")
         self.conn, child = spawn.Pipe()
         self.started = time.perf_counter()
-        self.proc = spawn.Process(target=worker_main, args=(child, plan, self.fault_path, os.getpid()),
+        import torch
+        settings = {"threads": torch.get_num_threads()}  # the parent's torch settings hold in the worker too
+        self.proc = spawn.Process(target=worker_main, args=(child, plan, self.fault_path, os.getpid(), settings),
                                   daemon=True, name="nandoctor-probe-worker")
         self.proc.start()
         child.close()
@@ -304,9 +306,11 @@ def last_user_line(fault_path: str) -> str | None:
 
 
 # --- the worker's side -----------------------------------------------------------------------------------------
-def worker_main(conn, plan: dict, fault_path: str, parent_pid: int) -> None:
+def worker_main(conn, plan: dict, fault_path: str, parent_pid: int, settings: dict | None = None) -> None:
     """Build the patient, then run the probes sent one by one until told to stop, idle or orphaned."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    import torch
+    torch.set_num_threads((settings or {}).get("threads") or torch.get_num_threads())
     fault_file = open(fault_path, "w")
     faulthandler.enable(fault_file)
     threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
