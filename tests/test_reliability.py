@@ -21,7 +21,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from nandoctor import numeric, probes as probe_pkg
 from nandoctor.loading import raised_by_user
-from patients import battery, blobs, codes, make_patient, mlp
+from patients import battery, blobs, codes, make_patient
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,7 +6,6 @@ import socket
 import textwrap
 from pathlib import Path
 
-import pytest
 import torch
 from torch import nn
 from typer.testing import CliRunner
