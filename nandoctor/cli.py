@@ -1,16 +1,22 @@
 """Thin typer commands: parse options, call the pipeline, map errors to exit codes.
 
-Exit status: 0 a report was written; 1 ``--fail-on`` matched a finding; 2 bad input.
+Exit status: 0 a report was written; 1 ``--fail-on`` matched a finding; 2 bad input;
+130 interrupted (Ctrl-C: the partial report is written; a second Ctrl-C exits at once).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -34,10 +40,41 @@ OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Folder for report.md/
 BudgetOpt = Annotated[float, typer.Option("--budget", "-b", min=1.0,
                                           help="Seconds the whole run may take; probes are sized to fit.")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N (default: the config's).")]
-SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Seed for every probe (default: the config's, else 0).")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", min=0, max=2 ** 32 - 1,
+                                                help="Seed for every probe (default: the config's, else 0).")]
 FailOpt = Annotated[Optional[str], typer.Option("--fail-on", help="Exit 1 when a finding at or above this severity "
                                                                   "(info, warning, critical) is found: for CI.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars; only the summary.")]
+
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a Ctrl-C
+
+
+def _exit_now(signum, frame) -> None:
+    """The second Ctrl-C: no report, no clean-up of the patient's copies, just out."""
+    from nandoctor.report.writer import discard_staging
+    discard_staging()
+    os.write(2, b"\ninterrupted twice: exiting without a report\n")
+    os._exit(EXIT_INTERRUPTED)
+
+
+def _first_interrupt(signum, frame) -> None:
+    """The first Ctrl-C stops the probe that runs (a partial report is written); the next one exits at once."""
+    signal.signal(signal.SIGINT, _exit_now)
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def interrupts():
+    """Ctrl-C as the CLI promises it, for the length of one command (the main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, _first_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def fail(message: str, code: int = 2):
@@ -106,7 +143,9 @@ def summary_table(report, top: int = 8) -> Table:
     table.add_column("status")
     for i, f in enumerate(report.findings[:top], 1):
         status = {True: "confirmed", False: "cure failed", None: "suspected"}[f.confirmed]
-        table.add_row(str(i), f"[{colors.get(f.severity, 'white')}]{f.severity}", f.code, f.title, status)
+        # titles carry the user's names and messages: shown as text, never read as rich markup
+        table.add_row(str(i), f"[{colors.get(f.severity, 'white')}]{escape(f.severity)}", escape(f.code),
+                      escape(f.title), status)
     return table
 
 
@@ -119,11 +158,16 @@ def run_command(config: Path, outdir: Path, budget: float, probes, device, seed,
         fail(f"--fail-on {fail_on!r} is not a severity.\nWhat to do: use one of {', '.join(SEVERITIES)}.")
     progress = Silent() if quiet or not sys.stderr.isatty() else RichProgress(err)
     try:
-        with progress:
+        with interrupts(), progress:
             report = diagnose(config, budget=budget, probes=probes, device=device, seed=seed, out=outdir,
                               progress=progress, probe_options=probe_options)
     except NandoctorError as exc:
         fail(exc.render(), exc.exit_code)
+    except KeyboardInterrupt:  # before the battery started, or while the report was written
+        fail("interrupted before a report was written.", EXIT_INTERRUPTED)
+    finally:
+        from nandoctor import isolation
+        isolation.close_all()  # probe worker processes, when probes ran isolated
     if report.interrupted:
         err.print("[yellow]interrupted:[/yellow] the report below is partial.")
     if report.findings:
@@ -137,7 +181,9 @@ def run_command(config: Path, outdir: Path, budget: float, probes, device, seed,
         if result.ok and result.metrics.get("summary"):
             out.print(f"{name}: {result.metrics['summary']}", markup=False, highlight=False)
     out.print(f"Report: {outdir / 'report.html'} (also report.md, report.json)  "
-              f"[{report.elapsed_seconds:.1f} s]")
+              f"[{report.elapsed_seconds:.1f} s]", markup=False, highlight=False)
+    if report.interrupted:
+        raise typer.Exit(EXIT_INTERRUPTED)
     if fail_on is not None and any(SEVERITIES.index(f.severity) >= SEVERITIES.index(fail_on)
                                    for f in report.findings):
         raise typer.Exit(1)
@@ -230,6 +276,7 @@ def version():
 
 
 def main() -> None:
+    sys.dont_write_bytecode = True  # importing the user's files leaves no __pycache__ beside them
     app()
 
 

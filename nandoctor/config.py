@@ -48,6 +48,7 @@ DEFAULT_BATCH_SIZE = 32
 DEFAULT_SEED = 0
 DEFAULT_PRECISION = "fp32"
 DEFAULT_INTERVAL = "step"
+MAX_SEED = 2 ** 32 - 1  # numpy's and torch's seeds both take it (torch overflows past 2**64)
 
 
 @dataclass
@@ -88,15 +89,35 @@ class Config:
         return f"{display_path(self.path)}, line {line}" if line else display_path(self.path)
 
 
-def _line_map(node: yaml.Node, prefix: str = "", out: dict | None = None) -> dict[str, int]:
-    """Dotted key -> 1-based line of that key, from a composed YAML node tree."""
+def _line_map(node: yaml.Node, prefix: str = "", out: dict | None = None, seen: set | None = None) -> dict[str, int]:
+    """Dotted key -> 1-based line of that key, from a composed YAML node tree. Each node is read once:
+    aliases (``*name``) point back at nodes already read, so a "billion laughs" file stays linear."""
     out = {} if out is None else out
-    if isinstance(node, yaml.MappingNode):
+    seen = set() if seen is None else seen
+    if isinstance(node, yaml.MappingNode) and id(node) not in seen:
+        seen.add(id(node))
         for key_node, value_node in node.value:
             key = f"{prefix}{key_node.value}"
-            out[key] = key_node.start_mark.line + 1
-            _line_map(value_node, key + ".", out)
+            out.setdefault(key, key_node.start_mark.line + 1)
+            _line_map(value_node, key + ".", out, seen)
     return out
+
+
+def _recursive(value: Any, key: str, cfg_path: Path, lines: dict, ancestors: tuple = (),
+               done: set | None = None) -> None:
+    """A ConfigError naming the key whose value contains itself (``&a [*a]``): nothing could use it.
+    A block shared by aliases is walked once."""
+    done = set() if done is None else done
+    if not isinstance(value, (dict, list)) or id(value) in done:
+        return
+    if any(value is a for a in ancestors):
+        where = f"{cfg_path}, line {lines[key]}" if key in lines else str(cfg_path)
+        raise ConfigError(f"'{key}' contains itself (a YAML anchor used inside its own value).", where=where,
+                          hint="write the value out, or point the alias at another block.")
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    for k, v in items:
+        _recursive(v, f"{key}.{k}" if key else str(k), cfg_path, lines, ancestors + (value,), done)
+    done.add(id(value))
 
 
 def _did_you_mean(word: str, options) -> str:
@@ -149,6 +170,10 @@ def _target_block(value: Any, key: str, cfg_path: Path, lines: dict) -> dict:
     if not isinstance(value["_target_"], str) or not value["_target_"].strip():
         raise ConfigError(f"'{key}._target_' must be a non-empty string.", where=where,
                           hint="use 'package.module.Name', 'package.module:Name' or 'file.py:Name'.")
+    for arg in value:
+        if not isinstance(arg, str) or not arg.isidentifier():
+            raise ConfigError(f"'{key}' has the key {arg!r}, which cannot be a keyword argument.", where=where,
+                              hint="the keys beside '_target_' are passed as keyword arguments: use parameter names.")
     return dict(value)
 
 
@@ -187,6 +212,12 @@ def load_config(path: str | Path) -> Config:
 
     # 1. keys
     _check_keys(raw, TOP_KEYS, "", cfg_path, lines)
+    _recursive(raw, "", cfg_path, lines)
+    for key, required in TOP_KEYS.items():
+        if required and raw[key] is None:
+            where = f"{cfg_path}, line {lines[key]}" if key in lines else str(cfg_path)
+            raise ConfigError(f"the required key '{key}' is empty (null).", where=where,
+                              hint=_REQUIRED_HINTS.get(key, "give it a value; see configs/ for examples."))
     data = raw["data"]
     if not isinstance(data, dict):
         raise ConfigError("'data' must be a mapping with a 'train' dataset.",
@@ -213,7 +244,8 @@ def load_config(path: str | Path) -> Config:
     shuffle = scalar(data.get("shuffle", True), "data.shuffle", bool, lambda v: True, "use true or false.")
     num_workers = scalar(data.get("num_workers", 0), "data.num_workers", int, lambda v: v >= 0,
                          "use 0 (load in the main process) or a positive number of workers.")
-    seed = scalar(raw.get("seed", DEFAULT_SEED), "seed", int, lambda v: v >= 0, "use a whole number, 0 or more.")
+    seed = scalar(raw.get("seed", DEFAULT_SEED), "seed", int, lambda v: 0 <= v <= MAX_SEED,
+                  f"use a whole number from 0 to {MAX_SEED}.")
     device = scalar(str(raw.get("device", "auto")), "device", str,
                     lambda v: v in ("auto", "cpu", "cuda", "mps") or v.startswith("cuda:"),
                     "use auto, cpu, cuda or cuda:N.")

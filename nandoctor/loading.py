@@ -85,6 +85,34 @@ def user_frame(exc: BaseException) -> str | None:
     return f"{display_path(frames[-1].filename)}:{frames[-1].lineno} in {frames[-1].name}" if frames else None
 
 
+PATIENT_FILE = "patient.py"  # nandoctor's one interface to the user's objects (model, data, loss, optimizer, step)
+
+
+def _in_nandoctor(filename: str) -> bool:
+    return str(Path(filename).resolve()).replace("\\", "/").startswith(_NANDOCTOR_ROOT)
+
+
+def raised_by_user(exc: BaseException) -> bool:
+    """Did the user's set-up raise ``exc`` (their code, data, loss or optimizer), rather than nandoctor?
+
+    Decided by where it was raised, not where it was caught: the innermost frame outside the
+    libraries (torch, the standard library, site-packages) is the user's own file; or it is
+    nandoctor's ``patient.py`` handing the user's objects to torch, which raised (a loss that
+    meets labels out of range, a DataLoader that cannot collate the user's samples). A
+    ``NandoctorError`` (bad input, explained) and errors that declare ``user_fault`` (a sample
+    whose loading hung) are the user's too. Anything else raised inside nandoctor is nandoctor's.
+    """
+    if isinstance(exc, NandoctorError) or getattr(exc, "user_fault", False):
+        return True
+    frames = traceback.extract_tb(exc.__traceback__)
+    for depth, fr in enumerate(reversed(frames)):
+        if is_user_file(fr.filename):
+            return True
+        if _in_nandoctor(fr.filename):
+            return depth > 0 and Path(fr.filename).name == PATIENT_FILE
+    return False
+
+
 def library_path(filename: str) -> str:
     """An installed library's file relative to site-packages (``torch/nn/functional.py``): reports show no
     machine's folders; other files are left as they are."""
@@ -111,6 +139,7 @@ def _load_file_module(file: Path, key: str, where: str | None):
     folder = str(file.parent)
     if folder not in sys.path:
         sys.path.insert(0, folder)  # so the user's file can import its neighbours
+    writes_bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # no __pycache__ in the user's folder
     try:
         spec.loader.exec_module(module)
     except Exception as exc:  # the user's module failed at import time
@@ -118,6 +147,8 @@ def _load_file_module(file: Path, key: str, where: str | None):
         raise LoadError(f"importing '{file.name}' raised {type(exc).__name__}: {exc}",
                         key=key, where=user_frame(exc) or where,
                         hint="fix the error in that file; it must import on its own.") from None
+    finally:
+        sys.dont_write_bytecode = writes_bytecode
     _FILE_MODULES[file] = module
     return module
 
@@ -210,7 +241,7 @@ def call_user(fn: Callable, kwargs: dict, key: str, where: str | None) -> Any:
             sig = inspect.signature(fn)
             sig.bind(**kwargs)
         except (TypeError, ValueError):
-            raise LoadError(f"the arguments {sorted(kwargs)} do not fit {getattr(fn, '__name__', fn)}"
+            raise LoadError(f"the arguments {sorted(map(str, kwargs))} do not fit {getattr(fn, '__name__', fn)}"
                             f"{_safe_sig(fn)}: {exc}", key=key, where=where,
                             hint="make the keys under this block match the parameter names.") from None
         raise _raised(exc, fn, key, where) from None
@@ -274,6 +305,16 @@ def build_patient(cfg, *, device: str | None = None, seed: int | None = None):
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))  # user modules may import their neighbours by name
     seed = cfg.seed if seed is None else seed
+    from nandoctor.config import MAX_SEED
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        from nandoctor.errors import ConfigError
+        raise ConfigError(f"the seed {seed!r} is not allowed.", key="--seed",
+                          hint=f"use a whole number from 0 to {MAX_SEED}.")
+    try:  # a device the machine lacks is said before anything is imported
+        resolved_device = resolve_device(device or cfg.device)
+    except NandoctorError as exc:
+        exc.key, exc.where = ("--device", None) if device else ("device", cfg.where("device"))
+        raise
 
     # 1. the model: resolve once, and check that it builds
     model_target = resolve_target(cfg.model_spec["_target_"], root, "model._target_", cfg.where("model"))
@@ -338,11 +379,11 @@ def build_patient(cfg, *, device: str | None = None, seed: int | None = None):
     return Patient(model_factory=model_factory, train_data=train, val_data=val, loss_fn=loss_fn,
                    optimizer_cls=opt_cls, optimizer_kwargs=opt_kwargs, train_step=step,
                    batch_size=cfg.batch_size, shuffle=cfg.shuffle, num_workers=cfg.num_workers, seed=seed,
-                   device=resolve_device(device or cfg.device), name=cfg.path.stem,
+                   device=resolved_device, name=cfg.path.stem,
                    loss_name=_name_of(loss_fn), model_name=type(probe_model).__name__,
                    collate_fn=collate, scheduler=scheduler, scheduler_interval=cfg.scheduler_interval,
                    precision=cfg.precision, grad_scaler=cfg.grad_scaler, grad_clip=cfg.grad_clip,
-                   accumulate=cfg.accumulate)
+                   accumulate=cfg.accumulate, source={"config": str(cfg.path)})
 
 
 def scheduler_factory(cfg, trial_optimizer) -> Callable:
@@ -384,3 +425,4 @@ def _name_of(fn) -> str:
 
 
 _LIBRARY_ROOTS = _library_roots()
+_NANDOCTOR_ROOT = str(Path(__file__).resolve().parent).replace("\\", "/") + "/"

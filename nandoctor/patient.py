@@ -35,6 +35,7 @@ PRECISION_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 SCHEDULER_INTERVALS = ("step", "epoch")
 FP16_MAX = 65504.0   # the largest finite float16: anything above becomes inf
 _STATE_ATTR = "_nandoctor_training_state"  # where make_optimizer keeps an optimizer's TrainingState
+from nandoctor.watchdog import loader_timeout, watched
 
 
 @contextlib.contextmanager
@@ -77,9 +78,23 @@ def clone_module(model: nn.Module) -> nn.Module:
 
 
 def resolve_device(name: str | None) -> torch.device:
+    """``auto`` -> CUDA when available, else the CPU; a device this machine does not have is a ``ConfigError``."""
     if not name or name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"'{name}' is not a device.", key="device", hint="use auto, cpu, cuda or cuda:N.") from None
+    if device.type == "cuda" and (not torch.cuda.is_available()
+                                  or (device.index or 0) >= torch.cuda.device_count()):
+        have = (f"it has {torch.cuda.device_count()} CUDA device(s)" if torch.cuda.is_available()
+                else "CUDA is not available on it")
+        raise ConfigError(f"the device '{name}' does not exist on this machine: {have}.", key="device",
+                          hint="use device: auto (CUDA when there is one, else the CPU) or cpu.")
+    if device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ConfigError("the device 'mps' is not available on this machine.", key="device",
+                          hint="use device: auto or cpu.")
+    return device
 
 
 def to_device(obj: Any, device: torch.device) -> Any:
@@ -153,6 +168,8 @@ class Patient:
     loss_name: str = ""
     model_name: str = ""
     changes: tuple[str, ...] = ()  # what a treatment changed, for the report
+    max_batch: int | None = None   # no batch larger than this (set after running out of memory)
+    source: dict | None = None     # {"config": path} when built from a config: how to build it again elsewhere
     # the training set-up (SPEC section 1, 0.2); the defaults are a plain fp32 loop
     collate_fn: Callable | None = None     # passed to every DataLoader
     scheduler: Callable | None = None      # optimizer -> LR scheduler (a class or a partial of one)
@@ -287,19 +304,23 @@ class Patient:
     def loader(self, batch_size: int | None = None, shuffle: bool | None = None, dataset: Dataset | None = None,
                drop_last: bool = False) -> DataLoader:
         gen = torch.Generator().manual_seed(self.seed)
-        return DataLoader(dataset if dataset is not None else self.train_data,
-                          batch_size=batch_size or self.batch_size,
+        return DataLoader(watched(dataset if dataset is not None else self.train_data),
+                          batch_size=self.capped(batch_size or self.batch_size),
                           shuffle=self.shuffle if shuffle is None else shuffle,
                           num_workers=self.num_workers, generator=gen, drop_last=drop_last,
-                          collate_fn=self.collate_fn)
+                          collate_fn=self.collate_fn, timeout=loader_timeout() if self.num_workers else 0)
+
+    def capped(self, size: int) -> int:
+        """``size``, or the largest batch that fits in memory when a probe ran out of it."""
+        return min(size, self.max_batch) if self.max_batch else size
 
     def fixed_batch(self, size: int | None = None, offset: int = 0) -> Any:
         """The same ``size`` samples every time (a seeded draw), collated and on the device."""
         n = len(self.train_data)
-        size = min(size or self.batch_size, n)
+        size = self.capped(min(size or self.batch_size, n))
         gen = torch.Generator().manual_seed(self.seed + 7919 * offset)
         idx = torch.randperm(n, generator=gen)[:size].tolist()
-        loader = DataLoader(Subset(self.train_data, idx), batch_size=size, shuffle=False, num_workers=0,
+        loader = DataLoader(Subset(watched(self.train_data), idx), batch_size=size, shuffle=False, num_workers=0,
                             collate_fn=self.collate_fn)
         return to_device(next(iter(loader)), self.device)
 

@@ -20,7 +20,7 @@ from typing import Iterable
 
 import torch
 
-from nandoctor import __version__, diagnoses, planning, probes, ranking, watchdog
+from nandoctor import __version__, diagnoses, isolation, planning, probes, ranking, watchdog
 from nandoctor.config import Config, load_config
 from nandoctor.errors import ConfigError
 from nandoctor.loading import build_patient
@@ -155,10 +155,15 @@ def diagnose(source, *, budget: float = DEFAULT_BUDGET, probes: Iterable[str] | 
     Writes ``report.json/.md/.html`` and ``plots/`` to ``out`` when given. Bad input raises
     ``NandoctorError``; the user's code failing during a probe becomes a finding instead.
     """
-    opts = Options(budget=float(budget), probes=tuple(probes) if probes is not None else None, device=device,
-                   seed=seed, out=Path(out) if out is not None else None, probe_options=probe_options or {},
-                   treatments=treatments, step_time_scale=float(step_time_scale))
-    return Battery(opts, progress or Progress()).run(source)
+    from nandoctor.report.writer import staged
+
+    with staged(out) as stage:  # the report is written beside ``out`` and moved into place whole
+        opts = Options(budget=float(budget), probes=tuple(probes) if probes is not None else None, device=device,
+                       seed=seed, out=stage, probe_options=probe_options or {}, treatments=treatments,
+                       step_time_scale=float(step_time_scale))
+        report = Battery(opts, progress or Progress()).run(source)
+    report.out_dir = str(out) if out is not None else None
+    return report
 
 
 class Battery:
@@ -284,19 +289,8 @@ class Battery:
             meter = training.StepMeter.start()
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                try:
-                    with watchdog.deadline(self._hard_stop(ctx) if name != "warmup" else self.end):
-                        result = probe.run(ctx)
-                except KeyboardInterrupt:
-                    raise
-                except probes.Inconclusive as exc:
-                    result = probe.result(status="inconclusive", reason=str(exc))
-                except watchdog.Overrun:
-                    result = probe.result(status="inconclusive",
-                                          reason=f"stopped at its deadline ({ctx.seconds:.1f} s planned); "
-                                                 f"the user's code ran far slower than the warm-up measured")
-                except Exception as exc:  # a crash of the probe itself: a finding, not a dead run
-                    result = probe.result(status="failed", error={**error_record(exc), "internal": True})
+                ctx.hard_stop = self._hard_stop(ctx) if name != "warmup" else self.end
+                result = isolation.run_probe(probe, ctx)  # crashes as findings, whose fault they are; OOM; hangs
             # warnings the user's code (or torch on its behalf) raised are evidence too
             messages = list(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught))
             if messages:

@@ -59,6 +59,8 @@ class Metrics:
 
     warnings: list | None = None   # distinct warnings the user's code raised during the probe
     summary: str | None = None     # the probe's answer in one line, where it has one (the terminal shows it)
+    out_of_memory: dict | None = None  # the probe ran out of memory: the smaller batches it was retried with
+    isolation: dict | None = None      # it ran in a worker process: the worker and what that cost
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -108,7 +110,7 @@ class Metrics:
         if not self.keys():
             return {}
         return {k: jsonable(getattr(self, k)) for k in self.names()
-                if k not in ("warnings", "summary") or getattr(self, k) is not None}
+                if k not in ("warnings", "summary", "out_of_memory", "isolation") or getattr(self, k) is not None}
 
 
 @dataclass

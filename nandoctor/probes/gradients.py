@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 import math
-import statistics
 
 from torch import nn
 
+from nandoctor import numeric
 from nandoctor.planning import StepNeed
 from nandoctor.probes import Probe, ProbeContext
 from nandoctor.probes.instrument import Recorder
@@ -50,10 +50,10 @@ def param_counts(model: nn.Module) -> dict[str, int]:
 
 def growth(norms: list[float]) -> tuple[float | None, float | None, float | None]:
     """(baseline, peak, peak/baseline) of a gradient-norm series over its finite points; None when too short."""
-    finite = [v for v in norms if math.isfinite(v)]
+    finite = numeric.finite(norms)
     if len(finite) < BASELINE_STEPS + 1:
         return None, None, None
-    base = statistics.median(finite[:BASELINE_STEPS])
+    base = numeric.median(finite[:BASELINE_STEPS])
     peak = max(finite[BASELINE_STEPS:])
     return base, peak, (peak / base if base > 0 else None)
 
@@ -66,8 +66,8 @@ def depth_profile(rec: Recorder, layers: list[str], counts: dict[str, int]) -> l
     """Median RMS gradient (norm / sqrt(parameter count)) per layer over the early finite steps."""
     out = []
     for key in layers:
-        early = [v for v in rec.grad_norms.get(key, [])[:PROFILE_STEPS] if math.isfinite(v)]
-        out.append(statistics.median(early) / math.sqrt(max(1, counts.get(key, 1))) if early else None)
+        early = numeric.median(rec.grad_norms.get(key, [])[:PROFILE_STEPS])  # over the finite steps
+        out.append(early / math.sqrt(max(1, counts.get(key, 1))) if early is not None else None)
     return out
 
 
@@ -79,10 +79,9 @@ def depth_ratio(profile: list[float | None]) -> float | None:
     """
     if len(profile) < 3 or profile[0] is None:
         return None
-    hidden = [v for v in profile[1:-1] if v is not None]
-    if not hidden:
+    later = numeric.fmax(profile[1:-1])
+    if later is None or not math.isfinite(profile[0]):
         return None
-    later = max(hidden)
     return profile[0] / later if later > 0 else None
 
 

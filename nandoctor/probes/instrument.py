@@ -73,6 +73,8 @@ def fast_mean_std(t: torch.Tensor) -> tuple[float, float]:
     A non-finite element makes both non-finite, which is how the forward hook spots one.
     """
     n = t.numel()
+    if n == 0:  # an empty output (a layer fed an empty batch): nothing to average
+        return float("nan"), float("nan")
     flat = t.reshape(-1).float()
     mean = float(flat.sum()) / n
     sq = float(torch.linalg.vector_norm(flat)) ** 2 / n

@@ -155,14 +155,14 @@ def output_kind(out: torch.Tensor) -> dict:
     if rows:
         # the class dim is 1 ([N, C, ...]); sequence models often put it last ([N, T, C])
         dims = [1] + ([o.dim() - 1] if o.dim() > 2 and o.shape[-1] >= 2 else [])
-        sum_dev = min(float((o.sum(d) - 1).abs().max()) for d in dims)
-        lse_dev = min(float(torch.logsumexp(o, d).abs().max()) for d in dims)
+        sum_dev = min(_finite_max((o.sum(d) - 1).abs()) for d in dims)   # rows holding NaN are left out
+        lse_dev = min(_finite_max(torch.logsumexp(o, d).abs()) for d in dims)
         info.update(classes=int(o.shape[1]), row_sum_dev=sum_dev, logsumexp_dev=lse_dev,
                     all_zero_rows=float((o == 0).all(dim=1).float().mean()))
         if o.shape[0] >= 2:  # normalised over the batch instead of the classes: softmax(dim=0)
-            if hi <= LOGPROB_MAX and float(torch.logsumexp(o, 0).abs().max()) <= ROW_SUM_TOL:
+            if hi <= LOGPROB_MAX and _finite_max(torch.logsumexp(o, 0).abs()) <= ROW_SUM_TOL:
                 info["normalised_over_batch"] = "log-probabilities"
-            elif lo >= 0 and hi <= 1 and float((o.sum(0) - 1).abs().max()) <= ROW_SUM_TOL:
+            elif lo >= 0 and hi <= 1 and _finite_max((o.sum(0) - 1).abs()) <= ROW_SUM_TOL:
                 info["normalised_over_batch"] = "probabilities"
     if rows and hi <= LOGPROB_MAX and info["logsumexp_dev"] <= ROW_SUM_TOL:
         kind = "log-probabilities"
@@ -175,6 +175,12 @@ def output_kind(out: torch.Tensor) -> dict:
     else:
         kind = "unbounded"
     return {**info, "kind": kind}
+
+
+def _finite_max(t: torch.Tensor) -> float:
+    """The largest finite value of ``t`` (a row's deviation from a normalised one); inf when none is finite."""
+    fin = t[torch.isfinite(t)]
+    return float(fin.max()) if fin.numel() else math.inf
 
 
 def target_info(targets: Any) -> dict | None:

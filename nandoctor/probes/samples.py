@@ -27,6 +27,7 @@ from torch.utils.data import Subset, TensorDataset
 from torch.utils.data._utils.collate import default_collate
 
 from nandoctor.probes.training import error_record
+from nandoctor.watchdog import fetch_many, load_each
 
 MAX_ERRORS_KEPT = 20   # sample errors kept with their message (all are counted)
 
@@ -71,15 +72,15 @@ class SampleSource:
     def _items(self, index: list[int]) -> tuple[list, list[int], list[dict]]:
         if hasattr(self.dataset, "__getitems__"):
             try:
-                return list(self.dataset.__getitems__(index)), index, []
+                return list(fetch_many(self.dataset, index)), index, []
             except Exception:
                 pass  # fall back to one by one, to find the sample that raises
         items, ok, errors = [], [], []
-        for i in index:
-            try:
-                items.append(self.dataset[i])
+        for i, item, exc in load_each(self.dataset, index):  # under the watchdog: a sample that hangs is an error too
+            if exc is None:
+                items.append(item)
                 ok.append(i)
-            except Exception as exc:  # the user's __getitem__ raised on this sample: evidence
+            else:  # the user's __getitem__ raised on this sample: evidence
                 errors.append(sample_error(i, exc, "loading"))
         return items, ok, errors
 

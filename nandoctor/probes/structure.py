@@ -16,6 +16,7 @@ everything traced:
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -442,6 +443,9 @@ def accumulation(traces: list[StepTrace], trainable: set[int]) -> dict | None:
         dot11 += float(a @ a)
         dot12 += float(a @ b)
         dot22 += float(b @ b)
+    if not all(math.isfinite(d) for d in (dot11, dot12, dot22)):  # a NaN/Inf gradient: no ratio to read
+        return {"ratio": None, "cosine": None, "first_norm": dot11 ** 0.5 if dot11 >= 0 else dot11,
+                "second_norm": dot22 ** 0.5 if dot22 >= 0 else dot22, "nonfinite": True}
     if dot11 <= 0.0:
         return {"ratio": None, "cosine": None, "first_norm": 0.0, "second_norm": dot22 ** 0.5}
     return {"ratio": dot12 / dot11, "cosine": dot12 / max((dot11 * dot22) ** 0.5, 1e-300),

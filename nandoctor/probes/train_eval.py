@@ -11,11 +11,11 @@ Skipped when a fresh model gives the same outputs in both modes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-import statistics
 
 import torch
 from torch import nn
 
+from nandoctor import numeric
 from nandoctor.patient import clone_module, split_batch
 from nandoctor.planning import StepNeed
 from nandoctor.probes import Probe, ProbeContext
@@ -54,6 +54,7 @@ class TrainEvalMetrics(Metrics):
     train_mode_loss: float | None = None
     train_mode_std: float | None = None
     train_mode_losses: list | None = None
+    train_mode_nonfinite: int | None = None   # train-mode scores that were NaN/Inf (left out of the spread)
     eval_mode_loss: float | None = None
     mode_layers: list | None = None
 
@@ -108,9 +109,10 @@ class TrainEval(Probe):
         train_scores = [eval_loss(patient, model, batch, train_mode=True) for _ in range(TRAIN_MODE_REPEATS)]
         train_scores = [s for s in train_scores if s is not None]
         eval_score = eval_loss(patient, model, batch)
-        mean = statistics.fmean(train_scores) if train_scores else None
+        mean = numeric.mean(train_scores)  # over the finite scores: a NaN score is counted, not averaged
         metrics = {"source": source, "trained_steps": steps, "batch_size": len(batch[1]), "initial_loss": initial,
-                   "train_mode_loss": mean, "train_mode_std": statistics.pstdev(train_scores) if train_scores else None,
+                   "train_mode_loss": mean, "train_mode_std": numeric.pstdev(train_scores),
+                   "train_mode_nonfinite": numeric.count_nonfinite(train_scores),
                    "train_mode_losses": train_scores, "eval_mode_loss": eval_score,
                    "mode_layers": sorted({type(m).__name__ for m in model.modules() if isinstance(m, MODE_LAYERS)})}
         rels = self._plot(ctx, mean, eval_score)

@@ -22,8 +22,14 @@ code{background:#f4f4f4;padding:0 .25em;border-radius:3px} img{max-width:100%;bo
 
 
 def _img(out: Path, rel: str) -> str:
-    path = out / rel
-    if not path.exists():
+    """A plot embedded as base64: only PNG files inside the report folder (a report re-rendered from a
+    report.json naming ``../../some/file`` never embeds a file from elsewhere)."""
+    path = out / str(rel)
+    try:
+        inside = path.resolve().is_relative_to(Path(out).resolve())
+    except (OSError, ValueError):
+        inside = False
+    if not inside or path.suffix.lower() != ".png" or not path.is_file():
         return ""
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     return f'<img alt="{escape(rel)}" src="data:image/png;base64,{data}">'
