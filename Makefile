@@ -5,7 +5,7 @@ BIN      = $(VENV)/bin
 STAMP    = $(VENV)/.installed
 TORCH   ?= torch==2.13.0
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench sample-runs install clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -27,6 +27,11 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/pip install -q --disable-pip-version-check -e ".[dev,bench]"
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# regenerate every committed sample-run report (sample_runs/*/report) at the default budget
+sample-runs: $(STAMP)
+	@for c in sample_runs/*/config.yaml; do d=$$(dirname $$c); echo "== $$d"; \
+		$(BIN)/nandoctor diagnose $$c --out $$d/report -q || exit 1; done
 
 clean:
 	rm -rf nandoctor-report .pytest_cache
