@@ -91,6 +91,8 @@ class LRTooHigh(LRDiagnosis):
         "fails_below_drop": 0.1,  # a check run "fails" when its loss falls by less than 10% (or goes non-finite)
         "trains_above_drop": 0.25,  # the run at the suggestion "trains" when its loss falls by 25% or more
         "rises_above": 1.2,      # without a usable sweep: the overfit run at the user's LR ends 20% above its start
+        "climbs_above": 0.2,     # the check run at the user's LR ends 20% above the untrained loss ...
+        "climb_ratio": 3.0,      # ... with the user's LR at least 3x the suggestion: a suspicion its cure decides
     }
     cure_factors = (10.0, 100.0)  # without a suggestion, the cure retrains the overfit run at these fractions
     fix = ("Lower the learning rate to the suggested value (see the LR-sweep plot), or add a warm-up; "
@@ -145,17 +147,20 @@ class LRTooHigh(LRDiagnosis):
         # 1. where the user's LR sits: past the divergence point, or far above the suggestion
         past = div is not None and user >= div
         far = user >= sugg * self.thresholds["far_above"]
-        if not (past or far):
+        user_run, sugg_run = check_runs(m)
+        user_drop = drop(user_run)
+        climbs = user >= sugg * self.thresholds["climb_ratio"] and (
+            blew_up(user_run) or (user_drop is not None and user_drop <= -self.thresholds["climbs_above"]))
+        if not (past or far or climbs):
             return None
         # 2. the check decides: the user's LR must fail where the suggestion trains
-        user_run, sugg_run = check_runs(m)
         confirmed = self.confirmed(user_run, sugg_run)
         if confirmed:
             severity, confidence = "critical", 0.95 if past else 0.85
         elif past and confirmed is None:  # no time for the check: its treatment runs it and may confirm
             severity, confidence = "warning", 0.6
-        elif past:
-            severity, confidence = "warning", 0.45
+        elif past or climbs:  # the loss climbs at the user's LR: the cure on the overfit run decides
+            severity, confidence = "warning", 0.55 if climbs else 0.45
         else:
             return None
         evidence = {"user_lr": user, "divergence_lr": div, "divergence_kind": m.get("divergence_kind"),
@@ -190,19 +195,23 @@ class LRTooHigh(LRDiagnosis):
                             fix=f"Lower the learning rate (try {user / 10:.2g}), or add a warm-up.")
 
     def treat(self, ctx, finding) -> dict | None:
-        if finding.evidence.get("suggested_lr") is not None:
-            return super().treat(ctx, finding)
-        # no suggestion: retrain the overfit probe's run at a tenth (then a hundredth) of the LR
+        suggested = finding.evidence.get("suggested_lr")
+        if suggested is not None:
+            record = super().treat(ctx, finding)
+            if record is not None and record.get("cured"):
+                finding.severity = "critical"  # proven by its cure
+                return record
+        # the check did not decide (or there is no suggestion): retrain the overfit probe's run at a lower LR
         from nandoctor import treatments
         from nandoctor.probes.training import Run
         over = ctx.evidence.ok("overfit")
         before = over.data.get("run") if over is not None else None
         if not isinstance(before, Run):
-            return None
-        record = None
-        for factor in self.cure_factors:
-            lr = ctx.patient.lr / factor
-            tried = f"the overfit run again at LR {lr:.3g} ({factor:g}x lower), same init and batch"
+            return record if suggested is not None else None
+        lrs = [suggested] if suggested is not None else [ctx.patient.lr / f for f in self.cure_factors]
+        for lr in lrs:
+            factor = ctx.patient.lr / lr
+            tried = f"the overfit run again at LR {lr:.3g} ({factor:.3g}x lower), same init and batch"
             record = treatments.try_cure(ctx, ctx.patient.variant(tried), tried, code=self.code, lr=lr,
                                          before=before, before_accuracy=over.metrics.get("accuracy"))
             if record["cured"]:

@@ -22,7 +22,7 @@ from nandoctor.report import plots
 MIN_STEPS = 20
 MAX_STEPS = 300
 TRAINS_DROP = 0.25     # a cured run that has not memorised the batch yet must have taken 25% off its loss ...
-BEATS_CONTROL = 0.5    # ... and end at most half the untreated run's loss (its start, when it went non-finite)
+BEATS_CONTROL = 0.1    # ... and that much more than twice what the untreated run took off (nothing, if it went non-finite)
 
 
 def healthy_run(run: Run, accuracy: float | None = None) -> bool:
@@ -51,19 +51,17 @@ def beats_control(after: Run, after_accuracy: float | None, before: Run, before_
 
     Cured when the treated run is finite all along and never negative (a log-likelihood below zero is
     no cure), the control did not memorise the batch, and the treated run either memorised it or
-    trains clearly: ``TRAINS_DROP`` off its loss and at most ``BEATS_CONTROL`` of the control's end
-    loss. A treated run that is still learning when the steps run out counts, so the verdict does
-    not depend on how many steps the budget allowed.
+    trains clearly: ``TRAINS_DROP`` off its loss, and ``BEATS_CONTROL`` more than twice the share the
+    control took off. A treated run that is still learning when the steps run out counts, so the
+    verdict does not depend on how many steps the budget allowed.
     """
     if not _clean(after) or healthy_run(before, before_accuracy):
         return False
     if healthy_run(after, after_accuracy):
         return True
-    start, end = after.initial, after.tail()
-    if start is None or end is None or start <= 0 or (start - end) / start < TRAINS_DROP:
-        return False
-    reference = before.tail() if _clean(before) and before.tail() is not None else before.initial
-    return reference is not None and math.isfinite(reference) and end <= BEATS_CONTROL * reference
+    after_drop = relative_drop(after)
+    before_drop = max(0.0, relative_drop(before) or 0.0) if _clean(before) else 0.0
+    return after_drop is not None and after_drop >= TRAINS_DROP and after_drop >= 2 * before_drop + BEATS_CONTROL
 
 
 def overfit_run(ctx: ProbeContext, patient, steps: int, *, lr: float | None = None,
