@@ -337,3 +337,30 @@ def test_bad_settings_say_what_to_give():
         Recorder(cnn(), every=0)
     with pytest.raises(ValueError, match="sample count"):
         Recorder(cnn(), sub_batch=0)
+
+
+def test_batchnorm_statistics_from_its_batch_statistics_are_exact_and_name_a_broken_weight():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5), nn.Linear(5, 2))
+    with torch.no_grad():
+        model[1].weight.uniform_(0.5, 2.0)
+        model[1].bias.uniform_(-1.0, 1.0)
+    x = torch.randn(16, 6) * 3
+    y = model[1](model[0](x)).detach()
+    rec = Recorder(model)
+    model(x)   # training mode: from the saved batch mean and invstd
+    model.eval()
+    model(x)   # eval mode: running statistics, measured the plain way
+    rec.detach()
+    assert rec.act_mean["1"][0] == pytest.approx(float(y.mean()), abs=1e-5)
+    assert rec.act_std["1"][0] == pytest.approx(float(y.std(unbiased=False)), rel=1e-4)
+    assert len(rec.act_mean["1"]) == 2 and math.isfinite(rec.act_std["1"][1])
+    model.train()
+    with torch.no_grad():
+        model[1].weight[0] = float("inf")
+    for grad in (True, False):  # with the saved statistics, and without a graph (the output's own sum)
+        rec = Recorder(model)
+        with torch.set_grad_enabled(grad):
+            model(x)
+        rec.detach()
+        assert rec.nonfinite_forward["module"] == "1" and rec.nonfinite_forward["type"] == "BatchNorm1d"

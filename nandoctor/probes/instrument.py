@@ -170,6 +170,32 @@ def _unit_counts(o: torch.Tensor, axis: int, non_negative: bool, scratch: torch.
     return counts if non_negative or o.dtype != torch.float32 else counts.mul_(_TINY32_INV)   # exact: a power of 2
 
 
+def _batchnorm_sums(module: nn.Module, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Sum and sum of squares of a training-mode BatchNorm output, from the batch statistics it saved
+    for its backward: no pass over the output. None when they are not there (eval mode, no graph).
+
+    Per channel y = (x - mean) * invstd * w + b over the batch, so E[y] = b and
+    E[y^2] = w^2 var invstd^2 + b^2 = w^2 (1 - eps invstd^2) + b^2. The batch mean, invstd and w enter
+    the sum multiplied by 0, so a non-finite input or weight makes it non-finite, as it makes the output.
+    """
+    g = out.grad_fn
+    if g is None or type(g).__name__ != "NativeBatchNormBackward0" or out.dim() < 2:
+        return None
+    try:
+        mean, invstd, eps, training = g._saved_result1, g._saved_result2, g._saved_eps, g._saved_training
+    except (AttributeError, RuntimeError):
+        return None
+    channels = out.shape[1]
+    if not training or mean.numel() != channels or invstd.numel() != channels:
+        return None
+    w = module.weight.detach() if module.weight is not None else torch.ones_like(mean)
+    b = module.bias.detach() if module.bias is not None else torch.zeros_like(mean)
+    per = out.numel() // channels
+    b = b + 0 * (mean + invstd + w)
+    sq = w * w * (1 - eps * invstd * invstd) + b * b
+    return (b.sum(dtype=torch.float32) * per, sq.sum(dtype=torch.float32) * per)
+
+
 def _same_values(out: torch.Tensor, inp: torch.Tensor) -> bool:
     """``out`` is a dense view of ``inp`` with the same first dim (flatten, reshape): the same values."""
     return out.dtype == inp.dtype and out.numel() == inp.numel() and out.data_ptr() == inp.data_ptr() and \
@@ -294,13 +320,14 @@ class Recorder:
             bounds = (float(module.min_val), float(module.max_val)) if isinstance(module, nn.Hardtanh) else \
                 (-1.0, 1.0) if isinstance(module, nn.Tanh) else (0.0, 1.0)
         type_name = type(module).__name__
+        batchnorm = isinstance(module, nn.modules.batchnorm._BatchNorm)
 
         def hook(mod, inputs, output):
             out = output if isinstance(output, torch.Tensor) else _first_tensor(output)
             if out is None or not out.is_floating_point() or out.numel() == 0:
                 return
             with torch.no_grad():
-                self._record(name, type_name, kind, relu, non_negative, bounds, inputs, out)
+                self._record(mod, name, type_name, kind, relu, non_negative, bounds, batchnorm, inputs, out)
         return hook
 
     def _producer(self, inp: torch.Tensor, out: torch.Tensor) -> _Output | None:
@@ -310,7 +337,7 @@ class Recorder:
             return None
         return e if out is inp or _version(inp) == e.version else None
 
-    def _record(self, name, type_name, kind, relu, non_negative, bounds, inputs, out) -> None:
+    def _record(self, mod, name, type_name, kind, relu, non_negative, bounds, batchnorm, inputs, out) -> None:
         if name not in self._seen:  # execution order = depth order, for depth profiles
             self._seen.add(name)
             self.forward_order.append(name)
@@ -329,8 +356,13 @@ class Recorder:
         measured = self.step % self.every == 0
         k = self.sub_batch
         o = out[:k] if k is not None and shape and shape[0] > k else out
+        derived = _batchnorm_sums(mod, out) if batchnorm else None
         if producer is not None and out is not inp and _same_values(out, inp):
             total, stats = producer.total, producer.stats if measured else None   # a flatten: nothing to compute
+        elif derived is not None:  # BatchNorm: from its batch statistics
+            total = push(derived[0])
+            stats = None if not measured else \
+                (total, push(derived[1]), out.numel()) if o is out else (push(_sum(o)), push(_sumsq(o)), o.numel())
         else:
             total = push(_sum(out))
             stats = (total if o is out else push(_sum(o)), push(_sumsq(o)), o.numel()) if measured else None
