@@ -228,6 +228,31 @@ class _Output:
     shape: tuple[int, ...]
 
 
+@dataclass(frozen=True)
+class _Leaf:
+    """What the hooks need to know of a leaf module, worked out once."""
+    name: str
+    type_name: str
+    kind: str                               # channels | features | follow | other: see units_axis
+    relu: bool                              # ReLU family: dead units
+    non_negative: bool                      # ReLU, ReLU6: outputs >= 0
+    bounds: tuple[float, float] | None      # sigmoid/tanh family: saturation
+    batchnorm: bool
+    keeps_finite: bool                      # an activation without parameters: finite in, finite out
+
+    @staticmethod
+    def of(name: str, module: nn.Module) -> "_Leaf":
+        relu = isinstance(module, RELU_LIKE)
+        bounds = None
+        if isinstance(module, BOUNDED):
+            bounds = (float(module.min_val), float(module.max_val)) if isinstance(module, nn.Hardtanh) else \
+                (-1.0, 1.0) if isinstance(module, nn.Tanh) else (0.0, 1.0)
+        no_params = not any(True for _ in module.parameters(recurse=False))   # PReLU's weight could break it
+        return _Leaf(name, type(module).__name__, layer_kind(module), relu, isinstance(module, NON_NEGATIVE),
+                     bounds, isinstance(module, nn.modules.batchnorm._BatchNorm),
+                     (relu or bounds is not None) and no_params)
+
+
 @dataclass
 class Recorder:
     model: nn.Module
@@ -268,6 +293,7 @@ class Recorder:
         self._prev: tuple | None = None          # (axis, shape) of the leaf output produced last
         self._before: list[torch.Tensor] = []
         self._buffers: dict[tuple, torch.Tensor] = {}
+        self._views: dict[tuple, torch.Tensor] = {}
         self._active_counts: dict[str, torch.Tensor] = {}   # ReLU family: per unit, positions > 0 so far
         self._last_time: float | None = None
         self._seen: set[str] = set()
@@ -294,11 +320,15 @@ class Recorder:
     def _scratch(self, like: torch.Tensor) -> torch.Tensor:
         """A reused contiguous buffer shaped like ``like``: a fresh full-size temporary per call costs more
         than the pass that fills it (page faults on CPU), so the largest one is kept per device and dtype."""
-        key = (like.device, like.dtype)
-        buf = self._buffers.get(key)
-        if buf is None or buf.numel() < like.numel():
-            buf = self._buffers[key] = torch.empty(like.numel(), dtype=like.dtype, device=like.device)
-        return buf[:like.numel()].view(like.shape)
+        key = (like.device, like.dtype, like.shape)
+        view = self._views.get(key)
+        if view is None:
+            buf = self._buffers.get(key[:2])
+            if buf is None or buf.numel() < like.numel():
+                buf = self._buffers[key[:2]] = torch.empty(like.numel(), dtype=like.dtype, device=like.device)
+                self._views = {k: v for k, v in self._views.items() if k[:2] != key[:2]}
+            view = self._views[key] = buf[:like.numel()].view(like.shape)
+        return view
 
     def _order_hook(self, name: str):
         def hook(mod, inputs, output):
@@ -312,22 +342,14 @@ class Recorder:
         self._prev = None
 
     def _forward_hook(self, name: str, module: nn.Module):
-        kind = layer_kind(module)
-        relu = isinstance(module, RELU_LIKE)
-        non_negative = isinstance(module, NON_NEGATIVE)
-        bounds = None
-        if isinstance(module, BOUNDED):
-            bounds = (float(module.min_val), float(module.max_val)) if isinstance(module, nn.Hardtanh) else \
-                (-1.0, 1.0) if isinstance(module, nn.Tanh) else (0.0, 1.0)
-        type_name = type(module).__name__
-        batchnorm = isinstance(module, nn.modules.batchnorm._BatchNorm)
+        leaf = _Leaf.of(name, module)
 
         def hook(mod, inputs, output):
             out = output if isinstance(output, torch.Tensor) else _first_tensor(output)
             if out is None or not out.is_floating_point() or out.numel() == 0:
                 return
             with torch.no_grad():
-                self._record(mod, name, type_name, kind, relu, non_negative, bounds, batchnorm, inputs, out)
+                self._record(leaf, mod, inputs, out)
         return hook
 
     def _producer(self, inp: torch.Tensor, out: torch.Tensor) -> _Output | None:
@@ -337,7 +359,8 @@ class Recorder:
             return None
         return e if out is inp or _version(inp) == e.version else None
 
-    def _record(self, mod, name, type_name, kind, relu, non_negative, bounds, batchnorm, inputs, out) -> None:
+    def _record(self, leaf: _Leaf, mod: nn.Module, inputs, out: torch.Tensor) -> None:
+        name = leaf.name
         if name not in self._seen:  # execution order = depth order, for depth profiles
             self._seen.add(name)
             self.forward_order.append(name)
@@ -350,26 +373,17 @@ class Recorder:
             in_total = producer.total if producer is not None else push(_sum(inp))
         # 2. the units axis, from the layer (or the one that feeds it)
         shape = tuple(out.shape)
-        axis = units_axis(kind, shape, (producer.axis, producer.shape) if producer is not None else self._prev)
+        axis = units_axis(leaf.kind, shape, (producer.axis, producer.shape) if producer is not None else self._prev)
         self.units_axis[name] = axis
         # 3. the output's sum on every step (the non-finite check); statistics on measured steps
         measured = self.step % self.every == 0
         k = self.sub_batch
         o = out[:k] if k is not None and shape and shape[0] > k else out
-        derived = _batchnorm_sums(mod, out) if batchnorm else None
-        if producer is not None and out is not inp and _same_values(out, inp):
-            total, stats = producer.total, producer.stats if measured else None   # a flatten: nothing to compute
-        elif derived is not None:  # BatchNorm: from its batch statistics
-            total = push(derived[0])
-            stats = None if not measured else \
-                (total, push(derived[1]), out.numel()) if o is out else (push(_sum(o)), push(_sumsq(o)), o.numel())
-        else:
-            total = push(_sum(out))
-            stats = (total if o is out else push(_sum(o)), push(_sumsq(o)), o.numel()) if measured else None
+        total, stats = self._sums(leaf, mod, out, o, inp, producer, in_total, measured)
         extra = None
-        if stats is not None and relu and axis is not None and o.dim() >= 2:
+        if stats is not None and leaf.relu and axis is not None and o.dim() >= 2:
             # 4. ReLU family: per unit, the positions where it is > 0; dead below 1% of them
-            counts = _unit_counts(o, axis, non_negative, self._scratch(o))
+            counts = _unit_counts(o, axis, leaf.non_negative, self._scratch(o))
             ever = self._active_counts.get(name)
             if ever is None or ever.shape != counts.shape:
                 self._active_counts[name] = counts.clone()
@@ -377,15 +391,15 @@ class Recorder:
                 ever.add_(counts)
             positions = max(1, o.numel() // o.shape[axis])
             extra = ("dead", push(counts.lt(INACTIVE_BELOW * positions).sum(dtype=torch.float32)), counts.numel())
-        elif stats is not None and bounds is not None:
+        elif stats is not None and leaf.bounds is not None:
             # 5. bounded: the share within the margin of a bound, |x - centre| >= reach; without a bool
             # temporary, sign(|x - centre| - reach) sums to (pinned - not pinned)
-            lo, hi = bounds
+            lo, hi = leaf.bounds
             centre, reach = (lo + hi) / 2, (hi - lo) / 2 - SATURATION_MARGIN * (hi - lo)
             dist = torch.abs(o, out=self._scratch(o)) if centre == 0 else \
                 torch.sub(o, centre, out=self._scratch(o)).abs_()
             extra = ("saturated", push(dist.sub_(reach).sign_().sum(dtype=torch.float32)), o.numel())
-        self._calls.append((name, type_name, self.step, shape, total, stats, in_total,
+        self._calls.append((name, leaf.type_name, self.step, shape, total, stats, in_total,
                             tuple(inp.shape) if in_total is not None else None,
                             inp.numel() if in_total is not None else 0, extra))
         # 6. what the modules it feeds need to know
@@ -393,6 +407,21 @@ class Recorder:
         self._prev = (axis, shape)
         if len(self._scalars) > MAX_PENDING:
             self.flush()
+
+    def _sums(self, leaf: _Leaf, mod, out, o, inp, producer, in_total, measured) -> tuple[int, tuple | None]:
+        """(index of the output's sum, (sum, sum of squares, count) indices of the statistics or None)."""
+        push = self._push
+        if producer is not None and out is not inp and _same_values(out, inp):
+            return producer.total, producer.stats if measured else None   # a flatten: nothing to compute
+        if not measured and leaf.keeps_finite and in_total is not None:
+            return in_total, None   # finite in, finite out: an activation is never where a NaN is born
+        derived = _batchnorm_sums(mod, out) if leaf.batchnorm else None
+        total = push(derived[0] if derived is not None else _sum(out))
+        if not measured:
+            return total, None
+        if o is not out:
+            return total, (push(_sum(o)), push(_sumsq(o)), o.numel())
+        return total, (total, push(derived[1] if derived is not None else _sumsq(o)), o.numel())
 
     # --- the step boundary ------------------------------------------------------------------
     def before_step(self, optimizer=None, *args, **kwargs) -> None:
@@ -540,6 +569,7 @@ class Recorder:
         self._handles.clear()
         self._order_handles.clear()
         self._buffers.clear()
+        self._views.clear()
         self.flush()
 
     # --- summaries ------------------------------------------------------------------------
