@@ -149,8 +149,9 @@ class Trainer:
         return time.process_time() - start
 
 
-def compare(factory, batch, modes: dict[str, dict]) -> tuple[float, dict[str, float]]:
-    """Median seconds of a bare step, and per mode the median instrumented step over the bare one.
+def compare(factory, batch, modes: dict[str, dict]) -> tuple[float, dict[str, float], int]:
+    """Median seconds of a bare step, per mode the median instrumented step over the bare one, and the
+    number of rounds.
 
     The trainers take turns one step at a time (in a rotating order), so a machine that slows
     down or speeds up mid-run weighs on every side alike.
@@ -178,7 +179,7 @@ def compare(factory, batch, modes: dict[str, dict]) -> tuple[float, dict[str, fl
             t.rec.detach()
             assert t.rec.total_grad_norms and all(map(math.isfinite, t.rec.total_grad_norms))
     bare = statistics.median(times["bare"])
-    return bare, {mode: statistics.median(times[mode]) / bare for mode in modes}
+    return bare, {mode: statistics.median(times[mode]) / bare for mode in modes}, rounds
 
 
 def main(argv: list[str]) -> None:
@@ -187,11 +188,12 @@ def main(argv: list[str]) -> None:
     worst = 0.0
     for name, (factory, make_batch) in CASES.items():
         torch.manual_seed(0)
-        bare, ratios = compare(factory, make_batch(), modes)
+        bare, ratios, rounds = compare(factory, make_batch(), modes)
         for mode, ratio in ratios.items():
             if mode == "recorder":
                 worst = max(worst, ratio)
-            print(f"{name:26s} {mode:12s} {ratio:5.2f}x bare step ({bare * 1e3:6.1f} ms bare)", flush=True)
+            print(f"{name:26s} {mode:12s} {ratio:5.2f}x bare step ({bare * 1e3:6.1f} ms bare, {rounds} steps each)",
+                  flush=True)
     print(f"instrumentation overhead (default Recorder, worst case): {worst:.2f}x "
           f"({'within' if worst <= TARGET else 'ABOVE'} the {TARGET:.2f}x target)")
 
