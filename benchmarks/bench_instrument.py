@@ -10,7 +10,7 @@ timed in CPU seconds of this process, on one thread, so that other work on a sha
 weighs less.
 
     python benchmarks/bench_instrument.py          # default Recorder, about a minute
-    python benchmarks/bench_instrument.py --all    # also every=4, sub_batch=8, updates
+    python benchmarks/bench_instrument.py --all    # also every=4, sub_batch=8, updates: ~2.5 minutes
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nandoctor.probes.instrument import Recorder  # noqa: E402
 
-SECONDS_PER_MODEL = 15.0   # wall seconds spent timing each model (all its trainers together)
-MIN_ROUNDS, MAX_ROUNDS = 12, 200   # rounds of one step per trainer
+SECONDS_PER_TRAINER = 7.5  # wall seconds spent timing each trainer (bare or instrumented) of a model
+MIN_ROUNDS, MAX_ROUNDS = 20, 200   # rounds of one step per trainer
 WARMUP = 2                 # untimed steps per trainer (the recorder sizes its buffers)
 TARGET = 1.15              # the issue's target: <= 15% over a bare step
 
@@ -168,7 +168,8 @@ def compare(factory, batch, modes: dict[str, dict]) -> tuple[float, dict[str, fl
     for t in trainers.values():
         t.step()
     per_round = time.perf_counter() - start
-    rounds = max(MIN_ROUNDS, min(MAX_ROUNDS, int(SECONDS_PER_MODEL / max(per_round, 1e-6))))
+    budget = SECONDS_PER_TRAINER * len(trainers)
+    rounds = max(MIN_ROUNDS, min(MAX_ROUNDS, int(budget / max(per_round, 1e-6))))
     times: dict[str, list[float]] = {name: [] for name in trainers}
     order = list(trainers)
     for r in range(rounds):

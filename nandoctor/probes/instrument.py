@@ -132,38 +132,107 @@ def tensor_stats(t: torch.Tensor) -> dict:
     return out
 
 
-def _sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum in float32 or wider, 0-d, on the device. Non-finite exactly when an element is (or the sum overflows)."""
-    return t.sum() if t.dtype in (torch.float32, torch.float64) else t.sum(dtype=torch.float32)
+def _flat(t: torch.Tensor) -> torch.Tensor | None:
+    """A 1-D view of a dense tensor's memory (contiguous or channels-last), else None."""
+    if t.is_contiguous():
+        return t.view(-1)
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+        return t.permute(0, 2, 3, 1).reshape(-1)   # a view: no copy
+    return None
 
 
-def _sumsq(t: torch.Tensor) -> torch.Tensor:
-    """Sum of squares, 0-d, on the device: a BLAS dot over the dense memory for float32/float64 (on CPU
-    ~10x faster than ``vector_norm``); a channels-last tensor is dense too, read in its own order."""
-    if t.dtype in (torch.float32, torch.float64):
-        if t.is_contiguous():
-            flat = t.view(-1)
-        elif t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
-            flat = t.permute(0, 2, 3, 1).reshape(-1)   # a view: no copy
-        else:
-            flat = t.reshape(-1)                        # a copy, still cheaper than vector_norm
-        return torch.dot(flat, flat)
-    return torch.linalg.vector_norm(t, dtype=torch.float32).square()
+class _Slots:
+    """The pending statistics of a step: 0-d values written in place into one preallocated float32
+    buffer per device, read onto the host in one transfer.
 
+    Keeping each call's 0-d result tensor alive until the step's end scatters small long-lived
+    blocks between the activations, and the CPU allocator then maps fresh pages for them (page
+    faults: +10% on a CNN step); the slots stay in one block allocated once.
+    """
 
-def _sumsq_each(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Sum of squares of each tensor (in float32 or wider) as 0-d device tensors: one dot each on CPU,
-    one batched kernel on accelerators (where a launch per tensor is what costs)."""
-    if not tensors:
-        return []
-    ts = [t if t.dtype in (torch.float32, torch.float64) else t.float() for t in tensors]
-    if all(t.device.type == "cpu" for t in ts):
-        return [_sumsq(t) for t in ts]
-    try:
-        norms = torch._foreach_norm(ts)
-        return list(torch._foreach_mul(norms, norms))
-    except (AttributeError, RuntimeError):  # no foreach kernel, or tensors on several devices
-        return [_sumsq(t) for t in ts]
+    def __init__(self):
+        self.n = 0
+        self.buffers: dict[torch.device, torch.Tensor] = {}
+        self.views: dict[torch.device, tuple[torch.Tensor, ...]] = {}
+        self.primary: torch.device | None = None
+        self.elsewhere: dict[int, torch.device] = {}   # a model split across devices
+
+    def slot(self, device: torch.device) -> tuple[int, torch.Tensor]:
+        """The next index and the 0-d slot to write it into."""
+        i = self.n
+        self.n = i + 1
+        views = self.views.get(device)
+        if views is None or len(views) <= i:
+            buf = self.buffers.get(device)
+            grown = torch.zeros(max(1024, 2 * (i + 1)), dtype=torch.float32, device=device)
+            if buf is not None:
+                grown[:buf.numel()].copy_(buf)
+            self.buffers[device] = grown
+            self.views[device] = views = grown.unbind(0)   # the 0-d slots, made once
+        if self.primary is None:
+            self.primary = device
+        elif device != self.primary:
+            self.elsewhere[i] = device
+        return i, views[i]
+
+    def put(self, t: torch.Tensor) -> int:
+        i, slot = self.slot(t.device)
+        slot.copy_(t)
+        return i
+
+    def sum(self, t: torch.Tensor) -> int:
+        """Sum in float32, on the device: non-finite exactly when an element is (or the sum overflows)."""
+        if t.dim() == 0:
+            return self.put(t)
+        i, slot = self.slot(t.device)
+        torch.sum(t, tuple(range(t.dim())), dtype=None if t.dtype in (torch.float32, torch.float64) else torch.float32,
+                  out=slot)
+        return i
+
+    def sumsq(self, t: torch.Tensor) -> int:
+        """Sum of squares: a BLAS dot over the dense memory (on CPU ~10x faster than vector_norm)."""
+        flat = _flat(t) if t.dtype == torch.float32 else None
+        if flat is None:
+            return self.put(torch.linalg.vector_norm(t, dtype=torch.float32 if t.dtype != torch.float64 else None)
+                            .square())
+        i, slot = self.slot(t.device)
+        torch.dot(flat, flat, out=slot)
+        return i
+
+    def sumsq_each(self, tensors: list[torch.Tensor]) -> int:
+        """The sum of squares of each tensor in consecutive slots; returns the first index. One dot each
+        on CPU, one batched kernel on accelerators (where a launch per tensor is what costs)."""
+        start = self.n
+        if not tensors:
+            return start
+        ts = [t if t.dtype in (torch.float32, torch.float64) else t.float() for t in tensors]
+        device = ts[0].device
+        if device.type != "cpu" and all(t.device == device for t in ts) and hasattr(torch, "_foreach_norm"):
+            norms = torch._foreach_norm(ts)
+            squares = torch.stack(torch._foreach_mul(norms, norms)).float()
+            for k in range(len(ts)):
+                self.slot(device)
+            self.buffers[device][start:start + len(ts)].copy_(squares)
+            return start
+        for t in ts:
+            self.sumsq(t)
+        return start
+
+    def read(self) -> list[float]:
+        """Every pending value as a float (one transfer per device), and start over."""
+        n, self.n = self.n, 0
+        if n == 0:
+            return []
+        values = self.buffers[self.primary][:n].tolist()
+        if self.elsewhere:
+            for device, buf in self.buffers.items():
+                if device != self.primary:
+                    theirs = buf[:n].tolist()
+                    for i, d in self.elsewhere.items():
+                        if d == device:
+                            values[i] = theirs[i]
+            self.elsewhere.clear()
+        return values
 
 
 def _unit_counts(o: torch.Tensor, axis: int, non_negative: bool, scratch: torch.Tensor) -> torch.Tensor:
@@ -310,7 +379,7 @@ class Recorder:
             raise ValueError(f"Recorder(sub_batch={self.sub_batch}): give a sample count >= 1, or None for the batch")
         self._handles = []
         self._order_handles = []
-        self._scalars: list[torch.Tensor] = []   # pending 0-d device tensors
+        self._pending = _Slots()                 # this step's statistics, on the device
         self._calls: list[tuple] = []            # pending forward calls, in execution order
         self._pending_updates: list[tuple] = []
         self._outputs: dict[int, _Output] = {}   # this forward pass's leaf outputs, by id
@@ -338,10 +407,6 @@ class Recorder:
             self._handles.append(self.model.register_forward_pre_hook(self._forward_start))
 
     # --- forward hooks ----------------------------------------------------------------------
-    def _push(self, t: torch.Tensor) -> int:
-        self._scalars.append(t)
-        return len(self._scalars) - 1
-
     def _scratch(self, like: torch.Tensor) -> torch.Tensor:
         """A reused contiguous buffer shaped like ``like``: a fresh full-size temporary per call costs more
         than the pass that fills it (page faults on CPU), so the largest one is kept per device and dtype."""
@@ -393,13 +458,13 @@ class Recorder:
         if name not in self._seen:  # execution order = depth order, for depth profiles
             self._seen.add(name)
             self.forward_order.append(name)
-        push = self._push
+        pending = self._pending
         # 1. the input: finite when its producer's output was, else its own sum says
         inp = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else _first_tensor(inputs)
         producer, in_total = None, None
         if inp is not None and inp.is_floating_point() and inp.numel():
             producer = self._producer(inp, out)
-            in_total = producer.total if producer is not None else push(_sum(inp))
+            in_total = producer.total if producer is not None else pending.sum(inp)
         # 2. the units axis, from the layer (or the one that feeds it)
         shape = tuple(out.shape)
         axis = units_axis(leaf.kind, shape, (producer.axis, producer.shape) if producer is not None else self._prev)
@@ -419,7 +484,7 @@ class Recorder:
             else:
                 ever.add_(counts)
             positions = max(1, o.numel() // o.shape[axis])
-            extra = ("dead", push(counts.lt(INACTIVE_BELOW * positions).sum(dtype=torch.float32)), counts.numel())
+            extra = ("dead", pending.sum(counts.lt(INACTIVE_BELOW * positions)), counts.numel())
         elif stats is not None and leaf.bounds is not None:
             # 5. bounded: the share within the margin of a bound, |x - centre| >= reach; without a bool
             # temporary, sign(|x - centre| - reach) sums to (pinned - not pinned)
@@ -427,30 +492,30 @@ class Recorder:
             centre, reach = (lo + hi) / 2, (hi - lo) / 2 - SATURATION_MARGIN * (hi - lo)
             dist = torch.abs(o, out=self._scratch(o)) if centre == 0 else \
                 torch.sub(o, centre, out=self._scratch(o)).abs_()
-            extra = ("saturated", push(dist.sub_(reach).sign_().sum(dtype=torch.float32)), o.numel())
+            extra = ("saturated", pending.sum(dist.sub_(reach).sign_()), o.numel())
         self._calls.append((name, leaf.type_name, self.step, shape, total, stats, in_total,
                             tuple(inp.shape) if in_total is not None else None,
                             inp.numel() if in_total is not None else 0, extra))
         # 6. what the modules it feeds need to know
         self._outputs[id(out)] = _Output(weakref.ref(out), _version(out), total, stats, axis, shape)
         self._prev = (axis, shape)
-        if len(self._scalars) > MAX_PENDING:
+        if pending.n > MAX_PENDING:
             self.flush()
 
     def _sums(self, leaf: _Leaf, mod, out, o, inp, producer, in_total, measured) -> tuple[int, tuple | None]:
         """(index of the output's sum, (sum, sum of squares, count) indices of the statistics or None)."""
-        push = self._push
+        pending = self._pending
         if producer is not None and out is not inp and _same_values(out, inp):
             return producer.total, producer.stats if measured else None   # a flatten: nothing to compute
         if not measured and leaf.keeps_finite and in_total is not None:
             return in_total, None   # finite in, finite out: an activation is never where a NaN is born
         derived = _batchnorm_sums(mod, out) if leaf.batchnorm else None
-        total = push(derived[0] if derived is not None else _sum(out))
+        total = pending.put(derived[0]) if derived is not None else pending.sum(out)
         if not measured:
             return total, None
         if o is not out:
-            return total, (push(_sum(o)), push(_sumsq(o)), o.numel())
-        return total, (total, push(derived[1] if derived is not None else _sumsq(o)), o.numel())
+            return total, (pending.sum(o), pending.sumsq(o), o.numel())
+        return total, (total, pending.put(derived[1]) if derived is not None else pending.sumsq(o), o.numel())
 
     # --- the step boundary ------------------------------------------------------------------
     def before_step(self, optimizer=None, *args, **kwargs) -> None:
@@ -473,8 +538,7 @@ class Recorder:
                 grad_owner.append(key)
         if self.updates:
             self._before = [w.clone() for w in weights]
-        start = len(self._scalars)
-        self._scalars.extend(_sumsq_each(weights + grads))
+        start = self._pending.sumsq_each(weights + grads)
         return owners, grad_owner, grads, start, start + len(weights)
 
     def _parameters(self) -> list[tuple[str, nn.Parameter]]:
@@ -490,11 +554,11 @@ class Recorder:
             for h in self._order_handles:
                 h.remove()
             self._order_handles.clear()
-        if not self._scalars:
+        if not self._pending.n:
             return
-        values = _to_host(self._scalars)
+        values = self._pending.read()
         calls, updates = self._calls, self._pending_updates
-        self._scalars, self._calls, self._pending_updates = [], [], []
+        self._calls, self._pending_updates = [], []
         self._outputs.clear()
         self._resolve_calls(calls, values)
         self._resolve_updates(updates, values)
@@ -576,8 +640,7 @@ class Recorder:
                 weights = [p.detach() for _, p in self._parameters()]
                 if len(weights) == len(self._before):
                     diffs = torch._foreach_sub(weights, self._before)
-                    start = len(self._scalars)
-                    self._scalars.extend(_sumsq_each(diffs))
+                    start = self._pending.sumsq_each(diffs)
                     before = {k: v[-1] for k, v in self.weight_norms.items() if v}
                     self._pending_updates.append((owners, start, before))
             self._before = []
