@@ -493,7 +493,9 @@ class Recorder:
             dist = torch.abs(o, out=self._scratch(o)) if centre == 0 else \
                 torch.sub(o, centre, out=self._scratch(o)).abs_()
             extra = ("saturated", pending.sum(dist.sub_(reach).sign_()), o.numel())
-        self._calls.append((name, leaf.type_name, self.step, shape, total, stats, in_total,
+        in_sq = producer.stats[1] if producer is not None and producer.stats is not None and \
+            producer.stats[2] == inp.numel() else None   # the input's sum of squares, when its producer has it
+        self._calls.append((name, leaf.type_name, self.step, shape, total, stats, in_total, in_sq,
                             tuple(inp.shape) if in_total is not None else None,
                             inp.numel() if in_total is not None else 0, extra))
         # 6. what the modules it feeds need to know
@@ -567,15 +569,17 @@ class Recorder:
 
     def _resolve_calls(self, calls: list[tuple], v: list[float]) -> None:
         steps = set()
-        for name, type_name, step, shape, total, stats, in_total, in_shape, in_numel, extra in calls:
+        for name, type_name, step, shape, total, stats, in_total, in_sq, in_shape, in_numel, extra in calls:
             finite = math.isfinite(v[total])
             # 1. the first module whose output is non-finite while its input was finite, in forward order
             if not finite and self.nonfinite_forward is None and (in_total is None or math.isfinite(v[in_total])):
-                self.nonfinite_forward = {
-                    "module": name, "type": type_name, "step": step,
-                    "input": None if in_total is None else
-                    {"shape": list(in_shape), "nan": 0, "inf": 0, "mean": v[in_total] / max(1, in_numel)},
-                    "output": {"shape": list(shape), "finite": False}}
+                inp = None
+                if in_total is not None:
+                    inp = {"shape": list(in_shape), "nan": 0, "inf": 0, "mean": v[in_total] / max(1, in_numel)}
+                    if in_sq is not None:  # root mean square: a lower bound of the largest |x|
+                        inp["rms"] = math.sqrt(max(0.0, v[in_sq]) / max(1, in_numel))
+                self.nonfinite_forward = {"module": name, "type": type_name, "step": step, "input": inp,
+                                          "output": {"shape": list(shape), "finite": False}}
             if stats is None:
                 continue
             # 2. mean and (population) std from the sum and the sum of squares
