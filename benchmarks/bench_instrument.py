@@ -3,14 +3,14 @@
 For an MLP, a CNN with BatchNorm, a small GPT-style transformer and a small U-Net, each at a
 realistic batch, prints the median time of a bare training step (zero_grad, forward, backward,
 Adam step) and of the same step with the default Recorder attached, and their ratio (target:
-<= 1.15). The cheaper settings (``every=4``, ``sub_batch=8``) and the update ratios are timed
+<= 1.15). The cheaper settings (``every=4``, ``sub_batch=4``) and the update ratios are timed
 on request (``--all``). The bare and the instrumented copy of each model take turns one step
 at a time and the medians are compared, so a busy machine disturbs both sides alike; steps are
 timed in CPU seconds of this process, on one thread, so that other work on a shared machine
 weighs less.
 
     python benchmarks/bench_instrument.py          # default Recorder, about a minute
-    python benchmarks/bench_instrument.py --all    # also every=4, sub_batch=8, updates: ~2.5 minutes
+    python benchmarks/bench_instrument.py --all    # also every=4, sub_batch=4, updates: ~2.5 minutes
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ CASES = {  # name: (model factory, batch factory)
     "unet 64x64 batch 8": (UNet, lambda: (torch.randn(8, 3, 64, 64), torch.randint(0, 2, (8, 64, 64)))),
 }
 MODES = {"recorder": {}}
-EXTRA_MODES = {"every=4": {"every": 4}, "sub_batch=8": {"sub_batch": 8}, "updates": {"updates": True}}
+EXTRA_MODES = {"every=4": {"every": 4}, "sub_batch=4": {"sub_batch": 4}, "updates": {"updates": True}}
 
 
 def loss_of(outputs, targets):

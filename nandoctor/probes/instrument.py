@@ -9,15 +9,20 @@ works with the user's own ``train_step`` too) and records, per step:
   first parameter whose gradient did, with the step;
 - the wall time of each optimizer step (``step_seconds``).
 
-Cost. The hooks leave every statistic on the model's device as a 0-d tensor; the host reads
-them all in one transfer per step, at the optimizer step (``flush``; ``detach`` and ``summary``
-flush too). A statistic is therefore readable once its step is over. ``every=k`` computes the
-activation statistics on every k-th step only and ``sub_batch=k`` on the first k samples of the
-batch: they change the cost, not how a statistic is computed. The non-finite check runs on
+Cost. The hooks leave every statistic on the model's device, written into one preallocated
+buffer; the host reads it in one transfer per step, at the optimizer step (``flush``; ``detach``
+and ``summary`` flush too). A statistic is therefore readable once its step is over. Each
+activation costs a sum and a sum of squares (a ReLU also one indicator pass and one reduction
+per unit); a training-mode BatchNorm's come from the batch statistics it saved for backward.
+``every=k`` computes the activation statistics on every k-th step only and ``sub_batch=k`` on
+the first k samples (rows of dim 0) of each output: they change the cost, not how a statistic is
+computed; gradients are recorded on every step. The non-finite check runs on
 every step and on the whole output, whatever ``every`` and ``sub_batch`` say: a module's
 output is non-finite when its sum is (so an output whose float32 sum overflows, values of
 order 1e38 / numel, counts as non-finite too), and its input was finite when the output of
-the leaf that produced it was (else its own sum says). Update ratios need ``grads``.
+the leaf that produced it was (else its own sum says). On an unmeasured step an activation
+without parameters is not summed: finite in, finite out, so a NaN is never born there. Update
+ratios need ``grads``.
 
 Units (what a dead share counts), by the layer that produced the activation:
 - convolution, BatchNorm/InstanceNorm/GroupNorm, pooling, padding, upsampling, channel
