@@ -4,10 +4,11 @@ from types import SimpleNamespace
 
 import torch
 from torch import nn
+from torch.utils.data import TensorDataset
 
 from nandoctor.diagnoses import get
 from nandoctor.records import Evidence, ProbeResult
-from patients import battery, codes, make_patient
+from patients import battery, blobs, codes, make_patient
 
 PROBES = ["structure", "overfit"]
 
@@ -78,3 +79,34 @@ def test_late_saturation_counts_only_when_the_batch_is_not_memorised():
                         saturated={"t": [0.0] * 80 + [0.9] * 20})
     assert get("saturated-activation").check(evidence(rec, memorised=True)) is None
     assert get("saturated-activation").check(evidence(rec, memorised=False)) is not None
+
+
+class TokenMLP(nn.Module):
+    """A transformer-style MLP over ``[N, T, C]`` tokens whose hidden ReLU units are 3/4 dead from init."""
+
+    def __init__(self, features=10, classes=3):
+        super().__init__()
+        d = features
+        self.fc, self.act, self.proj = nn.Linear(d, 4 * d), nn.ReLU(), nn.Linear(4 * d, d)
+        self.head = nn.Linear(d, classes)
+        with torch.no_grad():
+            self.fc.bias[: 3 * d] = -50.0
+
+    def forward(self, x):                                   # [N, T, d]
+        return self.head((x + self.proj(self.act(self.fc(x)))).mean(1))
+
+
+def token_blobs(tokens=6):
+    """The blobs, each sample spread over a few noisy tokens: ``[N, T, 10]``."""
+    x, y = blobs().tensors
+    gen = torch.Generator().manual_seed(0)
+    return TensorDataset(x[:, None, :] + 0.1 * torch.randn(x.shape[0], tokens, x.shape[1], generator=gen), y)
+
+
+def test_dead_units_of_a_token_mlp_are_its_features():
+    """Units are the last dim of [N, T, C]: read along the tokens, every position has live units (0% dead)."""
+    report = battery(make_patient(model=TokenMLP, data=token_blobs()), probes=PROBES)
+    finding = next(f for f in report.findings if f.code == "dead-relu")
+    layer = finding.evidence["layers"][0]
+    assert layer["layer"] == "act" and abs(layer["dead_share"] - 0.75) < 0.05
+    assert abs(layer["dead_share_at_init"] - 0.75) < 0.05

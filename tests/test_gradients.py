@@ -71,3 +71,13 @@ def test_recorder_global_norm_matches_torch():
     assert math.isclose(rec.total_grad_norms[0], expected, rel_tol=1e-4)
     assert rec.depth_order()[0] == "0" and rec.depth_order()[-1] == "12"
     assert math.isclose(rec.act_std["0"][0], float(model[0](x).detach().std(unbiased=False)), rel_tol=1e-3)
+
+
+def test_gradients_probe_alone_records_depth_without_activation_hooks():
+    report = battery(make_patient(model=deep_relu, data=regression(), loss=nn.MSELoss(), lr=1e-3),
+                     probes=["gradients"], budget=10)
+    result = report.probes["gradients"]
+    rec = result.data["recorder"]
+    assert result.metrics["source"] == "own run"
+    assert result.metrics["layers"] == ["0", "2", "4", "6", "8", "10", "12"]  # input side first
+    assert rec.act_mean == {} and rec.forward_order[:2] == ["0", "1"] and len(rec.total_grad_norms) >= 20

@@ -95,3 +95,18 @@ def test_nan_that_comes_with_the_data_is_left_to_the_data_diagnoses():
     report = battery(make_patient(data=data), probes=PROBES)
     assert report.probes["nonfinite"].metrics["birth"]["phase"] == "inputs"
     assert "nonfinite-source" not in codes(report)
+
+
+def test_recorder_named_module_is_reported_without_the_nonfinite_probe():
+    """Only the overfit probe ran: the recorder's module (its input statistics a dict) is the evidence."""
+    from types import SimpleNamespace
+
+    from nandoctor.diagnoses import get
+    from nandoctor.records import Evidence, ProbeResult
+    fwd = {"module": "2", "type": "Blowup", "step": 2, "output": {"shape": [8, 16], "finite": False},
+           "input": {"shape": [8, 16], "nan": 0, "inf": 0, "mean": 1.1}}
+    rec = SimpleNamespace(nonfinite_forward=fwd, nonfinite_grad=None)
+    run = SimpleNamespace(losses=[1.0, 1.0, float("inf")], nonfinite_step=2)
+    finding = get("nonfinite-source").check(Evidence({"overfit": ProbeResult(name="overfit",
+                                                                             data={"run": run, "recorder": rec})}))
+    assert finding.evidence["module"] == "2" and finding.evidence["input_stats"] == [fwd["input"]]

@@ -52,10 +52,12 @@ class DeadRelu(Diagnosis):
            "positive biases, normalise the inputs, or use LeakyReLU/GELU instead of ReLU.")
     doc = """
     ## What it detects
-    ReLU (and ReLU6) layers, other than the model's output layer, in which at least half the units
-    are dead over the last 20% of the overfit probe: a unit (a feature, or a channel for
-    convolutions) counts as dead in a forward call when it is positive on fewer than 1% of the
-    positions of the batch. These are SageMaker Debugger's `DeadRelu` defaults.
+    ReLU (and ReLU6) layers, other than the model's output layer, in which more than half the units
+    are dead over the last 20% of the overfit probe: a unit counts as dead in a forward call when it
+    is positive on fewer than 1% of the positions of the batch. These are SageMaker Debugger's
+    `DeadRelu` defaults. A unit is what the layer feeding the ReLU makes: a channel after a
+    convolution or BatchNorm (dim 1 of `[N, C, H, W]`), a feature after a Linear, LayerNorm or
+    attention layer (the last dim, also of `[N, T, C]` sequences, so every token is a position).
 
     ## Why it breaks training
     A dead ReLU outputs zero and passes back zero gradient, so nothing upstream of it learns through

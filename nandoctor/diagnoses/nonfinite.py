@@ -114,7 +114,7 @@ class NonfiniteSource(Diagnosis):
                 evidence.update(module=grad["module"], module_type=grad.get("type"))
         elif fwd is not None:
             evidence.update(module=fwd["module"], module_type=fwd.get("type"), phase="forward",
-                            input_stats=fwd.get("input"), output_stats=fwd.get("output"))
+                            input_stats=[fwd["input"]] if fwd.get("input") else [], output_stats=fwd.get("output"))
         else:
             evidence.update(module=grad["module"], module_type=grad.get("type"), phase="backward")
         evidence["first_module_forward"] = fwd

@@ -152,7 +152,7 @@ class Gradients(Probe):
         model = patient.new_model()
         optimizer = patient.make_optimizer(model)
         steps = ctx.steps(lo=MIN_STEPS, hi=MAX_STEPS, per_step=ctx.step_time * 1.15)
-        rec = Recorder(model)
+        rec = Recorder(model, activations=False)   # gradient norms and the forward order are all this probe reads
         rec.attach_optimizer(optimizer)
         try:
             run = train(patient, model, optimizer, patient.fixed_batch(), steps, deadline=ctx.deadline,
