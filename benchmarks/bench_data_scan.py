@@ -17,7 +17,9 @@ out of range):
   per-feature statistics, per-sample losses of two models, input magnitudes, gradient norms, plots,
   report).
 
-All times include interpreter start-up and imports; every process gets one intra-op thread. A
+All times include interpreter start-up and imports; every process gets one intra-op thread; the CPU
+time (user + system) of each process is printed beside its wall time, being less sensitive to what
+else runs on the machine. A
 batch_size=1 loop costs the same for every sample, so by default it walks the first
 ``--baseline-samples`` samples (the planted rows are among them) and its whole-process time for N
 samples is extrapolated: its wall time plus its per-sample loop time for the samples it did not walk
@@ -27,7 +29,7 @@ each tool names (the baselines: a non-finite input or loss, a loss that raises, 
 process finds the same NaN/Inf samples; and prints the peak memory (max RSS) of our scan at several
 sizes of the on-the-fly dataset, which must not grow with the size.
 
-Run: python benchmarks/bench_data_scan.py [--n 200000] [--baseline-samples 10000] [--sizes 50000,800000]
+Run: python benchmarks/bench_data_scan.py [--n 200000] [--baseline-samples 5000] [--sizes 50000,500000]
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ from torch.utils.data import Dataset
 
 TABLE_ROWS = 1024
 FEATURES, CLASSES = 64, 10
-PLANTED_AT = (1111, 2222, 3333, 4444, 5555, 6666, 7777)  # inside the baselines' default 10,000 samples
+PLANTED_AT = (500, 1200, 1900, 2600, 3300, 4000, 4700)  # inside the samples the baselines walk
 KINDS = ("NaN in one feature", "Inf in one feature", "scaled by 1e6, label agrees",
          "scaled by 1e6, label agrees", "scaled by 1e6, wrong label", "one feature 1e5, wrong label",
          "label out of range")
@@ -181,14 +183,15 @@ from torch.utils.data import DataLoader, Subset
 sys.path.insert(0, sys.argv[1])
 import rows
 
-folder, n, out, kind, mode, walk = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], int(sys.argv[6])
+folder, n, out, kind, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+walk = int(sys.argv[6])
 torch.manual_seed(0)
 data = rows.Rows(n=n) if kind == "Rows" else rows.in_memory(n=n)
 walk = min(walk or n, n)
 model, loss_fn = rows.mlp(), nn.CrossEntropyLoss()
 optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
 bad, raised, losses = [], [], {}
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 if mode == "train":  # the seeds' advice: train with batch_size=1, shuffle off, watch the loss of each sample
     model.train()
     for i, (x, y) in enumerate(DataLoader(Subset(data, range(walk)), batch_size=1, shuffle=False)):
@@ -201,7 +204,7 @@ if mode == "train":  # the seeds' advice: train with batch_size=1, shuffle off, 
         if not bool(torch.isfinite(x).all()) or not bool(torch.isfinite(loss)):
             bad.append(i)
             continue  # skip the step, or one NaN sample makes every later loss NaN
-        losses[i] = float(loss)
+        losses[i] = float(loss.detach())
         loss.backward()
         optimizer.step()
 else:  # the cheapest version: forward and loss only
@@ -217,11 +220,11 @@ else:  # the cheapest version: forward and loss only
                 bad.append(i)
             else:
                 losses[i] = float(loss)
-loop = time.perf_counter() - t0
+loop, loop_cpu = time.perf_counter() - t0, time.process_time() - c0
 median = sorted(losses.values())[len(losses) // 2]
 extreme = [i for i, v in losses.items() if v >= float(sys.argv[7]) * median]
-json.dump({"nonfinite": bad, "named": sorted(bad + raised + extreme), "loop_seconds": loop, "walked": walk},
-          open(out, "w"))
+json.dump({"nonfinite": bad, "named": sorted(bad + raised + extreme), "loop_seconds": loop, "loop_cpu": loop_cpu,
+           "walked": walk}, open(out, "w"))
 '''
 
 CONFIG = '''
@@ -234,8 +237,8 @@ optimizer: {_target_: torch.optim.Adam, lr: 1.0e-3}
 '''
 
 
-def run(cmd: list[str], env: dict) -> tuple[float, float, int]:
-    """(wall seconds, peak RSS in MiB, exit status) of one whole child process."""
+def run(cmd: list[str], env: dict) -> tuple[float, float, float, int]:
+    """(wall seconds, CPU seconds, peak RSS in MiB, exit status) of one whole child process."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -243,18 +246,19 @@ def run(cmd: list[str], env: dict) -> tuple[float, float, int]:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
         sys.stderr.write(proc.stderr.read().decode()[-2000:])
-    return seconds, usage.ru_maxrss / 1024, proc.returncode
+    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, proc.returncode
 
 
-def ours(folder: Path, kind: str, n: int, env: dict) -> tuple[float, float, dict]:
+def ours(folder: Path, kind: str, n: int, env: dict) -> tuple[float, float, float, dict]:
+    """(wall seconds, CPU seconds, peak RSS, report.json) of one ``nandoctor scan-data`` process."""
     cfg = folder / f"config_{kind}_{n}.yaml"
     cfg.write_text(CONFIG % (kind, n))
     out = folder / f"report_{kind}_{n}"
-    seconds, rss, rc = run([sys.executable, "-m", "nandoctor", "scan-data", str(cfg), "--out", str(out),
-                            "--budget", "600", "--quiet"], env)
+    seconds, cpu, rss, rc = run([sys.executable, "-m", "nandoctor", "scan-data", str(cfg), "--out", str(out),
+                                 "--budget", "600", "--quiet"], env)
     assert rc == 0, f"scan-data exited {rc}"
     report = json.loads((out / "report.json").read_text())
-    return seconds, rss, report
+    return seconds, cpu, rss, report
 
 
 def named_by_report(report: dict) -> set[int]:
@@ -262,15 +266,16 @@ def named_by_report(report: dict) -> set[int]:
     return {int(i) for f in report["findings"] for i in (f.get("evidence") or {}).get("sample_indices") or []}
 
 
-def baseline(folder: Path, kind: str, n: int, mode: str, walk: int, env: dict) -> tuple[float, dict]:
-    """(whole-process seconds for n samples, the loop's record); extrapolated when it walked fewer samples."""
+def baseline(folder: Path, kind: str, n: int, mode: str, walk: int, env: dict) -> tuple[float, float, dict]:
+    """(whole-process wall and CPU seconds for n samples, the loop's record); extrapolated when it walked fewer
+    samples: plus its per-sample loop time for the samples it did not walk."""
     out = folder / "baseline.json"
-    wall, _, rc = run([sys.executable, str(folder / "baseline.py"), str(folder), str(n), str(out), kind, mode,
-                       str(walk), str(LOSS_RATIO)], env)
+    wall, cpu, _, rc = run([sys.executable, str(folder / "baseline.py"), str(folder), str(n), str(out), kind, mode,
+                            str(walk), str(LOSS_RATIO)], env)
     assert rc == 0, "the baseline loop failed"
     rec = json.loads(out.read_text())
-    per_sample = rec["loop_seconds"] / rec["walked"]
-    return wall + per_sample * (n - rec["walked"]), rec
+    rest = (n - rec["walked"]) / rec["walked"]
+    return wall + rec["loop_seconds"] * rest, cpu + rec["loop_cpu"] * rest, rec
 
 
 def compare(folder: Path, kind: str, n: int, walk: int, env: dict) -> tuple[bool, float]:
@@ -281,18 +286,20 @@ def compare(folder: Path, kind: str, n: int, walk: int, env: dict) -> tuple[bool
     planted = rows.planted(n)
     print(f"== {label}: {n} samples, {len(rows.bad_indices(n))} NaN samples spread over the set and "
           f"{len(planted)} planted bad rows in its first {max(planted) + 1}")
-    our_s, our_rss, report = ours(folder, kind, n, env)
+    assert not walk or max(planted) < walk, "the baselines must walk every planted row"
+    our_s, our_cpu, our_rss, report = ours(folder, kind, n, env)
     m = report["probes"]["data_scan"]["metrics"]
     our_bad = m["nonfinite"]["indices"]
     per = m.get("per_sample") or {}
-    print(f"   nandoctor scan-data                  : {our_s:7.2f} s  peak RSS {our_rss:6.1f} MiB  "
+    print(f"   nandoctor scan-data                  : {our_s:7.2f} s  (CPU {our_cpu:6.2f} s)  "
+          f"peak RSS {our_rss:6.1f} MiB  "
           f"({m['samples_scanned']} samples scanned: {m['sampling']}; loading by {m['loading']}; a loss for "
           f"{per.get('losses', 0)} samples, a gradient norm for {per.get('grad_norms_for', 'none')})")
     nonfinite = sorted(set(rows.bad_indices(n)) | {i for i, (k, _, _) in planted.items() if "NaN" in k or "Inf" in k})
     same = our_bad == nonfinite
     names = {"nandoctor": named_by_report(report)}  # tool -> the sample indices it names
     for mode, what in (("train", "batch_size=1 training loop"), ("eval", "batch_size=1 forward-only loop")):
-        base_s, rec = baseline(folder, kind, n, mode, walk, env)
+        base_s, base_cpu, rec = baseline(folder, kind, n, mode, walk, env)
         walked = rec["walked"]
         same &= rec["nonfinite"] == [i for i in our_bad if i < walked]
         names[what.split(" ", 1)[1]] = set(rec["named"])
@@ -300,12 +307,14 @@ def compare(folder: Path, kind: str, n: int, walk: int, env: dict) -> tuple[bool
         ratio = base_s / our_s
         target = f"  (target >= {TARGET_RATIO:.0f}x: {'met' if ratio >= TARGET_RATIO else 'NOT MET'})" \
             if mode == "train" else ""
-        print(f"   baseline {what:<28}: {base_s:7.2f} s  ({how})  -> ours is {ratio:.1f}x faster{target}")
+        print(f"   baseline {what:<28}: {base_s:7.2f} s  (CPU {base_cpu:6.2f} s; {how})  -> ours is {ratio:.1f}x "
+              f"faster, {base_cpu / our_cpu:.1f}x in CPU time{target}")
     print(f"   planted bad rows named (of {len(planted)}): "
           + ", ".join(f"{tool} {len(found & set(planted))}" for tool, found in names.items()))
     print(f"      {'index':>6}  {'planted row':<30}  " + "  ".join(f"{t:<18}" for t in names))
     for i, (kind_, _, _) in sorted(planted.items()):
-        print(f"      {i:>6}  {kind_:<30}  " + "  ".join(f"{'named' if i in found else '-':<18}" for found in names.values()))
+        marks = "  ".join(f"{'named' if i in found else '-':<18}" for found in names.values())
+        print(f"      {i:>6}  {kind_:<30}  {marks}")
     print(f"   same NaN/Inf samples found by every process: {'yes' if same else 'NO'} "
           f"({len(our_bad)}: {our_bad[:6]} ...)")
     return same, our_rss
@@ -314,9 +323,9 @@ def compare(folder: Path, kind: str, n: int, walk: int, env: dict) -> tuple[bool
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=200_000, help="samples in the timed datasets (>= 200,000)")
-    parser.add_argument("--baseline-samples", type=int, default=10_000,
+    parser.add_argument("--baseline-samples", type=int, default=5_000,
                         help="samples the batch_size=1 loops walk (their time is extrapolated to --n); 0: all")
-    parser.add_argument("--sizes", default="50000,800000",
+    parser.add_argument("--sizes", default="50000,500000",
                         help="further dataset sizes for the memory check (the --n run is one of them)")
     args = parser.parse_args()
     # one intra-op thread for every process: batch-1 loops cannot use more, and on a shared machine torch's
@@ -342,7 +351,7 @@ def main() -> None:
         peaks = {args.n: rss}
         print(f"memory: {args.n:>9} samples -> peak RSS {rss:7.1f} MiB (the run above)")
         for n in sorted({int(s) for s in args.sizes.split(",") if s} - {args.n}):
-            seconds, rss, rep = ours(folder, "Rows", n, env)
+            seconds, _, rss, rep = ours(folder, "Rows", n, env)
             peaks[n] = rss
             scanned = rep["probes"]["data_scan"]["metrics"]["samples_scanned"]
             print(f"memory: {n:>9} samples -> peak RSS {rss:7.1f} MiB ({scanned} scanned, {seconds:.1f} s)")

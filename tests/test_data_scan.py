@@ -265,7 +265,7 @@ def test_every_sample_gets_a_loss_and_a_gradient_norm_when_the_set_fits():
     m = report.probes["data_scan"].metrics
     assert m["whole_set"] and m["per_sample"]["losses"] == 5000
     per_sample = report.probes["data_scan"].data["per_sample"]
-    assert bool(torch.isfinite(per_sample["loss_init"]).all()) and bool(torch.isfinite(per_sample["loss_trained"]).all())
+    assert all(bool(torch.isfinite(per_sample[c]).all()) for c in ("loss_init", "loss_trained"))
     # an MLP: every sample's gradient norm from one batched backward pass per chunk
     assert m["grad_norms"]["init"]["every_sample"] and m["per_sample"]["grad_norms"] == 5000
     assert bool((per_sample["grad_norm_init"] > 0).all())

@@ -232,7 +232,8 @@ def magnitude_evidence(values, losses=None, p99=4.0, scanned=200_000):
 
 def test_rows_set_apart_by_their_magnitude_are_named_whatever_their_loss():
     tail = [5.7, 5.5, 5.4, 5.3, 5.2, 5.1, 5.0, 4.9]
-    found = check("sample-loss-outlier", magnitude_evidence([2.6e6, 2.5e6, 1e5] + tail, losses=[0.0, 0.0, 1e4] + [2.3] * 8))
+    ev = magnitude_evidence([2.6e6, 2.5e6, 1e5] + tail, losses=[0.0, 0.0, 1e4] + [2.3] * 8)
+    found = check("sample-loss-outlier", ev)
     assert found.severity == "critical" and found.evidence["sample_indices"] == [1000, 1001, 1002]
     assert [w["loss_small"] for w in found.evidence["extreme_inputs"]] == [True, True, False]
     assert found.evidence["extreme_inputs"][0]["next_magnitude"] == 5.7

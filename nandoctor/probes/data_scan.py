@@ -529,7 +529,8 @@ class Scan:
             vals = self.column(name, col)
             if vals is None or vals.numel() == 0:
                 continue
-            out[label] = {**distribution(vals), "worst": [{"index": i, "loss": v} for i, v in top.items()[:WORST_LISTED]]}
+            worst = [{"index": i, "loss": v} for i, v in top.items()[:WORST_LISTED]]
+            out[label] = {**distribution(vals), "worst": worst}
         return out
 
     def magnitude_metrics(self) -> dict:

@@ -155,7 +155,8 @@ def save_all(ctx, m: dict, loss_res) -> list[str]:
     has_loss = any(k in loss for k in ("init", "trained"))
     if rows is not None and (has_loss or mag.get("worst")):
         worst = {k: [(w["index"], w["loss"]) for w in loss[k]["worst"]] for k in ("init", "trained") if k in loss}
-        panels = [p for p, ok in (("loss", has_loss), ("magnitude", bool(mag.get("worst")) and rows.shape[1] > 3)) if ok]
+        has_mag = bool(mag.get("worst")) and rows.shape[1] > 3
+        panels = [p for p, ok in (("loss", has_loss), ("magnitude", has_mag)) if ok]
         path, rel = ctx.plot_path("data-sample-loss")
         with figure(path, ncols=len(panels), margins=MARGINS if len(panels) == 1 else TWO_PANELS) as axes:
             axes = [axes] if len(panels) == 1 else list(axes)
