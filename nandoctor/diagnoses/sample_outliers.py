@@ -118,15 +118,16 @@ class SampleLossOutlier(Diagnosis):
         shown = ", ".join(str(i) for i in e["sample_indices"][:5])
         if e["nonfinite_loss_samples"]:
             return f"{e['nonfinite_loss_samples']} sample(s) with finite inputs have a NaN/Inf loss (e.g. {shown})"
+        by_loss = [w["index"] for w in e["worst_at_init"] + e["worst_after_training"]]
+        by_size = [w for w in e["extreme_inputs"] if w["index"] not in by_loss]
+        size = (f"sample(s) {', '.join(str(w['index']) for w in by_size[:5])} have inputs up to "
+                f"{max(w['magnitude'] for w in by_size):.3g} robust spreads from the feature medians"
+                + (" (their loss does not show it)" if all(w["loss_small"] for w in by_size) else "")) if by_size else ""
         if ratio:
-            more = [w["index"] for w in e["extreme_inputs"]
-                    if w["index"] not in {v["index"] for v in e["worst_at_init"] + e["worst_after_training"]}]
-            return (f"Sample(s) {shown} have a loss up to {ratio:.3g}x the median sample's"
-                    + (f"; {len(more)} more have extreme inputs" if more else ""))
+            loud = ", ".join(str(i) for i in list(dict.fromkeys(by_loss))[:5])
+            return f"Sample(s) {loud} have a loss up to {ratio:.3g}x the median sample's" + (f"; {size}" if size else "")
         if magnitude:
-            quiet = all(w.get("loss_small") for w in e["extreme_inputs"])
-            return (f"Sample(s) {shown} have inputs up to {magnitude:.3g} robust spreads from the feature medians"
-                    + (" (their loss is not extreme: only their size gives them away)" if quiet else ""))
+            return size[0].upper() + size[1:]
         return f"Sample(s) {shown} have a gradient norm over {SampleLossOutlier.thresholds['grad_ratio']:.0f}x " \
                "the typical sample's"
 

@@ -116,9 +116,6 @@ class Scan:
     # --- the steps ------------------------------------------------------------------------------
     def run(self, probe: Probe) -> ProbeResult:
         t0 = time.perf_counter()
-        if self.ctx.plots_dir is not None:
-            from nandoctor.report.plots import preload
-            preload()  # matplotlib's import overlaps the scan
         # 1. the first chunk: shapes, loss kind, the magnitude reference
         first = self.measure()
         if first is None:

@@ -8,35 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sys
-import threading
 from pathlib import Path
 from typing import Iterator
 
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22", "#17becf"]
-
-
-_preloading: threading.Thread | None = None
-
-
-def preload() -> None:
-    """Import matplotlib and load its font list in a background thread: a probe that will plot calls this
-    first and pays for the import while it computes (torch kernels release the GIL). ``figure`` waits for it."""
-    global _preloading
-    if _preloading is None and "matplotlib.figure" not in sys.modules:
-        _preloading = threading.Thread(target=_import_matplotlib, name="nandoctor-matplotlib", daemon=True)
-        _preloading.start()
-
-
-def _import_matplotlib() -> None:
-    try:
-        import matplotlib.backends.backend_agg  # noqa: F401
-        import matplotlib.figure  # noqa: F401
-        from matplotlib import font_manager
-        font_manager.fontManager  # noqa: B018 - loads the font list
-    except Exception:  # figure() imports again and reports what is wrong
-        pass
 
 
 @contextlib.contextmanager
@@ -46,8 +22,6 @@ def figure(path: Path | None, ncols: int = 1, nrows: int = 1, size=(6.4, 3.8), m
 
     The figure is an Agg ``Figure`` made directly, without pyplot: no global figure state, no backend
     selection, and a faster import."""
-    if _preloading is not None:
-        _preloading.join()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
