@@ -353,8 +353,11 @@ class Scan:
                 return l0, torch.zeros(index.numel(), dtype=torch.bool), g0
             except NotFactorable:
                 self.every_grad = None
-            except Exception:
-                pass  # the plain pass below finds the samples that make the loss raise
+            except Exception:  # the plain pass below finds the samples that make the loss raise ...
+                l0, failed = self.losses(self.model0, inputs, targets, index)
+                if l0 is not None and not bool(failed.any()):
+                    self.every_grad = None  # ... and when none does, the batched norms do not work here
+                return l0, failed, None
         l0, failed = self.losses(self.model0, inputs, targets, index)
         return l0, failed, None
 
