@@ -277,7 +277,28 @@ def version():
 
 def main() -> None:
     sys.dont_write_bytecode = True  # importing the user's files leaves no __pycache__ beside them
-    app()
+    try:
+        app()
+    except SystemExit as exc:  # typer always ends this way: the report is written, only the exit is left
+        exit_fast(exc.code)
+
+
+def exit_fast(code) -> None:
+    """Exit with ``code`` once the exit handlers have run and the output is flushed, without tearing the
+    interpreter down: freeing torch's modules and objects one by one takes 1-2 s, for nothing."""
+    import atexit
+    import os
+
+    if code is not None and not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    atexit._run_exitfuncs()  # logging.shutdown and the user's own handlers
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # a closed or broken pipe: nothing more to say
+            pass
+    os._exit(code or 0)
 
 
 if __name__ == "__main__":

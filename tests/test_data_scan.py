@@ -3,9 +3,10 @@
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import TensorDataset
 
 import data_patients as dp
-from patients import battery, codes, make_patient, mlp
+from patients import battery, blobs, codes, make_patient, mlp
 
 BUDGET = 8.0
 DATA_CODES = {"data-nonfinite", "target-out-of-range", "data-unnormalized", "data-constant-feature",
@@ -207,3 +208,75 @@ def test_a_constant_column_divided_by_its_zero_std_ranks_above_the_nan_it_makes(
     report = scan(make_patient(data=dp.standardised_with_a_constant_column(col=2)))
     assert codes(report)[:2] == ["data-constant-feature", "data-nonfinite"]
     assert report.findings[0].evidence["nonfinite_columns"] == {"feature 2": 256}
+
+
+# --- per-sample magnitude, every sample's loss ---------------------------------------------------------
+def scaled_row_whose_label_agrees(row=100, n=512, factor=1e6):
+    """Blobs with one row scaled by ``factor`` and labelled with the fresh model's own prediction for it."""
+    x, y = blobs(n=n).tensors
+    x, y = x.clone(), y.clone()
+    x[row] *= factor
+    with torch.no_grad():
+        y[row] = make_patient().new_model().eval()(x[row:row + 1]).argmax(1)[0]
+    return TensorDataset(x, y)
+
+
+def test_a_row_scaled_by_1e6_whose_label_agrees_is_named_by_its_magnitude():
+    # lr 1e-9: the short training leaves the model as it was, so both models agree with the row's label
+    report = scan(make_patient(data=scaled_row_whose_label_agrees(row=100), lr=1e-9))
+    per_sample = report.probes["data_scan"].data["per_sample"]
+    assert per_sample["loss_init"][100] < 1e-3 and per_sample["loss_trained"][100] < 1e-3  # its loss is no outlier
+    found = [f for f in report.findings if f.code == "sample-loss-outlier"]
+    assert found and found[0].severity == "critical"
+    e = found[0].evidence
+    assert e["sample_indices"] == [100]
+    assert e["extreme_inputs"][0]["index"] == 100 and e["extreme_inputs"][0]["magnitude"] > 1e5
+    assert e["extreme_inputs"][0]["loss_small"] and not e["worst_at_init"] and not e["worst_after_training"]
+    assert "inputs" in found[0].title
+
+
+def heavy_tailed(n=3000, seed=0) -> TensorDataset:
+    """Healthy tabular data whose features are heavy-tailed for real: incomes (log-normal), returns (Student t,
+    2 degrees of freedom), waiting times (exponential), counts (Poisson), a rare flag (2% ones), and Gaussians;
+    the label depends on them."""
+    gen = torch.Generator().manual_seed(seed)
+    g = torch.randn(n, 4, generator=gen)
+    income = torch.exp(1.5 * torch.randn(n, generator=gen))
+    t2 = torch.randn(n, generator=gen) / torch.sqrt(torch.randn(n, 2, generator=gen).pow(2).sum(1) / 2)
+    wait = torch.empty(n).exponential_(generator=gen)
+    counts = torch.poisson(torch.full((n,), 3.0), generator=gen)
+    flag = (torch.rand(n, generator=gen) < 0.02).float()
+    x = torch.stack([income, t2, wait, counts, flag], 1)
+    x = torch.cat([x, g], 1)
+    y = ((g[:, 0] + 0.5 * torch.log(income) + flag) > 0.3).long() + (g[:, 1] > 1.0).long()
+    return TensorDataset(x, y)
+
+
+def test_healthy_heavy_tailed_features_get_no_warning():
+    report = scan(make_patient(data=heavy_tailed(), model=lambda: mlp(features=9)))
+    assert report.probes["data_scan"].status == "ok"
+    assert serious_data_findings(report) == []
+    mag = report.probes["data_scan"].metrics["magnitude"]
+    assert mag["sampled"] == 3000 and mag["max"] > 20 * mag["median"]  # the tails are there, and not flagged
+
+
+def test_every_sample_gets_a_loss_and_a_gradient_norm_when_the_set_fits():
+    report = scan(make_patient(data=blobs(n=5000)))
+    m = report.probes["data_scan"].metrics
+    assert m["whole_set"] and m["per_sample"]["losses"] == 5000
+    per_sample = report.probes["data_scan"].data["per_sample"]
+    assert all(bool(torch.isfinite(per_sample[c]).all()) for c in ("loss_init", "loss_trained"))
+    # an MLP: every sample's gradient norm from one batched backward pass per chunk
+    assert m["grad_norms"]["init"]["every_sample"] and m["per_sample"]["grad_norms"] == 5000
+    assert bool((per_sample["grad_norm_init"] > 0).all())
+
+
+def test_a_slow_step_time_does_not_shrink_a_scan_that_fits():
+    """What is scanned depends on the time that is left, not on a speed estimate: a step time claimed 1000x
+    too slow still gets the whole set when the time allows it."""
+    from nandoctor.probes import ProbeContext
+    from nandoctor.probes.data_scan import DataScan
+    from nandoctor.records import Evidence
+    ctx = ProbeContext(patient=make_patient(data=blobs(n=20_000)), seconds=20.0, step_time=5.0, evidence=Evidence())
+    m = DataScan().run(ctx).metrics
+    assert m["samples_scanned"] == 20_000 and m["sampling"] == "every sample" and m["per_sample"]["losses"] == 20_000

@@ -3,9 +3,12 @@
 
 import pytest
 import torch
+from torch import nn
 
 from nandoctor import diagnoses
-from nandoctor.probes.scan_stats import FeatureStats, Reservoir, TargetStats, TopK
+from nandoctor.probes.data_scan import per_sample_grad_norms
+from nandoctor.probes.samples import NotFactorable, PerSampleLoss, linear_grad_norms, linear_only
+from nandoctor.probes.scan_stats import FeatureStats, Magnitude, Reservoir, TargetStats, TopK
 from nandoctor.records import Evidence, ProbeResult
 
 
@@ -150,3 +153,102 @@ def test_every_data_code_has_a_full_doc_page():
                  "csv-index-column", "class-imbalance", "sample-loss-outlier", "sample-load-error"):
         page = diagnoses.get(code).page()
         assert all(f"## {s}" in page for s in diagnoses.DOC_SECTIONS), code
+
+
+# --- per-sample magnitudes and gradient norms ---------------------------------------------------------
+def test_feature_stats_of_float32_chunks_match_float64():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(5000, 3, generator=gen) * torch.tensor([1.0, 50.0, 0.01]) + torch.tensor([1e4, -3.0, 0.5])
+    x[123, 0] = float("inf")
+    fs = FeatureStats(with_index=True)
+    for s in range(0, 5000, 1024):
+        fs.update(x[s:s + 1024], torch.arange(s, min(s + 1024, 5000)))
+    r, ok = fs.result(), torch.isfinite(x.double())
+    for j in range(3):
+        col = x.double()[ok[:, j], j]
+        assert r["mean"][j] == pytest.approx(float(col.mean()), rel=1e-6)
+        assert r["std"][j] == pytest.approx(float(col.std()), rel=1e-4)
+    assert r["nonfinite"] == [1, 0, 0] and r["max"][0] == float(x[torch.isfinite(x[:, 0]), 0].max())
+
+
+def test_magnitude_is_the_largest_robust_z_score_and_a_rare_flag_is_not_extreme():
+    gen = torch.Generator().manual_seed(2)
+    ref = torch.cat([torch.randn(512, 2, generator=gen), torch.zeros(512, 1)], 1)  # a flag never set in the reference
+    mag = Magnitude(ref)
+    rows = torch.tensor([[0.0, 0.0, 1.0],          # the flag set: one unit, not a corrupted row
+                         [1e6, -2e6, 0.0],         # scaled by 1e6
+                         [float("nan"), 3.0, 0.0]])  # NaN left out, 3 sigma left
+    z = mag.score(rows, finite=False)
+    assert z[0] == pytest.approx(1.0) and z[1] > 5e5 and 2.0 < z[2] < 5.0
+
+
+def test_topk_carries_extra_numbers_with_its_samples():
+    top = TopK(2)
+    top.add(torch.tensor([1.0, 5.0, 3.0]), torch.tensor([7, 8, 9]), extra=torch.tensor([[0.1], [0.5], [0.3]]))
+    assert top.rows() == [(8, 5.0, [0.5]), (9, 3.0, [pytest.approx(0.3)])]
+
+
+@pytest.mark.parametrize("model", [
+    pytest.param(lambda: nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3)), id="mlp"),
+    pytest.param(lambda: nn.Sequential(nn.Linear(5, 7, bias=False), nn.ReLU(), nn.Dropout(0.5), nn.Linear(7, 3)),
+                 id="no-bias-dropout"),
+])
+def test_batched_gradient_norms_of_an_mlp_equal_torch_func_per_sample_norms(model):
+    torch.manual_seed(0)
+    net = model().eval()
+    x, y = torch.randn(16, 5), torch.randint(0, 3, (16,))
+    loss = PerSampleLoss(nn.CrossEntropyLoss())
+    assert linear_only(net)
+    losses, fast = linear_grad_norms(net, loss, x, y)
+    slow, method = per_sample_grad_norms(net, loss, x, y)
+    assert method.startswith("torch.func")
+    assert torch.allclose(fast, slow, rtol=1e-4) and torch.allclose(losses, loss(net(x), y).detach())
+
+
+def test_batched_gradient_norms_refuse_what_they_cannot_factor():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.lin(self.lin(x))
+    loss = PerSampleLoss(nn.MSELoss())
+    with pytest.raises(NotFactorable):
+        linear_grad_norms(Twice().eval(), loss, torch.randn(3, 4), torch.randn(3, 4))
+    assert not linear_only(nn.Sequential(nn.Conv1d(1, 2, 3), nn.Flatten(), nn.Linear(4, 2)))
+    tied = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 10, bias=False))
+    tied[1].weight = tied[0].weight
+    assert not linear_only(tied)
+
+
+def magnitude_evidence(values, losses=None, p99=4.0, scanned=200_000):
+    worst = [{"index": 1000 + k, "magnitude": v, "loss_init": (losses or [2.3] * len(values))[k], "loss_trained": 2.2}
+             for k, v in enumerate(values)]
+    dist = {"median": 2.3, "mad": 0.3, "p99": 2.5, "max": 3.0, "worst": [{"index": 1, "loss": 3.0}]}
+    return Evidence(data_scan=scan_result(samples_scanned=scanned, samples_total=scanned, loss={"init": dist},
+                                          magnitude={"median": 2.6, "p99": p99, "max": max(values), "worst": worst}))
+
+
+def test_rows_set_apart_by_their_magnitude_are_named_whatever_their_loss():
+    tail = [5.7, 5.5, 5.4, 5.3, 5.2, 5.1, 5.0, 4.9]
+    ev = magnitude_evidence([2.6e6, 2.5e6, 1e5] + tail, losses=[0.0, 0.0, 1e4] + [2.3] * 8)
+    found = check("sample-loss-outlier", ev)
+    assert found.severity == "critical" and found.evidence["sample_indices"] == [1000, 1001, 1002]
+    assert [w["loss_small"] for w in found.evidence["extreme_inputs"]] == [True, True, False]
+    assert found.evidence["extreme_inputs"][0]["next_magnitude"] == 5.7
+
+
+@pytest.mark.parametrize("values", [
+    pytest.param([3000.0, 2100.0, 1500.0, 1100.0, 800.0, 640.0, 500.0, 420.0, 380.0, 300.0], id="heavy-tail"),
+    pytest.param([2e6] * 24, id="too-many-to-be-a-few"),
+    pytest.param([500.0, 4.0, 3.9], id="jump-but-not-far"),
+])
+def test_a_smooth_heavy_tail_many_extreme_rows_or_a_small_jump_are_not_named(values):
+    assert check("sample-loss-outlier", magnitude_evidence(values)) is None
+
+
+def test_labels_the_model_has_no_output_for_are_not_a_rare_class():
+    targets = {"kind": "class", "shape": [], "integer_valued": True, "histogram": {0: 500, 1: 450, 2: 480, 3: 1},
+               "n_classes": 3}
+    assert check("class-imbalance", Evidence(data_scan=scan_result(targets=targets))) is None

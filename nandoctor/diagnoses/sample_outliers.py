@@ -1,4 +1,5 @@
-"""sample-loss-outlier: individual samples whose loss or gradient is extreme or non-finite."""
+"""sample-loss-outlier: individual samples whose loss, gradient or input magnitude is extreme, or whose loss is
+non-finite."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from nandoctor.records import Evidence
 
 class SampleLossOutlier(Diagnosis):
     code = "sample-loss-outlier"
-    title = "A few samples have an extreme or non-finite loss"
+    title = "A few samples have an extreme or non-finite loss, or extreme inputs"
     severity = "warning"
     role = "cause"
     requires = (SCAN,)
@@ -23,6 +24,10 @@ class SampleLossOutlier(Diagnosis):
         "critical_ratio": 1e4,   # a loss this many times the median dominates every batch it is in
         "max_share": 0.01,       # if more than this share of samples is that far out (p99 is), it is not "a few"
         "nonfinite_share": 0.5,  # NaN losses on more than half the samples: the model or loss makes them (nonfinite-source)
+        "magnitude": 1e3,        # an input this many robust spreads (IQR / 1.349) from its feature's median ...
+        "magnitude_gap": 1e3,    # ... and this many times the next sample's: a jump above the data, not a heavy tail
+        "magnitude_critical": 1e5,  # a sample this far out dominates every batch it is in once its loss is not ~0
+        "magnitude_max_rows": 3,    # "a few": at most this many rows, or max_share of the scanned ones if more
     }
     fix = ("Look at the samples listed (their inputs and labels): drop or fix corrupted rows and mislabelled samples, "
            "clip or winsorise extreme values, or use a robust loss (HuberLoss / SmoothL1Loss) for heavy-tailed targets.")
@@ -32,20 +37,26 @@ class SampleLossOutlier(Diagnosis):
     random model's loss only reflects the size of the inputs and targets: a corrupted value, a target
     1000x the others) and after a short training (where it also shows samples the model cannot fit:
     mislabelled ones). Also samples whose per-sample gradient norm is far above a random reference
-    set's, and samples with a finite input whose loss is NaN/Inf. Scores are robust (median and MAD),
-    so the outliers do not hide themselves by inflating the spread.
+    set's, samples with a finite input whose loss is NaN/Inf, and samples whose inputs are extreme
+    whatever their loss: a row scaled by 1e6 whose label happens to agree with the model gets a loss
+    near zero, yet its magnitude (the largest `|x - median| / spread` over its values, per-feature
+    medians and IQR spreads) is `magnitude` or more and `magnitude_gap` times the next sample's.
+    Scores are robust (median, MAD, IQR), so the outliers do not hide themselves by inflating the spread.
 
     ## Why it breaks training
     A sample whose loss is 1000x the others' produces a gradient that dominates every batch it is in:
     the loss spikes each time it is drawn, the optimizer's moment estimates are thrown off, and a
     learning rate that is fine for the rest of the data diverges. A NaN loss on one sample poisons the
-    whole model on the first step that sees it.
+    whole model on the first step that sees it. A sample 1e6 times the scale of the others does
+    no harm while the model agrees with its label, and blows the weights away on the first step
+    where it does not (its gradient is 1e6 times the others').
 
     ## Evidence
     The worst samples with their index, loss and ratio to the median, the median loss, the largest
     per-sample gradient norms with their ratio to the reference, the samples with a non-finite loss,
-    and the per-sample loss plot with the worst samples labelled by index. Per-sample numbers come from
-    the model in eval mode (BatchNorm running statistics, dropout off).
+    the samples with extreme inputs (index, magnitude, their loss, the next sample's magnitude), and
+    the per-sample loss and magnitude plot with the worst samples labelled by index. Per-sample
+    numbers come from the model in eval mode (BatchNorm running statistics, dropout off).
 
     ## Fix
     Inspect and fix or drop the samples; clip extreme values; a robust loss for heavy-tailed targets.
@@ -53,7 +64,9 @@ class SampleLossOutlier(Diagnosis):
     ## Known false positives
     Heavy-tailed targets that are real (prices, counts) give large losses on honest samples; hard or
     rare-class samples after training (their loss is compared with the untrained model's median loss
-    to keep these out, and a rare class is reported as `class-imbalance` above this finding).
+    to keep these out, and a rare class is reported as `class-imbalance` above this finding). Heavy-
+    tailed inputs rise smoothly, so they do not make the jump `magnitude_gap` asks for; a feature that is
+    almost always the same value with a handful of real exceptions (a rare event amount) can.
     """
 
     def check(self, ev: Evidence):
@@ -74,33 +87,47 @@ class SampleLossOutlier(Diagnosis):
                            if floor is not None and w["loss"] >= floor]
         grads = ((m.get("grad_norms") or {}).get("init") or {}).get("worst") or []
         flagged_grads = [g for g in grads if finite(g.get("ratio")) and g["ratio"] >= th["grad_ratio"]]
-        if not (nonfinite.get("count") or flagged_init or flagged_trained or flagged_grads):
+        flagged_inputs = extreme_inputs(m.get("magnitude") or {}, th, scanned, init.get("median"))
+        if not (nonfinite.get("count") or flagged_init or flagged_trained or flagged_grads or flagged_inputs):
             return None
         # many samples that far out is a property of the data's distribution, not a few bad samples
         many = any(finite(d.get("p99")) and finite(d.get("median")) and d["median"] > 0
                    and d["p99"] >= th["ratio"] * d["median"] for d in (init,))
         worst_ratio = max([w["ratio"] for w in flagged_init + flagged_trained] or [0.0])
-        severity = ("critical" if nonfinite.get("count") else "info" if many else
+        worst_magnitude = max([w["magnitude"] for w in flagged_inputs] or [0.0])
+        severity = ("critical" if nonfinite.get("count") or worst_magnitude >= th["magnitude_critical"] else
+                    "info" if many and not flagged_inputs else
                     "critical" if worst_ratio >= th["critical_ratio"] else "warning")
         evidence = {"nonfinite_loss_samples": nonfinite.get("count", 0),
                     "nonfinite_loss_indices": (nonfinite.get("indices") or [])[:SHOWN],
                     "worst_at_init": flagged_init[:8], "median_loss_at_init": init.get("median"),
                     "worst_after_training": flagged_trained[:8], "median_loss_after_training": trained.get("median"),
                     "largest_gradients": flagged_grads[:8],
+                    "extreme_inputs": flagged_inputs[:8],
+                    "median_magnitude": (m.get("magnitude") or {}).get("median"),
                     "many_outliers": many, "mode": m.get("mode"), **coverage(m)}
-        ranked = evidence["nonfinite_loss_indices"] + [w["index"] for w in flagged_init + flagged_trained + flagged_grads]
+        ranked = evidence["nonfinite_loss_indices"] + [w["index"] for w in flagged_init + flagged_trained
+                                                       + flagged_inputs + flagged_grads]
         evidence["sample_indices"] = list(dict.fromkeys(ranked))[:SHOWN]  # worst first, each once
         confidence = 0.5 if many and severity == "info" else 0.9 if severity == "critical" else 0.8
         return self.finding(confidence, evidence, severity=severity, plots=plot(r, "data-sample-loss"),
-                            title=self._title(evidence, worst_ratio))
+                            title=self._title(evidence, worst_ratio, worst_magnitude))
 
     @staticmethod
-    def _title(e: dict, ratio: float) -> str:
+    def _title(e: dict, ratio: float, magnitude: float) -> str:
         shown = ", ".join(str(i) for i in e["sample_indices"][:5])
         if e["nonfinite_loss_samples"]:
             return f"{e['nonfinite_loss_samples']} sample(s) with finite inputs have a NaN/Inf loss (e.g. {shown})"
+        by_loss = [w["index"] for w in e["worst_at_init"] + e["worst_after_training"]]
+        by_size = [w for w in e["extreme_inputs"] if w["index"] not in by_loss]
+        size = (f"sample(s) {', '.join(str(w['index']) for w in by_size[:5])} have inputs up to "
+                f"{max(w['magnitude'] for w in by_size):.3g} robust spreads from the feature medians"
+                + (" (their loss does not show it)" if all(w["loss_small"] for w in by_size) else "")) if by_size else ""
         if ratio:
-            return f"Sample(s) {shown} have a loss up to {ratio:.3g}x the median sample's"
+            loud = ", ".join(str(i) for i in list(dict.fromkeys(by_loss))[:5])
+            return f"Sample(s) {loud} have a loss up to {ratio:.3g}x the median sample's" + (f"; {size}" if size else "")
+        if magnitude:
+            return size[0].upper() + size[1:]
         return f"Sample(s) {shown} have a gradient norm over {SampleLossOutlier.thresholds['grad_ratio']:.0f}x " \
                "the typical sample's"
 
@@ -114,3 +141,28 @@ def outliers(dist: dict, ratio: float, z: float) -> list[dict]:
     return [{"index": w["index"], "loss": w["loss"], "ratio": w["loss"] / med, "robust_z": (w["loss"] - med) / spread}
             for w in dist.get("worst") or []
             if finite(w.get("loss")) and w["loss"] >= ratio * med and (w["loss"] - med) / spread >= z]
+
+
+def extreme_inputs(dist: dict, th: dict, scanned: int, loss_median: float | None = None) -> list[dict]:
+    """The samples whose input magnitude is at least ``th["magnitude"]`` and ``th["magnitude_gap"]`` times the
+    next sample's (the lowest such jump in the listed ranking, or the jump to the 99th percentile): a few
+    samples set apart from the data. Empty when the jump is only past every listed sample (not "a few")."""
+    worst = sorted((w for w in dist.get("worst") or [] if finite(w.get("magnitude"))), key=lambda w: -w["magnitude"])
+    values = [w["magnitude"] for w in worst] + ([dist["p99"]] if finite(dist.get("p99")) else [])
+    cut = 0
+    for k in range(1, len(values)):
+        above, below = values[k - 1], max(values[k], 1.0)
+        if above >= th["magnitude"] and above >= th["magnitude_gap"] * below:
+            cut = k
+    allowed = max(th["magnitude_max_rows"], int(th["max_share"] * (scanned or 0)))
+    if cut == 0 or cut >= len(worst) or cut > allowed:
+        return []
+    nxt = max(values[cut], 1.0)
+    out = []
+    for w in worst[:cut]:
+        losses = [v for v in (w.get("loss_init"), w.get("loss_trained")) if finite(v)]
+        quiet = bool(losses) and finite(loss_median) and loss_median > 0 and max(losses) < th["ratio"] * loss_median
+        out.append({"index": w["index"], "magnitude": w["magnitude"], "next_magnitude": values[cut],
+                    "ratio_to_next": w["magnitude"] / nxt, "loss_at_init": w.get("loss_init"),
+                    "loss_after_training": w.get("loss_trained"), "loss_small": quiet})
+    return out

@@ -164,7 +164,7 @@ class ClassImbalance(Diagnosis):
     ## What it detects
     The class histogram of the training labels (from the data scan) has a class whose count is at
     least `ratio` times smaller than the most common class's. Classes the model has an output for but
-    that never occur are listed too.
+    that never occur are listed too; labels it has no output for are `target-out-of-range`'s.
 
     ## Why it breaks training
     The loss is dominated by the common classes: the model learns to predict them and reaches a high
@@ -193,6 +193,10 @@ class ClassImbalance(Diagnosis):
         if not labels_like(t) or len(hist) < 2 or sum(hist.values()) < self.thresholds["min_samples"]:
             return None
         n_classes = t.get("n_classes") if t.get("kind") == "class" else None
+        if n_classes:  # a label the model has no output for is target-out-of-range's, not a rare class
+            hist = {c: k for c, k in hist.items() if 0 <= c < n_classes}
+            if len(hist) < 2:
+                return None
         common, rare = max(hist.values()), min(hist.values())
         ratio = common / rare
         if ratio < self.thresholds["ratio"]:

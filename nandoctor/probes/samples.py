@@ -8,9 +8,12 @@ loading raises is reported with its index and the exception, and left out of the
 a sample whose shape differs from the rest is reported and left out the same way.
 Nothing here trains.
 
-``per_sample_loss`` turns the user's loss into one that returns ``[B]`` values:
+``PerSampleLoss`` turns the user's loss into one that returns ``[B]`` values:
 ``reduction='none'`` when the loss has it, else ``torch.func.vmap`` over the samples,
 else a loop over the samples *for the loss only* (the model still runs in batches).
+
+``linear_grad_norms`` gives the gradient norm of every sample of a batch for models made of
+``nn.Linear`` layers (MLPs), at the cost of one batched backward pass.
 """
 
 from __future__ import annotations
@@ -88,7 +91,7 @@ class SampleSource:
         if not items:
             return Chunk(None, ok, errors)
         try:
-            return Chunk(self.collate(items), ok, errors)
+            return Chunk(stack_pairs(items) if self.collate is default_collate else self.collate(items), ok, errors)
         except Exception:
             pass
         # some samples differ in shape or type: keep the most common form, report the others
@@ -105,6 +108,22 @@ class SampleSource:
             errors.append(sample_error(int(ok[0]), exc, "collate"))
             return Chunk(None, ok[:0], errors)
         return Chunk(batch, ok[keep], errors)
+
+
+def stack_pairs(items: list):
+    """``default_collate`` of samples that are plain tuples or lists of tensors (what most datasets return),
+    in half its time: one ``torch.stack`` per field. Others go to ``default_collate`` itself; the result is the
+    same (a list of stacked fields)."""
+    first = items[0]
+    if type(first) not in (tuple, list) or not all(isinstance(t, torch.Tensor) for t in first):
+        return default_collate(items)
+    size = len(first)
+    if not all(len(it) == size for it in items):
+        return default_collate(items)  # raises: samples of different lengths
+    try:
+        return [torch.stack([it[k] for it in items]) for k in range(size)]
+    except (TypeError, RuntimeError):  # a field that is not a tensor in some sample, or shapes that differ
+        return default_collate(items)
 
 
 def form_of(obj) -> str:
@@ -133,6 +152,19 @@ def take(obj, pos: torch.Tensor):
         return type(obj)(moved) if not hasattr(obj, "_fields") else type(obj)(*moved)
     if isinstance(obj, dict):
         return {k: take(v, pos) for k, v in obj.items()}
+    return obj
+
+
+def as_batch_of_one(obj):
+    """One sample (as ``vmap`` hands it over: no batch dimension) as a batch of one: every tensor gets a
+    leading dimension of 1, a 0-dim class label included (``take(t, None)`` leaves 0-dim tensors alone)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.unsqueeze(0)
+    if isinstance(obj, (list, tuple)):
+        moved = [as_batch_of_one(o) for o in obj]
+        return type(obj)(moved) if not hasattr(obj, "_fields") else type(obj)(*moved)
+    if isinstance(obj, dict):
+        return {k: as_batch_of_one(v) for k, v in obj.items()}
     return obj
 
 
@@ -208,10 +240,64 @@ class PerSampleLoss:
 
     def _vmap(self, outputs, targets) -> torch.Tensor:
         def one(o, t):
-            return self.loss_fn(take(o, None), take(t, None)).float().reshape(())
+            return self.loss_fn(as_batch_of_one(o), as_batch_of_one(t)).float().reshape(())
         return torch.func.vmap(one)(outputs, targets)
 
     def single(self, outputs, targets) -> torch.Tensor:
         """The loss of one sample given as a batch of one, as a scalar (used under torch.func.grad)."""
         fn = self.none if self.none is not None else self.loss_fn
         return fn(outputs, targets).float().mean()
+
+
+# --- per-sample gradient norms ------------------------------------------------------------------------
+class NotFactorable(Exception):
+    """The model's per-sample gradient norms cannot be read off its layers' inputs and output gradients."""
+
+
+def linear_only(model: torch.nn.Module) -> bool:
+    """Every trainable parameter belongs to an ``nn.Linear`` (its weight or bias): an MLP."""
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    covered = {id(p) for m in model.modules() if isinstance(m, torch.nn.Linear)
+               for p in (m.weight, m.bias) if p is not None and p.requires_grad}
+    shared = any(id(p) in covered for m in model.modules() if not isinstance(m, torch.nn.Linear)
+                 for p in m.parameters(recurse=False))  # a Linear weight also used elsewhere (tied)
+    return bool(trainable) and trainable == covered and not shared
+
+
+def linear_grad_norms(model: torch.nn.Module, per_sample: "PerSampleLoss", inputs, targets
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``([B] losses, [B] gradient norms)`` of every sample of a batch, for a model whose trainable
+    parameters are all in ``nn.Linear`` layers, each called once on ``[B, in]`` inputs: one forward
+    and one backward of the whole batch. The gradient of a sample's own loss with respect to a
+    Linear's weight is the outer product of the layer's output gradient ``g`` and input ``a`` for that
+    sample, so its squared norm is ``|g|^2 |a|^2`` (plus ``|g|^2`` for the bias) without forming it
+    (Goodfellow 2015). The model must not mix samples (eval mode: BatchNorm statistics fixed, no
+    dropout). Raises ``NotFactorable`` when a layer sees other input shapes or is called twice."""
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    seen: dict = {}
+
+    def hook(module, args, out):
+        if module in seen or not args or not isinstance(args[0], torch.Tensor) or args[0].dim() != 2:
+            raise NotFactorable(f"{type(module).__name__} called twice or on inputs that are not [B, features]")
+        seen[module] = (args[0].detach(), out)
+
+    handles = [m.register_forward_hook(hook) for m in layers]
+    try:
+        with torch.enable_grad():
+            losses = per_sample(model(inputs), targets)  # [B]
+            used = [m for m in layers if m in seen and seen[m][1].requires_grad]
+            grads = torch.autograd.grad(losses.sum(), [seen[m][1] for m in used], allow_unused=True)
+    finally:
+        for h in handles:
+            h.remove()
+    sq = torch.zeros(losses.shape[0], dtype=torch.float32, device=losses.device)
+    for m, g in zip(used, grads):
+        if g is None:
+            continue
+        g2 = torch.linalg.vector_norm(g.detach(), dim=1, dtype=torch.float32).square_()      # [B] |g|^2
+        if m.weight.requires_grad:
+            a2 = torch.linalg.vector_norm(seen[m][0], dim=1, dtype=torch.float32).square_()  # [B] |a|^2
+            sq += g2 * (a2 + 1.0) if m.bias is not None and m.bias.requires_grad else g2 * a2
+        elif m.bias is not None and m.bias.requires_grad:
+            sq += g2
+    return losses.detach().float().cpu(), sq.sqrt_().cpu()

@@ -2,6 +2,8 @@
 
 - ``sample_losses``: per-sample loss (a uniform sample of the scanned set) with the worst samples
   marked and labelled with their dataset index;
+- ``sample_magnitudes``: the same samples' input magnitude (largest robust z-score), the most
+  extreme labelled: rows far out whatever their loss;
 - ``class_histogram``: samples per class, labels outside the model's outputs in red;
 - ``feature_scales``: per feature (or channel) the min..max range, mean +- std, symlog axis.
 """
@@ -12,14 +14,33 @@ import math
 
 from nandoctor.report.plots import PALETTE, figure
 
+
+def plain_log_labels(ax):
+    """Tick labels of a log y axis as plain numbers (1000, 1e+06) rather than mathtext powers, and no minor
+    ticks over more than two decades (eight tick objects a decade, each laid out at every draw)."""
+    from matplotlib.ticker import LogFormatter, NullLocator
+    ax.yaxis.set_major_formatter(LogFormatter())
+    lo, hi = ax.get_ylim()
+    if lo > 0 and hi / lo > 100:
+        ax.yaxis.set_minor_locator(NullLocator())
+    else:
+        ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False))  # labels minor ticks on short ranges
+    return ax
+
 LABELLED = 6          # worst samples labelled with their index
 MAX_BARS = 60         # classes / features shown (the largest ones when there are more)
 LOG_RATIO = 50        # class counts spanning more than this ratio get a log axis
 MAX_POINTS = 1500     # samples drawn in the per-sample loss plot (drawing cost, file size)
+# Fixed margins (fractions of the figure) instead of tight_layout, which measures every text of the figure
+# first; the legends have a fixed place ("best" tries every place against every point) and log axes plain
+# labels (no mathtext): together a third of the drawing time.
+MARGINS = {"left": 0.09, "right": 0.97, "bottom": 0.14, "top": 0.9}
+TWO_PANELS = {"left": 0.06, "right": 0.98, "bottom": 0.14, "top": 0.9, "wspace": 0.2}
+LEGEND = "upper right"
 
 
 def sample_losses(ax, rows, worst: dict, title: str = "per-sample loss"):
-    """``rows``: [R, 3] (index, loss at init, loss after training); ``worst``: {label: [(index, loss)]}."""
+    """``rows``: [R, >=3] (index, loss at init, loss after training, ...); ``worst``: {label: [(index, loss)]}."""
     rows = rows[:MAX_POINTS]  # the reservoir is a uniform sample already: its first rows are one too
     idx = rows[:, 0].tolist()
     for col, label, color in ((1, "at initialisation", PALETTE[7]), (2, "after a short training", PALETTE[0])):
@@ -36,11 +57,34 @@ def sample_losses(ax, rows, worst: dict, title: str = "per-sample loss"):
         for i, v in pts:
             ax.annotate(str(i), (i, v), textcoords="offset points", xytext=(4, 4), fontsize=7, color=PALETTE[1])
     ax.set_yscale("log")
+    plain_log_labels(ax)
     ax.set_xlabel("sample index")
     ax.set_ylabel("loss (eval mode)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=7)
+    ax.legend(loc=LEGEND, fontsize=7)
+    return ax
+
+
+def sample_magnitudes(ax, rows, worst: list, title: str = "per-sample input magnitude"):
+    """``rows``: [R, 4] (index, loss at init, loss after training, magnitude); ``worst``: [(index, magnitude)]."""
+    rows = rows[:MAX_POINTS]
+    pts = [(i, y) for i, y in zip(rows[:, 0].tolist(), rows[:, 3].tolist()) if math.isfinite(y) and y > 0]
+    if pts:
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=4, alpha=0.5, color=PALETTE[0], label="samples")
+    top = [(i, v) for i, v in worst[:LABELLED] if math.isfinite(v) and v > 0]
+    if top:
+        ax.scatter([p[0] for p in top], [p[1] for p in top], marker="x", s=40, color=PALETTE[1],
+                   label="largest", zorder=5)
+        for i, v in top:
+            ax.annotate(str(i), (i, v), textcoords="offset points", xytext=(4, 4), fontsize=7, color=PALETTE[1])
+    ax.set_yscale("log")
+    plain_log_labels(ax)
+    ax.set_xlabel("sample index")
+    ax.set_ylabel("largest |x - median| / spread")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc=LEGEND, fontsize=7)
     return ax
 
 
@@ -60,6 +104,7 @@ def class_histogram(ax, histogram: dict, n_classes: int | None, title: str = "sa
     values = [v for _, v in items if v > 0]
     if values and max(values) / min(values) > LOG_RATIO:
         ax.set_yscale("log")
+        plain_log_labels(ax)
         ax.set_ylim(bottom=0.5)
     ax.set_xlabel("class label" + (f" (model outputs: {n_classes})" if n_classes else ""))
     ax.set_ylabel("samples")
@@ -75,15 +120,17 @@ def feature_scales(ax, feats: dict, names: list[str] | None, title: str = "featu
     cols = list(range(len(means)))
     if len(cols) > MAX_BARS:  # the columns with the largest magnitude
         cols = sorted(sorted(cols, key=lambda j: -max(abs(lows[j] or 0), abs(highs[j] or 0)))[:MAX_BARS])
-    for x, j in enumerate(cols):
-        lo, hi = lows[j], highs[j]
-        if lo is not None and hi is not None:
-            ax.plot([x, x], [lo, hi], color=PALETTE[7], lw=1)
-        ax.plot([x, x], [means[j] - stds[j], means[j] + stds[j]], color=PALETTE[0], lw=5, solid_capstyle="butt")
-        if stds[j] == 0:
-            ax.scatter([x], [means[j]], marker="s", color=PALETTE[1], zorder=5)
+    ranged = [(x, lows[j], highs[j]) for x, j in enumerate(cols) if lows[j] is not None and highs[j] is not None]
+    if ranged:  # one collection per kind of line: drawing cost does not grow with the columns
+        ax.vlines([r[0] for r in ranged], [r[1] for r in ranged], [r[2] for r in ranged], color=PALETTE[7], lw=1)
+    xs = list(range(len(cols)))
+    ax.vlines(xs, [means[j] - stds[j] for j in cols], [means[j] + stds[j] for j in cols], color=PALETTE[0], lw=5,
+              capstyle="butt")
+    const = [(x, means[j]) for x, j in enumerate(cols) if stds[j] == 0]
+    if const:
+        ax.scatter([c[0] for c in const], [c[1] for c in const], marker="s", color=PALETTE[1], zorder=5)
     ax.set_yscale("symlog", linthresh=1.0)
-    ax.set_xticks(range(len(cols)))
+    ax.set_xticks(xs)
     labels = [names[j] if names and j < len(names) else str(j) for j in cols]
     ax.set_xticklabels(labels, fontsize=7, rotation=90 if len(cols) > 8 else 0)
     ax.axhspan(-1, 1, color=PALETTE[2], alpha=0.08, label="unit scale")
@@ -93,27 +140,46 @@ def feature_scales(ax, feats: dict, names: list[str] | None, title: str = "featu
     return ax
 
 
+def feature_margins(width: float, labels: list[str]) -> dict:
+    """Fixed margins of the feature plot (``width`` inches wide): room for the y labels and for the longest
+    tick label, rotated when there are more than 8 columns (about 0.06 inch a character at size 7)."""
+    longest = max((len(t) for t in labels), default=1) if len(labels) > 8 else 1
+    return {**MARGINS, "left": 0.8 / width, "right": 1 - 0.15 / width, "bottom": min(0.55, 0.13 + 0.016 * longest)}
+
+
 def save_all(ctx, m: dict, loss_res) -> list[str]:
     """Write the scan's plots; return their report-relative ids."""
     saved = []
-    loss = m.get("loss", {})
-    if loss_res is not None and loss_res.rows is not None and len(loss_res):
+    loss, mag = m.get("loss", {}), m.get("magnitude", {})
+    rows = loss_res.rows if loss_res is not None and loss_res.rows is not None and len(loss_res) else None
+    has_loss = any(k in loss for k in ("init", "trained"))
+    if rows is not None and (has_loss or mag.get("worst")):
         worst = {k: [(w["index"], w["loss"]) for w in loss[k]["worst"]] for k in ("init", "trained") if k in loss}
+        has_mag = bool(mag.get("worst")) and rows.shape[1] > 3
+        panels = [p for p, ok in (("loss", has_loss), ("magnitude", has_mag)) if ok]
         path, rel = ctx.plot_path("data-sample-loss")
-        with figure(path) as ax:
-            sample_losses(ax, loss_res.rows, worst, title=f"per-sample loss ({m['samples_scanned']} samples scanned)")
+        with figure(path, ncols=len(panels), margins=MARGINS if len(panels) == 1 else TWO_PANELS) as axes:
+            axes = [axes] if len(panels) == 1 else list(axes)
+            for ax, panel in zip(axes, panels):
+                if panel == "loss":
+                    sample_losses(ax, rows, worst, title=f"per-sample loss ({m['samples_scanned']} samples scanned)")
+                else:
+                    sample_magnitudes(ax, rows, [(w["index"], w["magnitude"]) for w in mag["worst"]])
         saved.append(rel)
     targets = m.get("targets", {})
     if targets.get("histogram") and targets.get("kind") in ("class", "binary", "unknown"):
         path, rel = ctx.plot_path("data-classes")
-        with figure(path) as ax:
+        with figure(path, margins=MARGINS) as ax:
             class_histogram(ax, targets["histogram"], targets.get("n_classes"))
         saved.append(rel)
     feats = m.get("features", {})
     if feats.get("mean"):
         path, rel = ctx.plot_path("data-features")
-        with figure(path, size=(max(6.4, 0.25 * min(len(feats["mean"]), MAX_BARS)), 3.8)) as ax:
-            feature_scales(ax, feats, m["inputs"].get("feature_names"),
+        names = m["inputs"].get("feature_names")
+        width = max(6.4, 0.25 * min(len(feats["mean"]), MAX_BARS))
+        labels = [str(n) for n in names] if names else [str(j) for j in range(len(feats["mean"]))]
+        with figure(path, size=(width, 3.8), margins=feature_margins(width, labels)) as ax:
+            feature_scales(ax, feats, names,
                            title="channel scales" if m["inputs"]["layout"] == "channels" else "feature scales")
         saved.append(rel)
     return saved

@@ -16,21 +16,26 @@ PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e
 
 
 @contextlib.contextmanager
-def figure(path: Path | None, ncols: int = 1, nrows: int = 1, size=(6.4, 3.8)) -> Iterator:
-    """Yield the axes of a new figure and save it to ``path`` (if not None) on exit."""
-    import matplotlib
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+def figure(path: Path | None, ncols: int = 1, nrows: int = 1, size=(6.4, 3.8), margins: dict | None = None) -> Iterator:
+    """Yield the axes of a new figure and save it to ``path`` (if not None) on exit. ``margins`` (the keywords
+    of ``Figure.subplots_adjust``) fix the layout instead of ``tight_layout``, which measures every text first.
 
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), squeeze=False)
-    try:
-        yield axes[0][0] if ncols * nrows == 1 else axes.flatten()
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
+    The figure is an Agg ``Figure`` made directly, without pyplot: no global figure state, no backend
+    selection, and a faster import."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    yield axes[0][0] if ncols * nrows == 1 else axes.flatten()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if margins is not None:
+            fig.subplots_adjust(**margins)
+        else:
             fig.tight_layout()
-            fig.savefig(path, dpi=90)
-    finally:
-        plt.close(fig)
+        fig.savefig(path, dpi=90)
 
 
 def _clean(values):
