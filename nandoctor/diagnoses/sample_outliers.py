@@ -92,7 +92,8 @@ class SampleLossOutlier(Diagnosis):
         flagged_trained = [w for w in outliers(trained, th["ratio"], th["robust_z"])
                            if floor is not None and w["loss"] >= floor]
         ginit = (m.get("grad_norms") or {}).get("init") or {}
-        flagged_grads = [g for g in ginit.get("worst") or [] if finite(g.get("ratio")) and g["ratio"] >= th["grad_ratio"]]
+        flagged_grads = [g for g in ginit.get("worst") or []
+                         if finite(g.get("ratio")) and g["ratio"] >= th["grad_ratio"]]
         # many samples that far out is a property of the data's distribution, not a few bad samples
         many = any(finite(d.get("p99")) and finite(d.get("median")) and d["median"] > 0
                    and d["p99"] >= th["ratio"] * d["median"] for d in (init,))
@@ -128,18 +129,24 @@ class SampleLossOutlier(Diagnosis):
         shown = ", ".join(str(i) for i in e["sample_indices"][:5])
         if e["nonfinite_loss_samples"]:
             return f"{e['nonfinite_loss_samples']} sample(s) with finite inputs have a NaN/Inf loss (e.g. {shown})"
-        by_loss = [w["index"] for w in e["worst_at_init"] + e["worst_after_training"]]
-        by_size = [w for w in e["extreme_inputs"] if w["index"] not in by_loss]
-        size = (f"sample(s) {', '.join(str(w['index']) for w in by_size[:5])} have inputs up to "
-                f"{max(w['magnitude'] for w in by_size):.3g} robust spreads from the feature medians"
-                + (" (their loss does not show it)" if all(w["loss_small"] for w in by_size) else "")) if by_size else ""
+        by_loss = list(dict.fromkeys(w["index"] for w in e["worst_at_init"] + e["worst_after_training"]))
+        size = _size_phrase([w for w in e["extreme_inputs"] if w["index"] not in by_loss])
         if ratio:
-            loud = ", ".join(str(i) for i in list(dict.fromkeys(by_loss))[:5])
-            return f"Sample(s) {loud} have a loss up to {ratio:.3g}x the median sample's" + (f"; {size}" if size else "")
+            loud = ", ".join(str(i) for i in by_loss[:5])
+            return f"Sample(s) {loud} have a loss up to {ratio:.3g}x the median sample's{'; ' + size if size else ''}"
         if magnitude:
             return size[0].upper() + size[1:]
         return f"Sample(s) {shown} have a gradient norm over {SampleLossOutlier.thresholds['grad_ratio']:.0f}x " \
                "the typical sample's"
+
+
+def _size_phrase(extreme: list[dict]) -> str:
+    """"sample(s) 12, 40 have inputs up to 2.5e+06 robust spreads ..." for the samples named by their size."""
+    if not extreme:
+        return ""
+    quiet = " (their loss does not show it)" if all(w["loss_small"] for w in extreme) else ""
+    return (f"sample(s) {', '.join(str(w['index']) for w in extreme[:5])} have inputs up to "
+            f"{max(w['magnitude'] for w in extreme):.3g} robust spreads from the feature medians{quiet}")
 
 
 def outliers(dist: dict, ratio: float, z: float) -> list[dict]:
