@@ -252,12 +252,15 @@ def heavy_tailed(n=3000, seed=0) -> TensorDataset:
     return TensorDataset(x, y)
 
 
-def test_healthy_heavy_tailed_features_get_no_warning():
-    report = scan(make_patient(data=heavy_tailed(), model=lambda: mlp(features=9)))
+@pytest.mark.parametrize("n, seed", [(3000, 0), (3000, 1), (3000, 3), (50_000, 0)])
+def test_healthy_heavy_tailed_features_get_no_warning(n, seed):
+    """Their largest samples have losses and gradients 100x the median's (a warning before the jump was asked
+    for), but the top of the ranking rises smoothly."""
+    report = scan(make_patient(data=heavy_tailed(n=n, seed=seed), model=lambda: mlp(features=9)), budget=15)
     assert report.probes["data_scan"].status == "ok"
     assert serious_data_findings(report) == []
-    mag = report.probes["data_scan"].metrics["magnitude"]
-    assert mag["sampled"] == 3000 and mag["max"] > 20 * mag["median"]  # the tails are there, and not flagged
+    m = report.probes["data_scan"].metrics
+    assert m["magnitude"]["sampled"] == n and m["magnitude"]["max"] > 20 * m["magnitude"]["median"]  # tails there
 
 
 def test_every_sample_gets_a_loss_and_a_gradient_norm_when_the_set_fits():

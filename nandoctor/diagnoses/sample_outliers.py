@@ -22,6 +22,8 @@ class SampleLossOutlier(Diagnosis):
         "trained_floor": 10.0,   # after training also at least this many times the median loss at initialisation
         "grad_ratio": 100.0,     # gradient norm at least this many times the reference samples' median
         "critical_ratio": 1e4,   # a loss this many times the median dominates every batch it is in
+        "jump": 10.0,            # the flagged losses (gradients) at least this many times the next sample's:
+                                 # a few samples set apart, not the top of a heavy tail (real, heavy-tailed inputs)
         "max_share": 0.01,       # if more than this share of samples is that far out (p99 is), it is not "a few"
         "nonfinite_share": 0.5,  # NaN losses on more than half the samples: the model or loss makes them (nonfinite-source)
         "magnitude": 1e3,        # an input this many robust spreads (IQR / 1.349) from its feature's median ...
@@ -41,7 +43,9 @@ class SampleLossOutlier(Diagnosis):
     whatever their loss: a row scaled by 1e6 whose label happens to agree with the model gets a loss
     near zero, yet its magnitude (the largest `|x - median| / spread` over its values, per-feature
     medians and IQR spreads) is `magnitude` or more and `magnitude_gap` times the next sample's.
-    Scores are robust (median, MAD, IQR), so the outliers do not hide themselves by inflating the spread.
+    Scores are robust (median, MAD, IQR), so the outliers do not hide themselves by inflating the spread,
+    and the samples named must stand apart: the last one's loss (gradient norm) at least `jump` times
+    the next sample's, where the top of a heavy tail rises smoothly.
 
     ## Why it breaks training
     A sample whose loss is 1000x the others' produces a gradient that dominates every batch it is in:
@@ -65,7 +69,9 @@ class SampleLossOutlier(Diagnosis):
     Heavy-tailed targets that are real (prices, counts) give large losses on honest samples; hard or
     rare-class samples after training (their loss is compared with the untrained model's median loss
     to keep these out, and a rare class is reported as `class-imbalance` above this finding). Heavy-
-    tailed inputs rise smoothly, so they do not make the jump `magnitude_gap` asks for; a feature that is
+    tailed inputs (incomes, Student-t returns) give their largest samples large losses and gradients,
+    but these rise smoothly and rarely make the jumps `jump` and `magnitude_gap` ask for; the heaviest
+    tails (Cauchy-like, a squared loss on t-distributed inputs) now and then do, and a feature that is
     almost always the same value with a handful of real exceptions (a rare event amount) can.
     """
 
@@ -85,14 +91,19 @@ class SampleLossOutlier(Diagnosis):
         floor = th["trained_floor"] * init["median"] if finite(init.get("median")) else None
         flagged_trained = [w for w in outliers(trained, th["ratio"], th["robust_z"])
                            if floor is not None and w["loss"] >= floor]
-        grads = ((m.get("grad_norms") or {}).get("init") or {}).get("worst") or []
-        flagged_grads = [g for g in grads if finite(g.get("ratio")) and g["ratio"] >= th["grad_ratio"]]
-        flagged_inputs = extreme_inputs(m.get("magnitude") or {}, th, scanned, init.get("median"))
-        if not (nonfinite.get("count") or flagged_init or flagged_trained or flagged_grads or flagged_inputs):
-            return None
+        ginit = (m.get("grad_norms") or {}).get("init") or {}
+        flagged_grads = [g for g in ginit.get("worst") or []
+                         if finite(g.get("ratio")) and g["ratio"] >= th["grad_ratio"]]
         # many samples that far out is a property of the data's distribution, not a few bad samples
         many = any(finite(d.get("p99")) and finite(d.get("median")) and d["median"] > 0
                    and d["p99"] >= th["ratio"] * d["median"] for d in (init,))
+        if not many:  # a few samples set apart from the rest, not the top of a heavy tail that rises smoothly
+            flagged_init = set_apart(flagged_init, "loss", init, th["jump"])
+            flagged_trained = set_apart(flagged_trained, "loss", trained, th["jump"])
+            flagged_grads = set_apart(flagged_grads, "grad_norm", ginit, th["jump"])
+        flagged_inputs = extreme_inputs(m.get("magnitude") or {}, th, scanned, init.get("median"))
+        if not (nonfinite.get("count") or flagged_init or flagged_trained or flagged_grads or flagged_inputs):
+            return None
         worst_ratio = max([w["ratio"] for w in flagged_init + flagged_trained] or [0.0])
         worst_magnitude = max([w["magnitude"] for w in flagged_inputs] or [0.0])
         severity = ("critical" if nonfinite.get("count") or worst_magnitude >= th["magnitude_critical"] else
@@ -118,18 +129,24 @@ class SampleLossOutlier(Diagnosis):
         shown = ", ".join(str(i) for i in e["sample_indices"][:5])
         if e["nonfinite_loss_samples"]:
             return f"{e['nonfinite_loss_samples']} sample(s) with finite inputs have a NaN/Inf loss (e.g. {shown})"
-        by_loss = [w["index"] for w in e["worst_at_init"] + e["worst_after_training"]]
-        by_size = [w for w in e["extreme_inputs"] if w["index"] not in by_loss]
-        size = (f"sample(s) {', '.join(str(w['index']) for w in by_size[:5])} have inputs up to "
-                f"{max(w['magnitude'] for w in by_size):.3g} robust spreads from the feature medians"
-                + (" (their loss does not show it)" if all(w["loss_small"] for w in by_size) else "")) if by_size else ""
+        by_loss = list(dict.fromkeys(w["index"] for w in e["worst_at_init"] + e["worst_after_training"]))
+        size = _size_phrase([w for w in e["extreme_inputs"] if w["index"] not in by_loss])
         if ratio:
-            loud = ", ".join(str(i) for i in list(dict.fromkeys(by_loss))[:5])
-            return f"Sample(s) {loud} have a loss up to {ratio:.3g}x the median sample's" + (f"; {size}" if size else "")
+            loud = ", ".join(str(i) for i in by_loss[:5])
+            return f"Sample(s) {loud} have a loss up to {ratio:.3g}x the median sample's{'; ' + size if size else ''}"
         if magnitude:
             return size[0].upper() + size[1:]
         return f"Sample(s) {shown} have a gradient norm over {SampleLossOutlier.thresholds['grad_ratio']:.0f}x " \
                "the typical sample's"
+
+
+def _size_phrase(extreme: list[dict]) -> str:
+    """"sample(s) 12, 40 have inputs up to 2.5e+06 robust spreads ..." for the samples named by their size."""
+    if not extreme:
+        return ""
+    quiet = " (their loss does not show it)" if all(w["loss_small"] for w in extreme) else ""
+    return (f"sample(s) {', '.join(str(w['index']) for w in extreme[:5])} have inputs up to "
+            f"{max(w['magnitude'] for w in extreme):.3g} robust spreads from the feature medians{quiet}")
 
 
 def outliers(dist: dict, ratio: float, z: float) -> list[dict]:
@@ -141,6 +158,21 @@ def outliers(dist: dict, ratio: float, z: float) -> list[dict]:
     return [{"index": w["index"], "loss": w["loss"], "ratio": w["loss"] / med, "robust_z": (w["loss"] - med) / spread}
             for w in dist.get("worst") or []
             if finite(w.get("loss")) and w["loss"] >= ratio * med and (w["loss"] - med) / spread >= z]
+
+
+def set_apart(flagged: list[dict], key: str, dist: dict, jump: float) -> list[dict]:
+    """The leading ``flagged`` samples (a prefix of ``dist["worst"]``, largest first) up to the last one whose
+    ``key`` is at least ``jump`` times the next sample's (the next listed, else ``dist["next"]``, the largest
+    value not listed, else the 99th percentile). The top of a heavy tail rises smoothly and has no such jump;
+    without a next value to compare with, every flagged sample stays."""
+    values = [w[key] for w in dist.get("worst") or [] if finite(w.get(key))]
+    after = dist.get("next") if finite(dist.get("next")) else dist.get("p99")
+    values += [after] if finite(after) else []
+    cut = 0
+    for k in range(1, len(flagged) + 1):
+        if k >= len(values) or values[k - 1] >= jump * max(values[k], 1e-12):
+            cut = k
+    return flagged[:cut]
 
 
 def extreme_inputs(dist: dict, th: dict, scanned: int, loss_median: float | None = None) -> list[dict]:

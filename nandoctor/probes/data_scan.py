@@ -473,9 +473,10 @@ class Scan:
         if norms.numel() == 0 or self.grads_missing:
             return None  # some chunks fell back to the plain pass: not every sample has one
         median = float(norms.median())
+        items = self.top_grad.items()
         return {"reference_samples": int(norms.numel()), "reference_median": median, "every_sample": True,
                 "worst": [{"index": i, "grad_norm": v, "ratio": v / median if median else None}
-                          for i, v in self.top_grad.items()[:WORST_LISTED]]}
+                          for i, v in items[:WORST_LISTED]], "next": next_value(items, WORST_LISTED)}
 
     # --- the record -----------------------------------------------------------------------------
     def metrics(self, scanned: int, cut: bool, grads: dict, seconds: float) -> dict:
@@ -529,8 +530,9 @@ class Scan:
             vals = self.column(name, col)
             if vals is None or vals.numel() == 0:
                 continue
-            worst = [{"index": i, "loss": v} for i, v in top.items()[:WORST_LISTED]]
-            out[label] = {**distribution(vals), "worst": worst}
+            items = top.items()
+            worst = [{"index": i, "loss": v} for i, v in items[:WORST_LISTED]]
+            out[label] = {**distribution(vals), "worst": worst, "next": next_value(items, WORST_LISTED)}
         return out
 
     def magnitude_metrics(self) -> dict:
@@ -571,6 +573,11 @@ def distribution(vals: torch.Tensor) -> dict:
     p99 = float(torch.quantile(vals, 0.99)) if vals.numel() <= 2 ** 24 else float(vals.kthvalue(
         max(1, int(0.99 * vals.numel()))).values)
     return {"median": med, "mad": mad, "p99": p99, "max": float(vals.max()), "sampled": int(vals.numel())}
+
+
+def next_value(ranked: list[tuple[int, float]], listed: int) -> float | None:
+    """The largest value that is not listed (``ranked``: (index, value) largest first), or None."""
+    return ranked[listed][1] if len(ranked) > listed else None
 
 
 def layout_of(x: torch.Tensor | None) -> str:
@@ -683,9 +690,10 @@ def grad_summary(norms: dict[int, float], reference: set[int]) -> dict:
     """The reference samples' median gradient norm and the largest norms with their ratio to it."""
     ref = sorted(v for i, v in norms.items() if i in reference and math.isfinite(v))
     median = ref[len(ref) // 2] if ref else None
-    worst = sorted(norms.items(), key=lambda kv: -kv[1] if math.isfinite(kv[1]) else -math.inf)[:WORST_LISTED]
-    return {"reference_samples": len(ref), "reference_median": median,
-            "worst": [{"index": int(i), "grad_norm": v, "ratio": v / median if median else None} for i, v in worst]}
+    ranked = sorted(((i, v) for i, v in norms.items() if math.isfinite(v)), key=lambda kv: -kv[1])
+    return {"reference_samples": len(ref), "reference_median": median, "next": next_value(ranked, WORST_LISTED),
+            "worst": [{"index": int(i), "grad_norm": v, "ratio": v / median if median else None}
+                      for i, v in ranked[:WORST_LISTED]]}
 
 
 def sampling(scanned: int, n: int) -> str:

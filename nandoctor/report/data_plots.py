@@ -35,7 +35,7 @@ MAX_POINTS = 1500     # samples drawn in the per-sample loss plot (drawing cost,
 # first; the legends have a fixed place ("best" tries every place against every point) and log axes plain
 # labels (no mathtext): together a third of the drawing time.
 MARGINS = {"left": 0.09, "right": 0.97, "bottom": 0.14, "top": 0.9}
-TWO_PANELS = {"left": 0.06, "right": 0.98, "bottom": 0.14, "top": 0.9, "wspace": 0.2}
+TWO_PANELS = {"left": 0.075, "right": 0.98, "bottom": 0.14, "top": 0.9, "wspace": 0.22}
 LEGEND = "upper right"
 
 
