@@ -15,7 +15,7 @@ from sick_grads import bn_mlp, custom_init_mlp
 def test_custom_bad_init_ranks_first_and_a_standard_init_cures_it(kind, optimizer, lr, out):
     extra = {"momentum": 0.9} if optimizer is torch.optim.SGD else {}
     patient = make_patient(model=lambda: custom_init_mlp(kind), optimizer=optimizer, lr=lr, **extra)
-    report = battery(patient, probes=["overfit", "gradients", "init"], budget=15, out=out)
+    report = battery(patient, probes=["overfit", "gradients", "init"], budget=30, out=out)
     top = report.findings[0]
     assert top.code == "bad-init"
     assert top.treatment["cured"] is True

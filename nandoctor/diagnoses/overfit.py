@@ -17,7 +17,8 @@ class CannotOverfitBatch(Diagnosis):
     requires = ("overfit",)
     thresholds = {"critical_below_drop": 0.25, "warning_below_drop": 0.9,
                   "still_learning_drop": 0.1,  # the second half of the run still took 10% of the start off
-                  "warning_min_steps": 120}    # a drop between 25% and 90% is "not yet" below this many steps
+                  "warning_min_steps": 120,    # below this many steps only a loss that does not move is evidence:
+                  "stuck_below_drop": 0.05}    # less than 5% off; 5-90% is "not yet", whatever the budget allowed
     fix = ("Check that every layer is trainable and in the optimizer, that the loss matches the model's "
            "outputs, and that the learning rate is in the useful range (run `nandoctor lr-sweep`).")
     doc = """
@@ -37,8 +38,9 @@ class CannotOverfitBatch(Diagnosis):
     the learning rate, and the loss curve (plots/overfit.png). A run whose loss was still falling
     clearly over its second half (`still_learning_drop` of the initial loss) is not flagged at any
     step count: a large model or a careful learning rate memorises slowly, and the verdict must be the
-    same whether the budget allowed 30 steps or 300. For the same reason a run that took a quarter
-    or more off its loss but did not memorise is reported (warning) only after `warning_min_steps`.
+    same whether the budget allowed 30 steps or 300. For the same reason, below `warning_min_steps`
+    only a loss that does not move (`stuck_below_drop`) is reported: a run that took 5% or more off
+    in a short probe is "not yet", not "never".
 
     ## Fix
     Look at the findings ranked above this one: they usually name the cause. Otherwise check the
@@ -66,7 +68,7 @@ class CannotOverfitBatch(Diagnosis):
         late = m.get("late_drop")
         if late is not None and late >= self.thresholds["still_learning_drop"] and drop >= 0:
             return None  # still learning when the probe stopped: slow to memorise is not unable to
-        if drop >= self.thresholds["critical_below_drop"] and (m.get("steps") or 0) < self.thresholds["warning_min_steps"]:
+        if drop >= self.thresholds["stuck_below_drop"] and (m.get("steps") or 0) < self.thresholds["warning_min_steps"]:
             return None  # learning, not memorised yet, in a short run: no verdict either way
         severity = "critical" if drop < self.thresholds["critical_below_drop"] else "warning"
         confidence = 0.9 if drop < 0.05 else 0.75 if drop < self.thresholds["critical_below_drop"] else 0.5
