@@ -173,7 +173,6 @@ class InitCompare(Probe):
     def run(self, ctx: ProbeContext) -> ProbeResult:
         patient = ctx.patient
         # 1. one fresh model per scheme, from the same seed
-        schemes = ("as configured",) + STANDARD
         models = {"as configured": patient.new_model()}
         if not applies(models["as configured"]):
             return self.result(status="skipped", reason="the model has no Linear/Conv/recurrent layer to initialise")
