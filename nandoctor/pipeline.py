@@ -376,7 +376,7 @@ class Battery:
         steps = (self.plan.steps.get(TREATMENTS) or overfit.min) if overfit is not None else None
         for finding in candidates:
             left = self.end - time.perf_counter()
-            cost = planning.StepNeed(1, 1, cost=CURE_COST).seconds(steps or 0, self.step_time)
+            cost = planning.step_seconds(CURE_COST * (steps or 0), self.step_time)
             if left <= 0.5 or (steps is not None and cost > left):
                 finding.treatment_note = "not tried: the budget was spent"
                 continue

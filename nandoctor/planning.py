@@ -28,6 +28,11 @@ GRACE = 3.0          # ... plus this many seconds (fixed costs: fresh models, pl
 FIXED_SECONDS = 0.4  # planned per probe for what is not steps (fresh models, a plot)
 
 
+def step_seconds(steps: float, step_time: float) -> float:
+    """What ``steps`` training-step equivalents take at ``step_time``, as the plan counts them."""
+    return steps * step_time * SAFETY + FIXED_SECONDS
+
+
 @dataclass(frozen=True)
 class StepNeed:
     """What a probe's verdict needs, in training steps."""
@@ -48,7 +53,7 @@ class StepNeed:
         return len(TIER_FACTORS) - 1
 
     def seconds(self, steps: int, step_time: float) -> float:
-        return (self.fixed + steps * self.cost) * step_time * SAFETY + FIXED_SECONDS
+        return step_seconds(self.fixed + steps * self.cost, step_time)
 
 
 @dataclass
