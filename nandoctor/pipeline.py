@@ -20,7 +20,7 @@ from typing import Iterable
 
 import torch
 
-from nandoctor import __version__, diagnoses, isolation, planning, probes, ranking, watchdog
+from nandoctor import __version__, diagnoses, isolation, planning, probes, ranking, treatments, watchdog
 from nandoctor.config import Config, load_config
 from nandoctor.errors import ConfigError
 from nandoctor.loading import build_patient
@@ -28,7 +28,7 @@ from nandoctor.patient import Patient, callable_name, preserved_rng, split_batch
 from nandoctor.probes import ProbeContext
 from nandoctor.probes import training
 from nandoctor.probes.training import error_record
-from nandoctor.records import Evidence, ProbeResult, Report
+from nandoctor.records import Evidence, Finding, ProbeResult, Report
 from nandoctor.treatments import plot_treatment
 
 DEFAULT_BUDGET = 120.0       # seconds for the whole run
@@ -37,6 +37,9 @@ MIN_REPORT_RESERVE = 2.5     # ... and at least this many seconds
 MAX_TREATMENTS = 3           # cures tried per run, best-ranked findings first; the plan keeps room for all of them
 CURE_COST = 1.1              # one cure re-runs the overfit training (its untreated run is the overfit probe's)
 TREATMENTS = "treatments"    # the cures' entry in the plan
+COMPOSE_PROBES = ("overfit", "lr_sweep")  # run again on the cured copy, with the probes the other candidates read
+COMPOSE_MIN_SHARE = 0.15     # ... only while this share of the budget is left
+COMPOSE_MIN_SECONDS = 8.0    # ... and at least this many seconds
 FALLBACK_STEP_SECONDS = 0.05  # assumed step time when the warm-up could not measure one
 MAX_WARNINGS = 5             # distinct warnings kept per probe (e.g. torch's broadcasting warning)
 MIN_ALLOWANCE = 2.0          # seconds a probe that is not planned in steps gets at least
@@ -65,6 +68,7 @@ class Options:
     probe_options: dict | None = None       # per-command knobs, e.g. {"min_lr": 1e-7}
     treatments: bool = True
     step_time_scale: float = 1.0            # tests and benchmarks: plan as if steps were this much slower
+    compose: bool = True                    # diagnose the cured copy again after the top cure (not inside that check)
 
 
 def select_probes(requested: Iterable[str] | None) -> dict[str, probes.Probe]:
@@ -217,6 +221,9 @@ class Battery:
             if self.opts.treatments and not interrupted:
                 try:
                     self._treat(findings, patient, evidence, plots_dir)
+                    findings = ranking.rank(findings)
+                    if self.opts.compose:
+                        findings += self._compose(findings, patient)
                 except KeyboardInterrupt:
                     interrupted = True
             findings = ranking.rank(findings)
@@ -368,27 +375,53 @@ class Battery:
         return findings, not_evaluated
 
     def _treat(self, findings, patient, evidence, plots_dir) -> None:
-        """Cures, best-ranked findings first, each sized like the overfit probe and run only if it fits whole."""
+        """Differential diagnosis: every warning or critical candidate with a cure gets it tried, the best
+        ranked first, each cure sized in steps like the overfit probe and run only if it fits whole. A
+        symptom whose cause is already confirmed needs no cure of its own: it is folded under that cause."""
         registry = diagnoses.load_all()
-        candidates = [f for f in ranking.rank(list(findings))
-                      if type(registry[f.code]).treat is not diagnoses.Diagnosis.treat][:MAX_TREATMENTS]
         overfit = self.needs.get("overfit") if self.plan is not None else None
         steps = (self.plan.steps.get(TREATMENTS) or overfit.min) if overfit is not None else None
-        for finding in candidates:
+        confirmed: list[Finding] = []
+        for finding in ranking.rank(list(findings)):
+            if finding.severity == "info":
+                continue
+            cause = next((c for c in confirmed if finding.code in c.explains), None)
+            if cause is not None:
+                finding.treatment_note = f"not tried: explained by {cause.code}, confirmed by its cure"
+                continue
+            name = f"treat:{finding.code}"
+            ctx = self._context(patient, evidence, plots_dir, 0.0, name)
+            ctx.planned_steps, ctx.min_steps = steps, (overfit.min if overfit is not None else 0)
+            try:
+                cures = registry[finding.code].cures(ctx, finding)
+            except Exception as exc:  # a diagnosis bug must not kill the report
+                finding.treatment = {"tried": "failed to describe a cure", "cured": False, "error": error_record(exc)}
+                continue
+            cost = sum(planning.step_seconds(CURE_COST * (c.steps or steps or 0), self.step_time)
+                       for c in cures if c.done is None)
             left = self.end - time.perf_counter()
-            cost = planning.step_seconds(CURE_COST * (steps or 0), self.step_time)
-            if left <= 0.5 or (steps is not None and cost > left):
+            if not cures:
+                continue
+            if left <= 0.5 or (steps is not None and planning.step_seconds(
+                    CURE_COST * (cures[0].steps or steps), self.step_time) > left and cures[0].done is None):
                 finding.treatment_note = "not tried: the budget was spent"
                 continue
-            ctx = self._context(patient, evidence, plots_dir, min(left, planning.deadline_seconds(cost)),
-                                f"treat:{finding.code}")
-            ctx.planned_steps, ctx.min_steps = steps, (overfit.min if overfit is not None else 0)
-            self.progress.start(f"treat:{finding.code}", f"Try a cure for {finding.code}")
+            ctx.seconds = min(left, planning.deadline_seconds(cost) if cost else left)
+            ctx.started = time.perf_counter()
+            self.progress.start(name, f"Try a cure for {finding.code}")
             try:
                 with watchdog.deadline(self._hard_stop(ctx)):
-                    finding.treatment = registry[finding.code].treat(ctx, finding)
-                if finding.treatment:
-                    plot_treatment(ctx, finding.code, finding.treatment)
+                    record, cure = treatments.treat(ctx, cures)
+                finding.treatment = record
+                if cure is not None:
+                    finding.severity = cure.severity or finding.severity
+                    finding.fix = cure.fix or finding.fix
+                    finding.cure = cure
+                    confirmed.append(finding)
+                elif record is not None and record.get("nothing_to_cure") and finding.severity == "warning":
+                    finding.severity = "info"  # the untreated run already trains: it does not hurt this training
+                if record is not None:
+                    plot_treatment(ctx, finding.code, record)
             except KeyboardInterrupt:
                 raise
             except watchdog.Overrun:
@@ -396,7 +429,77 @@ class Battery:
                 finding.treatment_note = "not judged: the cure ran past its deadline"
             except Exception as exc:
                 finding.treatment = {"tried": "failed to run", "cured": False, "error": error_record(exc)}
-            self.progress.finish(f"treat:{finding.code}", ProbeResult(name=finding.code))
+            self.progress.finish(name, ProbeResult(name=finding.code))
+
+
+    def _compose(self, findings: list[Finding], patient: Patient) -> list[Finding]:
+        """Cures compose: after the top cause is confirmed, the battery runs again on the cured copy.
+
+        The codes still found there are ``treatment.remaining`` of the top cure; the other candidates
+        that are gone (their probes ran again and they did not fire) are folded under it
+        (``explained_by``); what is found only on the cured copy joins the report, marked as found after
+        the cure. Returns those new findings."""
+        top = next((f for f in findings if f.severity != "info" and f.explained_by is None), None)
+        if top is None or not top.confirmed or top.cure is None:
+            return []
+        cured = treatments.cured_patient(patient, top.cure)
+        left = self.end - time.perf_counter()
+        if cured is None:
+            top.treatment["remaining_note"] = "not checked: this cure is not a change of the set-up to train again"
+            return []
+        if left < max(COMPOSE_MIN_SECONDS, COMPOSE_MIN_SHARE * self.opts.budget):
+            top.treatment["remaining_note"] = "not checked: the budget was spent"
+            return []
+        registry = diagnoses.load_all()
+        others = [f for f in findings if f is not top]
+        wanted = set(COMPOSE_PROBES) | {p for f in others if f.severity != "info" for p in registry[f.code].requires}
+        names = tuple(n for n in select_probes(None) if n in wanted and n in self.selected)
+        sub_opts = dataclasses.replace(self.opts, budget=left, probes=names, out=None, compose=False)
+        try:
+            sub = Battery(sub_opts, _Prefixed(self.progress, "after cure: ")).run(cured)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # the check after the cure must not kill the report
+            top.treatment["remaining_note"] = f"not checked: {type(exc).__name__}: {exc}"
+            return []
+        found = [f for f in sub.findings if f.severity != "info"]
+        top.treatment["remaining"] = [f.code for f in found if f.code != top.code]
+        top.treatment["remaining_status"] = {f.code: f.status for f in found if f.code != top.code}
+        # 1. the candidates the cure removed: their probes ran again and they are gone
+        still = {f.code for f in sub.findings}
+        for f in others:
+            needs = registry[f.code].requires
+            if f.code not in still and f.explained_by is None and f.severity != "info" and needs \
+                    and all(sub.probes.get(n) is not None and sub.probes[n].ok for n in needs):
+                f.gone_after = top.code
+                f.treatment_note = f.treatment_note or f"gone once {top.code} is cured"
+        # 2. what only the cured copy shows
+        known = {f.code for f in findings}
+        new = []
+        for f in found:
+            if f.code in known:
+                continue
+            f.after_cure = top.code
+            f.title = f"After the cure for {top.code}: {f.title}"
+            f.evidence = {**f.evidence, "found_after_cure": top.treatment.get("tried")}
+            new.append(f)
+        return new
+
+
+class _Prefixed(Progress):
+    """The caller's progress, with a prefix on every task (the battery run again on a cured copy)."""
+
+    def __init__(self, inner: Progress, prefix: str):
+        self.inner, self.prefix = inner, prefix
+
+    def start(self, name, title, total=None):
+        self.inner.start(self.prefix + name, self.prefix + title, total)
+
+    def update(self, name, done, total=None):
+        self.inner.update(self.prefix + name, done, total)
+
+    def finish(self, name, result):
+        self.inner.finish(self.prefix + name, result)
 
 
 def _bad_labels(result: ProbeResult) -> bool:

@@ -1,14 +1,21 @@
 """Ranking: the most likely root cause first.
 
 1. Each finding gets a priority: severity x confidence, a cause weighs more than a
-   symptom, a diagnosis confirmed by its cure more than a suspected one, and one
-   whose cure was tried and failed less.
-2. Catch-all symptoms (``generic``: cannot-overfit-batch, loss-nonfinite,
-   training-crashed) go below every specific finding of warning or above: they are
-   what is left when nothing more specific explains the failure.
-3. A cause is moved above every symptom it explains (``Diagnosis.explains``), even
-   one of higher severity: a diverging loss is a symptom, a wrong loss pairing is a cause.
-4. The verdict is the worst severity found; ``healthy`` when nothing at warning or above.
+   symptom.
+2. Differential diagnosis sorts by what the cures showed before the priority: a finding
+   confirmed by its cure outranks every suspected one, and one whose cure was tried and
+   did not help (``refuted``) drops below them. ``info`` findings stay last.
+3. Within each of those tiers, catch-all symptoms (``generic``: cannot-overfit-batch,
+   loss-nonfinite, training-crashed) go below every specific finding of warning or above:
+   they are what is left when nothing more specific explains the failure.
+4. A cause is moved above every symptom it explains (``Diagnosis.explains``), even one of
+   higher severity: a diverging loss is a symptom, a wrong loss pairing is a cause. A refuted
+   cause does not move, and a suspected cause does not jump over a confirmed symptom.
+5. Each symptom is folded under the best-ranked cause above it that explains it
+   (``explained_by``), unless that cause was refuted; a finding that is gone once the top
+   cause is cured (``gone_after``, from the battery run again on the cured copy) is folded
+   under that cause.
+6. The verdict is the worst severity found; ``healthy`` when nothing at warning or above.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from nandoctor.records import Finding, severity_rank
 SEVERITY_WEIGHT = {"critical": 3.0, "warning": 2.0, "info": 1.0}
 ROLE_WEIGHT = {"cause": 1.0, "symptom": 0.7}
 CONFIRMED_WEIGHT = {True: 1.35, None: 1.0, False: 0.8}
+TIER = {True: 0, None: 1, False: 2}   # confirmed, suspected (or inconclusive), refuted
 
 
 def priority(f: Finding) -> float:
@@ -25,17 +33,29 @@ def priority(f: Finding) -> float:
             * ROLE_WEIGHT.get(f.role, 1.0) * CONFIRMED_WEIGHT[f.confirmed])
 
 
+def tier(f: Finding) -> int:
+    return 3 if f.severity == "info" else TIER[f.confirmed]
+
+
+def _may_lead(cause: Finding, symptom: Finding) -> bool:
+    """``cause`` may be moved above ``symptom``, which it explains."""
+    if cause.severity == "info" or cause.confirmed is False:
+        return False
+    return not (symptom.confirmed and not cause.confirmed)
+
+
 def rank(findings: list[Finding]) -> list[Finding]:
     for f in findings:
         f.priority = round(priority(f), 4)
+        f.explained_by = f.gone_after
     specific = any(not f.generic and f.severity != "info" for f in findings)
-    ordered = sorted(findings, key=lambda f: (specific and f.generic, -f.priority, f.code))
+    ordered = sorted(findings, key=lambda f: (tier(f), f.after_cure is not None, specific and f.generic,
+                                              -f.priority, f.code))
     # causes above the symptoms they explain: repeat until stable (the relation is small and acyclic)
     for _ in range(len(ordered)):
         moved = False
         for i, symptom in enumerate(ordered):
-            causes = [j for j, c in enumerate(ordered) if j > i and symptom.code in c.explains
-                      and c.severity != "info"]
+            causes = [j for j, c in enumerate(ordered) if j > i and symptom.code in c.explains and _may_lead(c, symptom)]
             if causes:
                 j = causes[0]
                 ordered.insert(i, ordered.pop(j))
@@ -43,6 +63,14 @@ def rank(findings: list[Finding]) -> list[Finding]:
                 break
         if not moved:
             break
+    # each symptom folded under the best-ranked cause above it that explains it
+    for i, f in enumerate(ordered):
+        if f.explained_by is not None:
+            continue
+        cause = next((c for c in ordered[:i] if f.code in c.explains and c.code != f.code
+                      and c.confirmed is not False and c.severity != "info"), None)
+        if cause is not None:
+            f.explained_by = cause.code
     return ordered
 
 

@@ -170,17 +170,34 @@ class Finding:
     explains: tuple[str, ...] = ()
     generic: bool = False  # a catch-all symptom (cannot-overfit-batch, loss-nonfinite, training-crashed)
     priority: float = 0.0  # set by ranking
+    explained_by: str | None = None  # the code of the finding that accounts for this one (set by ranking)
+    after_cure: str | None = None    # found only on the copy cured of this code (cures compose)
+    gone_after: str | None = None    # no longer found on the copy cured of this code (folded under it)
+    cure: Any = field(default=None, repr=False, compare=False)  # the cure that confirmed it (in memory only)
 
     @property
     def confirmed(self) -> bool | None:
-        """True when a cure was tried and worked, False when it was tried and did not, None when untried."""
-        return None if not self.treatment else bool(self.treatment.get("cured"))
+        """True when a cure was tried and worked, False when it was tried and did not, None when untried
+        (or when the cure could not be judged)."""
+        if not self.treatment or self.treatment.get("judged") is False:
+            return None
+        return bool(self.treatment.get("cured"))
+
+    @property
+    def status(self) -> str:
+        """confirmed | refuted | suspected | inconclusive (SPEC 0.2)."""
+        if self.treatment and self.treatment.get("judged") is False:
+            return "inconclusive"
+        return {True: "confirmed", False: "refuted", None: "suspected"}[self.confirmed]
 
     def to_json(self) -> dict:
         out = {"code": self.code, "severity": self.severity, "confidence": round(float(self.confidence), 3),
                "title": self.title, "evidence": jsonable(self.evidence), "fix": self.fix,
                "probes": list(self.probes), "plots": list(self.plots), "treatment": jsonable(self.treatment)}
-        out["status"] = {True: "confirmed", False: "treatment-failed", None: "suspected"}[self.confirmed]
+        out["status"] = self.status
+        out["explained_by"] = self.explained_by
+        if self.after_cure:
+            out["after_cure"] = self.after_cure
         if self.treatment_note:
             out["treatment_note"] = self.treatment_note
         return out

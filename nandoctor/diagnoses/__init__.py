@@ -1,6 +1,8 @@
 """Diagnoses: pure functions from evidence to findings, one registered unit each.
 
-A diagnosis is a subclass of ``Diagnosis`` that sets ``code``. Defining it is
+A diagnosis is a subclass of ``Diagnosis`` that sets ``code``; one that can be proven by a cure
+describes it in ``cures()`` (data, judged by a pure function) and the runner in ``treatments``
+trains it. Defining it is
 registering it: every module in this package is imported by ``load_all()``, so
 adding a diagnosis means adding one file (code, title, thresholds, the evidence
 it needs, the decision and its doc page together) plus its test.
@@ -49,9 +51,11 @@ class Diagnosis:
     def check(self, ev: Evidence) -> Finding | list[Finding] | None:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def treat(self, ctx, finding: Finding) -> dict | None:
-        """Optionally try a cure on a copy of the patient; return the SPEC ``treatment`` dict."""
-        return None
+    def cures(self, ctx, finding: Finding) -> list:
+        """The cures to try for ``finding``, as data (``treatments.Cure``: a patient variant, what to
+        measure, a pure judge), the most likely first; ``treatments`` runs them until one cures.
+        ``ctx`` gives the patient and the evidence. Nothing trains, plots or reads the clock here."""
+        return []
 
     # --- helpers for subclasses --------------------------------------------------------
     def finding(self, confidence: float, evidence: dict, *, title: str | None = None,

@@ -6,6 +6,7 @@ import math
 
 from nandoctor.diagnoses import Diagnosis
 from nandoctor.records import Evidence
+from nandoctor.treatments import Cure, Outcome, judges
 
 
 def _finite(x) -> bool:
@@ -94,20 +95,22 @@ class BatchNormSmallBatch(Diagnosis):
                             plots=r.plots,
                             title=f"BatchNorm sees {bs} samples per batch ({per_channel} values per channel){how}")
 
-    def treat(self, ctx, finding):
-        """The probe already trained the cure on a copy: report that comparison as the treatment."""
+    def cures(self, ctx, finding):
+        """The probe already trained the cures on copies (frozen BN, a larger batch, GroupNorm): its
+        comparison, judged by ``better`` on the held-out eval-mode loss, is the treatment."""
         r = ctx.evidence.ok("bn_freeze")
         if r is None:
-            return None
+            return []
         variants = r.metrics["variants"]
-        pick = "frozen BN" if "frozen BN" in finding.evidence["cured_by"] or not finding.evidence["cured_by"] \
-            else finding.evidence["cured_by"][0]
+        cured_by = finding.evidence["cured_by"]
+        pick = "frozen BN" if "frozen BN" in cured_by or not cured_by else cured_by[0]
         tried = "froze BatchNorm (eval-mode statistics, affine weights frozen)" if pick == "frozen BN" \
             else f"trained with {pick}"
         keep = ("eval_loss", "final_loss", "tail_loss", "steps", "nonfinite_step", "error")
-        return {"tried": tried, "cured": pick in finding.evidence["cured_by"],
-                "before": {k: variants["as configured"].get(k) for k in keep},
-                "after": {k: variants[pick].get(k) for k in keep}}  # the finding already shows the probe's plot
+        arms = tuple(Outcome.reported({k: variants[v].get(k) for k in keep}) for v in ("as configured", pick))
+        t = self.thresholds
+        by = f"the bn_freeze probe: eval-mode loss {t['cure_ratio']:g}x lower by {t['cure_gap']:g}x the fresh loss"
+        return [Cure(tried, done=arms, judge=judges.decided(pick in cured_by, by))]
 
 
 class TrainEvalGap(Diagnosis):

@@ -11,6 +11,7 @@ from nandoctor.diagnoses import Diagnosis
 from nandoctor.diagnoses.data_common import (SCAN, SHOWN, column_name, coverage, features, finite, plot, scan,
                                              training_trouble)
 from nandoctor.records import Evidence
+from nandoctor.treatments import Cure, judges
 
 # --- csv-index-column thresholds ----------------------------------------------------------------------
 INDEX_CORR = 0.999       # |correlation| of a feature with the row index at or above this: it counts up with it
@@ -173,20 +174,29 @@ class DataUnnormalized(Diagnosis):
                             severity="critical" if critical else "warning", plots=plot(r, "data-features"),
                             title="Inputs are far from unit scale: " + "; ".join(reasons))
 
-    def treat(self, ctx, finding):
+    def cures(self, ctx, finding):
         """Put a fixed standardisation (the scan's mean and std) in front of a copy of the model."""
         r = scan(ctx.evidence)
-        if finding.severity != "critical" or r is None or not finding.evidence.get("training_trouble"):
-            return None
+        if r is None:
+            return []
         layout = (r.metrics.get("inputs") or {}).get("layout")
         f = r.metrics.get("features") or {}
         if layout not in ("features", "channels") or r.metrics.get("features_truncated") or not f.get("mean"):
-            return None
-        from nandoctor.treatments import try_cure
+            return []
         norm = Standardize(f["mean"], f["std"], layout)
         factory = ctx.patient.model_factory
         variant = ctx.patient.variant("inputs standardised", model_factory=lambda: nn.Sequential(norm, factory()))
-        return try_cure(ctx, variant, "inputs standardised with the training set's mean and std", code=self.code)
+        tried = "inputs standardised with the training set's mean and std"
+        if str(finding.evidence.get("training_trouble") or "").startswith("overfit"):
+            return [Cure(tried, variant, severity="critical")]
+        # the trouble showed on the data stream (the warm-up, the scan's training): train the cure there
+        steps = 2 * (ctx.planned_steps or 0) or None
+        return [Cure(tried + " (on the data stream, against the same run without)", variant, train="lr_check",
+                     steps=steps, severity="critical",
+                     judge=judges.either(judges.fixes(judges.trains_on_stream), judges.ends_lower(STREAM_CURED)))]
+
+
+STREAM_CURED = 0.9  # standardised inputs cure a stalled stream when the run ends at most 0.9x the untreated loss
 
 
 class Standardize(nn.Module):

@@ -6,9 +6,9 @@ import math
 
 import torch
 
-from nandoctor import treatments
 from nandoctor.diagnoses import Diagnosis
 from nandoctor.records import Evidence
+from nandoctor.treatments import Cure
 
 
 def _finite(x) -> bool:
@@ -16,7 +16,7 @@ def _finite(x) -> bool:
 
 
 def clip_hook(max_norm: float):
-    """``hooks`` for ``treatments.try_cure``: clip the global gradient norm before every optimizer step.
+    """A cure's ``hooks``: clip the global gradient norm before every optimizer step.
 
     A step pre-hook runs between the backward pass and the update, also inside the user's own
     ``train_step``, so the user's code is unchanged.
@@ -108,11 +108,11 @@ class ExplodingGradients(Diagnosis):
         return self.finding(confidence, evidence, severity="critical" if critical else "warning", plots=r.plots,
                             title=f"Gradient norms {what} (from {m.get('grad_norm_initial'):.3g})")
 
-    def treat(self, ctx, finding):
+    def cures(self, ctx, finding):
         base = finding.evidence.get("grad_norm_initial")
         max_norm = float(base) if _finite(base) and base > 0 else 1.0
         tried = f"clip_grad_norm_(max_norm={max_norm:.3g}) before every optimizer step"
-        return treatments.try_cure(ctx, ctx.patient.variant(tried), tried, code=self.code, hooks=clip_hook(max_norm))
+        return [Cure(tried, ctx.patient.variant(tried), hooks=clip_hook(max_norm))]
 
 
 class VanishingGradients(Diagnosis):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 
-from nandoctor import treatments
 from nandoctor.diagnoses import Diagnosis
-from nandoctor.probes.init_compare import scheme_factory
 from nandoctor.records import Evidence
+from nandoctor.treatments import Cure, Outcome, judges
+from nandoctor.treatments.rewire import reinitialised
 
 
 def _finite(x) -> bool:
@@ -120,35 +120,24 @@ class BadInit(Diagnosis):
         return f"The configured init ends with a {where} loss of {_fmt(mine)} where the {best} init " \
                f"reaches {_fmt(theirs)}"
 
-    def treat(self, ctx, finding):
+    def cures(self, ctx, finding):
         """The single-batch training again with the best standard init; cured when it ends far lower.
 
         When the held-out loss is what differs (an init that memorises one batch as well as any
         other), the init probe's own comparison (same steps, same batches, held-out loss) is the
-        treatment record: a single-batch re-run cannot show it.
+        treatment: a single-batch re-run cannot show it.
         """
         scheme = finding.evidence["best_standard_init"]
         tried = f"re-initialised with the {scheme} init"
         if "held-out loss" in finding.evidence["worse_on"]:
             keep = ("held_out_loss", "tail_loss", "steps", "nonfinite_step")
             schemes = ctx.evidence["init"].metrics["schemes"]
-            return {"tried": tried + " (the init probe's run: same steps, same batches)", "cured": True,
-                    "before": {k: schemes["as configured"].get(k) for k in keep},
-                    "after": {k: schemes[scheme].get(k) for k in keep}}
-        variant = ctx.patient.variant(tried, model_factory=scheme_factory(ctx.patient, scheme))
-        # 1. the untreated run first: the cure must beat it by the same ratio the probe asked for
-        steps = ctx.steps(lo=treatments.MIN_STEPS, hi=treatments.MAX_STEPS, per_step=ctx.step_time * 1.1)
-        before, before_acc = treatments.overfit_run(ctx, ctx.patient, steps)
-        target = before.tail() / self.thresholds["tail_ratio"] if _finite(before.tail()) and \
-            before.nonfinite_step is None else math.inf
-
-        def judge(run, accuracy) -> bool:
-            if math.isinf(target):  # the untreated run went non-finite: the cure must train properly
-                return treatments.healthy_run(run, accuracy)
-            return not run.error and run.nonfinite_step is None and bool(run.losses) \
-                and min(run.losses) >= -1e-6 and run.tail() <= target
-        return treatments.try_cure(ctx, variant, tried, code=self.code, judge=judge, before=before,
-                                   before_accuracy=before_acc)
+            arms = tuple(Outcome.reported({k: schemes[s].get(k) for k in keep}) for s in ("as configured", scheme))
+            by = f"the init probe: held-out loss {self.thresholds['tail_ratio']:g}x lower on the same steps and batches"
+            return [Cure(tried + " (the init probe's run: same steps, same batches)", done=arms,
+                         judge=judges.decided(True, by))]
+        variant = ctx.patient.variant(tried, model_factory=reinitialised(ctx.patient, scheme))
+        return [Cure(tried, variant, judge=judges.tail_ratio(self.thresholds["tail_ratio"]))]
 
 
 def _fmt(x) -> str:

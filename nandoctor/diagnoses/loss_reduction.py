@@ -5,8 +5,8 @@ from __future__ import annotations
 from nandoctor.diagnoses import Diagnosis
 from nandoctor.diagnoses.pairing_evidence import Pairing, finite, overfit_metrics
 from nandoctor.records import Evidence, Finding
-from nandoctor.treatments import healthy_run
-from nandoctor.treatments.pairing import cure, mean_over_batch, valid_curve
+from nandoctor.treatments import Cure, judges
+from nandoctor.treatments.pairing import mean_over_batch
 
 SUM_RATIO_LO = 1.6   # doubling the batch multiplies a summed loss by ~2, a mean by ~1
 SUM_RATIO_HI = 2.5   # ... and not by much more (that would be noise, not a sum)
@@ -57,8 +57,8 @@ class LossReductionSum(Diagnosis):
 
     ## Fix
     `reduction='mean'`, or divide by the batch size. The treatment divides the loss by the batch
-    size on a copy and re-runs the overfit probe (only when the overfit probe diverged: otherwise
-    there is nothing to cure).
+    size on a copy and re-runs the overfit probe (only when the overfit probe diverged or did not
+    memorise its batch: otherwise there is nothing to cure); confirmed, the finding is critical.
 
     ## Known false positives
     Losses that are deliberately sums (per-sequence sums in language models, ELBO terms) and are
@@ -81,10 +81,10 @@ class LossReductionSum(Diagnosis):
         return self.finding(confidence, evidence, severity="critical" if diverged else "warning",
                             probes=["outputs", "overfit"] if of else ["outputs"])
 
-    def treat(self, ctx, finding: Finding) -> dict | None:
-        if not finding.evidence.get("overfit_diverged"):
-            return None  # the summed loss trains (if slowly): nothing to cure, the finding stays a warning
+    def cures(self, ctx, finding: Finding) -> list:
+        e = finding.evidence
+        if e.get("overfit_memorised") is not False and not e.get("overfit_diverged"):
+            return []  # the summed loss trains: nothing to cure, the finding stays a warning
         tried = "divided the loss by the batch size (sum -> mean)"
         variant = ctx.patient.variant(tried, loss_fn=mean_over_batch(ctx.patient.loss_fn))
-        return cure(ctx, variant, tried, code=self.code, ok=lambda run, acc: valid_curve(run) and healthy_run(run, acc),
-                    broken_before=False)
+        return [Cure(tried, variant, judge=judges.fixes(judges.memorised), severity="critical")]

@@ -7,8 +7,8 @@ import torch
 from nandoctor.diagnoses import Diagnosis
 from nandoctor.diagnoses.pairing_evidence import SHAPE_ERROR, Pairing, crash
 from nandoctor.records import Evidence, Finding
-from nandoctor.treatments import trains
-from nandoctor.treatments.pairing import cure, outputs_shaped_like_targets
+from nandoctor.treatments import Cure, judges
+from nandoctor.treatments.pairing import outputs_shaped_like_targets
 
 TARGET_SIZE_WARNING = "target size"   # PyTorch's UserWarning for mismatched elementwise losses
 
@@ -111,11 +111,10 @@ class LossShapeMismatch(Diagnosis):
         return self.finding(0.9, evidence, probes=[err.get("probe") or "warmup"],
                             title=f"The loss raises on mismatched shapes: {(err.get('message') or '')[:120]}")
 
-    def treat(self, ctx, finding: Finding) -> dict | None:
+    def cures(self, ctx, finding: Finding) -> list:
         a, b = finding.evidence.get("outputs_shape"), finding.evidence.get("targets_shape")
         if not a or not b or numel(a) != numel(b):
-            return None
+            return []
         tried = f"reshaped the outputs {a} to the targets' shape {b} before the loss"
         variant = ctx.patient.variant(tried, loss_fn=outputs_shaped_like_targets(ctx.patient.loss_fn))
-        return cure(ctx, variant, tried, code=self.code, ok=lambda run, acc: trains(run, None),
-                    broken_before=True)
+        return [Cure(tried, variant, judge=judges.repairs(judges.trains))]

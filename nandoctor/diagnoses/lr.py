@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from nandoctor.diagnoses import Diagnosis
 from nandoctor.records import Evidence
-from nandoctor.report import plots
+from nandoctor.treatments import Cure, Outcome, judges
 
 LR_PROBE = "lr_sweep"
 
@@ -35,18 +35,6 @@ def drop(run: dict | None) -> float | None:
     return run.get("relative_drop")
 
 
-def comparison_record(user: dict, suggested: dict, cured: bool, plot: str | None) -> dict:
-    """The SPEC treatment record of a check: the run at the suggestion against the run at the user's LR."""
-    keep = ("lr", "steps", "start_loss", "end_loss", "end_loss_at_init", "relative_drop", "nonfinite_step")
-    record = {"tried": f"ran at the suggested LR {suggested['lr']:.3g} instead of {user['lr']:.3g} "
-                       f"({suggested.get('steps')} steps from the same init, same batches)",
-              "cured": bool(cured), "before": {k: user.get(k) for k in keep},
-              "after": {k: suggested.get(k) for k in keep}}
-    if plot:
-        record["plot"] = plot
-    return record
-
-
 class LRDiagnosis(Diagnosis):
     """Shared by both: the treatment replays (or runs) the check and plots it."""
 
@@ -55,29 +43,24 @@ class LRDiagnosis(Diagnosis):
     def confirmed(self, user: dict | None, suggested: dict | None) -> bool | None:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def treat(self, ctx, finding) -> dict | None:
-        # 1. the probe's check if it ran, else run it now (same helper, same init, same batches)
+    def check_cure(self, ctx, severity: str | None = None) -> list:
+        """The sweep's check as a cure: the run at the suggestion against the run at the user's LR, from the
+        same init on the same batches; the probe's own runs when it made them, else run by the cure runner."""
         r = ctx.evidence.get(LR_PROBE)
-        if r is None or not r.metrics.get("suggested_lr"):
-            return None
+        sugg = r.metrics.get("suggested_lr") if r is not None else None
+        if not sugg or not ctx.patient.lr:
+            return []
+        user_lr = ctx.patient.lr
+        tried = f"ran at the suggested LR {sugg:.3g} instead of {user_lr:.3g} (from the same init, same batches)"
+        judge = judges.judge(f"{self.code}'s check: " + self.check_rule)(
+            lambda before, after: bool(self.confirmed(before.measures, after.measures)))
         check = r.data.get("check") or {}
-        if not check:
-            from nandoctor.probes.lr_sweep import CHECK_MIN_STEPS, CHECK_STEPS, check_lrs
-            steps = max(CHECK_MIN_STEPS, ctx.steps(lo=CHECK_MIN_STEPS, hi=3 * CHECK_STEPS) // 3)
-            check = check_lrs(ctx.patient, {"user": ctx.patient.lr, "suggested": r.metrics["suggested_lr"]},
-                              steps, deadline=ctx.deadline)
         user, suggested = check.get("user"), check.get("suggested")
-        if user is None or suggested is None:
-            return None  # no time for the runs: the finding stays a suspicion
-        cured = bool(self.confirmed(user, suggested))
-        # 2. both curves in one figure
-        path, rel = ctx.plot_path(f"treatment-{self.code}")
-        if path is not None:
-            with plots.figure(path) as ax:
-                plots.compare_curves(ax, {f"your LR {user['lr']:.3g}": user.get("losses", []),
-                                          f"suggested LR {suggested['lr']:.3g}": suggested.get("losses", [])},
-                                     title=f"{self.code}: {'cured' if cured else 'not cured'} at the suggested LR")
-        return comparison_record(user, suggested, cured, rel if path is not None else None)
+        if user is not None and suggested is not None:
+            arms = tuple(Outcome.reported({k: v for k, v in run.items() if k != "losses"}, run.get("losses"))
+                         for run in (user, suggested))
+            return [Cure(tried, done=arms, judge=judge, severity=severity, lr=sugg)]
+        return [Cure(tried, lr=sugg, train="lr_check", judge=judge, severity=severity)]
 
 
 class LRTooHigh(LRDiagnosis):
@@ -194,30 +177,20 @@ class LRTooHigh(LRDiagnosis):
                             title=f"At the learning rate {user:.3g} the loss on one batch rises instead of falling",
                             fix=f"Lower the learning rate (try {user / 10:.2g}), or add a warm-up.")
 
-    def treat(self, ctx, finding) -> dict | None:
+    check_rule = "the user's LR fails (non-finite, or under 10% off the loss) where the suggestion takes 25% off"
+
+    def cures(self, ctx, finding) -> list:
+        """The check (the suggestion against the user's LR), then the overfit run again at a lower LR:
+        at the suggestion, or without one at a tenth and a hundredth of the user's."""
+        cures = self.check_cure(ctx, severity="critical")
         suggested = finding.evidence.get("suggested_lr")
-        if suggested is not None:
-            record = super().treat(ctx, finding)
-            if record is not None and record.get("cured"):
-                finding.severity = "critical"  # proven by its cure
-                return record
-        # the check did not decide (or there is no suggestion): retrain the overfit probe's run at a lower LR
-        from nandoctor import treatments
-        from nandoctor.probes.training import Run
-        over = ctx.evidence.ok("overfit")
-        before = over.data.get("run") if over is not None else None
-        if not isinstance(before, Run):
-            return record if suggested is not None else None
-        lrs = [suggested] if suggested is not None else [ctx.patient.lr / f for f in self.cure_factors]
-        for lr in lrs:
-            factor = ctx.patient.lr / lr
-            tried = f"the overfit run again at LR {lr:.3g} ({factor:.3g}x lower), same init and batch"
-            record = treatments.try_cure(ctx, ctx.patient.variant(tried), tried, code=self.code, lr=lr,
-                                         before=before, before_accuracy=over.metrics.get("accuracy"))
-            if record["cured"]:
-                finding.severity = "critical"  # proven by its cure
-                break
-        return record
+        user_lr = ctx.patient.lr
+        if not user_lr:
+            return cures
+        for lr in ([suggested] if suggested else [user_lr / f for f in self.cure_factors]):
+            tried = f"the overfit run again at LR {lr:.3g} ({user_lr / lr:.3g}x lower), same init and batch"
+            cures.append(Cure(tried, lr=lr, severity="critical"))
+        return cures
 
 
 class LRTooLow(LRDiagnosis):
@@ -259,6 +232,20 @@ class LRTooLow(LRDiagnosis):
     schedules that warm the LR up from a tiny starting value (the sweep sees the configured LR).
     """
 
+    check_rule = "the loss barely moves at the user's LR (under 5% off) and takes 25% off at the suggestion"
+    cure_factors = (10.0, 100.0)  # without a suggestion, the cure retrains the overfit run at these multiples
+
+    def cures(self, ctx, finding) -> list:
+        """The check (the suggestion against the user's LR), then the overfit run again at a higher LR."""
+        cures = self.check_cure(ctx)
+        user_lr, suggested = ctx.patient.lr, finding.evidence.get("suggested_lr")
+        if not user_lr:
+            return cures
+        for lr in ([suggested] if suggested else [user_lr * f for f in self.cure_factors]):
+            tried = f"the overfit run again at LR {lr:.3g} ({lr / user_lr:.3g}x higher), same init and batch"
+            cures.append(Cure(tried, lr=lr))
+        return cures
+
     def confirmed(self, user: dict | None, suggested: dict | None) -> bool | None:
         """True: the loss barely moves at the user's LR and trains at the suggestion; None: no check."""
         if user is None or suggested is None:
@@ -274,7 +261,9 @@ class LRTooLow(LRDiagnosis):
             return None
         m = r.metrics
         user, sugg = m.get("user_lr"), m.get("suggested_lr")
-        if not user or not sugg or user > sugg / self.thresholds["far_below"]:
+        if user and not sugg:
+            return self._flat_overfit(ev, r, user)  # no suggestion: the overfit run at the user's LR decides
+        if not user or user > sugg / self.thresholds["far_below"]:
             return None
         # 1. the overfit probe, when it ran, must agree: no memorising at the user's LR
         over = ev.ok("overfit")
@@ -304,6 +293,25 @@ class LRTooLow(LRDiagnosis):
                                   f"{sugg:.3g}; the loss barely moves",
                             fix=f"Raise the learning rate to about {sugg:.2g} (the LR sweep's suggestion).")
 
+
+    def _flat_overfit(self, ev: Evidence, sweep, user: float):
+        """A suspicion from the overfit probe alone, when the sweep found no suggestion (too short, or a flat
+        curve): at the user's LR the loss on one batch barely moves. Its cure, the same training at 10x and
+        100x the LR, decides; another cause of a flat loss (frozen layers, a broken graph) refutes it."""
+        over = ev.ok("overfit")
+        if over is None or over.metrics.get("memorised") or over.metrics.get("nonfinite_step") is not None:
+            return None
+        over_drop = _overfit_drop(over.metrics)
+        if over_drop is None or abs(over_drop) >= self.thresholds["barely_moves_drop"]:
+            return None
+        evidence = {"user_lr": user, "suggested_lr": None, "sweep": sweep.metrics.get("reason"),
+                    "overfit_drop": over_drop, "overfit_steps": over.metrics.get("steps"),
+                    "overfit_initial_loss": over.metrics.get("initial_loss"),
+                    "overfit_tail_loss": over.metrics.get("tail_loss"), "optimizer": sweep.metrics.get("optimizer")}
+        return self.finding(0.45, evidence, severity="warning", plots=over.plots, probes=[LR_PROBE, "overfit"],
+                            title=f"At the learning rate {user:.3g} the loss on one batch barely moves "
+                                  f"({over_drop:.1%} in {over.metrics.get('steps')} steps)",
+                            fix=f"Raise the learning rate (try {user * 10:.2g}), after ruling out frozen layers.")
 
 def _brief(run: dict | None) -> dict | None:
     if run is None:

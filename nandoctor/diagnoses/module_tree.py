@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from nandoctor.diagnoses import Diagnosis
 from nandoctor.records import Evidence
+from nandoctor.treatments import Cure, judges
+from nandoctor.treatments.rewire import REWIRED, add_missing_params, keep_first_instance, unfrozen
 
 DRIFT_CHANGED = 1e-3   # outputs of two calls on the same input differ by more than 0.1%: not a fixed function
 DRIFT_SAME = 1e-6      # ... and at most this after the cure
@@ -130,28 +132,21 @@ class UnregisteredModule(Diagnosis):
                             title=f"{describe(top)} is not a registered part of the model ({how}): "
                                   f"its {top['numel']} weights are never trained{shown}")
 
-    def treat(self, ctx, finding):
-        from nandoctor.probes.overfit import memorised
-        from nandoctor.probes.structure import call_drift
-        from nandoctor.treatments.rewire import cure, keep_first_instance
+    def cures(self, ctx, finding):
         groups = finding.evidence.get("unregistered") or []
         assigned = [g for g in groups if g.get("kind", "").startswith("created in forward() and assigned")]
         if not assigned or ctx.patient.train_step is not None or finding.evidence.get("step_error"):
-            return None  # nothing to keep, a custom step, or a step that raises anyway
+            return []  # nothing to keep, a custom step, or a step that raises anyway
         names = ", ".join(str(g.get("name")) for g in assigned)
         variant = ctx.patient.variant(f"kept the first instance of {names}",
                                       model_factory=keep_first_instance(ctx.patient))
-        record = cure(ctx, variant, f"built {names} once and trained it (first instance kept)", code=self.code)
-        # the cure must also make the model a function: the same input, the same output
-        before = finding.evidence.get("call_to_call_change")
-        after = call_drift(variant.new_model(), ctx.patient.fixed_batch())
-        record["before"]["call_to_call_change"], record["after"]["call_to_call_change"] = before, after
-        if before is not None and after is not None:
-            a = record["after"]
-            trains = a.get("error") is None and a.get("nonfinite_step") is None and \
-                memorised(a.get("initial_loss"), a.get("tail_loss"), a.get("accuracy"))
-            record["cured"] = bool(trains and before > DRIFT_CHANGED and after <= DRIFT_SAME)
-        return record
+        # cured: the model becomes a function (the same input, the same output) and trains
+        drift = "call_to_call_change"
+        judge = judges.either(
+            judges.both(judges.repairs(judges.memorised), judges.measured(drift, at_least=DRIFT_CHANGED, arm="before"),
+                        judges.measured(drift, at_most=DRIFT_SAME)),
+            judges.both(judges.unmeasured(drift), REWIRED))
+        return [Cure(f"built {names} once and trained it (first instance kept)", variant, judge=judge, measure=drift)]
 
 
 class ParamsNotInOptimizer(Diagnosis):
@@ -205,10 +200,10 @@ class ParamsNotInOptimizer(Diagnosis):
                             title=f"{m['not_in_optimizer_count']} trainable parameter(s) ({share:.0%} of the "
                                   f"trainable values) are not in the optimizer: {shown}")
 
-    def treat(self, ctx, finding):
-        from nandoctor.treatments.rewire import add_missing_params, cure
-        return cure(ctx, ctx.patient.variant("every trainable parameter in the optimizer"),
-                    "added the missing parameters to the optimizer", code=self.code, hooks=add_missing_params)
+    def cures(self, ctx, finding):
+        return [Cure("added the missing parameters to the optimizer",
+                     ctx.patient.variant("every trainable parameter in the optimizer"), hooks=add_missing_params,
+                     judge=REWIRED)]
 
 
 class NoTrainableParams(Diagnosis):
@@ -305,12 +300,11 @@ class NoTrainableParams(Diagnosis):
         return self.finding(0.97, evidence,
                             title=f"Every one of the model's {m['parameters']} values is frozen (requires_grad=False)")
 
-    def treat(self, ctx, finding):
-        from nandoctor.treatments.rewire import cure, unfrozen
+    def cures(self, ctx, finding):
         if not finding.evidence.get("frozen"):
-            return None  # detached graphs and dead code have no generic cure
+            return []  # detached graphs and dead code have no generic cure
         variant = ctx.patient.variant("every parameter trainable", model_factory=unfrozen(ctx.patient.model_factory))
-        return cure(ctx, variant, "set requires_grad=True on every parameter", code=self.code)
+        return [Cure("set requires_grad=True on every parameter", variant, judge=REWIRED)]
 
     def _no_gradients(self, m: dict):
         evidence = {"trainable_parameters": m.get("trainable_parameters"),

@@ -22,8 +22,8 @@ from nandoctor.diagnoses import Diagnosis
 from nandoctor.diagnoses.pairing_evidence import (PROB_RANGE_ERROR, Pairing, crash, finite, overfit_metrics,
                                                   pairing_verdict)
 from nandoctor.records import Evidence, Finding
-from nandoctor.treatments import trains
-from nandoctor.treatments.pairing import append_op, clamped_outputs, cure, logits_loss, replace_module, valid_curve
+from nandoctor.treatments import Cure, judges
+from nandoctor.treatments.pairing import append_op, clamped_outputs, logits_loss, replace_module
 
 SUPPORT_BONUS = 0.05   # added to the confidence when the overfit run shows the expected damage
 NEGATIVE_FLOOR_TOL = 1e-3   # a log-likelihood loss below -this has passed its floor of zero
@@ -129,12 +129,12 @@ class NllOnRawLogits(PairingDiagnosis):
                             title=f"{ev.facts.get('loss')} went to {low:.4g}, below its floor of 0: "
                                   "it is not fed log-probabilities")
 
-    def treat(self, ctx, finding: Finding) -> dict | None:
+    def cures(self, ctx, finding: Finding) -> list:
         probs = finding.evidence.get("reason") == "probabilities"
         op, tried = ("log", "took the log of the softmax output") if probs else \
             ("log_softmax", "appended log-softmax(dim=1) to the model's output")
         variant = ctx.patient.variant(tried, model_factory=append_op(ctx.patient, op))
-        return cure(ctx, variant, tried, code=self.code, ok=lambda run, acc: valid_curve(run), broken_before=True)
+        return [Cure(tried, variant, judge=judges.repairs(judges.falls))]
 
 
 class DoubleSoftmax(PairingDiagnosis):
@@ -183,10 +183,10 @@ class DoubleSoftmax(PairingDiagnosis):
     def supported(self, evidence: dict) -> bool:
         return False
 
-    def treat(self, ctx, finding: Finding) -> dict | None:
+    def cures(self, ctx, finding: Finding) -> list:
         reason, last = finding.evidence.get("reason"), finding.evidence.get("last_module") or {}
         if reason == "log-softmax-twice":
-            return None  # harmless: nothing to cure
+            return []  # harmless: nothing to cure
         if last.get("is_output") and last.get("type") in ("Softmax", "Sigmoid"):
             tried = f"removed the final {last['type']} ({last.get('name')})"
             factory = replace_module(ctx.patient, last["name"], nn.Identity)
@@ -195,8 +195,7 @@ class DoubleSoftmax(PairingDiagnosis):
             tried = f"applied {op} to the model's output (undoing the activation)"
             factory = append_op(ctx.patient, op)
         variant = ctx.patient.variant(tried, model_factory=factory)
-        return cure(ctx, variant, tried, code=self.code, ok=lambda run, acc: trains(run, None),
-                    broken_before=True)
+        return [Cure(tried, variant, judge=judges.repairs(judges.trains))]
 
 
 class BoundedOutputActivation(PairingDiagnosis):
@@ -258,10 +257,10 @@ class BoundedOutputActivation(PairingDiagnosis):
     although it survives all-zero rows (the clipped units still get no gradient).
     """
 
-    def treat(self, ctx, finding: Finding) -> dict | None:
+    def cures(self, ctx, finding: Finding) -> list:
         reason, last = finding.evidence.get("reason"), finding.evidence.get("last_module") or {}
         if not last.get("is_output") or not last.get("name"):
-            return None  # a functional activation in forward(): nothing to swap on a copy
+            return []  # a functional activation in forward(): nothing to swap on a copy
         shape = finding.evidence.get("outputs_shape") or []
         rows = len(shape) >= 2 and shape[1] >= 2
         if reason in ("relu-into-log", "relu-into-probability-loss"):
@@ -271,7 +270,7 @@ class BoundedOutputActivation(PairingDiagnosis):
             new, what = nn.Identity, "nothing (raw scores)"
         tried = f"replaced the final {last.get('type')} ({last['name']}) with {what}"
         variant = ctx.patient.variant(tried, model_factory=replace_module(ctx.patient, last["name"], new))
-        return cure(ctx, variant, tried, code=self.code, ok=lambda run, acc: valid_curve(run), broken_before=True)
+        return [Cure(tried, variant, judge=judges.repairs(judges.falls))]
 
 
 class ProbabilityLossOnLogits(PairingDiagnosis):
@@ -324,7 +323,7 @@ class ProbabilityLossOnLogits(PairingDiagnosis):
     division by zero) while the loss also takes an unclamped log.
     """
 
-    def treat(self, ctx, finding: Finding) -> dict | None:
+    def cures(self, ctx, finding: Finding) -> list:
         reason, loss = finding.evidence.get("reason"), getattr(ctx.patient.loss_fn, "func", ctx.patient.loss_fn)
         if reason == "log-of-zero":
             tried = "clamped the outputs to [1e-7, 1 - 1e-7] before the loss"
@@ -337,4 +336,4 @@ class ProbabilityLossOnLogits(PairingDiagnosis):
             op = "softmax" if len(shape) >= 2 and shape[1] >= 2 else "sigmoid"
             tried = f"appended {op} to the model's output"
             variant = ctx.patient.variant(tried, model_factory=append_op(ctx.patient, op))
-        return cure(ctx, variant, tried, code=self.code, ok=lambda run, acc: valid_curve(run), broken_before=True)
+        return [Cure(tried, variant, judge=judges.repairs(judges.falls))]

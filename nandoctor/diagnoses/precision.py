@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 
-from nandoctor import treatments
 from nandoctor.diagnoses import Diagnosis
 from nandoctor.patient import FP16_MAX
 from nandoctor.records import Evidence
+from nandoctor.treatments import Cure, judges, precision_outcome
+from nandoctor.treatments.setups import IDEAL_STEPS, MIN_STEPS, bf16_available
 
 PROBE = "precision"
 
@@ -133,40 +134,30 @@ class FP16Overflow(Diagnosis):
                                       f"maximum, in {ref.get('act_max_module')}")
         return None
 
-    def treat(self, ctx, finding):
-        from nandoctor.probes.precision import IDEAL_STEPS, MIN_STEPS, bf16_available, precision_run
+    def cures(self, ctx, finding):
         if finding.severity != "critical":
-            return None  # a warning about headroom: nothing is broken to cure
+            return []  # a warning about headroom: nothing is broken to cure
         r = ctx.evidence.get(PROBE)
         runs = (r.data or {}).get("runs") if r is not None else None
         if not runs:
-            return None
-        before, ref, batch = runs["as_configured"], runs["fp32"], r.data["batch"]
+            return []
+        before, ref = runs["as_configured"], runs["fp32"]
         patient = ctx.patient
-        # 1. the cures to try, cheapest change first: a GradScaler (default step only), then bf16
+        steps = max(MIN_STEPS, min(max(ref.run.steps, MIN_STEPS), IDEAL_STEPS))
+        # cured: finite all along, and the loss falls by a good share of what the fp32 run took off
+        need = max(self.thresholds["trains_min_drop"], self.thresholds["trains_share"] * (ref.relative_drop or 0.0))
+        judge = judges.both(judges.measured("finite", at_least=1), judges.measured("relative_drop", at_least=need))
+        reference = {"reference": {"fp32_relative_drop": ref.relative_drop,
+                                   "fp32_final_loss": ref.run.losses[-1] if ref.run.losses else None}}
+        # the cures to try, cheapest change first: a GradScaler (default step only), then bf16
         cures = []
         if not patient.uses_grad_scaler and patient.train_step is None:
-            cures.append(("fp16 autocast with torch.amp.GradScaler",
-                          patient.variant("GradScaler on", grad_scaler=True)))
+            cures.append(("fp16 autocast with torch.amp.GradScaler", patient.variant("GradScaler on", grad_scaler=True),
+                          "grad_scaler: true"))
         if bf16_available(patient.device):
-            cures.append(("bf16 autocast instead of fp16", patient.variant("bf16 autocast", precision="bf16")))
-        if not cures:
-            return None
-        steps = max(MIN_STEPS, min(max(ref.run.steps, MIN_STEPS), IDEAL_STEPS))
-        ref_drop = ref.relative_drop or 0.0
-        need = max(self.thresholds["trains_min_drop"], self.thresholds["trains_share"] * ref_drop)
-        tried, after = [], None
-        for label, variant in cures:
-            after = precision_run(variant, batch, steps, deadline=ctx.deadline)
-            cured = after.finite and (after.relative_drop or 0.0) >= need
-            tried.append({"tried": label, "cured": cured, "relative_drop": after.relative_drop,
-                          "nonfinite_step": after.run.nonfinite_step, "skipped_steps": after.skipped_steps})
-            if cured:
-                break
-        record = treatments.cure_record(label, cured, before.run, after.run, attempts=tried,
-                                        reference={"fp32_relative_drop": ref.relative_drop,
-                                                   "fp32_final_loss": ref.run.losses[-1] if ref.run.losses else None})
-        if cured:
-            finding.fix = (f"Use {label} (" + ("grad_scaler: true" if "GradScaler" in label else "precision: bf16")
-                           + " in the config): the same training then stays finite and trains. " + self.fix)
-        return record
+            cures.append(("bf16 autocast instead of fp16", patient.variant("bf16 autocast", precision="bf16"),
+                          "precision: bf16"))
+        return [Cure(label, variant, judge=judge, train="precision", steps=steps, control=precision_outcome(before),
+                     extra=reference, fix=f"Use {label} ({key} in the config): the same training then stays finite "
+                                          f"and trains. " + self.fix)
+                for label, variant, key in cures]

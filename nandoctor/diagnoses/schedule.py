@@ -4,10 +4,10 @@ within the first steps the user trains."""
 from __future__ import annotations
 
 
-from nandoctor import treatments
 from nandoctor.diagnoses import Diagnosis
 from nandoctor.patient import training_state
 from nandoctor.records import Evidence
+from nandoctor.treatments import Cure, judges
 
 PROBE = "schedule"
 PER_EPOCH_SCHEDULERS = ("StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingLR", "CosineAnnealingWarmRestarts",
@@ -70,7 +70,7 @@ def _advice(kind: str, m: dict) -> str:
 
 
 def _as_users_loop(model, optimizer) -> None:
-    """``hooks`` for ``treatments.overfit_run``: step the scheduler past its end as the user's loop would (a
+    """A cure's ``control_hooks``: step the scheduler past its end as the user's loop would (a
     OneCycleLR then raises) instead of holding its last LR, as probes that train longer than the user's run do."""
     state = training_state(optimizer)
     if state is not None:
@@ -169,26 +169,14 @@ class LRScheduleCollapse(Diagnosis):
             confidence = 0.85 if kind in ("collapse", "schedule-ends") and step <= spe else 0.8
         return self.finding(confidence, evidence, plots=r.plots, title=titles[kind], fix=_advice(kind, m))
 
-    def treat(self, ctx, finding):
+    def cures(self, ctx, finding):
         t, ev = self.thresholds, finding.evidence
         patient = ctx.patient
         # 1. long enough to pass the failure, in batches (an optimizer step is `accumulate` batches)
-        wanted = min(t["cure_max_steps"], max(t["cure_min_steps"], 2 * int(ev.get("step") or 0) + 10))
-        fits = ctx.steps(lo=2 * t["cure_min_steps"], hi=2 * t["cure_max_steps"], per_step=ctx.step_time * 1.1) // 2
-        steps = max(t["cure_min_steps"], min(wanted, fits)) * patient.accumulate
-        # 2. the same model, batch and seed, with and without the schedule
+        steps = min(t["cure_max_steps"], max(t["cure_min_steps"], 2 * int(ev.get("step") or 0) + 10))
+        # 2. the same model, batch and seed, with the schedule stepped as the user does and without it
         constant = f" (constant LR {patient.lr:.3g})" if patient.lr else ""
         tried = f"the same training without {ev.get('scheduler') or 'the scheduler'}{constant}"
-        before, before_acc = treatments.overfit_run(ctx, patient, steps, hooks=_as_users_loop)
-        after, after_acc = treatments.overfit_run(ctx, patient.variant("no scheduler", scheduler=None), steps)
         # 3. clearly better without: it trains where the scheduled run broke, or its loss falls much further
-        d_before, d_after = treatments.relative_drop(before), treatments.relative_drop(after)
-        if d_after is None:
-            cured = False
-        elif d_before is None:
-            cured = d_after >= t["clearly_better"]
-        else:
-            cured = d_after - d_before >= t["clearly_better"]
-        return treatments.cure_record(tried, cured, before, after, before_accuracy=before_acc,
-                                      after_accuracy=after_acc,
-                                      drops={"with_schedule": d_before, "without_schedule": d_after})
+        return [Cure(tried, patient.variant("no scheduler", scheduler=None), steps=steps * patient.accumulate,
+                     control_hooks=_as_users_loop, judge=judges.drop_gain(t["clearly_better"]))]

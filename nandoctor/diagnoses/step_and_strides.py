@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from nandoctor.diagnoses import Diagnosis
 from nandoctor.records import Evidence
+from nandoctor.treatments import Cure, judges
+from nandoctor.treatments.rewire import zero_grad_first
 
 
 class MissingZeroGrad(Diagnosis):
@@ -55,25 +57,15 @@ class MissingZeroGrad(Diagnosis):
                             title=f"Gradients accumulate across calls of train_step: the second step's gradient is "
                                   f"{acc['ratio']:.2f}x the first (zero_grad() missing)")
 
-    def treat(self, ctx, finding):
-        from nandoctor.probes.overfit import memorised
-        from nandoctor.probes.structure import accumulation_of
-        from nandoctor.treatments.rewire import cure, zero_grad_first
+    def cures(self, ctx, finding):
         if ctx.patient.train_step is None:
-            return None
+            return []
         variant = ctx.patient.variant("optimizer.zero_grad() before each step",
                                       train_step=zero_grad_first(ctx.patient.train_step))
-        record = cure(ctx, variant, "called optimizer.zero_grad() before each step", code=self.code)
         # cured: the gradients no longer accumulate, and the treated run trains
-        after = accumulation_of(variant)
-        record["before"]["gradient_ratio"] = finding.evidence.get("ratio")
-        record["after"]["gradient_ratio"] = after.get("ratio") if after else None
-        a = record["after"]
-        trains = a.get("error") is None and a.get("nonfinite_step") is None and \
-            memorised(a.get("initial_loss"), a.get("tail_loss"), a.get("accuracy"))
-        ratio = record["after"]["gradient_ratio"]
-        record["cured"] = bool(trains and ratio is not None and ratio < self.thresholds["accumulated_ratio"])
-        return record
+        judge = judges.both(judges.repairs(judges.memorised),
+                            judges.measured("gradient_ratio", at_most=self.thresholds["accumulated_ratio"]))
+        return [Cure("called optimizer.zero_grad() before each step", variant, judge=judge, measure="gradient_ratio")]
 
 
 class PoolStrideGtKernel(Diagnosis):

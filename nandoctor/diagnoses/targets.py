@@ -8,6 +8,7 @@ import re
 from nandoctor.diagnoses import Diagnosis
 from nandoctor.diagnoses.data_common import LABEL_ERROR_PATTERNS, LOSS_FILES, SCAN, SHOWN, coverage, plot, scan
 from nandoctor.records import Evidence
+from nandoctor.treatments import Cure  # judged by beats_control: a crash is cured only when the run then trains
 
 
 def label_error(error: dict | None) -> str | None:
@@ -126,24 +127,23 @@ class TargetOutOfRange(Diagnosis):
             return f"Labels are {e.get('label_dtype')}; {e.get('loss')} expects {dtype.get('expected')}"
         return f"The loss refuses the labels: {crashed[0][2].get('message', '')[:120]}"
 
-    def treat(self, ctx, finding):
+    def cures(self, ctx, finding):
         """Cast the labels to long, or shift 1-based labels by -1, on a copy; only where a probe crashed on them."""
         e = finding.evidence
         if not e.get("crashed_in"):
-            return None  # without a crash the fixed batch may hold no bad label: the cure would prove nothing
-        from nandoctor.treatments import try_cure
+            return []  # without a crash the fixed batch may hold no bad label: the cure would prove nothing
         loss = ctx.patient.loss_fn
         n, lo, hi = e.get("model_outputs"), e.get("label_min"), e.get("label_max")
         if e.get("expected_dtype", "").startswith("int64") and not e.get("labels_out_of_range"):
             variant = ctx.patient.variant("labels cast to torch.long", loss_fn=lambda out, y: loss(out, y.long()))
-            return try_cure(ctx, variant, "labels cast to torch.long", code=self.code)
+            return [Cure("labels cast to torch.long", variant)]
         if e.get("expected_dtype", "").startswith("float"):
             variant = ctx.patient.variant("targets cast to float", loss_fn=lambda out, y: loss(out, as_float(y, out)))
-            return try_cure(ctx, variant, "targets cast to float", code=self.code)
+            return [Cure("targets cast to float", variant)]
         if n and lo == 1 and hi == n:
             variant = ctx.patient.variant("labels shifted by -1", loss_fn=lambda out, y: loss(out, y.long() - 1))
-            return try_cure(ctx, variant, "labels shifted by -1 (1-based to 0-based)", code=self.code)
-        return None
+            return [Cure("labels shifted by -1 (1-based to 0-based)", variant)]
+        return []
 
 
 class ClassImbalance(Diagnosis):

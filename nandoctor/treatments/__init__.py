@@ -1,71 +1,88 @@
-"""Treatments: counterfactual re-runs that confirm or refute a diagnosis.
+"""Treatments: the one place that trains a cure.
 
-A diagnosis that can be cured on a copy implements ``Diagnosis.treat(ctx, finding)``
-and usually calls ``try_cure`` here with a *variant* of the patient (another loss,
-a wrapped model, a clipped step). ``try_cure`` re-runs the overfit probe's
-training on the variant, compares it with the untreated run, plots both curves in
-one figure and returns the SPEC ``treatment`` record.
+A diagnosis *describes* its cures (``Diagnosis.cures`` returns ``Cure`` records: a variant of the
+patient, what to measure beside the loss, and a pure ``judge(before, after)`` from ``judges``);
+it never trains, plots or imports a probe. ``run_cure`` here trains the untreated control and the
+variant on the same steps, batch and seed, measures both, judges, and returns the SPEC
+``treatment`` record; ``treat`` tries a finding's alternatives in order until one cures.
+
+The control is the overfit probe's own run when it trained the same way (the steps the plan gave
+the cures, or it broke before them); otherwise it is trained here beside the variant.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from torch import nn
 
 from nandoctor.probes import ProbeContext
-from nandoctor.probes.overfit import batch_accuracy, memorised
+from nandoctor.probes.overfit import batch_accuracy
 from nandoctor.probes.training import Run, train
 from nandoctor.report import plots
+from nandoctor.treatments import judges
+from nandoctor.treatments.judges import clean, relative_drop, trains  # noqa: F401  (the vocabulary, re-exported)
 
-MIN_STEPS = 20
+MIN_STEPS = 20    # fewest steps a cure is judged on, when the plan gives none
 MAX_STEPS = 300
-TRAINS_DROP = 0.25     # a cured run that has not memorised the batch yet must have taken 25% off its loss ...
-BEATS_CONTROL = 0.1    # ... and that much more than twice what the untreated run took off (nothing, if it went non-finite)
+CURVE_POINTS = 400  # the loss curves kept in the record (for the before/after plot and re-rendering)
 
 
-def healthy_run(run: Run, accuracy: float | None = None) -> bool:
-    """The default cure criterion: finite all along, not negative, and the batch memorised."""
-    if run.error or run.nonfinite_step is not None or not run.losses:
-        return False
-    if min(run.losses) < -1e-6:
-        return False
-    return memorised(run.initial, run.tail(), accuracy)
+@dataclass
+class Outcome:
+    """One arm of a cure: the training run, the batch accuracy after it, what was measured beside the loss."""
+
+    run: Run
+    accuracy: float | None = None
+    measures: dict = field(default_factory=dict)
+
+    @classmethod
+    def reported(cls, numbers: dict, losses=()) -> "Outcome":
+        """An arm a probe already trained, as the numbers it reported (and its curve, when it kept one)."""
+        return cls(Run(losses=list(losses or [])), measures=dict(numbers))
+
+    def summary(self) -> dict:
+        r = self.run
+        if not r.losses and self.measures:
+            return dict(self.measures)
+        out = {"initial_loss": r.initial, "final_loss": r.losses[-1] if r.losses else None, "tail_loss": r.tail(),
+               "steps": r.steps, "nonfinite_step": r.nonfinite_step, "accuracy": self.accuracy,
+               "error": r.error and r.error.get("message")}
+        out.update(self.measures)
+        return out
 
 
-def _clean(run: Run) -> bool:
-    return not run.error and run.nonfinite_step is None and bool(run.losses) and min(run.losses) >= -1e-6
+@dataclass
+class Cure:
+    """A cure, as data: what to change, how to train it, how to judge it.
 
-
-def trains(run: Run, accuracy: float | None = None) -> bool:
-    """Memorised the batch, or clean and ``TRAINS_DROP`` off its loss: at any step count, a run that learns."""
-    if healthy_run(run, accuracy):
-        return True
-    start, end = run.initial, run.tail()
-    return _clean(run) and start is not None and end is not None and start > 0 and (start - end) / start >= TRAINS_DROP
-
-
-def beats_control(after: Run, after_accuracy: float | None, before: Run, before_accuracy: float | None) -> bool:
-    """The default cure criterion, on the same steps, batch and seed as the untreated control.
-
-    Cured when the treated run is finite all along and never negative (a log-likelihood below zero is
-    no cure), the control did not memorise the batch, and the treated run either memorised it or
-    trains clearly: ``TRAINS_DROP`` off its loss, and ``BEATS_CONTROL`` more than twice the share the
-    control took off. A treated run that is still learning when the steps run out counts, so the
-    verdict does not depend on how many steps the budget allowed.
+    ``variant`` is a copy of the patient with the change (``Patient.variant``), or None for the
+    patient itself trained another way (``lr``, ``hooks``). ``judge(before, after)`` decides on two
+    ``Outcome``s. ``measure`` (a name in ``MEASURES``) is measured on both arms' patients, a cheap
+    check beside the loss (gradient accumulation, call-to-call drift). ``train`` (a name in
+    ``PROTOCOLS``: the LR check, the precision run) replaces the overfit training for both arms. ``done`` holds both arms when a probe already trained them: the runner
+    only judges. ``severity`` and ``fix``, when given, replace the finding's once the cure confirms it.
     """
-    if not _clean(after) or healthy_run(before, before_accuracy):
-        return False
-    if healthy_run(after, after_accuracy):
-        return True
-    after_drop = relative_drop(after)
-    before_drop = max(0.0, relative_drop(before) or 0.0) if _clean(before) else 0.0
-    return after_drop is not None and after_drop >= TRAINS_DROP and after_drop >= 2 * before_drop + BEATS_CONTROL
+
+    tried: str
+    variant: Any = None
+    judge: Callable = judges.beats_control
+    lr: float | None = None
+    hooks: Callable[[nn.Module, Any], None] | None = None
+    control_hooks: Callable[[nn.Module, Any], None] | None = None
+    measure: str | Callable[[Any], dict] | None = None   # a name in MEASURES, or a function
+    train: str | Callable[..., Outcome] | None = None     # a name in PROTOCOLS, or a function
+    steps: int | None = None
+    done: tuple[Outcome, Outcome] | None = None
+    control: Outcome | None = None              # the untreated arm, when a probe already trained it this way
+    severity: str | None = None
+    fix: str | None = None
+    extra: dict = field(default_factory=dict)   # more numbers for the record (the probe's reference run ...)
 
 
 def overfit_run(ctx: ProbeContext, patient, steps: int, *, lr: float | None = None,
-                hooks: Callable[[nn.Module, object], None] | None = None) -> tuple[Run, float | None]:
+                hooks: Callable[[nn.Module, object], None] | None = None) -> Outcome:
     """The overfit probe's training on ``patient`` (a variant): fresh model, fixed batch."""
     model = patient.new_model()
     optimizer = patient.make_optimizer(model, lr=lr)
@@ -73,72 +90,169 @@ def overfit_run(ctx: ProbeContext, patient, steps: int, *, lr: float | None = No
         hooks(model, optimizer)
     batch = patient.fixed_batch()
     run = train(patient, model, optimizer, batch, steps, deadline=ctx.deadline)
-    return run, (batch_accuracy(patient, model, batch) if not run.error else None)
+    return Outcome(run, batch_accuracy(patient, model, batch) if not run.error else None)
 
 
-def summary(run: Run, accuracy: float | None) -> dict:
-    return {"initial_loss": run.initial, "final_loss": run.losses[-1] if run.losses else None,
-            "tail_loss": run.tail(), "steps": run.steps, "nonfinite_step": run.nonfinite_step,
-            "accuracy": accuracy, "error": run.error and run.error.get("message")}
+def cure_steps(ctx: ProbeContext) -> int:
+    """The steps a cure trains: the plan's (sized like the overfit probe), else what the time allows."""
+    if ctx.planned_steps:
+        return int(ctx.planned_steps)
+    return ctx.steps(lo=MIN_STEPS, hi=MAX_STEPS, per_step=ctx.step_time * 1.1)
 
 
-def try_cure(ctx: ProbeContext, variant, tried: str, *, code: str,
-             judge: Callable[[Run, float | None], bool] | None = None,
-             before: Run | None = None, before_accuracy: float | None = None, lr: float | None = None,
-             hooks=None) -> dict:
-    """Re-run with ``variant`` and say whether it cured the probe; plot before/after together.
+def _control(ctx: ProbeContext, cure: Cure, steps: int) -> tuple[Outcome | None, int]:
+    """The overfit probe's run as the control when it trained as the cure will, with the steps to use."""
+    if cure.train is not None or cure.control_hooks is not None or cure.steps is not None or ctx.evidence is None:
+        return None, steps
+    over = ctx.evidence.ok("overfit")
+    run = over.data.get("run") if over is not None else None
+    if not isinstance(run, Run):
+        return None, steps
+    broke = run.stopped in ("nonfinite", "error")
+    planned = over.metrics.get("planned_steps") or run.steps
+    if broke or run.steps >= min(steps, planned):
+        return Outcome(run, over.metrics.get("accuracy")), (min(steps, planned) if not broke else steps)
+    return None, steps
 
-    ``judge(run, accuracy)`` is a diagnosis's own criterion (cured: the treated run passes it and the
-    untreated one does not); without one, ``beats_control`` judges.
-    """
-    # a run cut short by a NaN or an exception says nothing about how long the cure should run
-    cut_short = before is not None and before.stopped in ("nonfinite", "error")
-    steps = before.steps if before is not None and before.steps >= MIN_STEPS and not cut_short else \
-        ctx.steps(lo=MIN_STEPS, hi=MAX_STEPS, per_step=ctx.step_time * 1.1)
-    steps = min(steps, ctx.steps(lo=MIN_STEPS, hi=MAX_STEPS, per_step=ctx.step_time * 1.1))
-    if before is None:
-        before, before_accuracy = overfit_run(ctx, ctx.patient, steps)
-    after, after_accuracy = overfit_run(ctx, variant, steps, lr=lr, hooks=hooks)
-    if judge is None:
-        cured = beats_control(after, after_accuracy, before, before_accuracy)
+
+# --- protocols: other ways to train both arms, named by a cure's ``train`` ------------------------
+def lr_check_run(patient, steps: int, deadline: float | None, lr: float | None) -> Outcome:
+    """The LR sweep's check: a constant-LR run on the data stream from the same fresh init, its drop
+    measured against the same run at LR 0 (the untrained model's loss on those batches)."""
+    from nandoctor.probes.lr_sweep import CHECK_MIN_STEPS, check_lrs
+    check = check_lrs(patient, {"run": lr if lr is not None else patient.lr}, max(CHECK_MIN_STEPS, steps // 3),
+                      deadline=deadline)
+    summary = check.get("run")
+    if summary is None:  # cut short by the clock
+        return Outcome(Run(stopped="deadline"), measures={"relative_drop": None})
+    run = Run(losses=list(summary.get("losses") or []))
+    return Outcome(run, measures={k: v for k, v in summary.items() if k != "losses"})
+
+
+def precision_run(patient, steps: int, deadline: float | None, lr: float | None) -> Outcome:
+    """The precision probe's run: the patient's own step under its autocast on the fixed batch."""
+    from nandoctor.probes.precision import precision_run as run_it
+    out = run_it(patient, patient.fixed_batch(), steps, deadline=deadline)
+    return precision_outcome(out)
+
+
+def precision_outcome(out) -> Outcome:
+    """A precision run (``probes.precision.PrecisionRun``) as an arm of a cure."""
+    return Outcome(out.run, measures={"finite": int(out.finite), "relative_drop": out.relative_drop,
+                                      "skipped_steps": out.skipped_steps, "precision": out.precision})
+
+
+PROTOCOLS: dict[str, Callable[..., Outcome]] = {"lr_check": lr_check_run, "precision": precision_run}
+
+
+# --- measures: numbers beside the loss, named by a cure's ``measure`` ----------------------------
+def gradient_ratio(patient) -> dict:
+    """How much the gradient grows between two identical calls of the patient's step (1: zeroed)."""
+    from nandoctor.probes.structure import accumulation_of
+    acc = accumulation_of(patient)
+    return {"gradient_ratio": acc.get("ratio") if acc else None}
+
+
+def call_to_call_change(patient) -> dict:
+    """How much the model's output changes between two eval-mode calls on the same batch (0: a function)."""
+    from nandoctor.probes.structure import call_drift
+    return {"call_to_call_change": call_drift(patient.new_model(), patient.fixed_batch())}
+
+
+MEASURES: dict[str, Callable[[Any], dict]] = {"gradient_ratio": gradient_ratio,
+                                               "call_to_call_change": call_to_call_change}
+
+
+def _arm(ctx, cure: Cure, patient, steps: int, *, treated: bool) -> Outcome:
+    lr = cure.lr if treated else None
+    if cure.train is not None:
+        protocol = PROTOCOLS[cure.train] if isinstance(cure.train, str) else cure.train
+        out = protocol(patient, steps, ctx.deadline, lr)
     else:
-        cured = judge(after, after_accuracy) and not judge(before, before_accuracy)
-    record = {"tried": tried, "cured": bool(cured), "before": summary(before, before_accuracy),
-              "after": summary(after, after_accuracy)}
-    # the before/after plot is drawn by ``plot_treatment`` once the diagnosis has its final verdict
-    # (some diagnoses judge the cure by more than the loss curve and update ``cured`` afterwards)
-    record["_curves"] = {"as configured": before.losses, f"treated: {tried}": after.losses}
+        out = overfit_run(ctx, patient, steps, lr=lr, hooks=cure.hooks if treated else cure.control_hooks)
+    _measure(cure, patient, out)
+    return out
+
+
+def _measure(cure: Cure, patient, out: Outcome) -> None:
+    if cure.measure is not None:
+        fn = MEASURES[cure.measure] if isinstance(cure.measure, str) else cure.measure
+        out.measures.update(fn(patient))
+
+
+def run_cure(ctx: ProbeContext, cure: Cure) -> dict:
+    """Train (or take) both arms of ``cure``, judge them, and return the SPEC ``treatment`` record."""
+    if cure.done is not None:
+        before, after = cure.done
+    else:
+        steps = cure.steps or cure_steps(ctx)
+        before, steps = (cure.control, steps) if cure.control is not None else _control(ctx, cure, steps)
+        if before is None:
+            before = _arm(ctx, cure, ctx.patient, steps, treated=False)
+        else:
+            _measure(cure, ctx.patient, before)
+        after = _arm(ctx, cure, cure.variant if cure.variant is not None else ctx.patient, steps, treated=True)
+    # an arm the clock cut short cannot be judged: the finding stays inconclusive, not refuted
+    cut = cure.done is None and any(o.run.stopped == "deadline" for o in (before, after))
+    cured = not cut and bool(cure.judge(before, after))
+    record = {"tried": cure.tried, "cured": cured, "before": before.summary(), "after": after.summary(),
+              "judged_by": getattr(cure.judge, "text", getattr(cure.judge, "__name__", "judge")),
+              "curves": {"before": _thin(before.run.losses), "after": _thin(after.run.losses)}}
+    if cut:
+        record["judged"] = False
+        record["note"] = "not judged: the clock stopped a run before its planned steps"
+    elif not cured and cure.judge is judges.beats_control and judges.memorised(before):
+        record["nothing_to_cure"] = True
+        record["note"] = "the untreated run already memorised the batch: nothing here to cure"
+    record.update(cure.extra)
     return record
 
 
-def cure_record(tried: str, cured: bool, before: Run, after: Run, *, before_accuracy: float | None = None,
-                after_accuracy: float | None = None, **extra) -> dict:
-    """The SPEC ``treatment`` record of a cure a diagnosis judged itself (by comparing the two runs),
-    carrying both curves for ``plot_treatment``."""
-    record = {"tried": tried, "cured": bool(cured), "before": summary(before, before_accuracy),
-              "after": summary(after, after_accuracy), **extra}
-    record["_curves"] = {"as configured": before.losses, f"treated: {tried}": after.losses}
-    return record
+def treat(ctx: ProbeContext, cures: list[Cure]) -> tuple[dict | None, Cure | None]:
+    """Try ``cures`` in order (cheapest, most likely first) until one cures; the record of the last one tried.
+
+    When more than one was tried, ``attempts`` lists each (what, cured). Returns (record, the cure that
+    worked or None)."""
+    record, attempts = None, []
+    for cure in cures:
+        record = run_cure(ctx, cure)
+        attempts.append({"tried": cure.tried, "cured": record["cured"]})
+        if record["cured"]:
+            if len(attempts) > 1:
+                record["attempts"] = attempts
+            return record, cure
+        if ctx.time_left() <= 0:
+            break
+    if record is not None and len(attempts) > 1:
+        record["attempts"] = attempts
+    return record, None
 
 
-def relative_drop(run: Run, share: float = 0.25) -> float | None:
-    """1 - (mean of the last ``share`` of the losses) / first loss; None when the run broke or starts at <= 0."""
-    start, end = run.initial, run.tail(share)
-    if run.error or run.nonfinite_step is not None or start is None or end is None or start <= 0:
+def cured_patient(patient, cure: Cure):
+    """The patient with ``cure`` applied, to diagnose again (None when the cure is not a change of the
+    set-up that can be trained as the user trains: a probe's own comparison, an optimizer hook)."""
+    if cure.hooks is not None or (cure.done is not None and cure.lr is None):
         return None
-    return (start - end) / start
+    base = cure.variant if cure.variant is not None else patient
+    if cure.lr is not None:
+        base = base.variant(f"learning rate {cure.lr:.3g}", optimizer_kwargs={**base.optimizer_kwargs, "lr": cure.lr})
+    return base
+
+
+def _thin(losses: list[float]) -> list[float]:
+    if len(losses) <= CURVE_POINTS:
+        return list(losses)
+    step = len(losses) / CURVE_POINTS
+    return [losses[int(i * step)] for i in range(CURVE_POINTS)] + [losses[-1]]
 
 
 def plot_treatment(ctx: ProbeContext, code: str, record: dict) -> None:
-    """Draw the before/after curves a ``try_cure`` record carries, titled with its final verdict."""
-    curves = record.pop("_curves", None)
+    """Draw the before/after curves of a ``treatment`` record on one axis, titled with its verdict."""
+    curves = record.get("curves")
     path, rel = ctx.plot_path(f"treatment-{code}")
-    if curves is None or path is None:
+    if not curves or path is None:
         return
+    labelled = {"as configured": curves.get("before") or [], f"treated: {record.get('tried')}": curves.get("after") or []}
     with plots.figure(path) as ax:
-        plots.compare_curves(ax, curves, title=f"{code}: {'cured' if record.get('cured') else 'not cured'}")
+        plots.compare_curves(ax, labelled, title=f"{code}: {'cured' if record.get('cured') else 'not cured'}")
     record["plot"] = rel
-
-
-def finite(x) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)

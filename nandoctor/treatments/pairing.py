@@ -1,24 +1,17 @@
 """Cures for output/loss pairing problems, tried on copies of the patient.
 
-Each builder returns a *variant* of the patient (a wrapped model factory or a
-wrapped loss) and never touches the user's objects. ``cure`` runs the overfit
-training on the variant through ``treatments.try_cure`` and says whether the
-variant trains as it should.
+Each builder returns what a *variant* of the patient needs (a wrapped model factory
+or a wrapped loss) and never touches the user's objects; the diagnoses put them in
+a ``Cure`` and ``treatments.run_cure`` trains it.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch
 from torch import nn
 
-from nandoctor.probes import ProbeContext
-from nandoctor.probes.training import Run
-from nandoctor.treatments import MAX_STEPS, MIN_STEPS, overfit_run, try_cure
-
-NEGATIVE_TOL = 1e-6   # a loss below -NEGATIVE_TOL is below the floor of a log-likelihood
 
 
 # --- model surgery ---------------------------------------------------------------------------
@@ -98,40 +91,3 @@ def logits_loss(loss_fn: Callable) -> nn.Module:
     weight = getattr(loss_fn, "weight", None)
     reduction = getattr(loss_fn, "reduction", "mean")
     return nn.BCEWithLogitsLoss(weight=weight, reduction=reduction)
-
-
-# --- judging ---------------------------------------------------------------------------------------
-def valid_curve(run: Run) -> bool:
-    """Finite all along, never below zero, and lower at the end than at the start."""
-    if run.error or run.nonfinite_step is not None or not run.losses:
-        return False
-    if min(run.losses) < -NEGATIVE_TOL:
-        return False
-    tail = run.tail()
-    return tail is not None and run.initial is not None and tail < run.initial
-
-
-def cure(ctx: ProbeContext, variant, tried: str, *, code: str, ok: Callable[[Run, float | None], bool],
-         broken_before: bool) -> dict:
-    """Try ``variant``; cured when it trains by ``ok`` and the untreated patient was broken.
-
-    ``broken_before`` is the static verdict (the outputs do not fit the loss): the untreated run
-    counts as broken either because of it or because its own curve fails ``ok``.
-    """
-    before, before_acc = _before_run(ctx)
-    judge = (lambda run, acc: False if run is before and broken_before else ok(run, acc))
-    return try_cure(ctx, variant, tried, code=code, judge=judge, before=before, before_accuracy=before_acc)
-
-
-def _before_run(ctx: ProbeContext) -> tuple[Run, float | None]:
-    """The overfit probe's run when there is one long enough, else a fresh untreated run."""
-    result = ctx.evidence.get("overfit") if ctx.evidence is not None else None
-    run = result.data.get("run") if result is not None else None
-    if isinstance(run, Run) and (run.steps >= MIN_STEPS or run.stopped in ("nonfinite", "error")):
-        return run, result.metrics.get("accuracy")
-    steps = ctx.steps(lo=MIN_STEPS, hi=MAX_STEPS, per_step=ctx.step_time * 1.1)
-    return overfit_run(ctx, ctx.patient, steps)
-
-
-def finite(x) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)

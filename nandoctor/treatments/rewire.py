@@ -1,8 +1,8 @@
 """Cures for broken wiring, tried on copies: zero the gradients, give the optimizer every
 parameter, keep the first instance of a layer that ``forward()`` builds anew on every call.
 
-Each function returns what ``try_cure`` needs (a patient variant, or optimizer hooks);
-``cure`` runs it against the overfit probe's own run and judges it.
+Each function returns what a ``Cure`` needs (a model factory, a step, or optimizer hooks);
+``REWIRED`` is how such cures are judged.
 """
 
 from __future__ import annotations
@@ -14,23 +14,17 @@ from torch import nn
 from torch.nn.modules import module as module_hooks
 
 from nandoctor.patient import split_batch
-from nandoctor.treatments import try_cure
-
-CLEARLY_BETTER = 0.5   # a cure also counts when the treated tail loss is at most half the untreated one
+from nandoctor.treatments import judges
 
 
-def cure(ctx, variant, tried: str, *, code: str, hooks: Callable | None = None) -> dict:
-    """``try_cure`` against the overfit probe's run; cured = the treated run is healthy and clearly better."""
-    overfit = ctx.evidence.ok("overfit") if ctx.evidence is not None else None
-    before = overfit.data.get("run") if overfit is not None else None
-    acc = overfit.metrics.get("accuracy") if overfit is not None else None
-    record = try_cure(ctx, variant, tried, code=code, before=before, before_accuracy=acc, hooks=hooks)
-    b, a = record["before"], record["after"]
-    if not record["cured"] and a.get("tail_loss") is not None and b.get("tail_loss") is not None:
-        after_ok = a.get("error") is None and a.get("nonfinite_step") is None
-        better = 0 <= a["tail_loss"] < CLEARLY_BETTER * b["tail_loss"]
-        record["cured"] = bool(after_ok and better)
-    return record
+# a rewired set-up must train where the untreated one did not, or end clearly lower than it
+REWIRED = judges.either(judges.beats_control, judges.clearly_better)
+
+
+def reinitialised(patient, scheme: str) -> Callable[[], nn.Module]:
+    """A model factory: the user's model re-initialised with a standard ``scheme`` (as the init probe names it)."""
+    from nandoctor.probes.init_compare import scheme_factory
+    return scheme_factory(patient, scheme)
 
 
 def zero_grad_first(train_step: Callable) -> Callable:
@@ -42,7 +36,7 @@ def zero_grad_first(train_step: Callable) -> Callable:
 
 
 def add_missing_params(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """Hook for ``try_cure``: give the optimizer the trainable parameters its groups leave out."""
+    """A cure's ``hooks``: give the optimizer the trainable parameters its groups leave out."""
     have = {id(p) for g in optimizer.param_groups for p in g["params"]}
     missing = [p for p in model.parameters() if p.requires_grad and id(p) not in have]
     if missing:

@@ -1,0 +1,203 @@
+"""Judges: pure functions that say whether a cure worked, ``judge(before, after) -> bool``.
+
+``before`` is the untreated control and ``after`` the treated copy, both trained on the same
+steps, batch and seed (``treatments.Outcome``). One vocabulary for every diagnosis:
+
+- *outcome tests* read one run: ``clean`` (finite, never below zero: a log-likelihood below zero
+  is no cure), ``memorised``, ``trains``, ``falls``;
+- *judges* compare the two: ``beats_control`` (the default), ``fixes(test)`` (the treated run
+  passes a test the control fails), ``repairs(test)`` (the control is broken by static evidence:
+  the treated run only has to pass), ``tail_ratio``, ``drop_gain``, ``measured``, ``both``,
+  ``either``.
+
+Each judge carries a ``text`` for the report (``treatment.judged_by``). Judges train nothing and
+never read the clock: the same two runs always get the same verdict.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+from nandoctor.probes.overfit import memorised as _memorised
+
+NEGATIVE_TOL = 1e-6   # a loss below -NEGATIVE_TOL has passed the floor of a log-likelihood
+TRAINS_DROP = 0.25    # a treated run that has not memorised the batch yet must have taken 25% off its loss ...
+BEATS_CONTROL = 0.1   # ... and that much more than twice what the untreated run took off (nothing, if it broke)
+CLEARLY_BETTER = 0.5  # ``or_clearly_better``: the treated tail loss at most half the untreated one
+
+
+def judge(text: str):
+    """Name a judge (or an outcome test) for the report."""
+    def wrap(fn):
+        fn.text = text
+        return fn
+    return wrap
+
+
+# --- outcome tests: one run -------------------------------------------------------------------
+def _run(o):
+    return o.run if hasattr(o, "run") else o
+
+
+def clean(o) -> bool:
+    """Ran to the end without an exception, finite all along, never below zero."""
+    run = _run(o)
+    return not run.error and run.nonfinite_step is None and bool(run.losses) and min(run.losses) >= -NEGATIVE_TOL
+
+
+def relative_drop(o, share: float = 0.25) -> float | None:
+    """1 - (mean of the last ``share`` of the losses) / first loss; None when the run broke or starts at <= 0."""
+    run = _run(o)
+    start, end = run.initial, run.tail(share)
+    if run.error or run.nonfinite_step is not None or start is None or end is None or start <= 0:
+        return None
+    return (start - end) / start
+
+
+@judge("memorised the batch")
+def memorised(o) -> bool:
+    return clean(o) and _memorised(_run(o).initial, _run(o).tail(), getattr(o, "accuracy", None))
+
+
+@judge(f"memorised the batch, or clean and {TRAINS_DROP:.0%} off its loss")
+def trains(o) -> bool:
+    if memorised(o):
+        return True
+    drop = relative_drop(o)
+    return clean(o) and drop is not None and drop >= TRAINS_DROP
+
+
+@judge(f"clean and {TRAINS_DROP:.0%} below the untrained model's loss on the same batches")
+def trains_on_stream(o) -> bool:
+    """For the LR check's protocol (a run on the data stream): its drop against the same run at LR 0."""
+    drop = o.measures.get("relative_drop") if hasattr(o, "measures") else None
+    return clean(o) and isinstance(drop, (int, float)) and drop >= TRAINS_DROP
+
+
+@judge("clean and lower at the end than at the start")
+def falls(o) -> bool:
+    run = _run(o)
+    tail = run.tail()
+    return clean(o) and tail is not None and run.initial is not None and tail < run.initial
+
+
+# --- judges: the two runs ---------------------------------------------------------------------
+@judge(f"beats the untreated run: clean, and memorised or {TRAINS_DROP:.0%} off its loss and "
+       f"{BEATS_CONTROL:.0%} more than twice the control's drop, where the control did not memorise")
+def beats_control(before, after) -> bool:
+    """The default: cured when the treated run is clean, the control did not memorise the batch, and the
+    treated run either memorised it or trains clearly better. A treated run still learning when the steps
+    run out counts, so the verdict does not depend on how many steps the budget allowed."""
+    if not clean(after) or memorised(before):
+        return False
+    if memorised(after):
+        return True
+    after_drop = relative_drop(after)
+    before_drop = max(0.0, relative_drop(before) or 0.0) if clean(before) else 0.0
+    return after_drop is not None and after_drop >= TRAINS_DROP and after_drop >= 2 * before_drop + BEATS_CONTROL
+
+
+def ends_lower(ratio: float) -> Callable:
+    """On the data stream (the LR check's protocol: the same batches for both arms, in the same order), the
+    treated run ends at most ``ratio`` times the untreated one's end loss; where that one broke, it trains."""
+    @judge(f"clean and ending at most {ratio:g}x the untreated run's loss on the same batches")
+    def j(before, after) -> bool:
+        a, b = after.measures.get("end_loss"), before.measures.get("end_loss")
+        if not clean(after) or not isinstance(a, (int, float)):
+            return False
+        if not clean(before) or not isinstance(b, (int, float)) or not math.isfinite(b):
+            return trains_on_stream(after)
+        return 0 <= a <= ratio * b
+    return j
+
+
+def fixes(test: Callable) -> Callable:
+    """Cured when the treated run passes ``test`` and the control does not."""
+    @judge(f"the treated run {test.text} and the untreated one did not")
+    def j(before, after) -> bool:
+        return bool(test(after)) and not test(before)
+    return j
+
+
+def repairs(test: Callable) -> Callable:
+    """For a control broken by static evidence (the outputs do not fit the loss): the treated run must pass
+    ``test``; it must also be clean, so a loss run below zero is never a repair."""
+    @judge(f"the treated run {test.text} (the untreated set-up is broken by construction)")
+    def j(before, after) -> bool:
+        return clean(after) and bool(test(after))
+    return j
+
+
+def tail_ratio(ratio: float) -> Callable:
+    """Cured when the treated run is clean and ends ``ratio`` times lower; when the control broke, when it trains."""
+    @judge(f"clean and a tail loss {ratio:g}x below the untreated run's (or trains, where that one broke)")
+    def j(before, after) -> bool:
+        b = _run(before).tail()
+        if not clean(before) or b is None or not math.isfinite(b):
+            return trains(after) and memorised(after)
+        a = _run(after).tail()
+        return clean(after) and a is not None and a <= b / ratio
+    return j
+
+
+def drop_gain(by: float) -> Callable:
+    """Cured when the treated run's relative drop beats the control's by ``by`` (or reaches it, where that broke)."""
+    @judge(f"takes at least {by:.0%} more off its loss than the untreated run")
+    def j(before, after) -> bool:
+        d_after, d_before = relative_drop(after), relative_drop(before)
+        if d_after is None:
+            return False
+        return d_after >= by if d_before is None else d_after - d_before >= by
+    return j
+
+
+def measured(key: str, *, at_most: float | None = None, at_least: float | None = None,
+             arm: str = "after") -> Callable:
+    """A measurement beside the loss: ``measures[key]`` of the treated (or, ``arm="before"``, the
+    untreated) run within the limit; False when it could not be measured."""
+    limit = f"at most {at_most:g}" if at_most is not None else f"at least {at_least:g}"
+    @judge(f"{key} {limit} {'after' if arm == 'after' else 'before'} the cure")
+    def j(before, after) -> bool:
+        v = (after if arm == "after" else before).measures.get(key)
+        if not isinstance(v, (int, float)) or not math.isfinite(v):
+            return False
+        return (at_most is None or v <= at_most) and (at_least is None or v >= at_least)
+    return j
+
+
+def both(*judges: Callable) -> Callable:
+    @judge(" and ".join(j.text for j in judges))
+    def j(before, after) -> bool:
+        return all(x(before, after) for x in judges)
+    return j
+
+
+def either(*judges: Callable) -> Callable:
+    @judge(" or ".join(j.text for j in judges))
+    def j(before, after) -> bool:
+        return any(x(before, after) for x in judges)
+    return j
+
+
+def unmeasured(key: str) -> Callable:
+    """True when ``key`` could not be measured on either arm (a judge that falls back on the loss)."""
+    @judge(f"{key} not measurable")
+    def j(before, after) -> bool:
+        return before.measures.get(key) is None or after.measures.get(key) is None
+    return j
+
+
+@judge(f"clean and a tail loss at most {CLEARLY_BETTER:g}x the untreated run's")
+def clearly_better(before, after) -> bool:
+    a, b = _run(after).tail(), _run(before).tail()
+    return clean(after) and a is not None and b is not None and 0 <= a < CLEARLY_BETTER * b
+
+
+def decided(verdict: bool, by: str) -> Callable:
+    """The verdict of a comparison a probe already made on its own copies (the BatchNorm variants, the
+    init schemes): the same two arms, judged by the probe's rule, named in ``by``."""
+    @judge(by)
+    def j(before, after) -> bool:
+        return bool(verdict)
+    return j
