@@ -358,8 +358,9 @@ class Battery:
         for code, diag in diagnoses.load_all().items():
             missing = [p for p in diag.requires if p not in evidence]
             failed = [p for p in diag.requires if p in evidence and not evidence[p].ok]
-            if missing or (failed and not diag.accepts_failed) or \
-                    any(evidence[p].status == "inconclusive" for p in failed):
+            fallback = diag.fallback and all(evidence.ok(p) is not None for p in diag.fallback)
+            if not fallback and (missing or (failed and not diag.accepts_failed) or
+                                 any(evidence[p].status == "inconclusive" for p in failed)):
                 reason = "probe not run" if missing else "probe inconclusive" if any(
                     evidence[p].status == "inconclusive" for p in failed) else "probe failed or skipped"
                 not_evaluated.append({"code": code, "missing": missing + failed, "reason": reason})

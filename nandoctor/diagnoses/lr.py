@@ -39,6 +39,7 @@ class LRDiagnosis(Diagnosis):
     """Shared by both: the treatment replays (or runs) the check and plots it."""
 
     requires = (LR_PROBE,)
+    fallback = ("overfit",)  # no sweep (inconclusive, failed): the overfit run at the user's LR gives a suspicion
 
     def confirmed(self, user: dict | None, suggested: dict | None) -> bool | None:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -122,7 +123,7 @@ class LRTooHigh(LRDiagnosis):
     def check(self, ev: Evidence):
         r = ev.ok(LR_PROBE)
         if r is None:
-            return None
+            return self._rising_overfit(ev, None, ev.facts.get("lr")) if ev.facts.get("lr") else None
         m = r.metrics
         user, sugg, div = m.get("user_lr"), m.get("suggested_lr"), m.get("divergence_lr")
         if user and not sugg:
@@ -169,10 +170,11 @@ class LRTooHigh(LRDiagnosis):
             start is not None and tail is not None and start > 0 and tail > self.thresholds["rises_above"] * start)
         if not rises or m.get("memorised"):
             return None
-        evidence = {"user_lr": user, "suggested_lr": None, "divergence_lr": sweep.metrics.get("divergence_lr"),
-                    "sweep": sweep.metrics.get("reason"), "overfit_initial_loss": start, "overfit_tail_loss": tail,
+        sm = sweep.metrics if sweep is not None else {}
+        evidence = {"user_lr": user, "suggested_lr": None, "divergence_lr": sm.get("divergence_lr"),
+                    "sweep": sm.get("reason") or _no_sweep(ev), "overfit_initial_loss": start, "overfit_tail_loss": tail,
                     "overfit_nonfinite_step": m.get("nonfinite_step"), "overfit_steps": m.get("steps"),
-                    "optimizer": sweep.metrics.get("optimizer")}
+                    "optimizer": sm.get("optimizer") or ev.facts.get("optimizer")}
         return self.finding(0.5, evidence, severity="warning", plots=over.plots, probes=[LR_PROBE, "overfit"],
                             title=f"At the learning rate {user:.3g} the loss on one batch rises instead of falling",
                             fix=f"Lower the learning rate (try {user / 10:.2g}), or add a warm-up.")
@@ -258,7 +260,7 @@ class LRTooLow(LRDiagnosis):
     def check(self, ev: Evidence):
         r = ev.ok(LR_PROBE)
         if r is None:
-            return None
+            return self._flat_overfit(ev, None, ev.facts.get("lr")) if ev.facts.get("lr") else None
         m = r.metrics
         user, sugg = m.get("user_lr"), m.get("suggested_lr")
         if user and not sugg:
@@ -304,14 +306,21 @@ class LRTooLow(LRDiagnosis):
         over_drop = _overfit_drop(over.metrics)
         if over_drop is None or abs(over_drop) >= self.thresholds["barely_moves_drop"]:
             return None
-        evidence = {"user_lr": user, "suggested_lr": None, "sweep": sweep.metrics.get("reason"),
+        sm = sweep.metrics if sweep is not None else {}
+        evidence = {"user_lr": user, "suggested_lr": None, "sweep": sm.get("reason") or _no_sweep(ev),
                     "overfit_drop": over_drop, "overfit_steps": over.metrics.get("steps"),
                     "overfit_initial_loss": over.metrics.get("initial_loss"),
-                    "overfit_tail_loss": over.metrics.get("tail_loss"), "optimizer": sweep.metrics.get("optimizer")}
+                    "overfit_tail_loss": over.metrics.get("tail_loss"),
+                    "optimizer": sm.get("optimizer") or ev.facts.get("optimizer")}
         return self.finding(0.45, evidence, severity="warning", plots=over.plots, probes=[LR_PROBE, "overfit"],
                             title=f"At the learning rate {user:.3g} the loss on one batch barely moves "
                                   f"({over_drop:.1%} in {over.metrics.get('steps')} steps)",
                             fix=f"Raise the learning rate (try {user * 10:.2g}), after ruling out frozen layers.")
+
+def _no_sweep(ev: Evidence) -> str:
+    r = ev.get(LR_PROBE)
+    return f"the LR sweep did not run ({r.status}: {r.reason})" if r is not None else "the LR sweep did not run"
+
 
 def _brief(run: dict | None) -> dict | None:
     if run is None:
