@@ -358,7 +358,8 @@ class Battery:
         for code, diag in diagnoses.load_all().items():
             missing = [p for p in diag.requires if p not in evidence]
             failed = [p for p in diag.requires if p in evidence and not evidence[p].ok]
-            fallback = diag.fallback and all(evidence.ok(p) is not None for p in diag.fallback)
+            # a required probe that ran but was inconclusive or failed: judge from the fallback probes
+            fallback = diag.fallback and not missing and all(evidence.ok(p) is not None for p in diag.fallback)
             if not fallback and (missing or (failed and not diag.accepts_failed) or
                                  any(evidence[p].status == "inconclusive" for p in failed)):
                 reason = "probe not run" if missing else "probe inconclusive" if any(
@@ -396,7 +397,8 @@ class Battery:
             try:
                 cures = registry[finding.code].cures(ctx, finding)
             except Exception as exc:  # a diagnosis bug must not kill the report
-                finding.treatment = {"tried": "failed to describe a cure", "cured": False, "error": error_record(exc)}
+                finding.treatment = {"tried": "failed to describe a cure", "cured": False, "judged": False,
+                                     "error": error_record(exc)}
                 continue
             cost = sum(planning.step_seconds(CURE_COST * (c.steps or steps or 0), self.step_time)
                        for c in cures if c.done is None)
@@ -429,7 +431,8 @@ class Battery:
                 finding.treatment = None
                 finding.treatment_note = "not judged: the cure ran past its deadline"
             except Exception as exc:
-                finding.treatment = {"tried": "failed to run", "cured": False, "error": error_record(exc)}
+                finding.treatment = {"tried": "failed to run", "cured": False, "judged": False,
+                                     "error": error_record(exc)}
             self.progress.finish(name, ProbeResult(name=finding.code))
 
 

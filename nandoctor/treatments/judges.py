@@ -40,6 +40,7 @@ def _run(o):
     return o.run if hasattr(o, "run") else o
 
 
+@judge("ran clean (finite, never below zero)")
 def clean(o) -> bool:
     """Ran to the end without an exception, finite all along, never below zero."""
     run = _run(o)
@@ -109,6 +110,17 @@ def ends_lower(ratio: float) -> Callable:
         if not clean(before) or not isinstance(b, (int, float)) or not math.isfinite(b):
             return trains_on_stream(after)
         return 0 <= a <= ratio * b
+    return j
+
+
+def when_broken(test: Callable) -> Callable:
+    """Cured when the untreated run broke (non-finite, an exception) and the treated one passes ``test``; no
+    verdict (None: the finding stays inconclusive) when the untreated run never met the symptom."""
+    @judge(f"the untreated run broke and the treated run {test.text}")
+    def j(before, after) -> bool | None:
+        if clean(before) or (not _run(before).losses and not _run(before).error):
+            return None
+        return bool(test(after))
     return j
 
 

@@ -27,6 +27,13 @@ def reinitialised(patient, scheme: str) -> Callable[[], nn.Module]:
     return scheme_factory(patient, scheme)
 
 
+def without_samples(patient, indices) -> "object":
+    """The training set without the samples at ``indices`` (a ``Subset`` of the user's dataset, not a copy)."""
+    from torch.utils.data import Subset
+    drop = set(int(i) for i in indices)
+    return Subset(patient.train_data, [i for i in range(len(patient.train_data)) if i not in drop])
+
+
 def zero_grad_first(train_step: Callable) -> Callable:
     """The user's step with ``optimizer.zero_grad(set_to_none=True)`` called before it."""
     def step(model, batch, loss_fn, optimizer):
