@@ -160,6 +160,10 @@ def test_lr_too_high_needs_the_check_to_fail_at_the_user_lr():
     assert diag.check(sweep_evidence(0.5, user_drop=0.8)) is None                   # far above, but it trains
     assert diag.check(sweep_evidence(2.0, user_drop=0.8)).severity == "warning"     # past divergence, but it trains
     assert diag.check(sweep_evidence(1e-2, user_drop=-1.0)) is None                 # at the suggestion
+    # below the sweep's divergence point, 5x the suggestion: the runs decide when no batch was memorised
+    stuck = {"memorised": False, "initial_loss": 1.1, "tail_loss": 1.0}
+    assert diag.check(sweep_evidence(5e-2, user_drop=0.02, overfit=stuck)).severity == "critical"
+    assert diag.check(sweep_evidence(5e-2, user_drop=0.02, overfit={"memorised": True})) is None
 
 
 def test_lr_too_low_needs_orders_of_magnitude_and_a_loss_that_barely_moves():
@@ -167,7 +171,10 @@ def test_lr_too_low_needs_orders_of_magnitude_and_a_loss_that_barely_moves():
     stuck = {"memorised": False, "initial_loss": 1.1, "tail_loss": 1.09}
     assert diag.check(sweep_evidence(1e-5, user_drop=0.01, overfit=stuck)).severity == "critical"
     assert diag.check(sweep_evidence(1e-5, user_drop=0.01)).severity == "warning"   # no overfit probe
-    assert diag.check(sweep_evidence(1e-3, user_drop=0.01)) is None                 # only 10x below
+    assert diag.check(sweep_evidence(1e-3, user_drop=0.1)) is None                  # only 10x below, and it moves
+    # one decade below, the runs decide: the loss barely moves at the user's LR, the suggestion trains
+    assert diag.check(sweep_evidence(1e-3, user_drop=0.01, overfit=stuck)).severity == "critical"
+    assert diag.check(sweep_evidence(3e-3, user_drop=0.01, overfit=stuck)) is None  # 3x below: not the LR's fault
     assert diag.check(sweep_evidence(1e-5, user_drop=0.4)) is None                  # it moves
     memorised = {"memorised": True, "initial_loss": 1.0, "tail_loss": 0.01}
     assert diag.check(sweep_evidence(1e-5, user_drop=0.01, overfit=memorised)) is None

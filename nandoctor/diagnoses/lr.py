@@ -76,7 +76,9 @@ class LRTooHigh(LRDiagnosis):
         "trains_above_drop": 0.25,  # the run at the suggestion "trains" when its loss falls by 25% or more
         "rises_above": 1.2,      # without a usable sweep: the overfit run at the user's LR ends 20% above its start
         "climbs_above": 0.2,     # the check run at the user's LR ends 20% above the untrained loss ...
-        "climb_ratio": 3.0,      # ... with the user's LR at least 3x the suggestion: a suspicion its cure decides
+        "climb_ratio": 3.0,      # ... with the user's LR at least 3x the suggestion: a suspicion its cure decides;
+                                 # at 3x with a check that fails at the user's LR and trains at the suggestion
+                                 # (and no batch memorised): the runs alone decide, below the divergence point
     }
     cure_factors = (10.0, 100.0)  # without a suggestion, the cure retrains the overfit run at these fractions
     fix = ("Lower the learning rate to the suggested value (see the LR-sweep plot), or add a warm-up; "
@@ -87,6 +89,8 @@ class LRTooHigh(LRDiagnosis):
     finds where the loss diverges. This fires when the user's learning rate is at or past that
     point, or far above the suggested one, and a short run at the user's LR from a fresh init
     fails (the loss rises, stalls or turns NaN) where the same run at the suggested LR trains.
+    The sweep's divergence point is an upper bound (the sweep's model was trained along the way):
+    a constant LR below it can still fail, so at 3x the suggestion the two runs decide alone.
 
     ## Why it breaks training
     Each step overshoots the minimum it is heading for: the loss oscillates, climbs, or overflows
@@ -133,12 +137,16 @@ class LRTooHigh(LRDiagnosis):
         far = user >= sugg * self.thresholds["far_above"]
         user_run, sugg_run = check_runs(m)
         user_drop = drop(user_run)
-        climbs = user >= sugg * self.thresholds["climb_ratio"] and (
-            blew_up(user_run) or (user_drop is not None and user_drop <= -self.thresholds["climbs_above"]))
-        if not (past or far or climbs):
-            return None
+        above = user >= sugg * self.thresholds["climb_ratio"]
+        climbs = above and (blew_up(user_run) or (user_drop is not None and user_drop <= -self.thresholds["climbs_above"]))
         # 2. the check decides: the user's LR must fail where the suggestion trains
         confirmed = self.confirmed(user_run, sugg_run)
+        # below the sweep's divergence point (an upper bound: a constant LR below it can still fail), the runs
+        # decide alone, where the model also could not memorise one batch at the user's LR
+        over = ev.ok("overfit")
+        failing = above and confirmed and (over is None or not over.metrics.get("memorised"))
+        if not (past or far or climbs or failing):
+            return None
         if confirmed:
             severity, confidence = "critical", 0.95 if past else 0.85
         elif past and confirmed is None:  # no time for the check: its treatment runs it and may confirm
@@ -203,14 +211,15 @@ class LRTooLow(LRDiagnosis):
     explains = ("cannot-overfit-batch",)
     thresholds = {
         "far_below": 100.0,       # the user's LR is at most 1/100 of the suggestion (two decades) ...
+        "below_with_check": 10.0,  # ... or 1/10 of it with a check that confirms (the suggestion trains, the user's LR not)
         "barely_moves_drop": 0.05,  # ... and its loss falls by less than 5% in the check run ...
         "trains_above_drop": 0.25,  # ... while the run at the suggestion falls by 25% or more
     }
     fix = "Raise the learning rate to the suggested value (see the LR-sweep plot)."
     doc = """
     ## What it detects
-    The user's learning rate is at least two orders of magnitude below the LR the sweep suggests,
-    and the loss barely moves at it: a short run at the user's LR from a fresh init hardly changes
+    The user's learning rate is at least two orders of magnitude below the LR the sweep suggests
+    (one, when the check below confirms it), and the loss barely moves at it: a short run at the user's LR from a fresh init hardly changes
     the loss while the same run at the suggested LR trains. When the overfit probe ran, the model
     must also have failed to memorise one batch at the user's LR (critical); without the overfit
     probe (`nandoctor lr-sweep` alone) the finding is a warning.
@@ -265,7 +274,7 @@ class LRTooLow(LRDiagnosis):
         user, sugg = m.get("user_lr"), m.get("suggested_lr")
         if user and not sugg:
             return self._flat_overfit(ev, r, user)  # no suggestion: the overfit run at the user's LR decides
-        if not user or user > sugg / self.thresholds["far_below"]:
+        if not user or user > sugg / self.thresholds["below_with_check"]:
             return None
         # 1. the overfit probe, when it ran, must agree: no memorising at the user's LR
         over = ev.ok("overfit")
@@ -274,6 +283,8 @@ class LRTooLow(LRDiagnosis):
         # 2. the check decides; without one, the overfit probe at the user's LR gives a weaker verdict
         user_run, sugg_run = check_runs(m)
         confirmed = self.confirmed(user_run, sugg_run)
+        if user > sugg / self.thresholds["far_below"] and not confirmed:
+            return None  # one decade below: only the runs (the suggestion trains clearly faster) can tell
         sweep_drop = m.get("drop_at_user_lr")
         over_drop = _overfit_drop(over.metrics) if over is not None else None
         if confirmed and over is not None:
