@@ -17,7 +17,9 @@ The suggestion rules (each takes the smoothed curve up to the divergence point):
 The recommendation is the valley (fastai found it the best default; it sits between
 the cautious steepest point and the edge-of-stability minimum), else the geometric
 median of the rules that answered; always capped below the divergence point. The
-spread of the rules (in decades) is reported beside it.
+spread of the rules (in decades) is reported beside it. A descent within the batch noise
+(``smoothed_noise``: a short sweep that has barely trained) is not read as a valley: the
+recommendation is then a tenth of the divergence LR, the one edge such a curve shows.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ MIN_DECREASE = 0.05         # the loss must fall by 5% of its initial value for 
 USEFUL_DROP_SHARE = 0.1     # the useful range starts where 10% of the total decrease has happened
 VALLEY_BOTTOM_SHARE = 0.02  # the valley ends where the loss is within 2% of the total decrease from its minimum
 DIVERGENCE_MARGIN = 3.0     # the recommendation stays at least 3x below the divergence LR
-NOISE_MULTIPLE = 3.0        # a descent smaller than 3x the smoothed curve's batch noise is not read as a valley ...
+NOISE_MULTIPLE = 5.0        # a descent smaller than 5x the smoothed curve's batch noise is not read as a valley ...
 DIVERGENCE_FALLBACK = 10.0  # ... the recommendation is then a tenth of the divergence LR (the only edge the curve shows)
 SKIP_START_SHARE = 0.05    # the first 5% of the points (at least DIVERGE_WARMUP) are left out of the rules:
                            # the average is still settling and one batch weighs too much
@@ -244,12 +246,12 @@ def useful_low(lrs: Sequence[float], losses: Sequence[float], initial: float, be
 
 def smoothed_noise(raw: Sequence[float], beta: float = SMOOTH_BETA) -> float | None:
     """The batch-to-batch noise left in the smoothed loss: a robust standard deviation of the raw loss
-    (1.4826 x the median absolute step between neighbours, / sqrt 2: a slow trend does not count)
-    times the EMA's noise gain ``sqrt((1 - beta) / (1 + beta))``; None with too few finite points."""
+    (1.4826 x the median absolute second difference, / sqrt 6: a trend, even a bending one, does not
+    count) times the EMA's noise gain ``sqrt((1 - beta) / (1 + beta))``; None with too few finite points."""
     y = np.asarray([v for v in raw if finite(v)], dtype=float)
     if len(y) < MIN_POINTS:
         return None
-    sigma = 1.4826 * float(np.median(np.abs(np.diff(y)))) / math.sqrt(2)
+    sigma = 1.4826 * float(np.median(np.abs(np.diff(y, n=2)))) / math.sqrt(6)
     return sigma * math.sqrt((1 - beta) / (1 + beta))
 
 
