@@ -3,6 +3,7 @@
 import json
 import math
 
+import pytest
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
@@ -103,6 +104,18 @@ def test_batches_with_nan_are_skipped_not_trained_on():
     run = sweep(patient, steps=40)
     assert run.skipped_batches >= 1
     assert all(math.isfinite(v) for v in run.losses[:10])
+
+
+def test_the_untrained_baseline_is_training_at_lr_zero_by_forward_passes():
+    """Dropout and BatchNorm in train mode: the forward-only baseline draws the same masks on the same batches."""
+    from nandoctor.probes.lr_sweep import _constant_lr_run, untrained_run
+
+    model = lambda: nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 1))
+    patient = make_patient(model=model, data=regression(), loss=nn.MSELoss(), optimizer=torch.optim.Adam, lr=1e-3)
+    by_forward, by_training = untrained_run(patient, 12, None), _constant_lr_run(patient, 0.0, 12, None)
+    assert by_forward.steps == 12 and by_forward.losses == pytest.approx(by_training.losses, rel=1e-5)
+    moving = _constant_lr_run(patient, 1e-2, 12, None)
+    assert moving.losses[5:] != pytest.approx(by_forward.losses[5:], rel=1e-3)  # the comparison can fail
 
 
 def test_check_runs_compare_against_the_untrained_loss():
