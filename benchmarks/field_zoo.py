@@ -1064,18 +1064,18 @@ def noam(optimizer, width=32, warmup=40):
 # cannot-overfit
 
 
-class ScrambledUNet(nn.Module):
-    """Pytorch-UNet #165-like: the output map is flattened and reshaped with ``view`` into the wrong
-    axis order, so each output pixel no longer lines up with its input pixel."""
+class ChannelNormLSTM(nn.Module):
+    """A LayerNorm over the channel axis of a one-channel series (``nn.LayerNorm(1)`` on ``[B, T, 1]``):
+    each value is normalised against itself and becomes 0, so the output cannot depend on the input."""
 
     def __init__(self):
         super().__init__()
-        self.net = TinyUNet()
+        self.norm = nn.LayerNorm(1)
+        self.lstm = nn.LSTM(1, 32, batch_first=True)
+        self.fc = nn.Linear(32, 1)
 
     def forward(self, x):
-        out = self.net(x)                                  # [B, 1, H, W]
-        b, c, h, w = out.shape
-        return out.view(b, w, h, c).transpose(1, 3).flip(2, 3).reshape(b, c, h, w).roll(7, dims=3)
+        return self.fc(self.lstm(self.norm(x))[0][:, -1])
 
 
 # healthy-looking
@@ -1417,9 +1417,9 @@ FIELD_ZOO: list[FieldPatient] = [
        lambda: P(StrideFourConvNet, TensorDataset(*pattern_images()), batch_size=16),
        "https://github.com/motokimura/yolo_v1_pytorch/issues/7"),
     # --- optimisation ---------------------------------------------------------------------------------
-    FP("bilstm-tagger-adam-lr-0.1", S({"lr-too-high"}),
-       lambda: P(lambda: Tagger(cell=nn.LSTM), TensorDataset(*tagged_tokens()), lr=0.1),
-       "https://github.com/guillaumegenthial/sequence_tagging/issues/47"),
+    FP("encoder-adam-lr-0.05", S({"lr-too-high"}),
+       lambda: P(lambda: TinyEncoder(layers=2), TensorDataset(*topic_tokens()), lr=0.05),
+       "https://github.com/facebookresearch/detr/issues/285"),
     FP("lstm-lm-adam-lr-1", S({"lr-too-high"}),
        lambda: P(lambda: TokenGRU(vocab=27, classes=27), TensorDataset(*char_windows(context=8)), lr=1.0),
        "https://github.com/rajveermalviya/language-modeling/issues/3"),
@@ -1452,7 +1452,7 @@ FIELD_ZOO: list[FieldPatient] = [
                  lr=0.01, momentum=0.9, batch_size=16),
        "https://github.com/ageron/handson-ml/pull/176"),
     FP("topic-encoder-relu-dies-at-high-lr", S({"dead-relu", "lr-too-high"}),
-       lambda: P(lambda: mlp(200, 4, hidden=128), bag_of_words(), lr=0.05),
+       lambda: P(lambda: mlp(200, 4, hidden=128), bag_of_words(), opt=torch.optim.SGD, lr=3.0),
        "https://github.com/dangitstam/topic-rnn/pull/9"),
     FP("listings-sentinel-kills-relus", S({"dead-relu", "data-unnormalized"}),
        lambda: P(lambda: mlp(8, 3, hidden=64), listings_with_sentinel(), opt=torch.optim.SGD, lr=0.01),
@@ -1487,9 +1487,9 @@ FIELD_ZOO: list[FieldPatient] = [
     FP("cnn-gem-pooling-pow-negative", S({"nonfinite-source"}),
        lambda: P(GeMNet, TensorDataset(*pattern_images()), batch_size=16),
        "https://github.com/leftthomas/CGD/issues/12"),
-    FP("unet-scrambled-output-view", S({"cannot-overfit-batch"}),
-       lambda: P(ScrambledUNet, TensorDataset(*disc_masks()), nn.BCEWithLogitsLoss(), batch_size=8),
-       "https://github.com/milesial/Pytorch-UNet/issues/165"),
+    FP("lstm-layernorm-over-one-channel", S({"cannot-overfit-batch"}),
+       lambda: P(ChannelNormLSTM, TensorDataset(*forecasting()), nn.MSELoss()),
+       "https://github.com/bclarkson-code/Tricycle/issues/45"),  # the overfit-one-batch check that finds it
     FP("encoder-batch-first-false", S({"cannot-overfit-batch", "no-generalisation"}),
        lambda: P(lambda: TinyEncoder(batch_first=False), TensorDataset(*topic_tokens()), lr=3e-4),
        "https://github.com/Exorust/TorchLeet/issues/5"),
@@ -1548,10 +1548,11 @@ FIELD_ZOO: list[FieldPatient] = [
                  train_step=step_without_zero_grad),
        "https://github.com/yastrebksv/TennisCourtDetector/issues/7",
        also_expected=S({"missing-zero-grad", "batchnorm-small-batch"})),
-    FP("lstm-nan-readings-and-adam-lr-0.1", S({"data-nonfinite", "lr-too-high"}),
-       lambda: P(LSTMRegressor, sensor_readings_with_gaps(), nn.MSELoss(), lr=0.1),
-       "https://github.com/guillaumegenthial/sequence_tagging/issues/47",
-       also_expected=S({"data-nonfinite", "lr-too-high"})),
+    FP("lstm-nan-readings-and-target-n-vs-n-by-1", S({"data-nonfinite", "loss-shape-mismatch"}),
+       lambda: P(LSTMRegressor, TensorDataset(sensor_readings_with_gaps().tensors[0],
+                                              sensor_readings_with_gaps().tensors[1].squeeze(1)), nn.MSELoss()),
+       "https://github.com/timeseriesAI/tsai/issues/506",
+       also_expected=S({"data-nonfinite", "loss-shape-mismatch"})),
     FP("transformer-linear-in-forward-and-lr-1e-7", S({"unregistered-module", "lr-too-low"}),
        lambda: P(EncoderLinearInForward, TensorDataset(*topic_tokens()), lr=1e-7),
        "https://github.com/graykode/nlp-tutorial/issues/29", also_expected=S({"unregistered-module", "lr-too-low"})),
