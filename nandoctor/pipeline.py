@@ -383,6 +383,8 @@ class Battery:
         registry = diagnoses.load_all()
         overfit = self.needs.get("overfit") if self.plan is not None else None
         steps = (self.plan.steps.get(TREATMENTS) or overfit.min) if overfit is not None else None
+        if steps is not None:
+            steps = self._cure_tier(steps, overfit, findings, registry)
         confirmed: list[Finding] = []
         for finding in ranking.rank(list(findings)):
             if finding.severity == "info":
@@ -435,6 +437,17 @@ class Battery:
                                      "error": error_record(exc)}
             self.progress.finish(name, ProbeResult(name=finding.code))
 
+
+    def _cure_tier(self, steps: int, overfit: planning.StepNeed, findings, registry) -> int:
+        """The cures' steps: the plan's tier, raised (in the planner's doubling tiers, up to the overfit
+        probe's ideal) while every candidate's cure still fits what is left, as when probes crashed early."""
+        n = sum(1 for f in findings if f.severity != "info"
+                and type(registry[f.code]).cures is not diagnoses.Diagnosis.cures)
+        left = self.end - time.perf_counter()
+        while n and steps * 2 <= overfit.ideal and \
+                n * planning.step_seconds(CURE_COST * steps * 2, self.step_time) <= left:
+            steps *= 2
+        return steps
 
     def _compose(self, findings: list[Finding], patient: Patient) -> list[Finding]:
         """Cures compose: after the top cause is confirmed, the battery runs again on the cured copy.

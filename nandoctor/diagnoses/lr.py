@@ -247,14 +247,17 @@ class LRTooLow(LRDiagnosis):
     cure_factors = (10.0, 100.0)  # without a suggestion, the cure retrains the overfit run at these multiples
 
     def cures(self, ctx, finding) -> list:
-        """The check (the suggestion against the user's LR), then the overfit run again at a higher LR."""
-        cures = self.check_cure(ctx)
+        """The overfit run again at a higher LR: cured when the batch the user's LR could not memorise is
+        memorised. Not the check: that short run is the finding's evidence, and a 20-step race favours an LR
+        that only diverges later; another cause of a stuck loss (a layer left out of the optimizer, one
+        rebuilt in forward()) keeps the batch from being memorised at any LR and so refutes this one."""
         user_lr, suggested = ctx.patient.lr, finding.evidence.get("suggested_lr")
         if not user_lr:
-            return cures
+            return []
+        cures = []
         for lr in ([suggested] if suggested else [user_lr * f for f in self.cure_factors]):
             tried = f"the overfit run again at LR {lr:.3g} ({lr / user_lr:.3g}x higher), same init and batch"
-            cures.append(Cure(tried, lr=lr))
+            cures.append(Cure(tried, lr=lr, judge=judges.fixes(judges.memorised)))
         return cures
 
     def confirmed(self, user: dict | None, suggested: dict | None) -> bool | None:

@@ -141,6 +141,17 @@ def repairs(test: Callable) -> Callable:
     return j
 
 
+def improves(by: float) -> Callable:
+    """Cured when the treated run is clean and takes ``by`` more of its start off its loss than the control
+    (nothing, where the control broke or went below zero): a repair still learning when the steps end."""
+    @judge(f"clean and {by:.0%} more off its loss than the untreated run")
+    def j(before, after) -> bool:
+        d_after = relative_drop(after)
+        d_before = max(0.0, relative_drop(before) or 0.0) if clean(before) else 0.0
+        return clean(after) and d_after is not None and d_after >= d_before + by
+    return j
+
+
 def tail_ratio(ratio: float) -> Callable:
     """Cured when the treated run is clean and ends ``ratio`` times lower; when the control broke, when it trains."""
     @judge(f"clean and a tail loss {ratio:g}x below the untreated run's (or trains, where that one broke)")

@@ -17,8 +17,9 @@ from nandoctor.patient import split_batch
 from nandoctor.treatments import judges
 
 
-# a rewired set-up must train where the untreated one did not, or end clearly lower than it
-REWIRED = judges.either(judges.beats_control, judges.clearly_better)
+# a rewired set-up must train where the untreated one did not, end clearly lower than it, or take clearly more
+# off its loss in the same steps (same init, batch and seed: the difference is the rewiring, not noise)
+REWIRED = judges.either(judges.beats_control, judges.clearly_better, judges.improves(0.05))
 
 
 def reinitialised(patient, scheme: str) -> Callable[[], nn.Module]:
