@@ -143,6 +143,13 @@ def cpu_if_cuda_would_assert(patient: Patient, reason: str | None = None) -> tup
     return cpu, f"{reason}; on CUDA this is a device-side assert that kills the process, so the probes ran on the CPU"
 
 
+def preload_torch() -> None:
+    """Import what torch loads on first use before the budget's clock starts: the first optimizer built in a
+    process imports ``torch._dynamo`` (seconds, more on a busy machine), which is start-up, not the patient's
+    step time; the warm-up would otherwise take it for a slow step and plan every probe short."""
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+
+
 def load_patient(source, device: str | None, seed: int | None) -> tuple[Patient, str]:
     if isinstance(source, Patient):
         return source, "<python objects>"
@@ -161,6 +168,7 @@ def diagnose(source, *, budget: float = DEFAULT_BUDGET, probes: Iterable[str] | 
     """
     from nandoctor.report.writer import staged
 
+    preload_torch()
     with staged(out) as stage:  # the report is written beside ``out`` and moved into place whole
         opts = Options(budget=float(budget), probes=tuple(probes) if probes is not None else None, device=device,
                        seed=seed, out=stage, probe_options=probe_options or {}, treatments=treatments,
