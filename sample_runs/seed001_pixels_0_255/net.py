@@ -2,7 +2,8 @@
 
 Chest X-ray crops stored as uint8 and converted with ``torch.from_numpy(img).float()``: the
 division by 255 (or a Normalize) was forgotten, so the CNN sees pixels of 0..255. The logits
-start in the hundreds and Adam at the question's lr=1e-4 spends its steps undoing the scale.
+start in the hundreds, and SGD at a learning rate that suits inputs in [0, 1] overshoots on the
+first steps.
 """
 
 from __future__ import annotations
