@@ -53,10 +53,10 @@ EXPECTED: dict[str, tuple[str, ...] | None] = {
 # runs the battery misdiagnoses today: what it ranks first instead, and the evidence that misleads it
 MISDIAGNOSED = {
     "seed003_adam_eps_zero": (
-        "Adam with eps=0 turns the weights of words absent from the first batch into 0/0 = NaN at the first "
-        "optimizer step; the nonfinite probe finds the NaN already in F.linear's weight argument and calls its "
-        "birth 'inputs', which nonfinite-source leaves to data-nonfinite, while the data is clean: only the "
-        "loss-nonfinite symptom is reported"),
+        "Adam with eps=0 turns the weights of words absent from the first batch into 0/0 = NaN in step 0's "
+        "update; the nonfinite probe replays step 0 unchecked, finds the NaN already in F.linear's weight "
+        "argument at step 1 and calls its birth 'inputs', which nonfinite-source leaves to data-nonfinite, while "
+        "the data is clean: only the loss-nonfinite symptom is reported"),
     "seed003_unnormalised_classifier": (
         "at the default budget lr-too-high (confirmed by a 170x lower LR) ranks first and the standardisation cure "
         "is refuted: on the data stream the untreated loss 'falls' from 2430 to 0.694 (= ln 2: it exploded, the "
