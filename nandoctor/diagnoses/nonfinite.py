@@ -6,6 +6,7 @@ import math
 
 from nandoctor.diagnoses import Diagnosis
 from nandoctor.records import Evidence
+from nandoctor.treatments import Cure
 
 
 def before_birth(losses: list[float], step: int) -> list[float]:
@@ -18,7 +19,7 @@ class NonfiniteSource(Diagnosis):
     severity = "critical"
     role = "cause"
     requires = ("overfit",)
-    explains = ("cannot-overfit-batch", "training-crashed", "exploding-gradients")
+    explains = ("cannot-overfit-batch", "training-crashed", "exploding-gradients", "loss-nonfinite")
     thresholds = {"diverged_factor": 10.0,   # the loss grew 10x above its start before the NaN: a consequence of divergence
                   "huge_input": 1e10,        # inputs this large overflow anywhere: the cause is their scale (data, LR)
                   "confidence_model": 0.9,   # born in the model's own computation, with the loss still sane
@@ -101,7 +102,28 @@ class NonfiniteSource(Diagnosis):
             if diverged:
                 finding.role, finding.explains = "symptom", ()
             return finding
+        if evidence.get("phase") == "optimizer step":
+            # finite gradients, a non-finite update: the optimizer's own arithmetic (Adam's eps=0 divides 0 by 0)
+            settings = ev.facts.get("optimizer_settings") or {}
+            evidence["optimizer"], evidence["optimizer_settings"] = ev.facts.get("optimizer"), settings
+            eps = settings.get("eps")
+            hint = (f"the optimizer's eps is {eps:g}: with it, a weight whose gradient is 0 gets 0/0 = NaN. Use "
+                    f"eps=1e-8 (the default) or larger." if isinstance(eps, (int, float)) and eps <= 0 else
+                    "check the optimizer's settings (eps, weight decay, momentum) and the learning rate.")
+            return self.finding(self.thresholds["confidence_model"], evidence,
+                                title=f"The optimizer's update ({where}) turns finite gradients into NaN/Inf at step "
+                                      f"{step}", fix="The first NaN/Inf is born in optimizer.step(): " + hint)
         return self.finding(self.thresholds["confidence_model"], evidence, title=title)
+
+    def cures(self, ctx, finding):
+        """Born in the optimizer's update with eps <= 0: the same training with the default eps."""
+        settings = finding.evidence.get("optimizer_settings") or {}
+        eps = settings.get("eps")
+        if finding.evidence.get("phase") != "optimizer step" or not isinstance(eps, (int, float)) or eps > 0:
+            return []
+        kwargs = {**ctx.patient.optimizer_kwargs, "eps": 1e-8}
+        return [Cure(f"the optimizer's eps set to 1e-8 (was {eps:g})",
+                     ctx.patient.variant("optimizer eps 1e-8", optimizer_kwargs=kwargs))]
 
     @staticmethod
     def _evidence(birth: dict | None, fwd: dict | None, grad: dict | None, step: int) -> dict:

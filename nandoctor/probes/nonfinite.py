@@ -104,12 +104,16 @@ class BirthChecker(TorchFunctionMode):
             out = func(*args, **kwargs)
             self.phase = "optimizer step"
             return out
+        watching = self.birth is None and self.inherited is None
+        # an in-place op (Adam's addcdiv_ on the weights) overwrites its first input: check the inputs before
+        ins = _tensors(args, []) + _tensors(kwargs, []) if watching and name.endswith("_") else None
+        finite_before = _all_finite(ins) if ins is not None else None
         out = func(*args, **kwargs)
-        if self.birth is None and self.inherited is None:
+        if watching:
             outs = _tensors(out, [])
             if outs and not _all_finite(outs):
-                ins = _tensors(args, []) + _tensors(kwargs, [])
-                if _all_finite(ins):
+                ins = ins if ins is not None else _tensors(args, []) + _tensors(kwargs, [])
+                if finite_before if finite_before is not None else _all_finite(ins):
                     self.birth = self._record(func, name, ins, outs)
                 else:  # non-finite values this step did not make: they came in with the batch
                     self.inherited = {**self._record(func, name, ins, outs), "phase": "inputs"}
@@ -201,7 +205,7 @@ class NonFinite(Probe):
                 break
             try:
                 birth = None
-                if i < target:
+                if i < target - 1:  # the update of the step before can be where the NaN was born
                     patient.step(model, optimizer, batch)
                 else:
                     birth = self._checked_step(patient, model, optimizer, batch)
