@@ -147,25 +147,41 @@ def feature_margins(width: float, labels: list[str]) -> dict:
     return {**MARGINS, "left": 0.8 / width, "right": 1 - 0.15 / width, "bottom": min(0.55, 0.13 + 0.016 * longest)}
 
 
+def _worst(items, key: str) -> list[tuple]:
+    return [(w["index"], float(w[key])) for w in items or [] if isinstance(w, dict)
+            and isinstance(w.get("index"), int) and isinstance(w.get(key), (int, float))]
+
+
+def draw_sample_loss(path, m: dict, rows) -> bool:
+    """The per-sample loss (and input magnitude) plot, from the scan's metrics and its sample of rows
+    ``[R, >=3]`` (index, loss at init, loss after training, magnitude); False when there is nothing to draw."""
+    loss = m.get("loss") if isinstance(m.get("loss"), dict) else {}
+    mag = m.get("magnitude") if isinstance(m.get("magnitude"), dict) else {}
+    has_loss = any(isinstance(loss.get(k), dict) for k in ("init", "trained"))
+    has_mag = bool(mag.get("worst")) and rows.shape[1] > 3
+    panels = [p for p, ok in (("loss", has_loss), ("magnitude", has_mag)) if ok]
+    if not panels:
+        return False
+    worst = {k: _worst(loss[k].get("worst"), "loss") for k in ("init", "trained") if isinstance(loss.get(k), dict)}
+    with figure(path, ncols=len(panels), margins=MARGINS if len(panels) == 1 else TWO_PANELS) as axes:
+        axes = [axes] if len(panels) == 1 else list(axes)
+        for ax, panel in zip(axes, panels):
+            if panel == "loss":
+                sample_losses(ax, rows, worst, title=f"per-sample loss ({m.get('samples_scanned')} samples scanned)")
+            else:
+                sample_magnitudes(ax, rows, _worst(mag.get("worst"), "magnitude"))
+    return True
+
+
 def save_all(ctx, m: dict, loss_res) -> list[str]:
-    """Write the scan's plots; return their report-relative ids."""
+    """Write the scan's plots drawn while it runs; return the ids of all its plots. The per-sample loss plot
+    is only named here: the report step draws it from the rows the scan keeps (``report.figures``)."""
     saved = []
     loss, mag = m.get("loss", {}), m.get("magnitude", {})
     rows = loss_res.rows if loss_res is not None and loss_res.rows is not None and len(loss_res) else None
     has_loss = any(k in loss for k in ("init", "trained"))
     if rows is not None and (has_loss or mag.get("worst")):
-        worst = {k: [(w["index"], w["loss"]) for w in loss[k]["worst"]] for k in ("init", "trained") if k in loss}
-        has_mag = bool(mag.get("worst")) and rows.shape[1] > 3
-        panels = [p for p, ok in (("loss", has_loss), ("magnitude", has_mag)) if ok]
-        path, rel = ctx.plot_path("data-sample-loss")
-        with figure(path, ncols=len(panels), margins=MARGINS if len(panels) == 1 else TWO_PANELS) as axes:
-            axes = [axes] if len(panels) == 1 else list(axes)
-            for ax, panel in zip(axes, panels):
-                if panel == "loss":
-                    sample_losses(ax, rows, worst, title=f"per-sample loss ({m['samples_scanned']} samples scanned)")
-                else:
-                    sample_magnitudes(ax, rows, [(w["index"], w["magnitude"]) for w in mag["worst"]])
-        saved.append(rel)
+        saved.append(ctx.plot_path("data-sample-loss")[1])
     targets = m.get("targets", {})
     if targets.get("histogram") and targets.get("kind") in ("class", "binary", "unknown"):
         path, rel = ctx.plot_path("data-classes")
