@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 from functools import lru_cache
-from html import escape  # noqa: F401  (re-exported: tests compare with it)
 from pathlib import Path
 
 from nandoctor.report.letter import letter
