@@ -9,6 +9,7 @@ The CSS reads at laptop width and on a phone, and prints.
 from __future__ import annotations
 
 import base64
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -34,11 +35,11 @@ h3{font-size:1rem;margin:1.1rem 0 .3rem;color:#2c3a47}
 .tags{margin:.2rem 0 .4rem}.n{color:var(--muted)}
 code{font:.88em ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;background:#f3f5f7;padding:.05em .3em;border-radius:4px;
  overflow-wrap:anywhere}
-pre.snippet{background:#f3f5f7;border:1px solid var(--line);border-radius:6px;padding:.7rem .9rem;overflow-x:auto;white-space:pre}
+pre.snippet{line-height:1.4;background:#f3f5f7;border:1px solid var(--line);border-radius:6px;padding:.7rem .9rem;overflow-x:auto;white-space:pre}
 pre.snippet code{background:none;padding:0;overflow-wrap:normal}
 table{border-collapse:collapse;font-size:.9rem;margin:.4rem 0;min-width:50%}
 th,td{border:1px solid var(--line);padding:.25rem .55rem;text-align:left;vertical-align:top;overflow-wrap:anywhere}
-thead th{background:#f6f8fa}table.cure td{font-variant-numeric:tabular-nums}
+thead th{background:#f6f8fa;white-space:nowrap}table.cure td{font-variant-numeric:tabular-nums}
 .scroll{overflow-x:auto}figure{margin:.6rem 0}img{max-width:100%;height:auto;border:1px solid #eef1f4;border-radius:4px}
 figcaption{color:var(--muted);font-size:.8rem}
 td.status-ok{color:var(--ok)}td.status-failed{color:var(--crit)}td.status-inconclusive,td.status-skipped{color:var(--warn)}
@@ -59,7 +60,16 @@ def _template():
 
     env = Environment(loader=PackageLoader("nandoctor.report", "templates"), autoescape=True,
                       undefined=StrictUndefined, trim_blocks=False, keep_trailing_newline=True)
+    env.filters["ticks"] = ticks
     return env.get_template("letter.html")
+
+
+def ticks(value) -> "Markup":
+    """Text with its `backticked` names set as code: the text is escaped first, then only the code tags
+    are added, so nothing of the user's becomes markup."""
+    from markupsafe import Markup, escape
+    escaped = str(escape(str(value)))
+    return Markup(re.sub(r"`([^`<>]+)`", r"<code>\1</code>", escaped))
 
 
 def data_uri(out: Path, rel) -> str:
@@ -88,7 +98,9 @@ def render(report, out: Path) -> str:
             cache[key] = data_uri(Path(out), rel)
         return cache[key]
 
-    return _template().render(L=letter(doc), css=CSS.strip(), img=img)
+    from markupsafe import Markup
+    # the style sheet is ours, a constant: the one string not escaped (quotes in font names must stay quotes)
+    return _template().render(L=letter(doc), css=Markup(CSS.strip()), img=img)
 
 
 def write(report, out: Path) -> Path:
