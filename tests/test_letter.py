@@ -140,3 +140,29 @@ def test_the_page_is_self_contained_responsive_and_printable(tmp_path):
     assert 'name="viewport"' in page and "@media (max-width" in page and "@media print" in page
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page)
     assert "@import" not in page and "url(" not in page
+
+
+def test_the_terminal_gives_the_verdict_the_top_three_and_the_letter(tmp_path, monkeypatch):
+    from rich.console import Console
+
+    from nandoctor import cli
+    from nandoctor.records import Finding, Report
+
+    def finding(code, **kw):
+        return Finding(code=code, severity="critical", confidence=0.9, title=f"title of {code}", evidence={},
+                       fix="Do the thing.", **kw)
+
+    cured = {"tried": "appended log-softmax(dim=1)", "cured": True, "before": {}, "after": {},
+             "remaining": ["lr-too-low"]}
+    findings = [finding("nll-on-raw-logits", treatment=cured), finding("a"), finding("b"), finding("c"),
+                finding("folded", explained_by="nll-on-raw-logits")]
+    report = Report(config="c.yaml", verdict="critical", elapsed_seconds=3.0, findings=findings, probes={},
+                    patient={"loss": "NLLLoss"})
+    console = Console(record=True, width=200)
+    monkeypatch.setattr(cli, "out", console)
+    cli.print_summary(report, tmp_path)
+    text = console.export_text()
+    assert "critical: Title of nll-on-raw-logits: do the thing. Confirmed: with it the loss behaves" in text
+    assert "appended log-softmax(dim=1)" in text and "confirmed" in text and "explains: folded" in text
+    assert "title of b" in text and "title of c" not in text and "and 1 more finding(s)" in text
+    assert f"The letter: {tmp_path / 'report.html'}" in text

@@ -38,7 +38,7 @@ code{font:.88em ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;background:
 pre.snippet{line-height:1.4;background:#f3f5f7;border:1px solid var(--line);border-radius:6px;padding:.7rem .9rem;overflow-x:auto;white-space:pre}
 pre.snippet code{background:none;padding:0;overflow-wrap:normal}
 table{border-collapse:collapse;font-size:.9rem;margin:.4rem 0;min-width:50%}
-th,td{border:1px solid var(--line);padding:.25rem .55rem;text-align:left;vertical-align:top;overflow-wrap:anywhere}
+th,td{border:1px solid var(--line);padding:.25rem .55rem;text-align:left;vertical-align:top;overflow-wrap:break-word}
 thead th{background:#f6f8fa;white-space:nowrap}table.cure td{font-variant-numeric:tabular-nums}
 .scroll{overflow-x:auto}figure{margin:.6rem 0}img{max-width:100%;height:auto;border:1px solid #eef1f4;border-radius:4px}
 figcaption{color:var(--muted);font-size:.8rem}

@@ -182,8 +182,9 @@ def loss_symptom(doc: dict, f: dict) -> str | None:
         kind = "NaN" if _str(ov.get("final_loss", ev.get("overfit_final_loss"))) == "nan" else "non-finite"
         return f"Your loss turns {kind} at step {step}"
     loss_name = _str(_dict(doc.get("patient")).get("loss"))
+    checks = [_dict(c).get("end_loss") for c in _dict(sw.get("check")).values()]  # the LR check's runs
     lows = [_float(v) for v in (ov.get("min_loss"), sw.get("best_loss"), ev.get("overfit_min_loss"),
-                                _dict(ev.get("check_suggested")).get("end_loss"))]
+                                _dict(ev.get("check_suggested")).get("end_loss"), *checks)]
     if loss_name in NONNEGATIVE_LOSSES and any(v is not None and v < 0 for v in lows):
         return "Your loss goes negative"
     first, last = _float(ov.get("initial_loss")), _float(ov.get("final_loss"))
@@ -235,7 +236,7 @@ def verdict_sentence(doc: dict) -> str:
     symptom = loss_symptom(doc, f)
     if symptom and symptom.split()[-1].lower() in title.lower():  # the title already says what the loss does
         symptom = None
-    lead = f"{symptom} because {_lower_first(title)}" if symptom else title
+    lead = f"{symptom} because {_lower_first(title)}" if symptom else title[:1].upper() + title[1:]
     return f"{lead}: {fix}. {status_sentence(f)}" if fix else f"{lead}. {status_sentence(f)}"
 
 

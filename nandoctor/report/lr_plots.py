@@ -83,5 +83,5 @@ def lr_sweep_curve(ax, lrs: Sequence[float], losses: Sequence[float], smoothed: 
     ax.set_ylabel("loss")
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(loc="lower left", fontsize=7)
+    ax.legend(loc="best", fontsize=7)
     return ax
