@@ -166,3 +166,21 @@ def test_the_terminal_gives_the_verdict_the_top_three_and_the_letter(tmp_path, m
     assert "appended log-softmax(dim=1)" in text and "confirmed" in text and "explains: folded" in text
     assert "title of b" in text and "title of c" not in text and "and 1 more finding(s)" in text
     assert f"The letter: {tmp_path / 'report.html'}" in text
+
+
+def test_the_gradient_and_init_plots_are_drawn_from_the_saved_numbers(tmp_path):
+    from nandoctor.report import figures
+
+    profiles = {s: {"layers": ["fc1", "fc2", "fc3"], "activation_std": [1.0, 0.5, 0.2], "grad_rms": [1e-3, 1e-2, "nan"]}
+                for s in ("as configured", "kaiming")}
+    doc = {"findings": [], "probes": {
+        "gradients": {"status": "ok", "metrics": {"layers": ["fc1", "fc3"], "depth_profile": [1e-3, 1e-1]},
+                      "plots": ["plots/gradients.png"]},
+        "init": {"status": "ok", "metrics": {"profiles": profiles}, "plots": ["plots/init.png"]}}}
+    evidence = {"probes": {
+        "gradients": {"rows": ["fc1", "fc3"], "grid": [[0.1, -1.0, "nan"], [0.5, 0.2, 0.1]], "width": 3},
+        "init": {"losses": {"as configured": {"steps": [0, 5, 9], "losses": [2.0, 1.5, 1.4]},
+                            "kaiming": {"steps": [0, 5, 9], "losses": [2.0, 0.5, 0.1]}}}}}
+    assert figures.draw_all(doc, evidence, tmp_path) == ["plots/gradients.png", "plots/init.png"]
+    assert all((tmp_path / "plots" / n).stat().st_size > 5000 for n in ("gradients.png", "init.png"))
+    assert figures.draw_all(doc, {"probes": {}}, tmp_path / "none") == []  # no numbers: nothing drawn, no error

@@ -6,10 +6,11 @@ report.json) and ``draw_all`` draws every plot the report names that it knows ho
 report.json and evidence.json alone. ``nandoctor report`` therefore redraws them from a saved report.
 
 Drawn here: the LR sweep (``lr_sweep``), the overfit run (``overfit``), every cure's before/after
-(``treatment-CODE``, from ``treatment.curves`` in report.json) and the per-sample loss
-(``data-sample-loss``). The other probes still draw their own plots while they run (gradients, init,
-bn_freeze, precision, schedule, train_eval, data-classes, data-features): those files are copied
-as they are.
+(``treatment-CODE``, from ``treatment.curves`` in report.json), gradient health (``gradients``: the
+layer x step heatmap from evidence.json, the depth profile from the metrics), the init comparison
+(``init``) and the data scan's three plots (``data-sample-loss`` from evidence.json, ``data-classes``
+and ``data-features`` from its metrics). The other probes still draw their own plots while they run
+(bn_freeze, precision, schedule, train_eval): those files are copied as they are.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ MAX_CURVE = 600          # points kept of a loss curve (thinned evenly, the last
 MAX_LAYERS = 8           # layers kept of the per-layer gradient norms (the largest)
 MAX_SAMPLES = 1500       # rows kept of the per-sample losses (a uniform sample already)
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,120}")
-DRAWN = ("lr_sweep", "overfit", "data-sample-loss")   # plot names drawn here, beside ``treatment-*``
+DRAWN = ("lr_sweep", "overfit", "gradients", "init", "data-sample-loss", "data-classes",
+         "data-features")  # and ``treatment-*``
 
 
 # ------------------------------------------------------------------------------ the evidence beside
@@ -50,7 +52,8 @@ def collect(report) -> dict:
     """The numbers behind the plots drawn here, from the probes' in-memory data, as plain JSON."""
     probes: dict = {}
     evidence = getattr(report, "evidence", None) or {}
-    for name, fn in (("lr_sweep", _lr_sweep), ("overfit", _overfit), ("data_scan", _data_scan)):
+    for name, fn in (("lr_sweep", _lr_sweep), ("overfit", _overfit), ("gradients", _gradients), ("init", _init),
+                     ("data_scan", _data_scan)):
         result = evidence.get(name) if hasattr(evidence, "get") else None
         data = getattr(result, "data", None)
         if not data:
@@ -83,6 +86,28 @@ def _overfit(data: dict) -> dict | None:
         top = sorted(norms.items(), key=lambda kv: -_finite_max(kv[1]))[:MAX_LAYERS]
         out["grad_norms"] = {str(k): dict(zip(("steps", "values"), _thin(list(v)))) for k, v in top}
     return out
+
+
+def _gradients(data: dict) -> dict | None:
+    from nandoctor.report.gradplots import heatmap_grid
+    rec = data.get("recorder")
+    norms = getattr(rec, "grad_norms", None)
+    if not norms:
+        return None
+    rows = [k for k in rec.depth_order() if k in norms]
+    grid, width = heatmap_grid(norms, rows)
+    return {"rows": rows, "grid": grid, "width": width}
+
+
+def _init(data: dict) -> dict | None:
+    runs = data.get("runs")
+    if not isinstance(runs, dict) or not runs:
+        return None
+    out = {}
+    for scheme, run in runs.items():
+        steps, losses = _thin(list(getattr(run, "losses", None) or []))
+        out[str(scheme)] = {"steps": steps, "losses": losses}
+    return {"losses": out}
 
 
 def _data_scan(data: dict) -> dict | None:
@@ -169,8 +194,16 @@ def draw_all(doc: dict, evidence: dict, out: Path) -> list[str]:
             ok = draw_lr_sweep(path, doc, probes.get("lr_sweep"))
         elif name == "overfit":
             ok = draw_overfit(path, doc, probes.get("overfit"))
+        elif name == "gradients":
+            ok = draw_gradients(path, doc, probes.get("gradients"))
+        elif name == "init":
+            ok = draw_init(path, doc, probes.get("init"))
         elif name == "data-sample-loss":
             ok = draw_sample_loss(path, doc, probes.get("data_scan"))
+        elif name in ("data-classes", "data-features"):
+            from nandoctor.report import data_plots
+            draw = data_plots.draw_classes if name == "data-classes" else data_plots.draw_features
+            ok = draw(path, _metrics(doc, "data_scan"))
         else:
             ok = draw_treatment(path, doc, name[len("treatment-"):])
         if ok:
@@ -218,6 +251,41 @@ def draw_overfit(path: Path, doc: dict, ev) -> bool:
         if norms:
             plots.grad_norm_lines(axes[1], {k: _floats(v.get("values")) for k, v in norms.items() if isinstance(v, dict)},
                                   steps={k: _floats(v.get("steps")) for k, v in norms.items() if isinstance(v, dict)})
+    return True
+
+
+def _strs(values) -> list[str]:
+    return [str(v) for v in values] if isinstance(values, list) else []
+
+
+def draw_gradients(path: Path, doc: dict, ev) -> bool:
+    if not isinstance(ev, dict) or not isinstance(ev.get("grid"), list) or not isinstance(ev.get("width"), int):
+        return False
+    from nandoctor.report import gradplots, plots
+    m = _metrics(doc, "gradients")
+    rows, grid = _strs(ev.get("rows")), [_floats(r) for r in ev["grid"]]
+    with plots.figure(path, ncols=2) as (ax1, ax2):
+        gradplots.grad_heatmap(ax1, {}, rows, grid=grid, width=ev["width"])
+        gradplots.depth_profile(ax2, {"median over early steps": _floats(m.get("depth_profile"))},
+                                _strs(m.get("layers")))
+    return True
+
+
+def draw_init(path: Path, doc: dict, ev) -> bool:
+    profiles = _metrics(doc, "init").get("profiles")
+    if not isinstance(ev, dict) or not isinstance(ev.get("losses"), dict) or not isinstance(profiles, dict) \
+            or not profiles or not all(isinstance(p, dict) for p in profiles.values()):
+        return False
+    from nandoctor.report import gradplots, plots
+    layers = _strs(next(iter(profiles.values())).get("layers"))
+    runs = {k: v for k, v in ev["losses"].items() if isinstance(v, dict)}
+    with plots.figure(path, ncols=3, size=(4.4, 3.4)) as (ax1, ax2, ax3):
+        plots.compare_curves(ax1, {k: _floats(v.get("losses")) for k, v in runs.items()}, title="loss by init scheme",
+                             steps={k: _floats(v.get("steps")) for k, v in runs.items()})
+        gradplots.depth_profile(ax2, {s: _floats(p.get("activation_std")) for s, p in profiles.items()}, layers,
+                                ylabel="activation std", title="activations by depth at init")
+        gradplots.depth_profile(ax3, {s: _floats(p.get("grad_rms")) for s, p in profiles.items()}, layers,
+                                ylabel="RMS gradient", title="gradients by depth at init")
     return True
 
 

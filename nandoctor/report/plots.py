@@ -85,10 +85,11 @@ def grad_norm_lines(ax, grad_norms: dict, title: str = "gradient norm per layer"
     return ax
 
 
-def compare_curves(ax, curves: dict, title: str = "", ylabel: str = "loss"):
-    """Several loss curves on one axis (before/after a treatment, init A vs B, ...)."""
+def compare_curves(ax, curves: dict, title: str = "", ylabel: str = "loss", steps: dict | None = None):
+    """Several loss curves on one axis (before/after a treatment, init A vs B, ...); ``steps``: per curve, the
+    step of each value (when thinned)."""
     for i, (label, values) in enumerate(curves.items()):
-        loss_curve(ax, values, label=label, color=PALETTE[i % len(PALETTE)])
+        loss_curve(ax, values, label=label, color=PALETTE[i % len(PALETTE)], steps=(steps or {}).get(label))
     ax.set_title(title)
     ax.set_ylabel(ylabel)
     return ax
