@@ -48,7 +48,8 @@ details summary{cursor:pointer;color:var(--muted)}footer{margin-top:2rem}a{color
 @media (max-width:640px){body{font-size:15px;padding:1rem .75rem 2rem}h1{font-size:1.25rem}
  .finding{padding:.75rem .8rem}table{font-size:.82rem}}
 @media print{body{max-width:none;padding:0;font-size:11pt}.finding{break-inside:avoid;page-break-inside:avoid}
- .appendix{break-before:page;page-break-before:always}details>*{display:block}a{color:inherit;text-decoration:none}
+ .appendix{break-before:page;page-break-before:always}details::details-content{content-visibility:visible;display:block}
+ details>summary{list-style:none}a{color:inherit;text-decoration:none}
  img{max-height:9cm;width:auto}.badge{border:1px solid #000;color:#000;background:none!important}
  pre.snippet{white-space:pre-wrap}}
 """
