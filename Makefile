@@ -5,7 +5,7 @@ BIN      = $(VENV)/bin
 STAMP    = $(VENV)/.installed
 TORCH   ?= torch==2.13.0
 
-.PHONY: demo test bench sample-runs install clean
+.PHONY: demo test bench sample-runs install clean chromium
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -21,8 +21,17 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/nandoctor diagnose sample_runs/demo/config.yaml --out nandoctor-report --budget 60
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest -p no:cacheprovider
+
+# the browser test of the letter (tests/test_letter_browser.py) needs Chromium: Debian's package when we are
+# root and apt works, else the test skips and says so
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get install -y chromium >/dev/null 2>&1 || { apt-get update >/dev/null 2>&1 && apt-get install -y chromium >/dev/null 2>&1; } \
+		|| echo "chromium could not be installed: the browser test of the letter will skip"; \
+	else echo "no chromium (and not root with apt): the browser test of the letter will skip"; fi
 
 bench: $(STAMP)
 	$(BIN)/pip install -q --disable-pip-version-check -e ".[dev,bench]"

@@ -133,15 +133,18 @@ class Silent:
     def finish(self, *a, **k): ...
 
 
-def summary_table(report, top: int = 8) -> Table:
+def summary_table(report, top: int = 3) -> Table:
+    """The top-level findings (a symptom folded under its cause is named under that cause's row): severity,
+    status, and the cure that was tried."""
     colors = {"critical": "red", "warning": "yellow", "info": "blue"}
+    status_colors = {"confirmed": "green", "refuted": "magenta", "inconclusive": "yellow"}
     table = Table(title=f"verdict: {report.verdict}", title_justify="left")
     table.add_column("#", justify="right")
     table.add_column("severity")
     table.add_column("code")
     table.add_column("finding")
     table.add_column("status")
-    # the top level only: a symptom folded under its cause is shown under that cause's row
+    table.add_column("cure tried")
     shown = [f for f in report.findings if f.explained_by is None][:top]
     for i, f in enumerate(shown, 1):
         folded = [g.code for g in report.findings if g.explained_by == f.code]
@@ -149,10 +152,34 @@ def summary_table(report, top: int = 8) -> Table:
         still = (f.treatment or {}).get("remaining")
         if still:
             title += f"\n[dim]still wrong after the cure: {escape(', '.join(still))}[/dim]"
+        t = f.treatment or {}
+        tried = (escape(str(t.get("tried"))) + ("" if t.get("cured") else " [dim](did not cure)[/dim]")) \
+            if t.get("tried") else f"[dim]{escape(f.treatment_note or 'none')}[/dim]"
         # titles carry the user's names and messages: shown as text, never read as rich markup
         table.add_row(str(i), f"[{colors.get(f.severity, 'white')}]{escape(f.severity)}", escape(f.code),
-                      title, f.status)
+                      title, f"[{status_colors.get(f.status, 'white')}]{escape(f.status)}", tried)
     return table
+
+
+def print_summary(report, letter_path: Path) -> None:
+    """The verdict sentence, the top three findings, and where the letter is."""
+    from nandoctor.report.letter import verdict_sentence
+
+    doc = report.to_json()
+    color = {"critical": "red", "warning": "yellow"}.get(report.verdict, "green")
+    out.print(f"[bold {color}]{escape(report.verdict)}:[/bold {color}] {escape(verdict_sentence(doc))}", highlight=False)
+    top = [f for f in report.findings if f.explained_by is None]
+    if top:
+        out.print(summary_table(report))
+        if len(top) > 3:
+            out.print(f"[dim]and {len(top) - 3} more finding(s) in the letter[/dim]")
+    if report.plan.get("note"):
+        out.print(f"[yellow]inconclusive:[/yellow] {escape(str(report.plan['note']))}", highlight=False)
+    for name, result in report.probes.items():  # one-line answers of probes that give one (the LR sweep's)
+        if result.ok and result.metrics.get("summary"):
+            out.print(f"{name}: {result.metrics['summary']}", markup=False, highlight=False)
+    out.print(f"The letter: {letter_path / 'report.html'} (also report.md, report.json)  "
+              f"[{report.elapsed_seconds:.1f} s]", markup=False, highlight=False)
 
 
 def run_command(config: Path, outdir: Path, budget: float, probes, device, seed, fail_on, quiet,
@@ -176,18 +203,7 @@ def run_command(config: Path, outdir: Path, budget: float, probes, device, seed,
         isolation.close_all()  # probe worker processes, when probes ran isolated
     if report.interrupted:
         err.print("[yellow]interrupted:[/yellow] the report below is partial.")
-    if report.findings:
-        out.print(summary_table(report))
-    else:
-        from nandoctor.report.markdown import healthy_sentence
-        out.print(f"[green]verdict: healthy[/green] — {healthy_sentence(report)}")
-    if report.plan.get("note"):
-        out.print(f"[yellow]inconclusive:[/yellow] {report.plan['note']}", highlight=False)
-    for name, result in report.probes.items():  # one-line answers of probes that give one (the LR sweep's)
-        if result.ok and result.metrics.get("summary"):
-            out.print(f"{name}: {result.metrics['summary']}", markup=False, highlight=False)
-    out.print(f"Report: {outdir / 'report.html'} (also report.md, report.json)  "
-              f"[{report.elapsed_seconds:.1f} s]", markup=False, highlight=False)
+    print_summary(report, outdir)
     if report.interrupted:
         raise typer.Exit(EXIT_INTERRUPTED)
     if fail_on is not None and any(SEVERITIES.index(f.severity) >= SEVERITIES.index(fail_on)
@@ -232,6 +248,25 @@ def lr_sweep(config: ConfigArg, out_dir: OutOpt = Path("nandoctor-report"), budg
         fail("--min-lr must be positive and below --max-lr.\nWhat to do: e.g. --min-lr 1e-7 --max-lr 10.")
     run_command(config, out_dir, budget, ["lr_sweep"], device, seed, fail_on, quiet,
                 probe_options={"min_lr": min_lr, "max_lr": max_lr, "steps": steps})
+
+
+@app.command("report")
+def report_command(
+        report_json: Annotated[Path, typer.Argument(help="A report.json that nandoctor wrote (or its folder).",
+                                                    show_default=False)],
+        out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for the letter (default: "
+                                                        "beside the report.json).")] = None):
+    """Write the letter again (report.md, report.html and the plots) from a saved report.json.
+
+    Example: nandoctor report nandoctor-report/report.json --out letter/
+    """
+    from nandoctor.report.writer import rerender
+
+    try:
+        folder = rerender(report_json, out_dir)
+    except NandoctorError as exc:
+        fail(exc.render(), exc.exit_code)
+    out.print(f"The letter: {folder / 'report.html'} (also report.md)", markup=False, highlight=False)
 
 
 @app.command()

@@ -24,6 +24,11 @@ def test_healthy_config_writes_all_reports(tmp_path):
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and 'src="http' not in html
     assert (out / "plots" / "overfit.png").stat().st_size > 1000
+    # the letter written again from the saved report is the same letter, to the byte
+    again = runner.invoke(app, ["report", str(out / "report.json"), "--out", str(tmp_path / "again")])
+    assert again.exit_code == 0, again.output
+    for name in ("report.md", "report.html", "plots/overfit.png"):
+        assert (tmp_path / "again" / name).read_bytes() == (out / name).read_bytes(), name
 
 
 def test_fail_on_exits_1_when_a_finding_matches(tmp_path):

@@ -6,6 +6,7 @@ import socket
 import textwrap
 from pathlib import Path
 
+import markupsafe
 import torch
 from torch import nn
 from typer.testing import CliRunner
@@ -78,7 +79,7 @@ def test_every_user_string_in_the_html_is_text(tmp_path):
     (tmp_path.parent / "secret.png").write_bytes(b"\x89PNG not yours")
     page = html.render(synthetic_report(tmp_path / "out"), tmp_path / "out")
     assert PAYLOAD not in page and "<script" not in page
-    assert html.escape(PAYLOAD) in page
+    assert str(markupsafe.escape(PAYLOAD)) in page
     assert "base64" not in page  # a plot path that leaves the report folder is never embedded
 
 
@@ -89,6 +90,44 @@ def test_a_model_class_named_script_shows_as_text(tmp_path):
     battery(make_patient(model=Evil), probes=["overfit"], budget=5, out=tmp_path / "r")
     page = (tmp_path / "r" / "report.html").read_text()
     assert PAYLOAD not in page and "&lt;script&gt;" in page
+    letter = (tmp_path / "r" / "report.md").read_text()  # pasted into an issue, it is text there too
+    assert "<script" not in re.sub(r"`[^`]*`", "", letter)
+    # and again when the letter is written from the saved report.json
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "r" / "report.json"), "--out", str(tmp_path / "again")])
+    assert result.exit_code == 0, result.output
+    again = (tmp_path / "again" / "report.html").read_text()
+    assert PAYLOAD not in again and "&lt;script&gt;" in again
+
+
+def test_a_hostile_report_json_renders_as_text_and_writes_only_its_folder(tmp_path):
+    """``nandoctor report`` on a report.json that someone else wrote: every string text, plot ids that leave
+    the folder neither read nor written."""
+    import json
+
+    import letter_docs
+
+    doc = letter_docs.seed000()
+    doc["config"] = doc["patient"]["model"] = PAYLOAD
+    first = doc["findings"][0]
+    first.update(title=PAYLOAD, fix=PAYLOAD, code=f"../../{PAYLOAD}", plots=["plots/../../secret.png"])
+    first["evidence"]["last_module"]["name"] = PAYLOAD
+    first["treatment"].update(tried=PAYLOAD, judged_by=PAYLOAD, plot=f"plots/../../{PAYLOAD}.png")
+    doc["findings"][1]["explained_by"] = PAYLOAD
+    doc["probes"][PAYLOAD] = {"status": PAYLOAD, "seconds": PAYLOAD, "metrics": {PAYLOAD: PAYLOAD},
+                              "plots": ["plots/../../secret.png"], "reason": PAYLOAD}
+    (tmp_path / "secret.png").write_bytes(b"\x89PNG not yours")
+    src = letter_docs.write(tmp_path / "in" / "deep", doc)
+    before = sorted(p for p in tmp_path.rglob("*"))
+    result = CliRunner().invoke(app, ["report", str(src), "--out", str(tmp_path / "in" / "out")])
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "in" / "out" / "report.html").read_text()
+    assert PAYLOAD not in page and "<script" not in page and str(markupsafe.escape(PAYLOAD)) in page
+    assert "PNG not yours" not in page and "iVBORw0KGgpub3QgeW91cnM" not in page
+    md = (tmp_path / "in" / "out" / "report.md").read_text()
+    assert "<script" not in re.sub(r"`[^`]*`", "", md)  # in a code span it is shown as it is: text
+    made = sorted(set(tmp_path.rglob("*")) - set(before))
+    assert all(p.is_relative_to(tmp_path / "in" / "out") for p in made), made
+    assert json.loads((tmp_path / "in" / "out" / "report.json").read_text())["config"] == PAYLOAD
 
 
 def test_user_text_never_becomes_terminal_markup():

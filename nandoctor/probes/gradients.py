@@ -22,7 +22,6 @@ from nandoctor.probes import Probe, ProbeContext
 from nandoctor.probes.instrument import Recorder
 from nandoctor.probes.training import train
 from nandoctor.records import Metrics, ProbeResult
-from nandoctor.report import gradplots, plots
 
 MIN_STEPS = 20            # own run: fewer steps say little about growth
 MAX_STEPS = 150           # own run: growth shows long before this
@@ -163,11 +162,6 @@ class Gradients(Probe):
         return rec, run, "own run"
 
     def _plot(self, ctx: ProbeContext, rec: Recorder, order: list[str], layers: list[str], profile) -> list[str]:
+        """The plot's id; the report draws it from the recorder kept in ``data`` (report.figures)."""
         path, rel = ctx.plot_path("gradients")
-        if path is None or not rec.total_grad_norms:
-            return []
-        rows = [k for k in order if k in rec.grad_norms]
-        with plots.figure(path, ncols=2) as (ax1, ax2):
-            gradplots.grad_heatmap(ax1, rec.grad_norms, rows)
-            gradplots.depth_profile(ax2, {"median over early steps": profile}, layers)
-        return [rel]
+        return [rel] if path is not None and rec.total_grad_norms else []

@@ -26,7 +26,6 @@ from nandoctor.probes.ensemble import train_many
 from nandoctor.probes.gradients import param_counts, weight_layers
 from nandoctor.probes.instrument import Recorder
 from nandoctor.records import Metrics, ProbeResult
-from nandoctor.report import gradplots, plots
 
 MIN_STEPS = 15          # fewer steps cannot separate a slow start from a bad one
 MAX_STEPS = 120         # enough for a clearly better init to pull away
@@ -227,15 +226,7 @@ class InitCompare(Probe):
             return None
 
     def _plot(self, ctx: ProbeContext, runs: dict, profiles: dict) -> list[str]:
+        """The plot's id; the report draws it from the runs kept in ``data`` and the profiles (report.figures)."""
         path, rel = ctx.plot_path("init")
-        if path is None:
-            return []
-        layers = next(iter(profiles.values()))["layers"]
-        with plots.figure(path, ncols=3, size=(4.4, 3.4)) as (ax1, ax2, ax3):
-            plots.compare_curves(ax1, {s: r.losses for s, r in runs.items()}, title="loss by init scheme")
-            gradplots.depth_profile(ax2, {s: p["activation_std"] for s, p in profiles.items()}, layers,
-                                    ylabel="activation std", title="activations by depth at init")
-            gradplots.depth_profile(ax3, {s: p["grad_rms"] for s, p in profiles.items()}, layers,
-                                    ylabel="RMS gradient", title="gradients by depth at init")
-        return [rel]
+        return [rel] if path is not None and profiles else []
 

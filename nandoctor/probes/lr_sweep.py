@@ -403,15 +403,10 @@ class LRSweep(Probe):
             metrics.update(suggested_lr=reading.suggested_lr, suggested_by=reading.suggested_by)
             metrics["check"] = {k: {m: v for m, v in c.items() if m != "losses"} for k, c in check.items()}
         metrics["summary"] = summary_line(metrics)
-        # 4. the plot: loss against LR with the user's LR, the suggestion and the divergence marked
+        # 4. the plot, named here and drawn by the report from the curve kept in ``data`` (report.figures)
         plots = []
         path, rel = ctx.plot_path("lr_sweep")
         if path is not None and run.losses:
-            from nandoctor.report import lr_plots, plots as plot_lib
-            with plot_lib.figure(path) as ax:
-                lr_plots.lr_sweep_curve(ax, run.lrs, run.losses, reading.smoothed, user_lr=patient.lr,
-                                        suggested_lr=reading.suggested_lr, divergence_lr=reading.divergence_lr,
-                                        suggestions=reading.suggestions)
             plots.append(rel)
         return self.result(metrics=metrics, plots=plots,
                            data={"lrs": run.lrs, "losses": run.losses, "smoothed": reading.smoothed,

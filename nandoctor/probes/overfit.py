@@ -20,7 +20,6 @@ from nandoctor.probes import Probe, ProbeContext
 from nandoctor.probes.instrument import Recorder
 from nandoctor.probes.training import train
 from nandoctor.records import Metrics, ProbeResult
-from nandoctor.report import plots
 
 MIN_STEPS = 30    # below this the verdict is too noisy to trust
 MAX_STEPS = 300   # a healthy small model memorises a batch well before this
@@ -141,13 +140,8 @@ class Overfit(Probe):
                                  late_drop=late_drop(run.losses), nonfinite_forward=summary.get("nonfinite_forward"),
                                  nonfinite_grad=summary.get("nonfinite_grad"),
                                  layers_without_grad=summary.get("layers_without_grad"))
-        # 4. plot loss and gradient norms side by side
+        # 4. the plot (loss and gradient norms), named here and drawn by the report from ``data`` (report.figures)
         path, rel = ctx.plot_path("overfit")
-        if path is not None and run.losses:
-            with plots.figure(path, ncols=2) as (ax1, ax2):
-                plots.loss_curve(ax1, run.losses, title=f"overfit one batch (lr={patient.lr:g})"
-                                 if patient.lr else "overfit one batch")
-                plots.grad_norm_lines(ax2, rec.grad_norms)
         result = self.result(status="failed" if run.error else "ok", metrics=metrics,
                              data={"run": run, "recorder": rec}, plots=[rel] if path is not None and run.losses else [],
                              error=run.error)

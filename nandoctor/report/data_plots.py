@@ -147,39 +147,80 @@ def feature_margins(width: float, labels: list[str]) -> dict:
     return {**MARGINS, "left": 0.8 / width, "right": 1 - 0.15 / width, "bottom": min(0.55, 0.13 + 0.016 * longest)}
 
 
+def _worst(items, key: str) -> list[tuple]:
+    return [(w["index"], float(w[key])) for w in items or [] if isinstance(w, dict)
+            and isinstance(w.get("index"), int) and isinstance(w.get(key), (int, float))]
+
+
+def draw_sample_loss(path, m: dict, rows) -> bool:
+    """The per-sample loss (and input magnitude) plot, from the scan's metrics and its sample of rows
+    ``[R, >=3]`` (index, loss at init, loss after training, magnitude); False when there is nothing to draw."""
+    loss = m.get("loss") if isinstance(m.get("loss"), dict) else {}
+    mag = m.get("magnitude") if isinstance(m.get("magnitude"), dict) else {}
+    has_loss = any(isinstance(loss.get(k), dict) for k in ("init", "trained"))
+    has_mag = bool(mag.get("worst")) and rows.shape[1] > 3
+    panels = [p for p, ok in (("loss", has_loss), ("magnitude", has_mag)) if ok]
+    if not panels:
+        return False
+    worst = {k: _worst(loss[k].get("worst"), "loss") for k in ("init", "trained") if isinstance(loss.get(k), dict)}
+    with figure(path, ncols=len(panels), margins=MARGINS if len(panels) == 1 else TWO_PANELS) as axes:
+        axes = [axes] if len(panels) == 1 else list(axes)
+        for ax, panel in zip(axes, panels):
+            if panel == "loss":
+                sample_losses(ax, rows, worst, title=f"per-sample loss ({m.get('samples_scanned')} samples scanned)")
+            else:
+                sample_magnitudes(ax, rows, _worst(mag.get("worst"), "magnitude"))
+    return True
+
+
+def draw_classes(path, m: dict) -> bool:
+    """The samples-per-class plot from the scan's metrics (report.json); False when there is none."""
+    targets = m.get("targets") if isinstance(m.get("targets"), dict) else {}
+    histogram = targets.get("histogram")
+    if not isinstance(histogram, dict) or not histogram or targets.get("kind") not in ("class", "binary", "unknown"):
+        return False
+    try:
+        counts = {int(k): int(v) for k, v in histogram.items()}
+    except (TypeError, ValueError):
+        return False
+    n_classes = targets.get("n_classes") if isinstance(targets.get("n_classes"), int) else None
+    with figure(path, margins=MARGINS) as ax:
+        class_histogram(ax, counts, n_classes)
+    return True
+
+
+def draw_features(path, m: dict) -> bool:
+    """The feature (or channel) scales plot from the scan's metrics (report.json); False when there is none."""
+    feats = m.get("features") if isinstance(m.get("features"), dict) else {}
+    inputs = m.get("inputs") if isinstance(m.get("inputs"), dict) else {}
+    keys = ("mean", "std", "min", "max")
+    if not feats.get("mean") or not all(isinstance(feats.get(k), list) for k in keys):
+        return False
+    n = len(feats["mean"])
+    num = lambda v: float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None  # noqa: E731
+    clean = {k: [num(v) for v in feats[k][:n]] for k in keys}
+    if any(len(clean[k]) != n for k in keys) or any(v is None for k in ("mean", "std") for v in clean[k]):
+        return False
+    names = inputs.get("feature_names") if isinstance(inputs.get("feature_names"), list) else None
+    width = max(6.4, 0.25 * min(n, MAX_BARS))
+    labels = [str(x) for x in names] if names else [str(j) for j in range(n)]
+    with figure(path, size=(width, 3.8), margins=feature_margins(width, labels)) as ax:
+        feature_scales(ax, clean, names, title="channel scales" if inputs.get("layout") == "channels" else "feature scales")
+    return True
+
+
 def save_all(ctx, m: dict, loss_res) -> list[str]:
-    """Write the scan's plots; return their report-relative ids."""
+    """The ids of the scan's plots. None is drawn here, on the scan's time: the report step draws them from
+    the metrics in report.json and the rows the scan keeps (``report.figures``)."""
     saved = []
     loss, mag = m.get("loss", {}), m.get("magnitude", {})
     rows = loss_res.rows if loss_res is not None and loss_res.rows is not None and len(loss_res) else None
     has_loss = any(k in loss for k in ("init", "trained"))
     if rows is not None and (has_loss or mag.get("worst")):
-        worst = {k: [(w["index"], w["loss"]) for w in loss[k]["worst"]] for k in ("init", "trained") if k in loss}
-        has_mag = bool(mag.get("worst")) and rows.shape[1] > 3
-        panels = [p for p, ok in (("loss", has_loss), ("magnitude", has_mag)) if ok]
-        path, rel = ctx.plot_path("data-sample-loss")
-        with figure(path, ncols=len(panels), margins=MARGINS if len(panels) == 1 else TWO_PANELS) as axes:
-            axes = [axes] if len(panels) == 1 else list(axes)
-            for ax, panel in zip(axes, panels):
-                if panel == "loss":
-                    sample_losses(ax, rows, worst, title=f"per-sample loss ({m['samples_scanned']} samples scanned)")
-                else:
-                    sample_magnitudes(ax, rows, [(w["index"], w["magnitude"]) for w in mag["worst"]])
-        saved.append(rel)
+        saved.append(ctx.plot_path("data-sample-loss")[1])
     targets = m.get("targets", {})
     if targets.get("histogram") and targets.get("kind") in ("class", "binary", "unknown"):
-        path, rel = ctx.plot_path("data-classes")
-        with figure(path, margins=MARGINS) as ax:
-            class_histogram(ax, targets["histogram"], targets.get("n_classes"))
-        saved.append(rel)
-    feats = m.get("features", {})
-    if feats.get("mean"):
-        path, rel = ctx.plot_path("data-features")
-        names = m["inputs"].get("feature_names")
-        width = max(6.4, 0.25 * min(len(feats["mean"]), MAX_BARS))
-        labels = [str(n) for n in names] if names else [str(j) for j in range(len(feats["mean"]))]
-        with figure(path, size=(width, 3.8), margins=feature_margins(width, labels)) as ax:
-            feature_scales(ax, feats, names,
-                           title="channel scales" if m["inputs"]["layout"] == "channels" else "feature scales")
-        saved.append(rel)
+        saved.append(ctx.plot_path("data-classes")[1])
+    if m.get("features", {}).get("mean"):
+        saved.append(ctx.plot_path("data-features")[1])
     return saved

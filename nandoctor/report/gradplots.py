@@ -20,13 +20,20 @@ def _short(name: str, width: int = 22) -> str:
     return name if len(name) <= width else "…" + name[-(width - 1):]
 
 
-def grad_heatmap(ax, grad_norms: dict[str, list[float]], layers: list[str],
-                 title: str = "log10 ‖grad‖ per layer and step"):
-    """Layers (rows, input side on top) x steps (columns), colour = log10 gradient norm; blank = none/non-finite."""
+def heatmap_grid(grad_norms: dict[str, list[float]], layers: list[str]) -> tuple[list[list[float]], int]:
+    """(log10 gradient norms, a row per layer and at most ``MAX_HEATMAP_COLUMNS`` columns, the steps they span)."""
     rows = [[_log10(v) for v in grad_norms.get(name, [])] for name in layers]
     width = max((len(r) for r in rows), default=0)
     stride = max(1, math.ceil(width / MAX_HEATMAP_COLUMNS))
-    grid = [[r[i] if i < len(r) else float("nan") for i in range(0, width, stride)] for r in rows]
+    return [[r[i] if i < len(r) else float("nan") for i in range(0, width, stride)] for r in rows], width
+
+
+def grad_heatmap(ax, grad_norms: dict[str, list[float]], layers: list[str],
+                 title: str = "log10 ‖grad‖ per layer and step", grid=None, width: int | None = None):
+    """Layers (rows, input side on top) x steps (columns), colour = log10 gradient norm; blank = none/non-finite.
+    ``grid`` and ``width``: the cells already computed (``heatmap_grid``), as the report saves them."""
+    if grid is None or width is None:
+        grid, width = heatmap_grid(grad_norms, layers)
     if grid and width:
         im = ax.imshow(grid, aspect="auto", interpolation="nearest", cmap="viridis",
                        extent=(0, width, len(layers) - 0.5, -0.5))

@@ -1,92 +1,110 @@
-"""report.html: one self-contained page (plots embedded as base64), every user string escaped."""
+"""report.html: the doctor's letter as one self-contained page.
+
+Rendered from a Jinja2 template (``templates/letter.html``) with autoescaping on, so every string from
+the user's set-up (class names, messages, file names) is text, never markup. Plots are embedded as
+data URIs and a Content-Security-Policy forbids every request: the page loads nothing from anywhere.
+The CSS reads at laptop width and on a phone, and prints.
+"""
 
 from __future__ import annotations
 
 import base64
-from html import escape
+import re
+from functools import lru_cache
 from pathlib import Path
 
-from nandoctor.report.markdown import fmt, healthy_sentence, status_of
+from nandoctor.report.letter import letter
 
 CSS = """
-body{font:15px/1.5 system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-h1{margin-bottom:.2em} .verdict{display:inline-block;padding:.15em .6em;border-radius:.4em;color:#fff}
-.critical{background:#c62828}.warning{background:#ef6c00}.info{background:#1565c0}.healthy{background:#2e7d32}
-.finding{border:1px solid #ddd;border-left:6px solid #999;border-radius:6px;padding:.6em 1em;margin:1em 0}
-.finding.sev-critical{border-left-color:#c62828}.finding.sev-warning{border-left-color:#ef6c00}
-.finding.sev-info{border-left-color:#1565c0}
-table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ddd;padding:.2em .5em;text-align:left;vertical-align:top}
-code{background:#f4f4f4;padding:0 .25em;border-radius:3px} img{max-width:100%;border:1px solid #eee;margin:.4em 0}
-.fix{background:#f1f8e9;padding:.4em .8em;border-radius:4px} .muted{color:#777;font-size:13px}
+:root{--ink:#1d232a;--muted:#5f6b76;--line:#dde3e8;--crit:#b3261e;--warn:#b45309;--info:#1d4ed8;--ok:#1f7a3a}
+*{box-sizing:border-box}
+body{font:16px/1.55 -apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,"Liberation Sans","DejaVu Sans",sans-serif;color:var(--ink);
+ max-width:60rem;margin:0 auto;padding:1.5rem 1.25rem 3rem;background:#fff}
+h1{font-size:1.35rem;line-height:1.35;margin:.3rem 0 .6rem}h2{font-size:1.25rem;margin:0 0 .4rem}
+h3{font-size:1rem;margin:1.1rem 0 .3rem;color:#2c3a47}
+.kicker{margin:0;color:var(--muted);font-size:.85rem;letter-spacing:.04em;text-transform:uppercase}
+.muted{color:var(--muted);font-size:.9rem}.note{background:#fff7e6;border-left:4px solid var(--warn);padding:.4rem .7rem}
+.badge{display:inline-block;padding:.05rem .55rem;border-radius:1rem;color:#fff;font-size:.8rem;vertical-align:middle;
+ text-transform:uppercase;letter-spacing:.03em;background:#6b7785}
+.critical{background:var(--crit)}.warning{background:var(--warn)}.info{background:var(--info)}.healthy{background:var(--ok)}
+.badge.status-confirmed{background:var(--ok)}.badge.status-refuted{background:#7a4d8c}.badge.status-suspected{background:#6b7785}
+.badge.status-inconclusive{background:#8a6d1d}
+.finding{border:1px solid var(--line);border-left:6px solid #9aa5b1;border-radius:8px;padding:1rem 1.2rem;margin:1.2rem 0}
+.finding.sev-critical{border-left-color:var(--crit)}.finding.sev-warning{border-left-color:var(--warn)}
+.finding.sev-info{border-left-color:var(--info)}.healthy-box{border-left-color:var(--ok)}
+.tags{margin:.2rem 0 .4rem}.n{color:var(--muted)}
+code{font:.88em ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;background:#f3f5f7;padding:.05em .3em;border-radius:4px;
+ overflow-wrap:anywhere}
+pre.snippet{line-height:1.4;background:#f3f5f7;border:1px solid var(--line);border-radius:6px;padding:.7rem .9rem;overflow-x:auto;white-space:pre}
+pre.snippet code{background:none;padding:0;overflow-wrap:normal}
+table{border-collapse:collapse;font-size:.9rem;margin:.4rem 0;min-width:50%}
+th,td{border:1px solid var(--line);padding:.25rem .55rem;text-align:left;vertical-align:top;overflow-wrap:break-word}
+thead th{background:#f6f8fa;white-space:nowrap}table.cure td{font-variant-numeric:tabular-nums}
+.scroll{overflow-x:auto}figure{margin:.6rem 0}img{max-width:100%;height:auto;border:1px solid #eef1f4;border-radius:4px}
+figcaption{color:var(--muted);font-size:.8rem}
+td.status-ok{color:var(--ok)}td.status-failed{color:var(--crit)}td.status-inconclusive,td.status-skipped{color:var(--warn)}
+.appendix{margin-top:2.5rem;border-top:2px solid var(--line);padding-top:1rem}.probe{margin:1rem 0 1.4rem}
+details summary{cursor:pointer;color:var(--muted)}footer{margin-top:2rem}a{color:var(--info)}
+@media (max-width:640px){body{font-size:15px;padding:1rem .75rem 2rem}h1{font-size:1.25rem}
+ .finding{padding:.75rem .8rem}table{font-size:.82rem}}
+@media print{body{max-width:none;padding:0;font-size:11pt}.finding{break-inside:avoid;page-break-inside:avoid}
+ .appendix{break-before:page;page-break-before:always}details::details-content{content-visibility:visible;display:block}
+ details>summary{list-style:none}a{color:inherit;text-decoration:none}
+ img{max-height:9cm;width:auto}.badge{border:1px solid #000;color:#000;background:none!important}
+ pre.snippet{white-space:pre-wrap}}
 """
 
 
-def _img(out: Path, rel: str) -> str:
-    """A plot embedded as base64: only PNG files inside the report folder (a report re-rendered from a
-    report.json naming ``../../some/file`` never embeds a file from elsewhere)."""
-    path = out / str(rel)
+@lru_cache(maxsize=1)
+def _template():
+    from jinja2 import Environment, PackageLoader, StrictUndefined
+
+    env = Environment(loader=PackageLoader("nandoctor.report", "templates"), autoescape=True,
+                      undefined=StrictUndefined, trim_blocks=False, keep_trailing_newline=True)
+    env.filters["ticks"] = ticks
+    return env.get_template("letter.html")
+
+
+def ticks(value) -> "Markup":
+    """Text with its `backticked` names set as code: the text is escaped first, then only the code tags
+    are added, so nothing of the user's becomes markup."""
+    from markupsafe import Markup, escape
+    escaped = str(escape(str(value)))
+    return Markup(re.sub(r"`([^`<>]+)`", r"<code>\1</code>", escaped))
+
+
+def data_uri(out: Path, rel) -> str:
+    """A plot as a data URI: only PNG files inside the report folder (a report re-rendered from a
+    report.json naming ``../../some/file`` never embeds a file from elsewhere); "" when there is none."""
+    if not isinstance(rel, str):
+        return ""
+    path = Path(out) / rel
     try:
         inside = path.resolve().is_relative_to(Path(out).resolve())
     except (OSError, ValueError):
         inside = False
     if not inside or path.suffix.lower() != ".png" or not path.is_file():
         return ""
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<img alt="{escape(rel)}" src="data:image/png;base64,{data}">'
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
 def render(report, out: Path) -> str:
-    e = lambda v: escape(fmt(v))  # noqa: E731 - local shorthand
-    facts = report.patient
-    parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>nandoctor: {escape(report.verdict)}"
-             f"</title><style>{CSS}</style></head><body>",
-             f"<h1>nandoctor report <span class='verdict {escape(report.verdict)}'>{escape(report.verdict)}</span></h1>",
-             f"<p class=muted>config <code>{escape(report.config)}</code> · model <code>{e(facts.get('model'))}</code> "
-             f"({e(facts.get('parameters'))} parameters) · loss <code>{e(facts.get('loss'))}</code> · optimizer "
-             f"<code>{e(facts.get('optimizer'))}</code> lr={e(facts.get('lr'))} · batch {e(facts.get('batch_size'))}"
-             f" · {report.elapsed_seconds:.1f} s of a {e(report.plan.get('budget_seconds'))} s budget</p>"]
-    if facts.get("device_note"):
-        parts.append(f"<p class=muted>device: {escape(str(facts['device_note']))}</p>")
-    if report.interrupted:
-        parts.append("<p><b>Interrupted:</b> this is a partial report.</p>")
-    if report.plan.get("note"):
-        parts.append(f"<p><b>Inconclusive:</b> {escape(str(report.plan['note']))}</p>")
-    if not report.findings:
-        parts.append(f"<p>{escape(healthy_sentence(report))}</p>")
-    for i, f in enumerate(report.findings, 1):
-        rows = "".join(f"<tr><th>{escape(str(k))}</th><td>{e(v)}</td></tr>" for k, v in f.evidence.items())
-        parts.append(f"<div class='finding sev-{escape(f.severity)}'><h2>{i}. <code>{escape(f.code)}</code> "
-                     f"{escape(f.title)}</h2><p><span class='verdict {escape(f.severity)}'>{escape(f.severity)}</span> "
-                     f"confidence {f.confidence:.2f} · {escape(status_of(f))} · probes: {escape(', '.join(f.probes))}</p>"
-                     f"<p class=fix><b>Fix:</b> {escape(f.fix)}</p><table>{rows}</table>")
-        if f.treatment:
-            t = f.treatment
-            parts.append(f"<p><b>Treatment tried:</b> {escape(str(t.get('tried')))} → "
-                         f"<b>{'cured' if t.get('cured') else 'not cured'}</b>. before: {e(t.get('before'))}; "
-                         f"after: {e(t.get('after'))}</p>")
-            if t.get("plot"):
-                parts.append(_img(out, t["plot"]))
-        parts.extend(_img(out, p) for p in f.plots)
-        parts.append("</div>")
-    parts.append("<h2>Probes</h2><table><tr><th>probe</th><th>status</th><th>seconds</th><th>notes</th></tr>")
-    for name, r in report.probes.items():
-        note = r.reason or (f"{r.error.get('type')}: {r.error.get('message')}" if r.error else "") \
-            or str(r.metrics.get("summary") or "")
-        parts.append(f"<tr><td>{escape(name)}</td><td>{escape(r.status)}</td><td>{r.seconds:.2f}</td>"
-                     f"<td>{escape(note)}</td></tr>")
-    parts.append("</table>")
-    shown = {p for f in report.findings for p in f.plots}
-    extra = [p for r in report.probes.values() for p in r.plots if p not in shown]
-    if extra:
-        parts.append("<h2>All probe plots</h2>" + "".join(_img(out, p) for p in extra))
-    if report.not_evaluated:
-        parts.append("<p class=muted>Not evaluated (missing evidence): " +
-                     ", ".join(escape(n["code"]) for n in report.not_evaluated) + "</p>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
+    """The page for ``report``: a report.json document (dict) or a ``Report``."""
+    doc = report if isinstance(report, dict) else report.to_json()
+    cache: dict[str, str] = {}
+
+    def img(rel) -> str:
+        key = str(rel)
+        if key not in cache:
+            cache[key] = data_uri(Path(out), rel)
+        return cache[key]
+
+    from markupsafe import Markup
+    # the style sheet is ours, a constant: the one string not escaped (quotes in font names must stay quotes)
+    return _template().render(L=letter(doc), css=Markup(CSS.strip()), img=img)
 
 
 def write(report, out: Path) -> Path:
-    path = out / "report.html"
+    path = Path(out) / "report.html"
     path.write_text(render(report, out), encoding="utf-8")
     return path

@@ -1,13 +1,23 @@
-"""report.md: the ranked diagnosis for humans, readable in a terminal or on a code host."""
+"""report.md: the doctor's letter in Markdown that pastes cleanly into a GitHub issue.
+
+The same letter as report.html (``letter.letter``): the verdict sentence, each top-level finding with
+what we saw, its plot, the fix as a snippet, the cure's before/after table, the symptoms it explains and
+what is still wrong after the fix; the appendix folded in ``<details>``. User strings are escaped so
+that none becomes markup (``<``, ``>``, table bars) and code spans always close.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from nandoctor.records import jsonable
+from nandoctor.report.figures import plot_name
+from nandoctor.report.letter import STATUS_WORDS, letter  # noqa: F401  (STATUS_WORDS re-exported)
+from nandoctor.report.letter import healthy_sentence as _healthy
 
-ICON = {"critical": "🔴", "warning": "🟠", "info": "🔵"}
+ICON = {"critical": "🔴", "warning": "🟠", "info": "🔵", "healthy": "🟢"}
 
 
 def fmt(value) -> str:
@@ -20,12 +30,13 @@ def fmt(value) -> str:
     return str(value)
 
 
-STATUS_WORDS = {"confirmed": "confirmed by its cure", "refuted": "refuted: its cure was tried and did not help",
-                "suspected": "suspected", "inconclusive": "inconclusive: its cure could not be judged in time"}
+def healthy_sentence(report) -> str:
+    """What "no finding" means for this run (a ``Report`` or a report.json document)."""
+    return _healthy(report if isinstance(report, dict) else report.to_json())
 
 
 def status_of(finding) -> str:
-    words = STATUS_WORDS[finding.status]
+    words = STATUS_WORDS.get(finding.status, finding.status)
     if finding.explained_by:
         words += f"; explained by {finding.explained_by}"
     if finding.after_cure:
@@ -33,67 +44,120 @@ def status_of(finding) -> str:
     return words
 
 
-def healthy_sentence(report) -> str:
-    """What "no finding" means for this run: every probe ran, or only those that did say so."""
-    unjudged = [n for n, r in report.probes.items() if r.status == "inconclusive"]
-    if not unjudged:
-        return "No problem found: the set-up trains as it should on every probe that ran."
-    return (f"No problem found by the probes that ran; {', '.join(unjudged)} could not reach the steps their "
-            f"verdicts need in this budget, so what they check is not judged.")
+def t(value) -> str:
+    """Text: no HTML, no line breaks."""
+    s = " ".join(str(value).split())
+    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def cell(value) -> str:
+    return t(value).replace("|", "\\|") or " "
+
+
+def code(value) -> str:
+    """An inline code span that closes whatever backticks the text holds."""
+    s = " ".join(str(value).split())
+    if not s:
+        return ""
+    fence = "`" * (max((len(m) for m in re.findall(r"`+", s)), default=0) + 1)
+    pad = " " if s.startswith("`") or s.endswith("`") else ""
+    return f"{fence}{pad}{s}{pad}{fence}"
+
+
+def block(text: str, lang: str) -> list[str]:
+    fence = "`" * max(3, max((len(m) for m in re.findall(r"`+", text)), default=0) + 1)
+    return [f"{fence}{lang}", *text.splitlines(), fence]
+
+
+def _table(head: list[str], rows) -> list[str]:
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+    return out
 
 
 def render(report) -> str:
-    lines = [f"# nandoctor report: {report.verdict.upper()}", ""]
-    facts = report.patient
-    lines += [f"- config: `{report.config}`",
-              f"- model: `{facts.get('model')}` ({facts.get('parameters', '?')} parameters, "
-              f"{facts.get('trainable_parameters', '?')} trainable); loss: `{facts.get('loss')}`; "
-              f"optimizer: `{facts.get('optimizer')}` lr={fmt(facts.get('lr'))}; batch size {facts.get('batch_size')}",
-              f"- {len(report.findings)} finding(s) in {report.elapsed_seconds:.1f} s "
-              f"(budget {fmt(report.plan.get('budget_seconds'))} s, step {fmt(report.plan.get('step_seconds'))} s)"]
-    if facts.get("device_note"):
-        lines.append(f"- device: {facts['device_note']}")
-    if report.interrupted:
-        lines.append("- **interrupted**: this is a partial report")
-    lines.append("")
-    if report.plan.get("note"):
-        lines += [f"- **inconclusive**: {report.plan['note']}"]
+    """The letter for ``report``: a report.json document (dict) or a ``Report``."""
+    L = letter(report if isinstance(report, dict) else report.to_json())
+    lines = [f"# nandoctor report: {L['verdict'].upper()}", "", f"**{t(L['sentence'])}**", "",
+             f"{ICON.get(L['verdict'], '')} config {code(L['config'])} · {t(L['patient'])}"
+             + (f" · {t(L['run'])}" if L["run"] else ""), ""]
+    for note in L["notes"]:
+        lines += [f"> {t(note)}", ""]
+    for f in L["findings"]:
+        lines += _finding(f)
+    lines += _appendix(L)
+    return "\n".join(lines) + "\n"
+
+
+def _finding(f: dict) -> list[str]:
+    lines = [f"## {f['n']}. {ICON.get(f['severity'], '')} {t(f['title'])}", "",
+             f"**{t(f['severity'])}** · **{t(f['status'])}** · {code(f['code'])} · confidence {t(f['confidence'])}"
+             + (f" · found after the cure for {code(f['after_cure'])}" if f["after_cure"] else ""), "",
+             f"**What we saw.** {t(f['saw'])}", ""]
+    if plot_name(f["plot"]):
+        lines += [f"![{t(f['code'])}]({f['plot']})", ""]
+    lines += [f"**The fix.** {t(f['fix'])}", ""]
+    if f["snippet"]:
+        lines += block(f["snippet"]["code"], f["snippet"]["lang"]) + [""]
+    c = f["cure"]
+    if c:
+        lines += [f"**The cure, tried on a copy:** {t(c['tried'])} → **{t(c['verdict'])}**"
+                  + (f". Rule: {t(c['judged_by'])}" if c["judged_by"] else ""), ""]
+        if c["note"]:
+            lines += [f"_{t(c['note'])}_", ""]
+        if c["rows"]:
+            lines += _table(["", "as configured", "with the cure"], c["rows"]) + [""]
+        if c["attempts"]:
+            lines += ["Cures tried in turn: " + "; ".join(f"{t(a)} ({b})" for a, b in c["attempts"]), ""]
+        if plot_name(c["plot"]):
+            lines += [f"![before and after the cure]({c['plot']})", ""]
+    elif f["treatment_note"]:
+        lines += [f"_Cure: {t(f['treatment_note'])}_", ""]
+    if f["folded"]:
+        lines += ["**Symptoms it explains:**", ""]
+        lines += [f"- {code(g['code'])} {t(g['title'])} ({t(g['status'])})" for g in f["folded"]] + [""]
+    r = f["remaining"]
+    if r:
+        lines += ["**What is still wrong after the fix:**", ""]
+        if r["codes"]:
+            lines += [f"- {code(c_)} {t(title)} ({t(status)})" for c_, status, title in r["codes"]]
+        elif r["note"]:
+            lines += [f"- _{t(r['note'])}_"]
+        else:
+            lines += ["- nothing: the battery, run again on the cured copy, found no other problem"]
         lines.append("")
-    if not report.findings:
-        lines += [healthy_sentence(report), ""]
-    for i, f in enumerate(report.findings, 1):
-        lines += [f"## {i}. {ICON.get(f.severity, '')} `{f.code}` — {f.title}", "",
-                  f"**{f.severity}**, confidence {f.confidence:.2f}, {status_of(f)}. "
-                  f"Probes: {', '.join(f.probes) or '—'}.", "",
-                  f"**Fix:** {f.fix}", "", "| evidence | value |", "|---|---|"]
-        for k, v in f.evidence.items():
-            lines.append(f"| {k} | {fmt(v).replace('|', '/')} |")
-        if f.treatment:
-            t = f.treatment
-            lines += ["", f"**Treatment tried:** {t.get('tried')} → "
-                          f"{'cured' if t.get('cured') else 'not cured'}"
-                          f" (before: {fmt(t.get('before'))}; after: {fmt(t.get('after'))})"]
-            if t.get("remaining") is not None:
-                still = ", ".join(f"`{c}` ({t.get('remaining_status', {}).get(c, '?')})" for c in t["remaining"])
-                lines += ["", f"**Still wrong after this cure:** {still or 'nothing found'}"]
-            if t.get("plot"):
-                lines += ["", f"![treatment]({t['plot']})"]
-        for p in f.plots:
-            lines += ["", f"![{f.code}]({p})"]
-        lines.append("")
-    lines += ["## Probes", "", "| probe | status | seconds | notes |", "|---|---|---|---|"]
-    for name, r in report.probes.items():
-        note = r.reason or (f"{r.error.get('type')}: {r.error.get('message')}" if r.error else "") \
-            or str(r.metrics.get("summary") or "")
-        lines.append(f"| {name} | {r.status} | {r.seconds:.2f} | {note.replace('|', '/')} |")
-    if report.not_evaluated:
-        lines += ["", "Not evaluated (missing evidence): " +
-                  ", ".join(f"`{n['code']}`" for n in report.not_evaluated)]
-    lines.append("")
-    return "\n".join(lines)
+    return lines
+
+
+def _appendix(L: dict) -> list[str]:
+    lines = ["<details>", "<summary>Appendix: every probe, its plan, its plots and the evidence</summary>", "",
+             "### Probes", ""]
+    lines += _table(["probe", "status", "seconds", "plan", "notes"],
+                    [(p["name"], p["status"], p["seconds"], p["plan"], p["reason"] or p["error"] or p["summary"])
+                     for p in L["probes"]]) + [""]
+    for p in L["probes"]:
+        lines += [f"#### {t(p['name'])} ({t(p['status'])}, {t(p['seconds'])} s)", ""]
+        if p["reason"]:
+            lines += [f"Inconclusive: {t(p['reason'])}", ""]
+        if p["error"]:
+            lines += [f"Error: {t(p['error'])}", ""]
+        shown = [plot for plot in p["plots"] if plot_name(plot)]
+        lines += [f"![{t(p['name'])}]({plot})" for plot in shown] + ([""] if shown else [])
+        if p["metrics"]:
+            lines += _table(["measurement", "value"], p["metrics"]) + [""]
+    lines += ["### The evidence of every finding", ""]
+    for e in L["evidence"]:
+        lines += [f"#### {code(e['code'])} {t(e['title'])}", "",
+                  f"{t(e['status'])}" + (f"; explained by {code(e['explained_by'])}" if e["explained_by"] else ""), ""]
+        if e["rows"]:
+            lines += _table(["evidence", "value"], e["rows"]) + [""]
+    if L["not_evaluated"]:
+        lines += ["Not evaluated: " + ", ".join(f"{code(n['code'])} ({t(n['reason'])})" for n in L["not_evaluated"]), ""]
+    lines += ["</details>", ""]
+    return lines
 
 
 def write(report, out: Path) -> Path:
-    path = out / "report.md"
+    path = Path(out) / "report.md"
     path.write_text(render(report), encoding="utf-8")
     return path

@@ -42,15 +42,18 @@ def _clean(values):
     return [v if v is not None and math.isfinite(v) else float("nan") for v in values]
 
 
-def loss_curve(ax, losses, label: str = "loss", title: str | None = None, color=None, mark_nonfinite=True):
-    """Loss per step; symlog when it goes negative or spans decades; non-finite steps marked with ×."""
+def loss_curve(ax, losses, label: str = "loss", title: str | None = None, color=None, mark_nonfinite=True,
+               steps=None):
+    """Loss per step (``steps``: the step of each value, when the curve was thinned); symlog when it goes
+    negative or spans decades; non-finite steps marked with ×."""
     ys = _clean(losses)
-    ax.plot(range(len(ys)), ys, label=label, color=color, lw=1.6)
+    xs = list(steps) if steps is not None and len(steps) == len(ys) else list(range(len(ys)))
+    ax.plot(xs, ys, label=label, color=color, lw=1.6)
     finite = [y for y in ys if not math.isnan(y)]
     if finite and (min(finite) < 0 or (min(finite) > 0 and max(finite) / max(min(finite), 1e-12) > 1e3)):
         ax.set_yscale("symlog", linthresh=max(1e-3, min(abs(y) for y in finite if y != 0) if any(finite) else 1))
     if mark_nonfinite:
-        bad = [i for i, y in enumerate(losses) if y is None or not math.isfinite(y)]
+        bad = [x for x, y in zip(xs, losses) if y is None or not math.isfinite(y)]
         if bad:
             y0 = finite[-1] if finite else 0
             ax.scatter(bad, [y0] * len(bad), marker="x", color="#d62728", zorder=5, label="non-finite loss")
@@ -63,11 +66,15 @@ def loss_curve(ax, losses, label: str = "loss", title: str | None = None, color=
     return ax
 
 
-def grad_norm_lines(ax, grad_norms: dict, title: str = "gradient norm per layer", top: int = 8):
-    """One line per layer (the ``top`` layers by largest norm), log scale."""
+def grad_norm_lines(ax, grad_norms: dict, title: str = "gradient norm per layer", top: int = 8,
+                    steps: dict | None = None):
+    """One line per layer (the ``top`` layers by largest norm), log scale; ``steps``: per layer, the step
+    of each value (when thinned)."""
     ranked = sorted(grad_norms.items(), key=lambda kv: -max([v for v in kv[1] if math.isfinite(v)] or [0]))
     for i, (name, values) in enumerate(ranked[:top]):
-        ax.plot(range(len(values)), _clean(values), label=name, color=PALETTE[i % len(PALETTE)], lw=1.2)
+        xs = (steps or {}).get(name)
+        xs = xs if xs is not None and len(xs) == len(values) else range(len(values))
+        ax.plot(xs, _clean(values), label=name, color=PALETTE[i % len(PALETTE)], lw=1.2)
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("‖grad‖")
@@ -78,10 +85,11 @@ def grad_norm_lines(ax, grad_norms: dict, title: str = "gradient norm per layer"
     return ax
 
 
-def compare_curves(ax, curves: dict, title: str = "", ylabel: str = "loss"):
-    """Several loss curves on one axis (before/after a treatment, init A vs B, ...)."""
+def compare_curves(ax, curves: dict, title: str = "", ylabel: str = "loss", steps: dict | None = None):
+    """Several loss curves on one axis (before/after a treatment, init A vs B, ...); ``steps``: per curve, the
+    step of each value (when thinned)."""
     for i, (label, values) in enumerate(curves.items()):
-        loss_curve(ax, values, label=label, color=PALETTE[i % len(PALETTE)])
+        loss_curve(ax, values, label=label, color=PALETTE[i % len(PALETTE)], steps=(steps or {}).get(label))
     ax.set_title(title)
     ax.set_ylabel(ylabel)
     return ax

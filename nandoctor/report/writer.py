@@ -10,30 +10,105 @@ never removed: the new report's files are moved into it one by one, and nothing 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
-from nandoctor.errors import ConfigError
-from nandoctor.report import html, json_report, markdown
+from nandoctor.errors import ConfigError, NandoctorError
+from nandoctor.report import figures, html, json_report, markdown
 
-REPORT_FILES = ("report.json", "report.md", "report.html")
+REPORT_FILES = ("report.json", "report.md", "report.html", figures.EVIDENCE_FILE)
 PLOTS = "plots"
 _STAGING: set[Path] = set()   # staging folders of runs in progress (removed on a second Ctrl-C)
 
 
+class ReportError(NandoctorError):
+    """``nandoctor report`` was given something that is not a saved nandoctor report."""
+
+
 def write_all(report, out: Path, elapsed: Callable[[], float] | None = None) -> None:
-    """report.md and report.html, then report.json last, its ``elapsed_seconds`` read from ``elapsed``
-    once the other files are written (so the contract's number counts the whole run)."""
+    """The plots drawn from the evidence, then the letter (report.md, report.html), evidence.json and
+    report.json last. ``elapsed_seconds`` is read from ``elapsed`` once the plots are drawn (they are the
+    slow part), so the letter and report.json carry the same number and ``nandoctor report`` renders
+    the letter again to the byte."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    markdown.write(report, out)
-    html.write(report, out)
+    evidence = figures.collect(report)
+    figures.draw_all(report.to_json(), evidence, out)
     if elapsed is not None:
         report.elapsed_seconds = elapsed()
+    doc = json_report.document(report)
+    render_letter(doc, out)
+    figures.write_evidence(evidence, out)
     json_report.write(report, out)
+
+
+def render_letter(doc: dict, out: Path) -> None:
+    markdown.write(doc, out)
+    html.write(doc, out)
+
+
+def read_report(path: Path) -> dict:
+    """A saved report.json, checked to be nandoctor's; else a ``ReportError`` that says what to do."""
+    path = Path(path)
+    hint = ("give the report.json that `nandoctor diagnose` wrote (in its --out folder, "
+            "nandoctor-report/report.json by default), or run `nandoctor diagnose CONFIG` to make one.")
+    if path.is_dir():
+        if not (path / "report.json").is_file():
+            raise ReportError("this folder holds no report.json.", where=str(path), hint=hint)
+        path = path / "report.json"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ReportError("no such file.", where=str(path), hint=hint) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ReportError(f"cannot read it: {getattr(exc, 'strerror', None) or exc}.", where=str(path),
+                          hint=hint) from None
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise ReportError(f"not JSON ({exc.msg} at line {exc.lineno}), so not a nandoctor report.",
+                          where=str(path), hint=hint) from None
+    if not isinstance(doc, dict) or doc.get("tool") != "nandoctor":
+        raise ReportError('not a nandoctor report (it has no "tool": "nandoctor").', where=str(path), hint=hint)
+    missing = [k for k in ("verdict", "findings", "probes") if k not in doc]
+    if missing or not isinstance(doc.get("findings"), list) or not isinstance(doc.get("probes"), dict):
+        raise ReportError(f"a nandoctor report without {', '.join(missing) or 'a findings list and probes'}: "
+                          "it cannot be rendered.", where=str(path), hint=hint)
+    return doc
+
+
+def rerender(report_json: Path, out: Path | None = None) -> Path:
+    """Write report.md, report.html and the plots again from a saved report.json (and the evidence.json
+    beside it) into ``out`` (default: the report's own folder); returns the folder. Plots the report step
+    draws are drawn again; the probes' own plots are copied from beside the report. Rendering the same
+    report twice gives the same files."""
+    source = Path(report_json)
+    doc = read_report(source)
+    src = source if source.is_dir() else source.parent
+    target = Path(out) if out is not None else src
+    evidence = figures.read_evidence(src)
+    with staged(target) as stage:
+        (stage / PLOTS).mkdir(parents=True, exist_ok=True)
+        for plot_id in figures.named_plots(doc):   # the probes' plots, as they are
+            name = figures.plot_name(plot_id)
+            found = src / PLOTS / f"{name}.png"
+            if not figures.drawn_here(plot_id) and found.is_file() and not found.is_symlink():
+                shutil.copyfile(found, stage / PLOTS / f"{name}.png")
+        figures.draw_all(doc, evidence, stage)
+        for plot_id in figures.named_plots(doc):   # an older report's plot that cannot be drawn again
+            name = figures.plot_name(plot_id)
+            found, made = src / PLOTS / f"{name}.png", stage / PLOTS / f"{name}.png"
+            if not made.exists() and found.is_file() and not found.is_symlink():
+                shutil.copyfile(found, made)
+        render_letter(doc, stage)
+        shutil.copyfile(src / "report.json" if source.is_dir() else source, stage / "report.json")
+        if (src / figures.EVIDENCE_FILE).is_file():
+            shutil.copyfile(src / figures.EVIDENCE_FILE, stage / figures.EVIDENCE_FILE)
+    return target
 
 
 def is_report_folder(folder: Path) -> bool:

@@ -20,7 +20,6 @@ from torch import nn
 from nandoctor.probes import ProbeContext
 from nandoctor.probes.overfit import batch_accuracy
 from nandoctor.probes.training import Run, train
-from nandoctor.report import plots
 from nandoctor.treatments import judges
 from nandoctor.treatments.judges import clean, relative_drop, trains  # noqa: F401  (the vocabulary, re-exported)
 
@@ -249,12 +248,7 @@ def _thin(losses: list[float]) -> list[float]:
 
 
 def plot_treatment(ctx: ProbeContext, code: str, record: dict) -> None:
-    """Draw the before/after curves of a ``treatment`` record on one axis, titled with its verdict."""
-    curves = record.get("curves")
+    """Name the before/after plot of a ``treatment`` record; the report draws it from ``record["curves"]``."""
     path, rel = ctx.plot_path(f"treatment-{code}")
-    if not curves or path is None:
-        return
-    labelled = {"as configured": curves.get("before") or [], f"treated: {record.get('tried')}": curves.get("after") or []}
-    with plots.figure(path) as ax:
-        plots.compare_curves(ax, labelled, title=f"{code}: {'cured' if record.get('cured') else 'not cured'}")
-    record["plot"] = rel
+    if record.get("curves") and path is not None:
+        record["plot"] = rel
