@@ -4,7 +4,10 @@
    symptom.
 2. Differential diagnosis sorts by what the cures showed before the priority: a finding
    confirmed by its cure outranks every suspected one, and one whose cure was tried and
-   did not help (``refuted``) drops below them. ``info`` findings stay last.
+   did not help (``refuted``) drops below them. ``info`` findings stay last. A finding that is
+   a direct observation of the set-up (``observed``: a layer built in ``forward()``, a
+   parameter the optimizer lacks, NaN in the data) ranks with the confirmed ones until a cure
+   refutes it, and may lead the symptoms it explains.
 3. Within each of those tiers, catch-all symptoms (``generic``: cannot-overfit-batch,
    loss-nonfinite, training-crashed) go below every specific finding of warning or above:
    they are what is left when nothing more specific explains the failure.
@@ -12,7 +15,8 @@
    higher severity: a diverging loss is a symptom, a wrong loss pairing is a cause. A refuted
    cause does not move, and a suspected cause does not jump over a confirmed symptom.
 5. Each symptom is folded under the best-ranked cause above it that explains it
-   (``explained_by``), unless that cause was refuted; a finding that is gone once the top
+   (``explained_by``), unless that cause was refuted or the symptom is still found after its
+   cure (``treatment.remaining``); a finding that is gone once the top
    cause is cured (``gone_after``, from the battery run again on the cured copy) is folded
    under that cause.
 6. The verdict is the worst severity found; ``healthy`` when nothing at warning or above.
@@ -34,14 +38,22 @@ def priority(f: Finding) -> float:
 
 
 def tier(f: Finding) -> int:
-    return 3 if f.severity == "info" else TIER[f.confirmed]
+    if f.severity == "info":
+        return 3
+    if f.observed and f.confirmed is None:
+        return 0  # seen in the set-up itself (no threshold to doubt): with the confirmed, until a cure refutes it
+    return TIER[f.confirmed]
+
+
+def _proven(f: Finding) -> bool:
+    return bool(f.confirmed) or (f.observed and f.confirmed is None)
 
 
 def _may_lead(cause: Finding, symptom: Finding) -> bool:
     """``cause`` may be moved above ``symptom``, which it explains."""
     if cause.severity == "info" or cause.confirmed is False:
         return False
-    return not (symptom.confirmed and not cause.confirmed)
+    return not (symptom.confirmed and not _proven(cause))
 
 
 def rank(findings: list[Finding]) -> list[Finding]:
@@ -68,7 +80,8 @@ def rank(findings: list[Finding]) -> list[Finding]:
         if f.explained_by is not None:
             continue
         cause = next((c for c in ordered[:i] if f.code in c.explains and c.code != f.code
-                      and c.confirmed is not False and c.severity != "info"), None)
+                      and c.confirmed is not False and c.severity != "info"
+                      and f.code not in ((c.treatment or {}).get("remaining") or ())), None)
         if cause is not None:
             f.explained_by = cause.code
     return ordered

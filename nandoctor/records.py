@@ -169,6 +169,7 @@ class Finding:
     role: str = "cause"  # cause | symptom: a cause outranks the symptoms it explains
     explains: tuple[str, ...] = ()
     generic: bool = False  # a catch-all symptom (cannot-overfit-batch, loss-nonfinite, training-crashed)
+    observed: bool = False  # a direct observation of the set-up (ranked with the confirmed unless refuted)
     priority: float = 0.0  # set by ranking
     explained_by: str | None = None  # the code of the finding that accounts for this one (set by ranking)
     after_cure: str | None = None    # found only on the copy cured of this code (cures compose)

@@ -112,3 +112,22 @@ def test_an_unjudged_cure_leaves_the_finding_inconclusive_not_refuted():
     cut = f("lr-too-low", "critical", 0.9, treatment={"cured": False, "judged": False})
     assert cut.status == "inconclusive" and cut.confirmed is None
     assert cut.to_json()["status"] == "inconclusive"
+
+
+def test_an_observed_cause_ranks_with_the_confirmed_and_leads_what_it_explains():
+    # a layer rebuilt in forward() is seen in the set-up; an LR "confirmed" by a faster race is its symptom
+    layer = f("unregistered-module", "critical", 0.9, explains=("lr-too-low",))
+    layer.observed = True
+    lr = f("lr-too-low", "critical", 0.95, treatment=CURED)
+    ranked = rank([lr, layer])
+    assert [x.code for x in ranked] == ["unregistered-module", "lr-too-low"]
+    assert ranked[1].explained_by == "unregistered-module"
+    layer.treatment = FAILED   # its cure refuted it: it drops with the refuted
+    assert rank([lr, layer])[0].code == "lr-too-low"
+
+
+def test_a_symptom_still_found_after_the_cure_is_not_folded_under_it():
+    cause = f("nll-on-raw-logits", "critical", 0.9, explains=("cannot-overfit-batch",),
+              treatment={"cured": True, "remaining": ["cannot-overfit-batch"]})
+    symptom = f("cannot-overfit-batch", "critical", 0.95, role="symptom")
+    assert rank([symptom, cause])[1].explained_by is None

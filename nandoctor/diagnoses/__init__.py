@@ -40,6 +40,9 @@ class Diagnosis:
     accepts_failed: ClassVar[bool] = False  # evaluate even when a required probe failed (crash evidence)
     fallback: ClassVar[tuple[str, ...]] = ()  # when a required probe ran but was inconclusive or failed, judge from these
     generic: ClassVar[bool] = False  # a catch-all symptom: ranked below every specific finding of warning or above
+    observed: ClassVar[bool] = False  # its evidence is a direct observation of the set-up (a layer built in forward(),
+    #                                   a parameter the optimizer lacks, a NaN in the data), not a threshold on a
+    #                                   curve: ranked with the confirmed findings unless its cure refutes it
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -65,7 +68,7 @@ class Diagnosis:
                        confidence=max(0.0, min(1.0, float(confidence))), title=title or self.title,
                        evidence=evidence, fix=fix or self.fix, probes=list(probes or self.requires),
                        plots=list(plots or []), role=self.role, explains=tuple(self.explains),
-                       generic=self.generic)
+                       generic=self.generic, observed=self.observed)
 
     def page(self) -> str:
         """The doc page as printed by ``nandoctor explain``."""

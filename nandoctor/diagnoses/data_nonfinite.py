@@ -10,6 +10,7 @@ from nandoctor.treatments.rewire import without_samples
 
 
 class DataNonfinite(Diagnosis):
+    observed = True   # seen in the set-up itself
     code = "data-nonfinite"
     title = "Some samples contain NaN or Inf"
     severity = "critical"
@@ -85,6 +86,7 @@ class DataNonfinite(Diagnosis):
 
 
 class SampleLoadError(Diagnosis):
+    observed = True   # seen in the set-up itself
     code = "sample-load-error"
     title = "Some samples cannot be loaded"
     severity = "critical"

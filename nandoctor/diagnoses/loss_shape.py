@@ -28,6 +28,7 @@ def numel(shape: list[int]) -> int:
 
 
 class LossShapeMismatch(Diagnosis):
+    observed = True   # seen in the set-up itself
     code = "loss-shape-mismatch"
     title = "Outputs and targets broadcast to a different shape inside the loss"
     severity = "critical"

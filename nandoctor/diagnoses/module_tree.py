@@ -13,7 +13,7 @@ from nandoctor.treatments.rewire import REWIRED, add_missing_params, keep_first_
 
 DRIFT_CHANGED = 1e-3   # outputs of two calls on the same input differ by more than 0.1%: not a fixed function
 DRIFT_SAME = 1e-6      # ... and at most this after the cure
-SYMPTOMS = ("cannot-overfit-batch", "training-crashed", "exploding-gradients", "train-eval-gap")
+SYMPTOMS = ("cannot-overfit-batch", "training-crashed", "exploding-gradients", "train-eval-gap", "lr-too-low", "lr-too-high")
 
 
 def not_memorised(ev: Evidence) -> bool:
@@ -65,6 +65,7 @@ def zero_grad_layers(ev: Evidence) -> list[dict]:
 
 
 class UnregisteredModule(Diagnosis):
+    observed = True   # seen in the set-up itself
     code = "unregistered-module"
     title = "Layers take part in the loss but are not registered in the model"
     severity = "critical"
@@ -150,6 +151,7 @@ class UnregisteredModule(Diagnosis):
 
 
 class ParamsNotInOptimizer(Diagnosis):
+    observed = True   # seen in the set-up itself
     code = "params-not-in-optimizer"
     title = "Trainable parameters are missing from the optimizer"
     severity = "critical"
@@ -207,6 +209,7 @@ class ParamsNotInOptimizer(Diagnosis):
 
 
 class NoTrainableParams(Diagnosis):
+    observed = True   # seen in the set-up itself
     code = "no-trainable-params"
     title = "Nothing (or too little) of the model can learn"
     severity = "critical"

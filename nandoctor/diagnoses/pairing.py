@@ -38,6 +38,7 @@ COMMON_SYMPTOMS = ("training-crashed", "cannot-overfit-batch", "exploding-gradie
 
 class PairingDiagnosis(Diagnosis):
     """Base: fires when ``pairing_verdict`` names this code; subclasses give titles and fixes per reason."""
+    observed = True   # seen in the set-up itself
 
     titles: dict[str, str] = {}
     fixes: dict[str, str] = {}

@@ -9,6 +9,7 @@ from nandoctor.treatments.rewire import zero_grad_first
 
 
 class MissingZeroGrad(Diagnosis):
+    observed = True   # seen in the set-up itself
     code = "missing-zero-grad"
     title = "Gradients accumulate across steps: zero_grad() is missing"
     severity = "critical"

@@ -45,6 +45,7 @@ def crashes(ev: Evidence) -> list[tuple[str, str, dict]]:
 
 
 class TargetOutOfRange(Diagnosis):
+    observed = True   # seen in the set-up itself
     code = "target-out-of-range"
     title = "Labels the loss cannot take (out of range or of the wrong dtype)"
     severity = "critical"
