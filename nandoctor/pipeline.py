@@ -28,7 +28,7 @@ from nandoctor.patient import Patient, callable_name, preserved_rng, split_batch
 from nandoctor.probes import ProbeContext
 from nandoctor.probes import training
 from nandoctor.probes.training import error_record
-from nandoctor.records import Evidence, Finding, ProbeResult, Report
+from nandoctor.records import Evidence, Finding, ProbeResult, Report, severity_rank
 from nandoctor.treatments import plot_treatment
 
 DEFAULT_BUDGET = 120.0       # seconds for the whole run
@@ -433,6 +433,9 @@ class Battery:
                     confirmed.append(finding)
                 elif record is not None and record.get("nothing_to_cure") and finding.severity == "warning":
                     finding.severity = "info"  # the untreated run already trains: it does not hurt this training
+                elif record is not None and record.get("judged") is not False and cures[-1].refuted_severity \
+                        and severity_rank(finding.severity) > severity_rank(cures[-1].refuted_severity):
+                    finding.severity = cures[-1].refuted_severity  # the trouble it was blamed for stays without it
                 if record is not None:
                     plot_treatment(ctx, finding.code, record)
             except KeyboardInterrupt:

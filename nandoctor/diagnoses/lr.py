@@ -199,7 +199,7 @@ class LRTooHigh(LRDiagnosis):
             return cures
         for lr in ([suggested] if suggested else [user_lr / f for f in self.cure_factors]):
             tried = f"the overfit run again at LR {lr:.3g} ({user_lr / lr:.3g}x lower), same init and batch"
-            cures.append(Cure(tried, lr=lr, severity="critical"))
+            cures.append(Cure(tried, lr=lr, severity="critical", refuted_severity="warning"))
         return cures
 
 
@@ -213,6 +213,7 @@ class LRTooLow(LRDiagnosis):
         "far_below": 100.0,       # the user's LR is at most 1/100 of the suggestion (two decades) ...
         "below_with_check": 10.0,  # ... or 1/10 of it with a check that confirms (the suggestion trains, the user's LR not)
         "barely_moves_drop": 0.05,  # ... and its loss falls by less than 5% in the check run ...
+        "overfit_trains_drop": 0.25,  # ... and, when the overfit probe ran, by less than 25% over its steps
         "trains_above_drop": 0.25,  # ... while the run at the suggestion falls by 25% or more
     }
     fix = "Raise the learning rate to the suggested value (see the LR-sweep plot)."
@@ -257,7 +258,7 @@ class LRTooLow(LRDiagnosis):
         cures = []
         for lr in ([suggested] if suggested else [user_lr * f for f in self.cure_factors]):
             tried = f"the overfit run again at LR {lr:.3g} ({lr / user_lr:.3g}x higher), same init and batch"
-            cures.append(Cure(tried, lr=lr, judge=judges.fixes(judges.memorised)))
+            cures.append(Cure(tried, lr=lr, judge=judges.fixes(judges.memorised), refuted_severity="warning"))
         return cures
 
     def confirmed(self, user: dict | None, suggested: dict | None) -> bool | None:
@@ -290,6 +291,8 @@ class LRTooLow(LRDiagnosis):
             return None  # one decade below: only the runs (the suggestion trains clearly faster) can tell
         sweep_drop = m.get("drop_at_user_lr")
         over_drop = _overfit_drop(over.metrics) if over is not None else None
+        if over_drop is not None and over_drop >= self.thresholds["overfit_trains_drop"]:
+            return None  # the user's LR trains the batch over the overfit probe's steps: slow, not stuck
         if confirmed and over is not None:
             severity, confidence = "critical", 0.95
         elif confirmed:  # no overfit probe: a slow but healthy start cannot be told apart from a stuck one

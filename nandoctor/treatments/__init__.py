@@ -76,6 +76,7 @@ class Cure:
     done: tuple[Outcome, Outcome] | None = None
     control: Outcome | None = None              # the untreated arm, when a probe already trained it this way
     severity: str | None = None
+    refuted_severity: str | None = None          # the finding's severity when this (its last) cure refutes it
     fix: str | None = None
     extra: dict = field(default_factory=dict)   # more numbers for the record (the probe's reference run ...)
 
