@@ -50,7 +50,8 @@ def distance_to_onehot(out, y):
 
 
 def with_pairwise_spread(out, y):
-    spread = torch.sqrt(((out[:, None] - out[None]) ** 2).sum(-1))  # hazard: 0 on the diagonal
+    squared = ((out[:, None] - out[None]) ** 2).sum(-1)   # [B, B], 0 on the diagonal
+    spread = torch.sqrt(squared)  # hazard: its backward is NaN there (inf * 0 through the square)
     return F.cross_entropy(out, y) + 0.01 * spread.mean()
 
 
@@ -345,6 +346,7 @@ def test_a_nan_already_born_at_the_hazard_folds_the_nan_findings_under_it():
     report = battery(make_patient(loss=with_pairwise_spread), budget=BUDGET)
     f = report.findings[0]
     assert f.code == "numerical-hazard" and f.severity == "critical"
-    assert f.evidence["fired_in_training"] is not None
+    assert f.evidence["fired_in_training"] is not None   # born in the square's backward, a line above the sqrt
+    assert f.evidence["where"].endswith(f"test_hazard.py:{hazard_line(with_pairwise_spread)} in with_pairwise_spread")
     folded = {g.code for g in report.findings if g.explained_by == "numerical-hazard"}
     assert "loss-nonfinite" in folded

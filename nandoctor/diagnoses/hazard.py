@@ -136,7 +136,8 @@ class NumericalHazard(Diagnosis):
         t, kind = self.thresholds, h["kind"]
         base = {"log-of-probability": t["confidence_log"], "sqrt-at-zero": t["confidence_sqrt"],
                 "division-by-zeroable": t["confidence_division"], "exp-unbounded": t["confidence_exp"]}[kind]
-        if birth is not None and birth.get("where") and birth.get("where") == h.get("where"):
+        lines = {h.get("where"), h.get("producer_where"), h.get("origin_where")} - {None}
+        if birth is not None and birth.get("where") in lines:   # the NaN was born at the op, or at the square under it
             h.update(severity="critical", confidence=t["confidence_fired"], state="fired in training")
         elif h.get("fires_now"):
             h.update(severity="critical", confidence=t["confidence_fired"], state="fires now")
@@ -171,7 +172,7 @@ class NumericalHazard(Diagnosis):
         if not hazards or any(h.get("in") == "step" for h in hazards):
             return []   # written in the user's own train_step: the rewrite only reaches the model and the loss
         tried = "rewrote " + "; ".join(dict.fromkeys(f"{rewrite_of(h)} at {h.get('where')}" for h in hazards))
-        variant = rewritten(ctx.patient, tried)
+        variant = rewritten(ctx.patient, tried, loss=any(h.get("in") == "loss" for h in hazards))
         measured = judges.measured("hazards", at_most=0)
         kept = judges.measured("hazards", at_least=1, arm="before")
         cures = []
@@ -260,8 +261,7 @@ def snippet(h: dict) -> str:
         if h.get("divisor_is_count"):
             return f"x / d.clamp(min=1) instead of {pat} (d the count: a {made})"
         return f"x / torch.clamp(d, min={DIV_EPS:g}) instead of {pat} (d the {made})"
-    return f"torch.sqrt(d + {SQRT_EPS:g}) instead of {pat} (d the {made}; for distances, torch.cdist or " \
-           "F.pairwise_distance)"
+    return f"torch.sqrt(d + {SQRT_EPS:g}) instead of {pat} (d the {made}; F.pairwise_distance adds its own eps)"
 
 
 ALTERNATIVES = {"sigmoid": "A binary cross-entropy written by hand is nn.BCEWithLogitsLoss()(x, y) on the logits.",

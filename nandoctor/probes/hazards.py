@@ -105,6 +105,7 @@ class Producer:
     where: str | None = None
     module: str | None = None
     count: bool = False          # a count (the sum of a mask, of an integer tensor): clamp it at 1, not at an eps
+    origin: str | None = None    # the line of the first op in the chain (the square under a sum of squares)
     operand: Any = None          # a reduction's input, checked only when the result is used as a divisor
 
 
@@ -324,11 +325,13 @@ class Provenance(TorchFunctionMode):
         if name in SUMS:
             if not isinstance(out, torch.Tensor):
                 return None
-            count = t.mask or (isinstance(x, torch.Tensor) and not x.is_floating_point() and not x.is_complex())
+            count = name in ("sum", "nansum") and (t.mask or (isinstance(x, torch.Tensor) and not x.is_floating_point()
+                                                             and not x.is_complex()))   # a mean of a mask is a share
             zero = None if t.positive else self._producer(name, count=count,
                                                           operand=x if tx is None and not count else None)
             return Tag(upper=t.upper and name in ("mean", "nanmean"), nonneg=t.nonneg, positive=t.positive,
-                       zero=zero, sqrt_zero=self._producer(name) if t.sqrt_zero is not None else None)
+                       zero=zero, sqrt_zero=self._producer(name, origin=t.sqrt_zero.origin or t.sqrt_zero.where)
+                       if t.sqrt_zero is not None else None)
         if name in NORMS or name in SPREADS or name in COUNTS:
             p = self._producer(name, count=name in COUNTS)
             return Tag(nonneg=True, zero=p, sqrt_zero=p if name not in COUNTS else None)
@@ -526,6 +529,7 @@ def describe(found: Found, op: str, module: str | None, part: str) -> dict:
     record = {"kind": found.kind, "op": op, "producer": producer.op if producer is not None else
               (type(grad_fn).__name__ if grad_fn is not None else None),
               "producer_where": producer.where if producer is not None else None,
+              "origin_where": producer.origin if producer is not None else None,
               "module": module, "in": part, "where": _where(found.frame), "code": _source(found.frame),
               "count": 1, "dtype": str(x.dtype).replace("torch.", "") if isinstance(x, torch.Tensor) else None}
     with torch.no_grad():
@@ -583,7 +587,7 @@ def closeness(found: Found, x, tag: Tag) -> dict:
     if found.kind == "division-by-zeroable":
         a = v.abs()
         return {"divisor_min": float(a.min()), "divisor_zeros": int((a == 0).sum()), "divisor_numel": v.numel(),
-                "divisor_is_count": bool(tag.zero.count or tag.mask)}
+                "divisor_is_count": bool(tag.zero.count)}
     lo, hi = float(v.min()), float(v.max())
     return {"arg_min": lo, "arg_max": hi, "zeros": int((v == 0).sum()), "numel": v.numel()}
 

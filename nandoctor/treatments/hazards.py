@@ -108,7 +108,7 @@ def bounded_exp(found, func, args: tuple, kwargs: dict):
 def guarded_division(found, func, args: tuple, kwargs: dict):
     d = found.operand
     tag = found.tag
-    if tag.zero.count or tag.mask:
+    if tag.zero.count:
         guard = d.clamp_min(1)
     elif tag.nonneg:
         guard = d.clamp_min(_eps(d, DIV_EPS))
@@ -150,8 +150,10 @@ class RewrittenLoss:
         return getattr(self._loss_fn, name)
 
 
-def rewritten(patient, change: str):
-    """A variant of ``patient`` whose model forward and loss run with every hazard rewritten."""
+def rewritten(patient, change: str, loss: bool = True):
+    """A variant of ``patient`` whose model forward (and, with ``loss``, its loss) runs with every hazard
+    rewritten. Without ``loss`` the user's loss object is kept as it is (the probes that read a torch
+    loss's class and reduction see it unchanged)."""
     rewriter = Rewriter()   # one per variant: the model's outputs and the loss share what it follows
     factory = patient.model_factory
 
@@ -160,7 +162,8 @@ def rewritten(patient, change: str):
         model.register_forward_pre_hook(lambda module, inputs: rewriter.push())
         model.register_forward_hook(lambda module, inputs, output: rewriter.pop(), always_call=True)
         return model
-    return patient.variant(change, model_factory=build, loss_fn=RewrittenLoss(patient.loss_fn, rewriter))
+    loss_fn = RewrittenLoss(patient.loss_fn, rewriter) if loss else patient.loss_fn
+    return patient.variant(change, model_factory=build, loss_fn=loss_fn)
 
 
 # --- what a cure measures and how it trains ---------------------------------------------------------
