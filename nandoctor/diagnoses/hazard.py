@@ -88,7 +88,7 @@ class NumericalHazard(Diagnosis):
     divisions and square roots, a clamp before exp), checks that a traced step of the copy shows
     none and that it still trains; for a log or a square root it first trains both copies at
     {factor:g}x the learning rate for {steps} steps, where the untreated one reaches its NaN and the
-    treated one does not.
+    treated one does not (no more steps than the plan gives a cure).
 
     ## Fix
     Write the stable form: `F.logsigmoid(x)` for `log(sigmoid(x))`, `F.logsigmoid(-x)` for
@@ -177,9 +177,11 @@ class NumericalHazard(Diagnosis):
         kept = judges.measured("hazards", at_least=1, arm="before")
         cures = []
         if ctx.patient.lr and any(h["kind"] in FIRING_KINDS for h in hazards):
-            cures.append(Cure(f"{tried}; both copies trained at {STRESS_LR_FACTOR:g}x the learning rate", variant,
-                              judge=judges.both(measured, kept, judges.fixes(stays_finite)), measure=hazard_count,
-                              train=stress_run, steps=STRESS_STEPS, severity="critical"))
+            # no longer than the plan's cure (both arms train here, the control is not the overfit probe's)
+            steps = min(STRESS_STEPS, int(ctx.planned_steps)) if ctx.planned_steps else STRESS_STEPS
+            cures.append(Cure(f"{tried}; both copies trained at {STRESS_LR_FACTOR:g}x the learning rate for "
+                              f"{steps} steps", variant, judge=judges.both(measured, kept, judges.fixes(stays_finite)),
+                              measure=hazard_count, train=stress_run, steps=steps, severity="critical"))
         cures.append(Cure(tried, variant, judge=judges.both(measured, kept, trains_as_before), measure=hazard_count))
         return cures
 

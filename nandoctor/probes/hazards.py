@@ -159,8 +159,13 @@ def _user_file(filename: str) -> bool:
     return is_user_file(filename)
 
 
+@functools.lru_cache(maxsize=4096)
+def _shown(filename: str) -> str:
+    return display_path(filename)
+
+
 def _where(frame) -> str | None:
-    return f"{display_path(frame.f_code.co_filename)}:{frame.f_lineno} in {frame.f_code.co_name}" if frame else None
+    return f"{_shown(frame.f_code.co_filename)}:{frame.f_lineno} in {frame.f_code.co_name}" if frame else None
 
 
 def _source(frame) -> str | None:
@@ -177,6 +182,8 @@ class Provenance(TorchFunctionMode):
     op by a stable one (``nandoctor.treatments.hazards``). Tags are kept by tensor id beside a weak
     reference, so a tensor that dies takes its tag with it.
     """
+
+    locate = True   # name the user's line of each producer (a rewriter needs no names)
 
     def __init__(self) -> None:
         super().__init__()
@@ -365,6 +372,8 @@ class Provenance(TorchFunctionMode):
         return None
 
     def _producer(self, name: str, **kw) -> Producer:
+        if not self.locate:
+            return Producer(op=name, **kw)
         frame = sys._getframe(1)
         while frame is not None and not _user_file(frame.f_code.co_filename):
             frame = frame.f_back
