@@ -153,6 +153,34 @@ def guarded(out, y):
         + 0.01 * (dist / (out.norm() + 1e-8)).mean()
 
 
+class RBFHead(nn.Module):
+    """A Gaussian kernel to learned centres with a learned width: exp of minus a scaled squared distance."""
+
+    def __init__(self):
+        super().__init__()
+        self.body, self.centres = mlp(classes=8), nn.Parameter(torch.randn(3, 8))
+        self.width = nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        d2 = ((self.body(x)[:, None] - self.centres[None]) ** 2).sum(-1)          # [B, 3]
+        return torch.exp(-d2 / (2 * self.width ** 2))
+
+
+def weighted_mean(out, y):
+    weights = torch.ones(3)[y]   # class weights, all equal
+    return (F.cross_entropy(out, y, reduction="none") * weights).sum() / weights.sum()
+
+
+def step_logging_perplexity(model, batch, loss_fn, optimizer):
+    inputs, targets = batch
+    optimizer.zero_grad()
+    loss = loss_fn(model(inputs), targets)
+    perplexity = torch.exp(loss)  # a metric: it never reaches backward()
+    loss.backward()
+    optimizer.step()
+    return loss + 0 * perplexity.detach()
+
+
 class Attention(nn.Module):
     """LayerNorm, a hand-written softmax attention (scaled scores, softmax, weighted sum), a GELU MLP."""
 
@@ -192,6 +220,9 @@ HEALTHY = {
     "layernorm-softmax-attention": lambda: make_patient(model=Attention),
     "gelu-transformer-layer": lambda: make_patient(model=Encoder),
     "clip-accumulate-bf16": lambda: make_patient(grad_clip=1.0, accumulate=2, precision="bf16"),
+    "rbf-kernel-head": lambda: make_patient(model=RBFHead),
+    "constant-weights-mean": lambda: make_patient(loss=weighted_mean),
+    "perplexity-logged-in-the-step": lambda: make_patient(train_step=step_logging_perplexity),
 }
 
 

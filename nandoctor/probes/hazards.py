@@ -127,6 +127,7 @@ class Probability:
 class Tag:
     prob: Probability | None = None
     upper: bool = False           # bounded above by a modest constant: exp of it cannot overflow
+    nonpos: bool = False          # <= 0 (a log-probability, x - max(x), minus a distance): exp of it is at most 1
     nonneg: bool = False
     positive: bool = False        # > 0 by construction: its sums cannot be zero
     zero: Producer | None = None  # a reduction computed in the step that can be exactly zero
@@ -250,7 +251,7 @@ class Provenance(TorchFunctionMode):
         elif name in EXPS:
             tag = self.tag(x)
             if isinstance(x, torch.Tensor) and x.requires_grad and x.is_floating_point() \
-                    and not (tag is not None and tag.upper):
+                    and not (tag is not None and (tag.upper or tag.nonpos)):
                 kind, operand = "exp-unbounded", x
         elif name in DIVS or name in RDIVS:
             d = x if name in RDIVS else _arg(args, kwargs, 1, "other")
@@ -318,7 +319,8 @@ class Provenance(TorchFunctionMode):
             prob = Probability(kind, self._producer(name), x, dim=dim, dtype=dtype)
             return Tag(prob=prob, upper=True, nonneg=True, positive=True)
         if name in BOUNDED:
-            return Tag(upper=True, nonneg=name in ("hardsigmoid", "relu6"))
+            return Tag(upper=True, nonneg=name in ("hardsigmoid", "relu6"),
+                       nonpos=name in ("log_softmax", "logsigmoid", "special_log_softmax"))
         if name in CLAMPS:
             return self._clamped(name, args, kwargs, t)
         if name in SQUARE_LIKE:
@@ -336,7 +338,8 @@ class Provenance(TorchFunctionMode):
                                                              and not x.is_complex()))   # a mean of a mask is a share
             zero = None if t.positive else self._producer(name, count=count,
                                                           operand=x if tx is None and not count else None)
-            return Tag(upper=t.upper and name in ("mean", "nanmean"), nonneg=t.nonneg, positive=t.positive,
+            return Tag(upper=t.upper and name in ("mean", "nanmean"), nonneg=t.nonneg, nonpos=t.nonpos,
+                       positive=t.positive,
                        zero=zero, sqrt_zero=self._producer(name, origin=t.sqrt_zero.origin or t.sqrt_zero.where)
                        if t.sqrt_zero is not None else None)
         if name in NORMS or name in SPREADS or name in COUNTS:
@@ -368,7 +371,7 @@ class Provenance(TorchFunctionMode):
             return Tag(prob=prob, upper=t.nonneg, nonneg=prob is not None)
         if name in NEGS:
             prob = replace(t.prob, negated=not t.prob.negated) if t.prob is not None else None
-            return Tag(prob=prob, upper=t.nonneg, zero=t.zero)
+            return Tag(prob=prob, upper=t.nonneg, nonpos=t.nonneg, nonneg=t.nonpos, zero=t.zero)
         return None
 
     def _producer(self, name: str, **kw) -> Producer:
@@ -387,7 +390,9 @@ class Provenance(TorchFunctionMode):
         hi = None if name.startswith("clamp_min") else _arg(args, kwargs, 2, "max")
         lo_num = float(lo) if _number(lo) else None
         floored = lo is not None   # clamped from below: no longer zero, no longer a probability that reaches 0
+        hi_num = float(hi) if _number(hi) else None
         return Tag(prob=None if floored or hi is not None else t.prob, upper=t.upper or hi is not None,
+                   nonpos=t.nonpos or (hi_num is not None and hi_num <= 0),
                    nonneg=t.nonneg or (lo_num is not None and lo_num >= 0),
                    positive=t.positive or (lo_num is not None and lo_num > 0),
                    zero=None if floored else t.zero, sqrt_zero=None if floored else t.sqrt_zero, mask=t.mask)
@@ -400,16 +405,18 @@ class Provenance(TorchFunctionMode):
                 return None
             prob = replace(t.prob, scale=t.prob.scale * c) if t.prob is not None and c > 0 \
                 and not t.prob.negated else None
-            return Tag(prob=prob, upper=t.upper if c > 0 else t.nonneg, nonneg=t.nonneg and c > 0,
+            return Tag(prob=prob, upper=t.upper if c > 0 else t.nonneg, nonneg=t.nonneg if c > 0 else t.nonpos,
+                       nonpos=t.nonpos if c > 0 else t.nonneg,
                        positive=t.positive and c > 0, zero=t.zero, sqrt_zero=t.sqrt_zero, mask=t.mask and c > 0)
         ty = self.tag(y) or Tag()
         if name in MULS and y is x and isinstance(x, torch.Tensor):
             return Tag(nonneg=True, sqrt_zero=self._producer("mul"))   # x * x
         if name in MULS:
-            nonneg = t.nonneg and ty.nonneg
-            return Tag(nonneg=nonneg, positive=t.positive and ty.positive, zero=t.zero or ty.zero,
+            nonneg = (t.nonneg and ty.nonneg) or (t.nonpos and ty.nonpos)
+            return Tag(nonneg=nonneg, nonpos=(t.nonpos and ty.nonneg) or (t.nonneg and ty.nonpos),
+                       positive=t.positive and ty.positive, zero=t.zero or ty.zero,
                        sqrt_zero=(t.sqrt_zero or ty.sqrt_zero) if nonneg else None, mask=t.mask and ty.mask)
-        return Tag(nonneg=t.nonneg and ty.nonneg, positive=t.positive and ty.positive)
+        return Tag(nonneg=t.nonneg and ty.nonneg, nonpos=t.nonpos and ty.nonneg, positive=t.positive and ty.positive)
 
     def _shifted(self, name: str, args, kwargs, x, t: Tag) -> Tag | None:
         y = _arg(args, kwargs, 1, "other")
@@ -423,6 +430,7 @@ class Provenance(TorchFunctionMode):
                 prob = replace(t.prob, negated=False, complement=not t.prob.complement)   # -p + 1
             eps = c is None or c != 0
             return Tag(prob=prob, upper=t.upper, nonneg=prob is not None or (t.nonneg and c is not None and c >= 0),
+                       nonpos=t.nonpos and c is not None and c <= 0,
                        positive=(t.nonneg and c is not None and c > 0) or (t.positive and c is not None and c >= 0),
                        zero=None if eps else t.zero, sqrt_zero=None if eps else t.sqrt_zero)
         if not isinstance(y, torch.Tensor):
@@ -430,9 +438,11 @@ class Provenance(TorchFunctionMode):
         ty = self.tag(y) or Tag()
         if sub:
             root = t.root if t.root is not None else id(x)
-            return Tag(upper=ty.max_of is not None and ty.max_of == root)   # x - max(x), x - logsumexp(x)
+            if ty.max_of is not None and ty.max_of == root:   # x - max(x), x - logsumexp(x)
+                return Tag(upper=True, nonpos=True)
+            return Tag(nonpos=t.nonpos and ty.nonneg, nonneg=t.nonneg and ty.nonpos)
         nonneg = t.nonneg and ty.nonneg
-        return Tag(upper=t.upper and ty.upper, nonneg=nonneg,
+        return Tag(upper=t.upper and ty.upper, nonneg=nonneg, nonpos=t.nonpos and ty.nonpos,
                    positive=(t.positive and ty.nonneg) or (ty.positive and t.nonneg),
                    sqrt_zero=t.sqrt_zero if nonneg and t.sqrt_zero and ty.sqrt_zero else None)
 
@@ -447,8 +457,8 @@ def _positive_operand(p: Producer) -> bool:
     if not isinstance(x, torch.Tensor) or x.requires_grad or not x.is_floating_point() or x.numel() == 0:
         return False
     with torch.no_grad():
-        lo, hi = float(x.min()), float(x.max())
-    return lo > 0 and not (lo == 1.0 and hi == 1.0)   # all ones: a mask with every entry set
+        lo = float(x.min())
+    return lo > 0
 
 
 def call_site(func, frame):
@@ -475,6 +485,8 @@ class HazardTracer(Provenance):
         self.stack: list[nn.Module] = []
         self.in_loss = 0
         self.found: dict[tuple, dict] = {}
+        self.outputs: dict[tuple, list] = {}   # the autograd nodes of each hazard's outputs
+        self.roots: list[torch.Tensor] = []     # what backward() was called on
         self.calls = 0
         self._handles: list = []
 
@@ -494,6 +506,9 @@ class HazardTracer(Provenance):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         self.calls += 1
+        if args and getattr(func, "__name__", "") == "backward":   # tensor.backward(), torch.autograd.backward()
+            roots = args[0] if isinstance(args[0], (tuple, list)) else (args[0],)
+            self.roots.extend(r for r in roots if isinstance(r, torch.Tensor))
         return super().__torch_function__(func, types, args, kwargs)
 
     def module_name(self) -> str | None:
@@ -514,10 +529,11 @@ class HazardTracer(Provenance):
         record = describe(found, op_name(func, found.name), self.module_name(), self.part())
         out = func(*args, **kwargs)
         key = (record["kind"], record["where"], record["op"], record["pattern"])
+        outs = [o for o in (out if isinstance(out, (tuple, list)) else (out,)) if isinstance(o, torch.Tensor)]
+        self.outputs.setdefault(key, []).extend(o.grad_fn for o in outs if o.grad_fn is not None)
         if key in self.found:
             self.found[key]["count"] += 1
             return out
-        outs = [o for o in (out if isinstance(out, (tuple, list)) else (out,)) if isinstance(o, torch.Tensor)]
         with torch.no_grad():
             record["fires_now"] = any(o.is_floating_point() and o.numel() and not bool(torch.isfinite(o).all())
                                       for o in outs)
@@ -525,8 +541,27 @@ class HazardTracer(Provenance):
         return out
 
     def hazards(self) -> list[dict]:
+        """The hazards whose result reached what ``backward()`` was called on (all of them when it never was:
+        a step that raised first, or one that does not call it): a NaN in a logged metric harms no weight."""
         order = {k: i for i, k in enumerate(KINDS)}
-        return sorted(self.found.values(), key=lambda r: (order[r["kind"]], r["where"] or ""))
+        found = self.found
+        if self.roots and found:
+            reached = graph_nodes(self.roots)
+            found = {k: r for k, r in found.items() if any(fn in reached for fn in self.outputs.get(k, ()))}
+        return sorted(found.values(), key=lambda r: (order[r["kind"]], r["where"] or ""))
+
+
+def graph_nodes(roots: list[torch.Tensor]) -> set:
+    """Every autograd node behind ``roots``."""
+    seen: set = set()
+    stack = [r.grad_fn for r in roots if r.grad_fn is not None]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        stack.extend(nxt for nxt, _ in fn.next_functions)
+    return seen
 
 
 def describe(found: Found, op: str, module: str | None, part: str) -> dict:
