@@ -1,7 +1,7 @@
 """Cures for numerical hazards: the user's model and loss with each hazardous op rewritten on the fly.
 
 ``rewritten(patient, change)`` is a variant of the patient whose model (a forward pre-hook and hook
-on the root module, so names and weights are the user's) and loss run under a ``Rewriter``: the
+on each module, so names and weights are the user's) and loss run under a ``Rewriter``: the
 same ``Provenance`` that finds the hazards (``nandoctor.probes.hazards``), which replaces each one
 at the user's call by its stable form:
 
@@ -161,8 +161,9 @@ def rewritten(patient, change: str, loss: bool = True):
 
     def build():
         model = factory()
-        model.register_forward_pre_hook(lambda module, inputs: rewriter.push())
-        model.register_forward_hook(lambda module, inputs, output: rewriter.pop(), always_call=True)
+        for module in model.modules():   # every module: a train_step may call a submodule on its own
+            module.register_forward_pre_hook(lambda m, inputs: rewriter.push())
+            module.register_forward_hook(lambda m, inputs, output: rewriter.pop(), always_call=True)
         return model
     loss_fn = RewrittenLoss(patient.loss_fn, rewriter) if loss else patient.loss_fn
     return patient.variant(change, model_factory=build, loss_fn=loss_fn)
