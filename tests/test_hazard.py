@@ -1,5 +1,6 @@
 """numerical-hazard: each pattern as a tiny sick patient, the healthy set-ups that must get none, the cure."""
 
+import functools
 import inspect
 import sys
 from pathlib import Path
@@ -121,6 +122,23 @@ def test_exp_reports_its_largest_argument_and_the_overflow_point():
     h = trace_hazards(make_patient(loss=exp_of_scores)).hazards[0]
     assert h["kind"] == "exp-unbounded" and h["op"] == "torch.exp"
     assert h["overflow_at"] == pytest.approx(88.72, abs=0.01) and h["margin"] == pytest.approx(h["overflow_at"] - h["arg_max"])
+
+
+def scaled_logs(out, y, scales=(1.0,)):
+    total = 0.0
+    for scale in scales:
+        total = total - (y * torch.log(torch.sigmoid(out * scale))).mean()  # hazard
+    return total
+
+
+def test_a_line_run_twice_is_one_hazard_reported_at_its_call_nearest_the_edge():
+    data = binary_data()
+    once = trace_hazards(make_patient(model=lambda: mlp(classes=1), data=data,
+                                      loss=functools.partial(scaled_logs, scales=(1.0,)))).hazards
+    twice = trace_hazards(make_patient(model=lambda: mlp(classes=1), data=data,
+                                       loss=functools.partial(scaled_logs, scales=(1.0, 20.0)))).hazards
+    assert len(once) == len(twice) == 1 and once[0]["count"] == 1 and twice[0]["count"] == 2
+    assert twice[0]["margin"] < once[0]["margin"] - 5   # logits x20 are much nearer log's -inf
 
 
 class HazardInModel(nn.Module):

@@ -225,7 +225,10 @@ class Provenance(TorchFunctionMode):
             if args and out is args[0] and self.tag(out) is not None:
                 self._set(out, None)  # changed in place by an op that is not followed: what it was is gone
             return out
-        found = self._hazard(name, func, args, kwargs, sys._getframe(1)) if name in HAZARD_OPS else None
+        try:
+            found = self._hazard(name, func, args, kwargs, sys._getframe(1)) if name in HAZARD_OPS else None
+        except Exception:  # an odd signature is no hazard we know: the user's op runs as written
+            found = None
         out = self.at_hazard(found, func, args, kwargs) if found is not None else func(*args, **kwargs)
         try:
             self._propagate(name, func, args, kwargs, out)
@@ -526,17 +529,23 @@ class HazardTracer(Provenance):
         return "loss" if self.in_loss else "step"
 
     def at_hazard(self, found: Found, func, args: tuple, kwargs: dict):
-        record = describe(found, op_name(func, found.name), self.module_name(), self.part())
+        try:
+            record = describe(found, op_name(func, found.name), self.module_name(), self.part())
+        except Exception:  # a record we cannot make: the op still runs as the user wrote it
+            return func(*args, **kwargs)
         out = func(*args, **kwargs)
         key = (record["kind"], record["where"], record["op"], record["pattern"])
         outs = [o for o in (out if isinstance(out, (tuple, list)) else (out,)) if isinstance(o, torch.Tensor)]
         self.outputs.setdefault(key, []).extend(o.grad_fn for o in outs if o.grad_fn is not None)
-        if key in self.found:
-            self.found[key]["count"] += 1
-            return out
         with torch.no_grad():
             record["fires_now"] = any(o.is_floating_point() and o.numel() and not bool(torch.isfinite(o).all())
                                       for o in outs)
+        old = self.found.get(key)
+        if old is not None:   # the same line again (a loop, a second forward): keep the call nearest its edge
+            record["count"] = old["count"] + 1
+            if not nearer(record, old):
+                old["count"] = record["count"]
+                return out
         self.found[key] = record
         return out
 
@@ -549,6 +558,17 @@ class HazardTracer(Provenance):
             reached = graph_nodes(self.roots)
             found = {k: r for k, r in found.items() if any(fn in reached for fn in self.outputs.get(k, ()))}
         return sorted(found.values(), key=lambda r: (order[r["kind"]], r["where"] or ""))
+
+
+def nearer(new: dict, old: dict) -> bool:
+    """Is the call ``new`` nearer to firing than ``old`` (same line, same pattern)?"""
+    if new.get("fires_now") != old.get("fires_now"):
+        return bool(new.get("fires_now"))
+    for key, sign in (("margin", 1), ("divisor_min", 1), ("zeros", -1), ("arg_min", 1)):
+        a, b = new.get(key), old.get(key)
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)) and a != b:
+            return sign * a < sign * b
+    return False
 
 
 def graph_nodes(roots: list[torch.Tensor]) -> set:
