@@ -136,9 +136,9 @@ def test_a_line_run_twice_is_one_hazard_reported_at_its_call_nearest_the_edge():
     once = trace_hazards(make_patient(model=lambda: mlp(classes=1), data=data,
                                       loss=functools.partial(scaled_logs, scales=(1.0,)))).hazards
     twice = trace_hazards(make_patient(model=lambda: mlp(classes=1), data=data,
-                                       loss=functools.partial(scaled_logs, scales=(1.0, 20.0)))).hazards
+                                       loss=functools.partial(scaled_logs, scales=(1.0, 200.0)))).hazards
     assert len(once) == len(twice) == 1 and once[0]["count"] == 1 and twice[0]["count"] == 2
-    assert twice[0]["margin"] < once[0]["margin"] - 5   # logits x20 are much nearer log's -inf
+    assert twice[0]["margin"] < once[0]["margin"] - 5   # logits x200 are much nearer log's -inf
 
 
 class HazardInModel(nn.Module):
