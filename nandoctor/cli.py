@@ -141,11 +141,17 @@ def summary_table(report, top: int = 8) -> Table:
     table.add_column("code")
     table.add_column("finding")
     table.add_column("status")
-    for i, f in enumerate(report.findings[:top], 1):
-        status = {True: "confirmed", False: "cure failed", None: "suspected"}[f.confirmed]
+    # the top level only: a symptom folded under its cause is shown under that cause's row
+    shown = [f for f in report.findings if f.explained_by is None][:top]
+    for i, f in enumerate(shown, 1):
+        folded = [g.code for g in report.findings if g.explained_by == f.code]
+        title = escape(f.title) + (f"\n[dim]explains: {escape(', '.join(folded))}[/dim]" if folded else "")
+        still = (f.treatment or {}).get("remaining")
+        if still:
+            title += f"\n[dim]still wrong after the cure: {escape(', '.join(still))}[/dim]"
         # titles carry the user's names and messages: shown as text, never read as rich markup
         table.add_row(str(i), f"[{colors.get(f.severity, 'white')}]{escape(f.severity)}", escape(f.code),
-                      escape(f.title), status)
+                      title, f.status)
     return table
 
 

@@ -17,7 +17,9 @@ The suggestion rules (each takes the smoothed curve up to the divergence point):
 The recommendation is the valley (fastai found it the best default; it sits between
 the cautious steepest point and the edge-of-stability minimum), else the geometric
 median of the rules that answered; always capped below the divergence point. The
-spread of the rules (in decades) is reported beside it.
+spread of the rules (in decades) is reported beside it. A descent within the batch noise
+(``smoothed_noise``: a short sweep that has barely trained) is not read as a valley: the
+recommendation is then a tenth of the divergence LR, the one edge such a curve shows.
 """
 
 from __future__ import annotations
@@ -33,10 +35,13 @@ MIN_POINTS = 8              # fewer finite points than this: no suggestion
 DIVERGE_FACTOR = 4.0        # diverged when the smoothed loss exceeds its best by 3x the loss scale ...
 DIVERGE_FLOOR_SHARE = 0.1   # ... where the scale is max(|best|, 10% of |initial|): tiny bests do not trigger on noise
 DIVERGE_WARMUP = 3          # points ignored by the divergence test (the EMA is still settling)
+RETURN_DROP_SHARE = 0.25    # a smoothed loss that fell 25% below its start and climbs back above it has diverged
 MIN_DECREASE = 0.05         # the loss must fall by 5% of its initial value for the curve to be usable
 USEFUL_DROP_SHARE = 0.1     # the useful range starts where 10% of the total decrease has happened
 VALLEY_BOTTOM_SHARE = 0.02  # the valley ends where the loss is within 2% of the total decrease from its minimum
 DIVERGENCE_MARGIN = 3.0     # the recommendation stays at least 3x below the divergence LR
+NOISE_MULTIPLE = 5.0        # a descent smaller than 5x the smoothed curve's batch noise is not read as a valley ...
+DIVERGENCE_FALLBACK = 10.0  # ... the recommendation is then a tenth of the divergence LR (the only edge the curve shows)
 SKIP_START_SHARE = 0.05    # the first 5% of the points (at least DIVERGE_WARMUP) are left out of the rules:
                            # the average is still settling and one batch weighs too much
 EDGE_POINTS = 1             # points dropped at each end before taking a gradient (one-sided differences)
@@ -86,22 +91,30 @@ def divergence_index(raw: Sequence[float], smoothed: Sequence[float], factor: fl
     1. a non-finite raw loss diverges at once (warm-up or not);
     2. after the warm-up, a smoothed loss above ``best + (factor - 1) * scale`` diverges,
        ``scale = max(|best so far|, DIVERGE_FLOOR_SHARE * |first smoothed|)``;
-    3. a loss that starts positive and falls below minus its start is ``unbounded``: it left the
+    3. so does a smoothed loss that fell by ``RETURN_DROP_SHARE`` below its start (the smoothed loss
+       at the end of the warm-up) and climbs back above it: the LR now undoes the training;
+    4. a loss that starts positive and falls below minus its start is ``unbounded``: it left the
        range a loss can take (raw scores into NLLLoss, a sign error), so "lower" no longer means better.
     """
-    best, first = math.inf, None
+    best, first, start = math.inf, None, None
     for i, (x, s) in enumerate(zip(raw, smoothed)):
         if not finite(x) or not finite(s):
             return i, "nonfinite"
         first = s if first is None else first
         if first > 0 and s < -first:
             return i, "unbounded"
-        if i >= warmup:
-            scale = max(abs(best), DIVERGE_FLOOR_SHARE * abs(first))
-            if s > best + (factor - 1) * scale:
-                return i, "rising"
+        start = s if i == warmup else start
+        if i >= warmup and _rising(s, best, first, start, factor):
+            return i, "rising"
         best = min(best, s)
     return None, None
+
+
+def _rising(s: float, best: float, first: float, start: float, factor: float) -> bool:
+    """Steps 2 and 3 of ``divergence_index`` at one point after the warm-up."""
+    if s > best + (factor - 1) * max(abs(best), DIVERGE_FLOOR_SHARE * abs(first)):
+        return True
+    return start - best >= RETURN_DROP_SHARE * abs(start) > 0 and s > start
 
 
 def steepest(lrs: Sequence[float], losses: Sequence[float]) -> float | None:
@@ -231,6 +244,17 @@ def useful_low(lrs: Sequence[float], losses: Sequence[float], initial: float, be
     return start
 
 
+def smoothed_noise(raw: Sequence[float], beta: float = SMOOTH_BETA) -> float | None:
+    """The batch-to-batch noise left in the smoothed loss: a robust standard deviation of the raw loss
+    (1.4826 x the median absolute second difference, / sqrt 6: a trend, even a bending one, does not
+    count) times the EMA's noise gain ``sqrt((1 - beta) / (1 + beta))``; None with too few finite points."""
+    y = np.asarray([v for v in raw if finite(v)], dtype=float)
+    if len(y) < MIN_POINTS:
+        return None
+    sigma = 1.4826 * float(np.median(np.abs(np.diff(y, n=2)))) / math.sqrt(6)
+    return sigma * math.sqrt((1 - beta) / (1 + beta))
+
+
 def read_sweep(lrs: Sequence[float], raw: Sequence[float], beta: float = SMOOTH_BETA) -> SweepReading:
     """Smooth, find the divergence, apply every rule on the part before it, and recommend one LR."""
     # 1. smooth and find where it diverged
@@ -263,6 +287,12 @@ def read_sweep(lrs: Sequence[float], raw: Sequence[float], beta: float = SMOOTH_
         return reading
     suggestion = reading.suggestions["valley"] or geometric_median(answered)
     reading.suggested_by = "valley" if reading.suggestions["valley"] else "geometric median of the rules"
+    noise = smoothed_noise(raw[skip:idx], beta)
+    if reading.divergence_lr is not None and noise is not None and \
+            reading.initial_loss - reading.best_loss < NOISE_MULTIPLE * noise:
+        # a short sweep (or a noisy loss): the "valley" is batch noise; the divergence is the curve's one fact
+        suggestion = reading.divergence_lr / DIVERGENCE_FALLBACK
+        reading.suggested_by = "a tenth of the divergence LR: the descent is within the batch noise"
     if reading.divergence_lr is not None:
         suggestion = min(suggestion, reading.divergence_lr / DIVERGENCE_MARGIN)
     reading.suggested_lr = float(suggestion)
@@ -280,7 +310,7 @@ class DivergenceWatch:
     def __init__(self, beta: float = SMOOTH_BETA, factor: float = DIVERGE_FACTOR, warmup: int = DIVERGE_WARMUP):
         self.beta, self.factor, self.warmup = beta, factor, warmup
         self.avg, self.k, self.i = 0.0, 0, 0
-        self.best, self.first = math.inf, None
+        self.best, self.first, self.start = math.inf, None, None
 
     def add(self, x: float) -> str | None:
         i, self.i = self.i, self.i + 1
@@ -292,7 +322,8 @@ class DivergenceWatch:
         if not math.isfinite(s):
             return "nonfinite"
         self.first = s if self.first is None else self.first
-        if i >= self.warmup and s > self.best + (self.factor - 1) * max(abs(self.best), DIVERGE_FLOOR_SHARE * abs(self.first)):
+        self.start = s if i == self.warmup else self.start
+        if i >= self.warmup and _rising(s, self.best, self.first, self.start, self.factor):
             return "rising"
         self.best = min(self.best, s)
         return None

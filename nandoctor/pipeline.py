@@ -143,6 +143,13 @@ def cpu_if_cuda_would_assert(patient: Patient, reason: str | None = None) -> tup
     return cpu, f"{reason}; on CUDA this is a device-side assert that kills the process, so the probes ran on the CPU"
 
 
+def preload_torch() -> None:
+    """Import what torch loads on first use before the budget's clock starts: the first optimizer built in a
+    process imports ``torch._dynamo`` (seconds, more on a busy machine), which is start-up, not the patient's
+    step time; the warm-up would otherwise take it for a slow step and plan every probe short."""
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+
+
 def load_patient(source, device: str | None, seed: int | None) -> tuple[Patient, str]:
     if isinstance(source, Patient):
         return source, "<python objects>"
@@ -161,6 +168,7 @@ def diagnose(source, *, budget: float = DEFAULT_BUDGET, probes: Iterable[str] | 
     """
     from nandoctor.report.writer import staged
 
+    preload_torch()
     with staged(out) as stage:  # the report is written beside ``out`` and moved into place whole
         opts = Options(budget=float(budget), probes=tuple(probes) if probes is not None else None, device=device,
                        seed=seed, out=stage, probe_options=probe_options or {}, treatments=treatments,
@@ -358,8 +366,10 @@ class Battery:
         for code, diag in diagnoses.load_all().items():
             missing = [p for p in diag.requires if p not in evidence]
             failed = [p for p in diag.requires if p in evidence and not evidence[p].ok]
-            if missing or (failed and not diag.accepts_failed) or \
-                    any(evidence[p].status == "inconclusive" for p in failed):
+            # a required probe that ran but was inconclusive or failed: judge from the fallback probes
+            fallback = diag.fallback and not missing and all(evidence.ok(p) is not None for p in diag.fallback)
+            if not fallback and (missing or (failed and not diag.accepts_failed) or
+                                 any(evidence[p].status == "inconclusive" for p in failed)):
                 reason = "probe not run" if missing else "probe inconclusive" if any(
                     evidence[p].status == "inconclusive" for p in failed) else "probe failed or skipped"
                 not_evaluated.append({"code": code, "missing": missing + failed, "reason": reason})
@@ -381,6 +391,8 @@ class Battery:
         registry = diagnoses.load_all()
         overfit = self.needs.get("overfit") if self.plan is not None else None
         steps = (self.plan.steps.get(TREATMENTS) or overfit.min) if overfit is not None else None
+        if steps is not None:
+            steps = self._cure_tier(steps, overfit, findings, registry)
         confirmed: list[Finding] = []
         for finding in ranking.rank(list(findings)):
             if finding.severity == "info":
@@ -395,7 +407,8 @@ class Battery:
             try:
                 cures = registry[finding.code].cures(ctx, finding)
             except Exception as exc:  # a diagnosis bug must not kill the report
-                finding.treatment = {"tried": "failed to describe a cure", "cured": False, "error": error_record(exc)}
+                finding.treatment = {"tried": "failed to describe a cure", "cured": False, "judged": False,
+                                     "error": error_record(exc)}
                 continue
             cost = sum(planning.step_seconds(CURE_COST * (c.steps or steps or 0), self.step_time)
                        for c in cures if c.done is None)
@@ -428,9 +441,21 @@ class Battery:
                 finding.treatment = None
                 finding.treatment_note = "not judged: the cure ran past its deadline"
             except Exception as exc:
-                finding.treatment = {"tried": "failed to run", "cured": False, "error": error_record(exc)}
+                finding.treatment = {"tried": "failed to run", "cured": False, "judged": False,
+                                     "error": error_record(exc)}
             self.progress.finish(name, ProbeResult(name=finding.code))
 
+
+    def _cure_tier(self, steps: int, overfit: planning.StepNeed, findings, registry) -> int:
+        """The cures' steps: the plan's tier, raised (in the planner's doubling tiers, up to the overfit
+        probe's ideal) while every candidate's cure still fits what is left, as when probes crashed early."""
+        n = sum(1 for f in findings if f.severity != "info"
+                and type(registry[f.code]).cures is not diagnoses.Diagnosis.cures)
+        left = self.end - time.perf_counter()
+        while n and steps * 2 <= overfit.ideal and \
+                n * planning.step_seconds(CURE_COST * steps * 2, self.step_time) <= left:
+            steps *= 2
+        return steps
 
     def _compose(self, findings: list[Finding], patient: Patient) -> list[Finding]:
         """Cures compose: after the top cause is confirmed, the battery runs again on the cured copy.

@@ -50,3 +50,28 @@ def test_train_eval_probe_scores_on_copies():
     stats = model[1].running_mean.clone()
     battery(patient, probes=["bn_freeze", "train_eval"], budget=10)
     assert torch.equal(model[1].running_mean, stats)
+
+
+def _train_eval_evidence(**metrics):
+    from nandoctor.probes.train_eval import TrainEvalMetrics
+    from nandoctor.records import Evidence, ProbeResult
+    base = {"train_mode_loss": 0.2, "train_mode_std": 0.01, "eval_mode_loss": 2.5, "initial_loss": 1.1,
+            "trained_steps": 10, "batch_size": 16, "mode_layers": ["BatchNorm2d"]}
+    return Evidence({"train_eval": ProbeResult(name="train_eval", metrics=TrainEvalMetrics(**{**base, **metrics}))})
+
+
+def test_a_gap_that_re_estimated_batchnorm_statistics_close_is_lag_not_a_fault():
+    from nandoctor.diagnoses.batchnorm import TrainEvalGap
+    diag = TrainEvalGap()
+    assert diag.check(_train_eval_evidence()) is not None                       # no re-estimate: a gap
+    assert diag.check(_train_eval_evidence(eval_mode_loss_recalibrated=0.25)) is None   # the lag, closed
+    still = diag.check(_train_eval_evidence(eval_mode_loss_recalibrated=2.4))   # the model itself differs
+    assert still is not None and still.evidence["eval_mode_loss_recalibrated"] == 2.4
+
+
+def test_train_eval_probe_re_estimates_batchnorm_statistics_on_a_copy():
+    patient = make_patient(model=bn_cnn, data=images(), batch_size=16)
+    report = battery(patient, probes=["train_eval"], budget=15)
+    m = report.probes["train_eval"].metrics
+    assert m["recalibration_batches"] and m["recalibration_batches"] >= 1
+    assert m["eval_mode_loss_recalibrated"] is not None and m["eval_mode_loss_recalibrated"] > 0

@@ -133,3 +133,47 @@ def test_a_loss_that_runs_below_zero_is_unbounded_not_better():
     raw = [0.1] * 20 + [0.1 - 0.05 * i for i in range(20)] + [-1e6 * i for i in range(1, 10)]
     index, kind = divergence_index(raw, smooth(raw))
     assert kind == "unbounded" and 20 < index < 40
+
+
+def test_a_loss_that_climbs_back_above_its_start_has_diverged():
+    """Well before the loss is 4x its best: the LR undoes the training, the rest of the sweep adds nothing."""
+    lrs = lr_grid()
+    raw = [2.0] * 40 + [2.0 - 0.04 * i for i in range(20)] + [1.2 + 0.1 * i for i in range(40)]
+    index, kind = curves.divergence_index(raw, curves.smooth(raw))
+    assert kind == "rising" and 68 < index < 80
+    assert 2.0 < curves.smooth(raw)[index] < 4 * 1.2    # back above the start, far below 4x the best
+    watch = curves.DivergenceWatch()
+    assert next(i for i, x in enumerate(raw) if watch.add(x)) == index
+    # a curve that never fell by a quarter may wander above its start without diverging
+    wobble = [1.0, 0.9, 0.85, 0.8, 0.82, 0.9, 1.05, 1.1, 1.0, 0.95]
+    assert curves.divergence_index(wobble, curves.smooth(wobble)) == (None, None)
+
+
+def test_smoothed_noise_measures_the_batch_noise_not_the_trend():
+    import random
+
+    rng = random.Random(0)
+    trend = [2.0 - 0.005 * i for i in range(400)]
+    noisy = [y + rng.gauss(0, 0.2) for y in trend]
+    gain = math.sqrt((1 - curves.SMOOTH_BETA) / (1 + curves.SMOOTH_BETA))
+    assert curves.smoothed_noise(noisy) == pytest.approx(0.2 * gain, rel=0.15)
+    assert curves.smoothed_noise(trend) == pytest.approx(0.0, abs=1e-9)
+    assert curves.smoothed_noise([1.0, NAN, 2.0]) is None
+
+
+def test_a_descent_within_the_batch_noise_suggests_a_tenth_of_the_divergence():
+    """A short sweep whose loss only wanders (30 points, SGD barely trained) until it blows up at ~1."""
+    import random
+
+    rng = random.Random(1)
+    lrs = lr_grid(30)
+    raw = [1.1 + rng.gauss(0, 0.3) if lr < 1.0 else 50.0 for lr in lrs]
+    r = curves.read_sweep(lrs, raw)
+    assert r.divergence_lr is not None and 1.0 <= r.divergence_lr < 3.0
+    assert r.suggested_lr == pytest.approx(r.divergence_lr / curves.DIVERGENCE_FALLBACK)
+    assert "noise" in r.suggested_by
+    # the same sweep with a real descent keeps its valley
+    clean = [y - 0.9 * (lr > 1e-3) * (lr < 1.0) for lr, y in zip(lrs, [1.1 + rng.gauss(0, 0.03) for _ in lrs])]
+    clean = [y if lr < 1.0 else 50.0 for lr, y in zip(lrs, clean)]
+    r = curves.read_sweep(lrs, clean)
+    assert r.suggested_by == "valley" and r.suggested_lr < r.divergence_lr / curves.DIVERGENCE_FALLBACK

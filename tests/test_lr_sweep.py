@@ -3,6 +3,7 @@
 import json
 import math
 
+import pytest
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
@@ -105,6 +106,18 @@ def test_batches_with_nan_are_skipped_not_trained_on():
     assert all(math.isfinite(v) for v in run.losses[:10])
 
 
+def test_the_untrained_baseline_is_training_at_lr_zero_by_forward_passes():
+    """Dropout and BatchNorm in train mode: the forward-only baseline draws the same masks on the same batches."""
+    from nandoctor.probes.lr_sweep import _constant_lr_run, untrained_run
+
+    model = lambda: nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 1))
+    patient = make_patient(model=model, data=regression(), loss=nn.MSELoss(), optimizer=torch.optim.Adam, lr=1e-3)
+    by_forward, by_training = untrained_run(patient, 12, None), _constant_lr_run(patient, 0.0, 12, None)
+    assert by_forward.steps == 12 and by_forward.losses == pytest.approx(by_training.losses, rel=1e-5)
+    moving = _constant_lr_run(patient, 1e-2, 12, None)
+    assert moving.losses[5:] != pytest.approx(by_forward.losses[5:], rel=1e-3)  # the comparison can fail
+
+
 def test_check_runs_compare_against_the_untrained_loss():
     check = check_lrs(regressor(1e-2), {"tiny": 1e-7, "good": 1e-2}, steps=12)
     assert abs(check["tiny"]["relative_drop"]) < 0.05      # LR 1e-7: the loss does not move
@@ -160,6 +173,10 @@ def test_lr_too_high_needs_the_check_to_fail_at_the_user_lr():
     assert diag.check(sweep_evidence(0.5, user_drop=0.8)) is None                   # far above, but it trains
     assert diag.check(sweep_evidence(2.0, user_drop=0.8)).severity == "warning"     # past divergence, but it trains
     assert diag.check(sweep_evidence(1e-2, user_drop=-1.0)) is None                 # at the suggestion
+    # below the sweep's divergence point, 5x the suggestion: the runs decide when no batch was memorised
+    stuck = {"memorised": False, "initial_loss": 1.1, "tail_loss": 1.0}
+    assert diag.check(sweep_evidence(5e-2, user_drop=0.02, overfit=stuck)).severity == "critical"
+    assert diag.check(sweep_evidence(5e-2, user_drop=0.02, overfit={"memorised": True})) is None
 
 
 def test_lr_too_low_needs_orders_of_magnitude_and_a_loss_that_barely_moves():
@@ -167,7 +184,10 @@ def test_lr_too_low_needs_orders_of_magnitude_and_a_loss_that_barely_moves():
     stuck = {"memorised": False, "initial_loss": 1.1, "tail_loss": 1.09}
     assert diag.check(sweep_evidence(1e-5, user_drop=0.01, overfit=stuck)).severity == "critical"
     assert diag.check(sweep_evidence(1e-5, user_drop=0.01)).severity == "warning"   # no overfit probe
-    assert diag.check(sweep_evidence(1e-3, user_drop=0.01)) is None                 # only 10x below
+    assert diag.check(sweep_evidence(1e-3, user_drop=0.1)) is None                  # only 10x below, and it moves
+    # one decade below, the runs decide: the loss barely moves at the user's LR, the suggestion trains
+    assert diag.check(sweep_evidence(1e-3, user_drop=0.01, overfit=stuck)).severity == "critical"
+    assert diag.check(sweep_evidence(3e-3, user_drop=0.01, overfit=stuck)) is None  # 3x below: not the LR's fault
     assert diag.check(sweep_evidence(1e-5, user_drop=0.4)) is None                  # it moves
     memorised = {"memorised": True, "initial_loss": 1.0, "tail_loss": 0.01}
     assert diag.check(sweep_evidence(1e-5, user_drop=0.01, overfit=memorised)) is None

@@ -38,3 +38,77 @@ def test_catch_all_symptoms_go_below_specific_findings():
     specific = f("dead-relu", severity="warning", confidence=0.5, role="symptom")
     assert [x.code for x in rank([catch_all, specific])] == ["dead-relu", "cannot-overfit-batch"]
     assert rank([catch_all, f("i", "info")])[0].code == "cannot-overfit-batch"
+
+
+# --- differential diagnosis: what the cures showed comes before the priority ----------------------
+CURED, FAILED = {"cured": True}, {"cured": False}
+
+
+def test_a_confirmed_warning_outranks_a_suspected_critical():
+    guess = f("outlier-sample", severity="critical", confidence=0.9)
+    proven = f("data-unnormalized", severity="warning", confidence=0.6, treatment=CURED)
+    assert [x.code for x in rank([guess, proven])] == ["data-unnormalized", "outlier-sample"]
+
+
+def test_a_refuted_cause_drops_below_the_suspected_ones_and_keeps_its_status():
+    refuted = f("exploding-gradients", severity="critical", confidence=0.95, treatment=FAILED)
+    suspected = f("lr-too-high", severity="warning", confidence=0.5)
+    ranked = rank([refuted, suspected])
+    assert [x.code for x in ranked] == ["lr-too-high", "exploding-gradients"]
+    assert ranked[1].status == "refuted" and ranked[0].status == "suspected"
+
+
+def test_when_a_diverging_run_has_several_candidates_the_one_whose_cure_trains_wins():
+    candidates = [f("lr-too-high", "critical", 0.9, treatment=FAILED),
+                  f("sample-loss-outlier", "critical", 0.8, treatment=FAILED),
+                  f("data-unnormalized", "warning", 0.6, treatment=CURED),
+                  f("loss-reduction-sum", "warning", 0.7)]
+    assert [x.code for x in rank(candidates)] == ["data-unnormalized", "loss-reduction-sum", "lr-too-high",
+                                                  "sample-loss-outlier"]
+
+
+def test_info_findings_stay_last_whatever_their_cure_showed():
+    note = f("class-imbalance", severity="info", confidence=1.0, treatment=CURED)
+    refuted = f("dead-relu", severity="warning", confidence=0.3, treatment=FAILED)
+    assert rank([note, refuted])[-1].code == "class-imbalance"
+
+
+def test_symptoms_fold_under_the_cause_that_explains_them():
+    cause = f("nll-on-raw-logits", "critical", 0.9, explains=("cannot-overfit-batch",), treatment=CURED)
+    symptom = f("cannot-overfit-batch", "critical", 0.95, role="symptom")
+    other = f("class-imbalance", "warning", 0.7)
+    ranked = rank([symptom, other, cause])
+    assert ranked[0].code == "nll-on-raw-logits" and ranked[0].explained_by is None
+    assert {x.code: x.explained_by for x in ranked} == {"nll-on-raw-logits": None, "cannot-overfit-batch":
+                                                        "nll-on-raw-logits", "class-imbalance": None}
+
+
+def test_a_refuted_cause_neither_jumps_over_nor_folds_its_symptoms():
+    cause = f("lr-too-high", "warning", 0.6, explains=("exploding-gradients",), treatment=FAILED)
+    symptom = f("exploding-gradients", "critical", 0.9, role="symptom")
+    ranked = rank([cause, symptom])
+    assert [x.code for x in ranked] == ["exploding-gradients", "lr-too-high"]
+    assert all(x.explained_by is None for x in ranked)
+
+
+def test_a_suspected_cause_does_not_jump_over_a_confirmed_symptom():
+    cause = f("bad-init", "critical", 0.9, explains=("exploding-gradients",))
+    symptom = f("exploding-gradients", "warning", 0.6, role="symptom", treatment=CURED)
+    assert rank([cause, symptom])[0].code == "exploding-gradients"
+
+
+def test_a_finding_gone_once_the_top_cause_is_cured_is_folded_under_it():
+    top = f("nll-on-raw-logits", "critical", 0.9, treatment=CURED)
+    gone = f("dead-relu", "warning", 0.7)
+    gone.gone_after = "nll-on-raw-logits"
+    after = f("lr-too-low", "critical", 0.95, treatment=CURED)
+    after.after_cure = "nll-on-raw-logits"
+    ranked = rank([gone, after, top])
+    assert [x.code for x in ranked] == ["nll-on-raw-logits", "lr-too-low", "dead-relu"]
+    assert ranked[2].explained_by == "nll-on-raw-logits" and ranked[1].explained_by is None
+
+
+def test_an_unjudged_cure_leaves_the_finding_inconclusive_not_refuted():
+    cut = f("lr-too-low", "critical", 0.9, treatment={"cured": False, "judged": False})
+    assert cut.status == "inconclusive" and cut.confirmed is None
+    assert cut.to_json()["status"] == "inconclusive"

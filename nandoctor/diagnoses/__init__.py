@@ -38,6 +38,7 @@ class Diagnosis:
     thresholds: ClassVar[dict[str, float]] = {}  # named thresholds; documented in the doc page
     doc: ClassVar[str] = ""
     accepts_failed: ClassVar[bool] = False  # evaluate even when a required probe failed (crash evidence)
+    fallback: ClassVar[tuple[str, ...]] = ()  # when a required probe ran but was inconclusive or failed, judge from these
     generic: ClassVar[bool] = False  # a catch-all symptom: ranked below every specific finding of warning or above
 
     def __init_subclass__(cls, **kwargs):

@@ -5,6 +5,8 @@ from __future__ import annotations
 from nandoctor.diagnoses import Diagnosis
 from nandoctor.diagnoses.data_common import SCAN, SHOWN, column_name, coverage, features, scan
 from nandoctor.records import Evidence
+from nandoctor.treatments import Cure, judges
+from nandoctor.treatments.rewire import without_samples
 
 
 class DataNonfinite(Diagnosis):
@@ -67,6 +69,19 @@ class DataNonfinite(Diagnosis):
                             title=f"{count} sample(s) contain NaN/Inf"
                                   f"{f' (columns: {where})' if where else ''}, e.g. sample(s) "
                                   f"{', '.join(str(i) for i in evidence['sample_indices'][:5])}")
+
+
+    def cures(self, ctx, finding):
+        """Train on the data stream without the samples that hold NaN/Inf (every one must be known)."""
+        r = scan(ctx.evidence)
+        nf = (r.metrics.get("nonfinite") or {}) if r is not None else {}
+        if not nf.get("listed_all") or r.metrics.get("samples_scanned") != r.metrics.get("samples_total"):
+            return []
+        drop = nf.get("indices") or []
+        shown = ", ".join(str(i) for i in drop[:5]) + (" ..." if len(drop) > 5 else "")
+        tried = f"dropped the {len(drop)} sample(s) with NaN/Inf ({shown}) and trained on the data stream"
+        variant = ctx.patient.variant(f"without samples {shown}", train_data=without_samples(ctx.patient, drop))
+        return [Cure(tried, variant, train="lr_check", judge=judges.when_broken(judges.clean))]
 
 
 class SampleLoadError(Diagnosis):

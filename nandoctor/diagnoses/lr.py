@@ -39,6 +39,7 @@ class LRDiagnosis(Diagnosis):
     """Shared by both: the treatment replays (or runs) the check and plots it."""
 
     requires = (LR_PROBE,)
+    fallback = ("overfit",)  # no sweep (inconclusive, failed): the overfit run at the user's LR gives a suspicion
 
     def confirmed(self, user: dict | None, suggested: dict | None) -> bool | None:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -75,7 +76,9 @@ class LRTooHigh(LRDiagnosis):
         "trains_above_drop": 0.25,  # the run at the suggestion "trains" when its loss falls by 25% or more
         "rises_above": 1.2,      # without a usable sweep: the overfit run at the user's LR ends 20% above its start
         "climbs_above": 0.2,     # the check run at the user's LR ends 20% above the untrained loss ...
-        "climb_ratio": 3.0,      # ... with the user's LR at least 3x the suggestion: a suspicion its cure decides
+        "climb_ratio": 3.0,      # ... with the user's LR at least 3x the suggestion: a suspicion its cure decides;
+                                 # at 3x with a check that fails at the user's LR and trains at the suggestion
+                                 # (and no batch memorised): the runs alone decide, below the divergence point
     }
     cure_factors = (10.0, 100.0)  # without a suggestion, the cure retrains the overfit run at these fractions
     fix = ("Lower the learning rate to the suggested value (see the LR-sweep plot), or add a warm-up; "
@@ -86,6 +89,8 @@ class LRTooHigh(LRDiagnosis):
     finds where the loss diverges. This fires when the user's learning rate is at or past that
     point, or far above the suggested one, and a short run at the user's LR from a fresh init
     fails (the loss rises, stalls or turns NaN) where the same run at the suggested LR trains.
+    The sweep's divergence point is an upper bound (the sweep's model was trained along the way):
+    a constant LR below it can still fail, so at 3x the suggestion the two runs decide alone.
 
     ## Why it breaks training
     Each step overshoots the minimum it is heading for: the loss oscillates, climbs, or overflows
@@ -122,7 +127,7 @@ class LRTooHigh(LRDiagnosis):
     def check(self, ev: Evidence):
         r = ev.ok(LR_PROBE)
         if r is None:
-            return None
+            return self._rising_overfit(ev, None, ev.facts.get("lr")) if ev.facts.get("lr") else None
         m = r.metrics
         user, sugg, div = m.get("user_lr"), m.get("suggested_lr"), m.get("divergence_lr")
         if user and not sugg:
@@ -132,12 +137,16 @@ class LRTooHigh(LRDiagnosis):
         far = user >= sugg * self.thresholds["far_above"]
         user_run, sugg_run = check_runs(m)
         user_drop = drop(user_run)
-        climbs = user >= sugg * self.thresholds["climb_ratio"] and (
-            blew_up(user_run) or (user_drop is not None and user_drop <= -self.thresholds["climbs_above"]))
-        if not (past or far or climbs):
-            return None
+        above = user >= sugg * self.thresholds["climb_ratio"]
+        climbs = above and (blew_up(user_run) or (user_drop is not None and user_drop <= -self.thresholds["climbs_above"]))
         # 2. the check decides: the user's LR must fail where the suggestion trains
         confirmed = self.confirmed(user_run, sugg_run)
+        # below the sweep's divergence point (an upper bound: a constant LR below it can still fail), the runs
+        # decide alone, where the model also could not memorise one batch at the user's LR
+        over = ev.ok("overfit")
+        failing = above and confirmed and (over is None or not over.metrics.get("memorised"))
+        if not (past or far or climbs or failing):
+            return None
         if confirmed:
             severity, confidence = "critical", 0.95 if past else 0.85
         elif past and confirmed is None:  # no time for the check: its treatment runs it and may confirm
@@ -169,10 +178,11 @@ class LRTooHigh(LRDiagnosis):
             start is not None and tail is not None and start > 0 and tail > self.thresholds["rises_above"] * start)
         if not rises or m.get("memorised"):
             return None
-        evidence = {"user_lr": user, "suggested_lr": None, "divergence_lr": sweep.metrics.get("divergence_lr"),
-                    "sweep": sweep.metrics.get("reason"), "overfit_initial_loss": start, "overfit_tail_loss": tail,
+        sm = sweep.metrics if sweep is not None else {}
+        evidence = {"user_lr": user, "suggested_lr": None, "divergence_lr": sm.get("divergence_lr"),
+                    "sweep": sm.get("reason") or _no_sweep(ev), "overfit_initial_loss": start, "overfit_tail_loss": tail,
                     "overfit_nonfinite_step": m.get("nonfinite_step"), "overfit_steps": m.get("steps"),
-                    "optimizer": sweep.metrics.get("optimizer")}
+                    "optimizer": sm.get("optimizer") or ev.facts.get("optimizer")}
         return self.finding(0.5, evidence, severity="warning", plots=over.plots, probes=[LR_PROBE, "overfit"],
                             title=f"At the learning rate {user:.3g} the loss on one batch rises instead of falling",
                             fix=f"Lower the learning rate (try {user / 10:.2g}), or add a warm-up.")
@@ -201,14 +211,15 @@ class LRTooLow(LRDiagnosis):
     explains = ("cannot-overfit-batch",)
     thresholds = {
         "far_below": 100.0,       # the user's LR is at most 1/100 of the suggestion (two decades) ...
+        "below_with_check": 10.0,  # ... or 1/10 of it with a check that confirms (the suggestion trains, the user's LR not)
         "barely_moves_drop": 0.05,  # ... and its loss falls by less than 5% in the check run ...
         "trains_above_drop": 0.25,  # ... while the run at the suggestion falls by 25% or more
     }
     fix = "Raise the learning rate to the suggested value (see the LR-sweep plot)."
     doc = """
     ## What it detects
-    The user's learning rate is at least two orders of magnitude below the LR the sweep suggests,
-    and the loss barely moves at it: a short run at the user's LR from a fresh init hardly changes
+    The user's learning rate is at least two orders of magnitude below the LR the sweep suggests
+    (one, when the check below confirms it), and the loss barely moves at it: a short run at the user's LR from a fresh init hardly changes
     the loss while the same run at the suggested LR trains. When the overfit probe ran, the model
     must also have failed to memorise one batch at the user's LR (critical); without the overfit
     probe (`nandoctor lr-sweep` alone) the finding is a warning.
@@ -236,14 +247,17 @@ class LRTooLow(LRDiagnosis):
     cure_factors = (10.0, 100.0)  # without a suggestion, the cure retrains the overfit run at these multiples
 
     def cures(self, ctx, finding) -> list:
-        """The check (the suggestion against the user's LR), then the overfit run again at a higher LR."""
-        cures = self.check_cure(ctx)
+        """The overfit run again at a higher LR: cured when the batch the user's LR could not memorise is
+        memorised. Not the check: that short run is the finding's evidence, and a 20-step race favours an LR
+        that only diverges later; another cause of a stuck loss (a layer left out of the optimizer, one
+        rebuilt in forward()) keeps the batch from being memorised at any LR and so refutes this one."""
         user_lr, suggested = ctx.patient.lr, finding.evidence.get("suggested_lr")
         if not user_lr:
-            return cures
+            return []
+        cures = []
         for lr in ([suggested] if suggested else [user_lr * f for f in self.cure_factors]):
             tried = f"the overfit run again at LR {lr:.3g} ({lr / user_lr:.3g}x higher), same init and batch"
-            cures.append(Cure(tried, lr=lr))
+            cures.append(Cure(tried, lr=lr, judge=judges.fixes(judges.memorised)))
         return cures
 
     def confirmed(self, user: dict | None, suggested: dict | None) -> bool | None:
@@ -258,12 +272,12 @@ class LRTooLow(LRDiagnosis):
     def check(self, ev: Evidence):
         r = ev.ok(LR_PROBE)
         if r is None:
-            return None
+            return self._flat_overfit(ev, None, ev.facts.get("lr")) if ev.facts.get("lr") else None
         m = r.metrics
         user, sugg = m.get("user_lr"), m.get("suggested_lr")
         if user and not sugg:
             return self._flat_overfit(ev, r, user)  # no suggestion: the overfit run at the user's LR decides
-        if not user or user > sugg / self.thresholds["far_below"]:
+        if not user or user > sugg / self.thresholds["below_with_check"]:
             return None
         # 1. the overfit probe, when it ran, must agree: no memorising at the user's LR
         over = ev.ok("overfit")
@@ -272,6 +286,8 @@ class LRTooLow(LRDiagnosis):
         # 2. the check decides; without one, the overfit probe at the user's LR gives a weaker verdict
         user_run, sugg_run = check_runs(m)
         confirmed = self.confirmed(user_run, sugg_run)
+        if user > sugg / self.thresholds["far_below"] and not confirmed:
+            return None  # one decade below: only the runs (the suggestion trains clearly faster) can tell
         sweep_drop = m.get("drop_at_user_lr")
         over_drop = _overfit_drop(over.metrics) if over is not None else None
         if confirmed and over is not None:
@@ -304,14 +320,21 @@ class LRTooLow(LRDiagnosis):
         over_drop = _overfit_drop(over.metrics)
         if over_drop is None or abs(over_drop) >= self.thresholds["barely_moves_drop"]:
             return None
-        evidence = {"user_lr": user, "suggested_lr": None, "sweep": sweep.metrics.get("reason"),
+        sm = sweep.metrics if sweep is not None else {}
+        evidence = {"user_lr": user, "suggested_lr": None, "sweep": sm.get("reason") or _no_sweep(ev),
                     "overfit_drop": over_drop, "overfit_steps": over.metrics.get("steps"),
                     "overfit_initial_loss": over.metrics.get("initial_loss"),
-                    "overfit_tail_loss": over.metrics.get("tail_loss"), "optimizer": sweep.metrics.get("optimizer")}
+                    "overfit_tail_loss": over.metrics.get("tail_loss"),
+                    "optimizer": sm.get("optimizer") or ev.facts.get("optimizer")}
         return self.finding(0.45, evidence, severity="warning", plots=over.plots, probes=[LR_PROBE, "overfit"],
                             title=f"At the learning rate {user:.3g} the loss on one batch barely moves "
                                   f"({over_drop:.1%} in {over.metrics.get('steps')} steps)",
                             fix=f"Raise the learning rate (try {user * 10:.2g}), after ruling out frozen layers.")
+
+def _no_sweep(ev: Evidence) -> str:
+    r = ev.get(LR_PROBE)
+    return f"the LR sweep did not run ({r.status}: {r.reason})" if r is not None else "the LR sweep did not run"
+
 
 def _brief(run: dict | None) -> dict | None:
     if run is None:

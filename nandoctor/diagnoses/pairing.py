@@ -28,6 +28,10 @@ from nandoctor.treatments.pairing import append_op, clamped_outputs, logits_loss
 SUPPORT_BONUS = 0.05   # added to the confidence when the overfit run shows the expected damage
 NEGATIVE_FLOOR_TOL = 1e-3   # a log-likelihood loss below -this has passed its floor of zero
 NLL_LOSS_NAMES = {"NLLLoss", "nll_loss", "KLDivLoss", "kl_div"}
+# the outputs do not fit the loss (static evidence): the repaired copy must learn, or learn clearly more than the
+# untreated one when the steps run out first (a slow LR)
+REPAIRED = judges.either(judges.repairs(judges.falls), judges.improves(0.1))
+REPAIRED_TRAINS = judges.either(judges.repairs(judges.trains), judges.improves(0.1))
 COMMON_SYMPTOMS = ("training-crashed", "cannot-overfit-batch", "exploding-gradients", "nonfinite-source",
                    "sample-loss-outlier", "initial-loss-mismatch", "lr-too-high", "lr-too-low")
 
@@ -134,7 +138,7 @@ class NllOnRawLogits(PairingDiagnosis):
         op, tried = ("log", "took the log of the softmax output") if probs else \
             ("log_softmax", "appended log-softmax(dim=1) to the model's output")
         variant = ctx.patient.variant(tried, model_factory=append_op(ctx.patient, op))
-        return [Cure(tried, variant, judge=judges.repairs(judges.falls))]
+        return [Cure(tried, variant, judge=REPAIRED)]
 
 
 class DoubleSoftmax(PairingDiagnosis):
@@ -195,7 +199,7 @@ class DoubleSoftmax(PairingDiagnosis):
             tried = f"applied {op} to the model's output (undoing the activation)"
             factory = append_op(ctx.patient, op)
         variant = ctx.patient.variant(tried, model_factory=factory)
-        return [Cure(tried, variant, judge=judges.repairs(judges.trains))]
+        return [Cure(tried, variant, judge=REPAIRED_TRAINS)]
 
 
 class BoundedOutputActivation(PairingDiagnosis):
@@ -270,7 +274,7 @@ class BoundedOutputActivation(PairingDiagnosis):
             new, what = nn.Identity, "nothing (raw scores)"
         tried = f"replaced the final {last.get('type')} ({last['name']}) with {what}"
         variant = ctx.patient.variant(tried, model_factory=replace_module(ctx.patient, last["name"], new))
-        return [Cure(tried, variant, judge=judges.repairs(judges.falls))]
+        return [Cure(tried, variant, judge=REPAIRED)]
 
 
 class ProbabilityLossOnLogits(PairingDiagnosis):
@@ -336,4 +340,4 @@ class ProbabilityLossOnLogits(PairingDiagnosis):
             op = "softmax" if len(shape) >= 2 and shape[1] >= 2 else "sigmoid"
             tried = f"appended {op} to the model's output"
             variant = ctx.patient.variant(tried, model_factory=append_op(ctx.patient, op))
-        return [Cure(tried, variant, judge=judges.repairs(judges.falls))]
+        return [Cure(tried, variant, judge=REPAIRED)]

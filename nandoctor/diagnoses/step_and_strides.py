@@ -63,7 +63,7 @@ class MissingZeroGrad(Diagnosis):
         variant = ctx.patient.variant("optimizer.zero_grad() before each step",
                                       train_step=zero_grad_first(ctx.patient.train_step))
         # cured: the gradients no longer accumulate, and the treated run trains
-        judge = judges.both(judges.repairs(judges.memorised),
+        judge = judges.both(judges.either(judges.repairs(judges.memorised), judges.improves(0.1)),
                             judges.measured("gradient_ratio", at_most=self.thresholds["accumulated_ratio"]))
         return [Cure("called optimizer.zero_grad() before each step", variant, judge=judge, measure="gradient_ratio")]
 

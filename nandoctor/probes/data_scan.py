@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
@@ -48,7 +49,7 @@ from nandoctor.probes.samples import (MAX_ERRORS_KEPT, Chunk, NotFactorable, Per
 from nandoctor.probes.scan_stats import (MAX_PER_SAMPLE, FeatureStats, IndexList, Magnitude, PerSample, Reservoir,
                                          TargetStats, TopK)
 from nandoctor.probes.training import error_record, train
-from nandoctor.records import ProbeResult
+from nandoctor.records import Metrics, ProbeResult
 
 # --- sizes and shares (defaults) ---------------------------------------------------------------
 CHUNK_ELEMENTS = 2 ** 21     # input elements per chunk (~8 MB of float32): bounds memory, whatever the set size
@@ -81,11 +82,44 @@ MAGNITUDE_METHOD = "largest |x - median| / spread over the sample's values (per-
                    "of a random reference chunk)"
 
 
+@dataclass
+class DataScanMetrics(Metrics):
+    """What the scan measured over the training set; the nested records are documented in docs/data-scan.md."""
+
+    samples_total: int | None = None
+    samples_scanned: int | None = None
+    share_scanned: float | None = None
+    whole_set: bool | None = None
+    sampling: str | None = None               # "every sample", or the uniformly drawn share
+    uniform: bool | None = None
+    planned: int | None = None
+    cut_by_deadline: bool | None = None
+    chunk_size: int | None = None
+    block: int | None = None
+    loading: str | None = None                # how samples were read (batched __getitems__, a loader ...)
+    mode: str | None = None
+    seconds_per_1000_samples: float | None = None
+    inputs: dict | None = None                # layout, features, feature_names, pairs
+    features: dict | None = None              # per-feature mean, std, min, max, robust scales, index correlation
+    features_truncated: bool | None = None
+    index_columns: list | None = None
+    nonfinite: dict | None = None             # samples with NaN/Inf: count, indices, listed_all; inputs, targets
+    load_errors: dict | None = None
+    targets: dict | None = None               # dtype, range, class histogram, labels out of range
+    loss: dict | None = None                  # per-sample loss at init and after the short training, worst samples
+    magnitude: dict | None = None             # per-sample input magnitude, extreme samples
+    grad_norms: dict | None = None
+    per_sample: dict | None = None
+    training: dict | None = None              # the short training the "trained" losses come from
+    seconds: float | None = None
+
+
 class DataScan(Probe):
     name = "data_scan"
     title = "Scan the training data"
     order = 8
     share = 0.15
+    metrics_type = DataScanMetrics
 
     def run(self, ctx: ProbeContext) -> ProbeResult:
         scan = Scan(ctx)

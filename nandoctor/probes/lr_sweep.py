@@ -33,7 +33,7 @@ from nandoctor import curves
 from nandoctor.patient import preserved_rng, to_device
 from nandoctor.planning import StepNeed
 from nandoctor.probes import Inconclusive, Probe, ProbeContext
-from nandoctor.probes.training import Run, error_record, train
+from nandoctor.probes.training import Run, _cycle, error_record, train
 from nandoctor.records import Metrics, ProbeResult
 
 DEFAULT_MIN_LR = 1e-7     # the sweep's lowest LR (the CLI's --min-lr default)
@@ -225,6 +225,40 @@ def run_summary(run: Run, baseline: Run | None) -> dict:
             "error": run.error and run.error.get("message"), "losses": run.losses}
 
 
+def untrained_run(patient, steps: int, deadline: float | None) -> Run:
+    """The run at LR 0: the untrained model's loss on each of the check's batches.
+
+    With the default step that is a forward pass per batch (train mode, so dropout draws the
+    same masks and BatchNorm uses batch statistics, as in the check runs): the same losses as
+    training at LR 0, at about a third of the cost. A user ``train_step`` is run at LR 0.
+    """
+    if patient.train_step is not None:
+        return _constant_lr_run(patient, 0.0, steps, deadline)
+    run, start = Run(), time.perf_counter()
+    with preserved_rng():
+        torch.manual_seed(patient.seed)
+        model = patient.new_model()
+        model.train()
+        stream = _cycle(patient.loader(), patient)
+        with torch.no_grad():
+            for i in range(steps):
+                batch = next(stream, None)
+                if batch is None:
+                    break
+                try:
+                    with patient.autocast():
+                        value = float(patient.compute_loss(model, batch)[1])
+                except Exception as exc:  # the user's code raised: the check runs will say so too
+                    run.error, run.stopped = error_record(exc, step=i), "error"
+                    break
+                run.losses.append(value)
+                if deadline is not None and time.perf_counter() > deadline and i >= 2:
+                    run.stopped = "deadline"
+                    break
+    run.seconds = time.perf_counter() - start
+    return run
+
+
 def _constant_lr_run(patient, lr: float, steps: int, deadline: float | None) -> Run:
     with preserved_rng():
         torch.manual_seed(patient.seed)
@@ -237,7 +271,7 @@ def check_lrs(patient, lrs: dict[str, float], steps: int, deadline: float | None
               baseline: Run | None = None) -> dict:
     """Short constant-LR runs from the same fresh init on the same batches, one per named LR, each
     measured against a run at LR 0 (the untrained model's loss on those batches; pass one to reuse it)."""
-    baseline = baseline if baseline is not None else _constant_lr_run(patient, 0.0, steps, deadline)
+    baseline = baseline if baseline is not None else untrained_run(patient, steps, deadline)
     runs = {label: _constant_lr_run(patient, lr, steps, deadline) for label, lr in lrs.items()}
     if any(r.stopped == "deadline" for r in [baseline, *runs.values()]):
         return {}  # cut short by the clock: no verdict is better than a wrong one

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from nandoctor import numeric
-from nandoctor.patient import clone_module, split_batch
+from nandoctor.patient import clone_module, preserved_rng, split_batch, to_device
 from nandoctor.planning import StepNeed
 from nandoctor.probes import Probe, ProbeContext
 from nandoctor.probes.bn_freeze import eval_loss
@@ -28,6 +28,7 @@ TRAIN_MODE_REPEATS = 3   # train-mode scores of the batch (their spread is the n
 MIN_STEPS = 10
 MAX_STEPS = 100
 MODE_LAYERS = (nn.modules.batchnorm._NormBase, nn.modules.dropout._DropoutNd)  # named in the evidence
+RECALIBRATION_BATCHES = 8   # stream batches BatchNorm statistics are re-estimated on
 SAME_OUTPUT_TOL = 1e-6   # a fresh model whose train/eval outputs agree this closely has no mode-dependent layer
 
 
@@ -45,6 +46,32 @@ def mode_dependent(patient, model: nn.Module, batch) -> bool:
     return not torch.allclose(a.float(), b.float(), atol=SAME_OUTPUT_TOL, rtol=SAME_OUTPUT_TOL, equal_nan=True)
 
 
+def recalibrated_eval_loss(patient, model: nn.Module, batch) -> tuple[float | None, int | None]:
+    """The eval-mode loss of a copy of ``model`` whose BatchNorm running statistics were reset and re-estimated
+    over ``RECALIBRATION_BATCHES`` batches of the data stream (train-mode forwards, no gradient, cumulative
+    average); (None, None) when the model has no BatchNorm with running statistics."""
+    copy = clone_module(model)
+    norms = [m for m in copy.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return None, None
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches below
+    copy.train()
+    seen = 0
+    try:
+        with torch.no_grad(), preserved_rng():
+            for b in patient.loader(drop_last=len(patient.train_data) > patient.batch_size):
+                inputs, _ = split_batch(to_device(b, patient.device))
+                copy(inputs)
+                seen += 1
+                if seen >= RECALIBRATION_BATCHES:
+                    break
+    except Exception:  # the user's data or forward: not this measurement's business
+        return None, None
+    return eval_loss(patient, copy, batch), seen
+
+
 @dataclass
 class TrainEvalMetrics(Metrics):
     source: str | None = None
@@ -56,6 +83,8 @@ class TrainEvalMetrics(Metrics):
     train_mode_losses: list | None = None
     train_mode_nonfinite: int | None = None   # train-mode scores that were NaN/Inf (left out of the spread)
     eval_mode_loss: float | None = None
+    eval_mode_loss_recalibrated: float | None = None  # eval mode after BatchNorm statistics are re-estimated
+    recalibration_batches: int | None = None
     mode_layers: list | None = None
 
 
@@ -110,10 +139,14 @@ class TrainEval(Probe):
         train_scores = [s for s in train_scores if s is not None]
         eval_score = eval_loss(patient, model, batch)
         mean = numeric.mean(train_scores)  # over the finite scores: a NaN score is counted, not averaged
+        # 4. BatchNorm's running statistics lag behind the weights early in training: re-estimate them on
+        #    the data stream (a cumulative average, on a copy) and score eval mode again
+        recal, recal_batches = recalibrated_eval_loss(patient, model, batch)
         metrics = {"source": source, "trained_steps": steps, "batch_size": len(batch[1]), "initial_loss": initial,
                    "train_mode_loss": mean, "train_mode_std": numeric.pstdev(train_scores),
                    "train_mode_nonfinite": numeric.count_nonfinite(train_scores),
                    "train_mode_losses": train_scores, "eval_mode_loss": eval_score,
+                   "eval_mode_loss_recalibrated": recal, "recalibration_batches": recal_batches,
                    "mode_layers": sorted({type(m).__name__ for m in model.modules() if isinstance(m, MODE_LAYERS)})}
         rels = self._plot(ctx, mean, eval_score)
         return self.result(metrics=metrics, plots=rels)

@@ -20,8 +20,17 @@ def fmt(value) -> str:
     return str(value)
 
 
+STATUS_WORDS = {"confirmed": "confirmed by its cure", "refuted": "refuted: its cure was tried and did not help",
+                "suspected": "suspected", "inconclusive": "inconclusive: its cure could not be judged in time"}
+
+
 def status_of(finding) -> str:
-    return {True: "confirmed by its cure", False: "cure tried, did not cure", None: "suspected"}[finding.confirmed]
+    words = STATUS_WORDS[finding.status]
+    if finding.explained_by:
+        words += f"; explained by {finding.explained_by}"
+    if finding.after_cure:
+        words += f"; found after the cure for {finding.after_cure}"
+    return words
 
 
 def healthy_sentence(report) -> str:
@@ -64,6 +73,9 @@ def render(report) -> str:
             lines += ["", f"**Treatment tried:** {t.get('tried')} → "
                           f"{'cured' if t.get('cured') else 'not cured'}"
                           f" (before: {fmt(t.get('before'))}; after: {fmt(t.get('after'))})"]
+            if t.get("remaining") is not None:
+                still = ", ".join(f"`{c}` ({t.get('remaining_status', {}).get(c, '?')})" for c in t["remaining"])
+                lines += ["", f"**Still wrong after this cure:** {still or 'nothing found'}"]
             if t.get("plot"):
                 lines += ["", f"![treatment]({t['plot']})"]
         for p in f.plots:

@@ -194,13 +194,15 @@ def run_cure(ctx: ProbeContext, cure: Cure) -> dict:
         after = _arm(ctx, cure, cure.variant if cure.variant is not None else ctx.patient, steps, treated=True)
     # an arm the clock cut short cannot be judged: the finding stays inconclusive, not refuted
     cut = cure.done is None and any(o.run.stopped == "deadline" for o in (before, after))
-    cured = not cut and bool(cure.judge(before, after))
+    verdict = None if cut else cure.judge(before, after)   # a judge may abstain (None): nothing to compare
+    cured = bool(verdict)
     record = {"tried": cure.tried, "cured": cured, "before": before.summary(), "after": after.summary(),
               "judged_by": getattr(cure.judge, "text", getattr(cure.judge, "__name__", "judge")),
               "curves": {"before": _thin(before.run.losses), "after": _thin(after.run.losses)}}
-    if cut:
+    if cut or verdict is None:
         record["judged"] = False
-        record["note"] = "not judged: the clock stopped a run before its planned steps"
+        record["note"] = "not judged: the clock stopped a run before its planned steps" if cut else \
+            "not judged: the untreated run did not show the symptom in these steps"
     elif not cured and cure.judge is judges.beats_control and judges.memorised(before):
         record["nothing_to_cure"] = True
         record["note"] = "the untreated run already memorised the batch: nothing here to cure"

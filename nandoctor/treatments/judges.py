@@ -40,6 +40,7 @@ def _run(o):
     return o.run if hasattr(o, "run") else o
 
 
+@judge("ran clean (finite, never below zero)")
 def clean(o) -> bool:
     """Ran to the end without an exception, finite all along, never below zero."""
     run = _run(o)
@@ -112,6 +113,17 @@ def ends_lower(ratio: float) -> Callable:
     return j
 
 
+def when_broken(test: Callable) -> Callable:
+    """Cured when the untreated run broke (non-finite, an exception) and the treated one passes ``test``; no
+    verdict (None: the finding stays inconclusive) when the untreated run never met the symptom."""
+    @judge(f"the untreated run broke and the treated run {test.text}")
+    def j(before, after) -> bool | None:
+        if clean(before) or (not _run(before).losses and not _run(before).error):
+            return None
+        return bool(test(after))
+    return j
+
+
 def fixes(test: Callable) -> Callable:
     """Cured when the treated run passes ``test`` and the control does not."""
     @judge(f"the treated run {test.text} and the untreated one did not")
@@ -126,6 +138,17 @@ def repairs(test: Callable) -> Callable:
     @judge(f"the treated run {test.text} (the untreated set-up is broken by construction)")
     def j(before, after) -> bool:
         return clean(after) and bool(test(after))
+    return j
+
+
+def improves(by: float) -> Callable:
+    """Cured when the treated run is clean and takes ``by`` more of its start off its loss than the control
+    (nothing, where the control broke or went below zero): a repair still learning when the steps end."""
+    @judge(f"clean and {by:.0%} more off its loss than the untreated run")
+    def j(before, after) -> bool:
+        d_after = relative_drop(after)
+        d_before = max(0.0, relative_drop(before) or 0.0) if clean(before) else 0.0
+        return clean(after) and d_after is not None and d_after >= d_before + by
     return j
 
 

@@ -17,14 +17,22 @@ from nandoctor.patient import split_batch
 from nandoctor.treatments import judges
 
 
-# a rewired set-up must train where the untreated one did not, or end clearly lower than it
-REWIRED = judges.either(judges.beats_control, judges.clearly_better)
+# a rewired set-up must train where the untreated one did not, end clearly lower than it, or take clearly more
+# off its loss in the same steps (same init, batch and seed: the difference is the rewiring, not noise)
+REWIRED = judges.either(judges.beats_control, judges.clearly_better, judges.improves(0.05))
 
 
 def reinitialised(patient, scheme: str) -> Callable[[], nn.Module]:
     """A model factory: the user's model re-initialised with a standard ``scheme`` (as the init probe names it)."""
     from nandoctor.probes.init_compare import scheme_factory
     return scheme_factory(patient, scheme)
+
+
+def without_samples(patient, indices) -> "object":
+    """The training set without the samples at ``indices`` (a ``Subset`` of the user's dataset, not a copy)."""
+    from torch.utils.data import Subset
+    drop = set(int(i) for i in indices)
+    return Subset(patient.train_data, [i for i in range(len(patient.train_data)) if i not in drop])
 
 
 def zero_grad_first(train_step: Callable) -> Callable:

@@ -1,0 +1,1614 @@
+"""A second zoo, written from the field: each patient ports one public fault report.
+
+``zoo.py`` holds one tiny patient per code, built to the tool's own idea of each fault; the thresholds
+were tuned on it. This zoo is independent of it: every patient here was written from a public report
+(a GitHub issue or pull request, a forum or StackOverflow question, a blog post) and keeps what the
+reporter described (their kind of architecture, their optimizer and learning rate, their loss), at a
+size a CPU trains in a few milliseconds per step. The shapes are those the zoo does not have: GRU,
+LSTM and plain-RNN sequence models, small transformer encoders, a tiny U-Net, a residual block with
+BatchNorm, 1-D convolutions over audio and text, point clouds, embeddings for recommendation,
+siamese and pairwise models, tabular data on natural scales.
+
+Each entry is a ``FieldPatient``:
+
+- ``accepted``: the codes that may rank first; empty means *healthy* (no critical finding at all),
+  the same rule as ``zoo.judge``.
+- ``also_expected``: codes that must appear among the top three findings as well (a set-up where two
+  faults meet: either may rank first, the other must follow close behind).
+- ``source``: the public report the patient was written from.
+- ``known_gap``: set for patients the tool is not expected to get right today (a diagnosis still
+  being built); the benchmark reports them apart.
+
+Used by ``benchmarks/bench_field.py`` (every patient, the whole battery) and by
+``tests/test_field_zoo.py`` (a fast subset the tool gets right today).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import Dataset, TensorDataset
+
+from nandoctor.patient import Patient, resolve_device
+
+DEVICE = os.environ.get("NANDOCTOR_ZOO_DEVICE", "cpu")
+HEALTHY: frozenset[str] = frozenset()
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldPatient:
+    name: str
+    accepted: frozenset[str]
+    factory: Callable[[], Patient]
+    source: str
+    also_expected: frozenset[str] = frozenset()
+    known_gap: str | None = None  # why the tool is not expected to get this one today
+
+    @property
+    def healthy(self) -> bool:
+        return not self.accepted
+
+    def expected(self) -> str:
+        if self.healthy:
+            return "healthy"
+        text = "/".join(sorted(self.accepted))
+        extra = sorted(self.also_expected - self.accepted)
+        return text + (f" +{'/'.join(extra)}" if extra else "")
+
+
+def judge(report, patient: FieldPatient) -> tuple[bool, str]:
+    """(right?, the top code or 'healthy').
+
+    Healthy: no critical finding. Sick: the top finding's code is accepted, and every code of
+    ``also_expected`` is among the top three (the two-fault rule: either fault first, the other close).
+    """
+    codes = [f.code for f in report.findings]
+    top = codes[0] if codes else "healthy"
+    if patient.healthy:
+        return not any(f.severity == "critical" for f in report.findings), top
+    return top in patient.accepted and patient.also_expected <= set(codes[:3]), top
+
+
+def status_of(finding) -> str:
+    """confirmed / refuted (treatment-failed before 0.2) / suspected / inconclusive, whichever the record has."""
+    status = getattr(finding, "status", None)
+    if isinstance(status, str):
+        return status
+    return finding.to_json().get("status", "suspected")
+
+
+# --- data -----------------------------------------------------------------------------------------
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def teacher_table(n=512, features=10, classes=3, seed=0, weights=None):
+    """Standard-normal features and labels from a random two-layer teacher (learnable, not blob-shaped).
+    ``weights``: class shares; the teacher's scores are shifted until the labels match them."""
+    g = _gen(seed)
+    x = torch.randn(n, features, generator=g)
+    w1, w2 = torch.randn(features, 16, generator=g), torch.randn(16, classes, generator=g)
+    scores = torch.tanh(x @ w1) @ w2  # [n, classes]
+    if weights is not None:
+        for _ in range(200):  # shift the scores until each class holds its share
+            y = scores.argmax(1)
+            share = torch.bincount(y, minlength=classes).float() / n
+            scores += 0.5 * (torch.tensor(weights) - share)
+    return x, scores.argmax(1)
+
+
+HOUSE_SCALES = torch.tensor([1500.0, 3.0, 40.0, 80000.0, 12.0, 2.0])  # sqft, rooms, age, lot, km, floors
+HOUSE_SPREAD = torch.tensor([500.0, 1.0, 25.0, 30000.0, 8.0, 1.0])
+
+
+def house_prices(n=512, seed=0):
+    """Tabular regression on natural scales: six features (square feet ~1500, lot size ~80 000, ...)
+    and a price in thousands (~300)."""
+    g = _gen(seed)
+    z = torch.randn(n, 6, generator=g)
+    x = (HOUSE_SCALES + HOUSE_SPREAD * z).clamp(min=0.0)
+    price = 300.0 + 60.0 * z[:, 0] + 25.0 * z[:, 1] - 20.0 * z[:, 2] + 15.0 * z[:, 3] - 30.0 * z[:, 4] \
+        + 10.0 * torch.tanh(z[:, 0] * z[:, 5]) + 5.0 * torch.randn(n, generator=g)
+    return x, price.unsqueeze(1)
+
+
+def standardise(x):
+    return (x - x.mean(0)) / x.std(0)
+
+
+def wave_sequences(n=384, length=24, channels=3, classes=3, seed=0):
+    """``[n, length, channels]`` sensor sequences whose class sets the frequency of a noisy sine."""
+    g = _gen(seed)
+    y = torch.randint(0, classes, (n,), generator=g)
+    t = torch.arange(length).float()
+    phase = 2 * math.pi * torch.rand(n, 1, generator=g)
+    freq = (0.15 + 0.12 * y.float()).unsqueeze(1)
+    base = torch.sin(freq * t + phase)  # [n, length]
+    x = base.unsqueeze(2) * torch.linspace(1.0, 0.5, channels) + 0.3 * torch.randn(n, length, channels, generator=g)
+    return x, y
+
+
+def forecasting(n=384, length=24, seed=0):
+    """Windows of a noisy two-tone signal ``[n, length, 1]`` and the value that follows each ``[n, 1]``."""
+    g = _gen(seed)
+    start = torch.rand(n, 1, generator=g) * 100
+    t = start + torch.arange(length + 1).float()
+    series = torch.sin(0.3 * t) + 0.5 * torch.sin(0.07 * t) + 0.05 * torch.randn(n, length + 1, generator=g)
+    return series[:, :length].unsqueeze(2), series[:, length:]
+
+
+def topic_tokens(n=512, length=20, vocab=120, classes=4, seed=0, pad_to=None):
+    """Token sequences whose class is their topic (35% of tokens from the class's 12 topic words).
+    ``pad_to``: lengths vary from 8 to ``length``, the rest is padding id 0."""
+    g = _gen(seed)
+    topics = torch.randperm(vocab - 1, generator=g)[:classes * 12].view(classes, 12) + 1
+    y = torch.randint(0, classes, (n,), generator=g)
+    uniform = torch.randint(1, vocab, (n, length), generator=g)
+    topical = topics[y][torch.arange(n).unsqueeze(1), torch.randint(0, 12, (n, length), generator=g)]
+    x = torch.where(torch.rand(n, length, generator=g) < 0.35, topical, uniform)
+    if pad_to:
+        lengths = torch.randint(8, length + 1, (n,), generator=g)
+        x = x.masked_fill(torch.arange(length).unsqueeze(0) >= lengths.unsqueeze(1), 0)
+    return x, y
+
+
+def tagged_tokens(n=384, length=16, vocab=80, tags=5, seed=0):
+    """Tokens ``[n, T]`` and per-token tags ``[n, T]`` (a tag depends on the word and its left neighbour)."""
+    g = _gen(seed)
+    word_class = torch.randint(0, tags, (vocab,), generator=g)
+    table = torch.randint(0, tags, (tags, tags), generator=g)
+    x = torch.randint(1, vocab, (n, length), generator=g)
+    left = torch.cat([torch.zeros(n, 1, dtype=torch.long), x[:, :-1]], dim=1)
+    return x, table[word_class[x], word_class[left]]
+
+
+def pattern_images(n=256, channels=1, size=16, classes=6, seed=0):
+    """Images of smooth class patterns (4x4 upsampled) with brightness jitter and noise, roughly unit scale."""
+    g = _gen(seed)
+    patterns = F.interpolate(torch.randn(classes, channels, 4, 4, generator=g), size=size, mode="bilinear",
+                             align_corners=False)
+    y = torch.randint(0, classes, (n,), generator=g)
+    x = patterns[y] + 0.2 * torch.randn(n, 1, 1, 1, generator=g) + 0.5 * torch.randn(n, channels, size, size,
+                                                                                        generator=g)
+    return x, y
+
+
+def as_pixels(x):
+    """Unit-scale images to what a PNG decoder hands over: 0..255 pixel values."""
+    return (128 + 48 * x).clamp(0, 255).round()
+
+
+def disc_masks(n=160, size=32, seed=0, empty_share=0.0):
+    """Grayscale ``[n, 1, S, S]`` images of bright discs on noise and their 0/1 masks ``[n, 1, S, S]``.
+    ``empty_share``: images with no disc at all (an empty mask)."""
+    g = _gen(seed)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    masks = torch.zeros(n, size, size)
+    for i in range(n):
+        if torch.rand(1, generator=g) < empty_share:
+            continue
+        for _ in range(int(torch.randint(1, 3, (1,), generator=g))):
+            cy, cx = torch.randint(6, size - 6, (2,), generator=g).tolist()
+            r = int(torch.randint(3, 7, (1,), generator=g))
+            masks[i] = torch.maximum(masks[i], (((yy - cy) ** 2 + (xx - cx) ** 2) <= r * r).float())
+    images = 1.5 * masks + 0.6 * torch.randn(n, size, size, generator=g)
+    return standardise_all(images).unsqueeze(1), masks.unsqueeze(1)
+
+
+def standardise_all(x):
+    return (x - x.mean()) / x.std()
+
+
+def point_clouds(n=192, points=64, classes=3, seed=0):
+    """``[n, 3, points]`` clouds sampled from a sphere, a cube's surface or a plane, jittered."""
+    g = _gen(seed)
+    y = torch.randint(0, classes, (n,), generator=g)
+    p = torch.randn(n, 3, points, generator=g)
+    sphere = p / p.norm(dim=1, keepdim=True)
+    cube = p / p.abs().amax(dim=1, keepdim=True)
+    plane = torch.cat([p[:, :2], 0.05 * p[:, 2:]], dim=1).clamp(-1.5, 1.5)
+    clouds = torch.stack([sphere, cube, plane], 1)[torch.arange(n), y]
+    return clouds + 0.05 * torch.randn(n, 3, points, generator=g), y
+
+
+def waveforms(n=256, length=256, classes=4, seed=0):
+    """1-D audio-like clips ``[n, 1, length]``: the class sets the pitch of a decaying tone in noise."""
+    g = _gen(seed)
+    y = torch.randint(0, classes, (n,), generator=g)
+    t = torch.arange(length).float()
+    pitch = (0.05 + 0.04 * y.float()).unsqueeze(1)
+    onset = torch.randint(0, length // 2, (n, 1), generator=g).float()
+    env = torch.exp(-((t - onset).clamp(min=0)) / 60.0) * (t >= onset).float()
+    x = env * torch.sin(pitch * t) + 0.3 * torch.randn(n, length, generator=g)
+    return x.unsqueeze(1), y
+
+
+def char_windows(n=512, context=3, vocab=27, seed=0):
+    """makemore-style character windows: ``context`` previous characters ``[n, context]`` and the next one."""
+    g = _gen(seed)
+    trans = torch.softmax(3.0 * torch.randn(vocab, vocab, generator=g), dim=1)
+    seq = torch.empty(n + context, dtype=torch.long)
+    seq[0] = 0
+    for i in range(1, n + context):
+        seq[i] = torch.multinomial(trans[seq[i - 1]], 1, generator=g)
+    windows = torch.stack([seq[i:i + context] for i in range(n)])
+    return windows, seq[context:context + n]
+
+
+def ratings(n=1024, users=60, items=80, seed=0):
+    """Implicit feedback: ``(user, item)`` pairs ``[n, 2]`` and a 0/1 click drawn from latent factors."""
+    g = _gen(seed)
+    u_f, i_f = torch.randn(users, 4, generator=g), torch.randn(items, 4, generator=g)
+    pairs = torch.stack([torch.randint(0, users, (n,), generator=g), torch.randint(0, items, (n,), generator=g)], 1)
+    logits = (u_f[pairs[:, 0]] * i_f[pairs[:, 1]]).sum(1)
+    return pairs, (torch.rand(n, generator=g) < torch.sigmoid(2 * logits)).float().unsqueeze(1)
+
+
+# --- models ---------------------------------------------------------------------------------------
+
+
+class GRUClassifier(nn.Module):
+    def __init__(self, channels=3, hidden=32, classes=3, head=None, bidirectional=False):
+        super().__init__()
+        self.gru = nn.GRU(channels, hidden, batch_first=True, bidirectional=bidirectional)
+        self.fc = nn.Linear(hidden * (2 if bidirectional else 1), classes)
+        self.final = head if head is not None else nn.Identity()
+
+    def forward(self, x):
+        out, _ = self.gru(x)               # [B, T, H]
+        return self.final(self.fc(out[:, -1]))
+
+
+class TokenGRU(nn.Module):
+    """Embedding -> GRU -> last state -> classes (text classification)."""
+
+    def __init__(self, vocab=120, embed=32, hidden=32, classes=4, final=None):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, embed, padding_idx=0)
+        self.gru = nn.GRU(embed, hidden, batch_first=True)
+        self.fc = nn.Linear(hidden, classes)
+        self.final = final if final is not None else nn.Identity()
+
+    def forward(self, x):
+        _, h = self.gru(self.embed(x))     # h: [1, B, H]
+        return self.final(self.fc(h[-1]))
+
+
+class LSTMRegressor(nn.Module):
+    def __init__(self, channels=1, hidden=32, out=1, final=None, layers=1):
+        super().__init__()
+        self.lstm = nn.LSTM(channels, hidden, num_layers=layers, batch_first=True)
+        self.fc = nn.Linear(hidden, out)
+        self.final = final if final is not None else nn.Identity()
+
+    def forward(self, x):
+        out, _ = self.lstm(x)
+        return self.final(self.fc(out[:, -1]))
+
+
+class Tagger(nn.Module):
+    """Embedding -> (Bi)GRU or LSTM -> per-token tags, returned ``[B, tags, T]`` for CrossEntropyLoss."""
+
+    def __init__(self, vocab=80, tags=5, hidden=32, cell=nn.GRU):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, 32, padding_idx=0)
+        self.rnn = cell(32, hidden, batch_first=True, bidirectional=True)
+        self.fc = nn.Linear(2 * hidden, tags)
+
+    def forward(self, x):
+        h, _ = self.rnn(self.embed(x))
+        return self.fc(h).transpose(1, 2)
+
+
+class TinyEncoder(nn.Module):
+    """Embedding + learned positions -> ``nn.TransformerEncoder`` -> mean over tokens -> classes."""
+
+    def __init__(self, vocab=120, length=20, width=32, heads=4, layers=1, classes=4, final=None,
+                 batch_first=True, pad_mask=False):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        self.pos = nn.Parameter(0.02 * torch.randn(1, length, width))
+        layer = nn.TransformerEncoderLayer(width, heads, 2 * width, dropout=0.0, batch_first=batch_first)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.fc = nn.Linear(width, classes)
+        self.final = final if final is not None else nn.Identity()
+        self.pad_mask = pad_mask
+
+    def forward(self, x):
+        h = self.embed(x) + self.pos[:, :x.shape[1]]
+        h = self.encoder(h, src_key_padding_mask=(x == 0) if self.pad_mask else None)
+        return self.final(self.fc(h.mean(dim=1)))
+
+
+def conv_bn(cin, cout, stride=1):
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+class ResBlock(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:  # the ResNet projection: a 1x1 convolution at stride 2, by design
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNetMini(nn.Module):
+    """A 3x3 stem, two residual blocks (the second downsamples), global pooling, a linear head."""
+
+    def __init__(self, channels=1, classes=6, width=8, out=None):
+        super().__init__()
+        self.stem = conv_bn(channels, width)
+        self.blocks = nn.Sequential(ResBlock(width, width, 1), ResBlock(width, 2 * width, 2))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(2 * width, classes if out is None else out)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.blocks(self.stem(x))).flatten(1))
+
+
+class LeNet(nn.Module):
+    """LeNet-5 style, no normalisation: conv-relu-pool twice, two linear layers."""
+
+    def __init__(self, channels=1, classes=6, size=16, act=nn.ReLU):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(channels, 6, 5, padding=2), act(), nn.MaxPool2d(2),
+                                      nn.Conv2d(6, 12, 5, padding=2), act(), nn.MaxPool2d(2))
+        self.fc = nn.Sequential(nn.Linear(12 * (size // 4) ** 2, 48), act(), nn.Linear(48, classes))
+
+    def forward(self, x):
+        return self.fc(self.features(x).flatten(1))
+
+
+def double_conv(cin, cout):
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(),
+                         nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+class TinyUNet(nn.Module):
+    """Two downsamplings (32 -> 8), a bottleneck, two transposed-conv upsamplings with skips."""
+
+    def __init__(self, cin=1, out=1, width=8, final=None):
+        super().__init__()
+        self.d1, self.d2 = double_conv(cin, width), double_conv(width, 2 * width)
+        self.mid = double_conv(2 * width, 4 * width)
+        self.u2, self.m2 = nn.ConvTranspose2d(4 * width, 2 * width, 2, 2), double_conv(4 * width, 2 * width)
+        self.u1, self.m1 = nn.ConvTranspose2d(2 * width, width, 2, 2), double_conv(2 * width, width)
+        self.out = nn.Conv2d(width, out, 1)
+        self.final = final if final is not None else nn.Identity()
+
+    def forward(self, x):
+        s1 = self.d1(x)
+        s2 = self.d2(F.max_pool2d(s1, 2))
+        m = self.mid(F.max_pool2d(s2, 2))
+        x = self.m2(torch.cat([self.u2(m), s2], 1))
+        x = self.m1(torch.cat([self.u1(x), s1], 1))
+        return self.final(self.out(x))
+
+
+class PointNet(nn.Module):
+    """Shared per-point MLP (Conv1d k=1 + BatchNorm1d), max over points, a linear head."""
+
+    def __init__(self, classes=3, bn_momentum=0.1):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Conv1d(3, 32, 1), nn.BatchNorm1d(32, momentum=bn_momentum), nn.ReLU(),
+                                 nn.Conv1d(32, 64, 1), nn.BatchNorm1d(64, momentum=bn_momentum), nn.ReLU())
+        self.fc = nn.Linear(64, classes)
+
+    def forward(self, x):
+        return self.fc(self.mlp(x).amax(dim=2))
+
+
+class AudioCNN(nn.Module):
+    """1-D convolutions over a waveform, pooled, a linear head."""
+
+    def __init__(self, classes=4, pool_stride=None):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv1d(1, 16, 9, padding=4), nn.BatchNorm1d(16), nn.ReLU(),
+                                 nn.MaxPool1d(2, stride=pool_stride),
+                                 nn.Conv1d(16, 32, 9, padding=4), nn.BatchNorm1d(32), nn.ReLU(),
+                                 nn.AdaptiveAvgPool1d(4))
+        self.fc = nn.Linear(32 * 4, classes)
+
+    def forward(self, x):
+        return self.fc(self.net(x).flatten(1))
+
+
+def mlp(features, out, hidden=64, depth=2, act=nn.ReLU, dropout=0.0, final=None):
+    layers, width = [], features
+    for _ in range(depth):
+        layers += [nn.Linear(width, hidden), act()] + ([nn.Dropout(dropout)] if dropout else [])
+        width = hidden
+    layers.append(nn.Linear(width, out))
+    if final is not None:
+        layers.append(final)
+    return nn.Sequential(*layers)
+
+
+# --- the patients' own code, as reported -------------------------------------------------------------
+
+
+def P(model, data, loss=None, opt=torch.optim.Adam, lr=1e-3, **kw) -> Patient:
+    return Patient.from_objects(model, data, loss if loss is not None else nn.CrossEntropyLoss(), opt, lr=lr,
+                                device=DEVICE, **kw)
+
+
+def with_optimizer(base: Patient, make, name: str, **kwargs) -> Patient:
+    """``from_objects`` takes optimizer classes; an optimizer *function* (one that picks the parameters
+    itself, as a user's script does) goes into the dataclass directly."""
+    return dataclasses.replace(base, optimizer_cls=make, optimizer_kwargs=kwargs, model_name=name)
+
+
+def step_without_zero_grad(model, batch, loss_fn, optimizer):
+    inputs, targets = batch
+    loss = loss_fn(model(inputs), targets)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
+def step_sum_without_zero_grad(model, batch, loss_fn, optimizer):
+    """Introduction_to_Machine_Learning #55: zero_grad after step, and here never reached at all;
+    the loss summed over the batch."""
+    inputs, targets = batch
+    loss = F.mse_loss(model(inputs), targets, reduction="sum")
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
+# data-nonfinite
+
+
+def sensor_readings_with_gaps():
+    """tsai #506: sensor windows where a dropped reading is stored as NaN."""
+    x, y = forecasting()
+    x[[5, 77, 140, 260], 10:13, 0] = float("nan")
+    return TensorDataset(x, y)
+
+
+def per_image_standardised(images):
+    """deepcell-toolbox #72: each image divided by its own standard deviation; a blank (constant) frame
+    has std 0 and becomes NaN."""
+    return (images - images.mean((1, 2, 3), keepdim=True)) / images.std((1, 2, 3), keepdim=True)
+
+
+def frames_with_blanks():
+    x, y = pattern_images(n=256, channels=3)
+    x[[9, 100, 201]] = 0.7  # dropped camera frames: one flat grey value
+    return TensorDataset(per_image_standardised(x), y)
+
+
+# target-out-of-range
+
+
+def unet_masks_0_255():
+    """Pytorch-UNet #291: masks read as greyscale 0/255, not class indices 0/1."""
+    images, masks = disc_masks()
+    return TensorDataset(images, (masks.squeeze(1) * 255).long())
+
+
+# data-constant-feature
+
+
+def constant_sensor_table():
+    """fastai #889: a sensor column that never changes in this extract, standardised with an epsilon guard."""
+    x, y = teacher_table(n=512, features=9, seed=3)
+    x = torch.cat([x[:, :4], torch.full((512, 1), 20.0), x[:, 4:]], 1)
+    return TensorDataset((x - x.mean(0)) / (x.std(0) + 1e-8), y)
+
+
+def dry_period_fields():
+    """neural-lam #136: gridded weather fields as channels; the rain-rate channel is 0 all through a dry
+    period. Regression of the next hour's temperature field mean."""
+    g = _gen(5)
+    n = 192
+    temp = torch.randn(n, 1, 16, 16, generator=g)
+    wind = torch.randn(n, 1, 16, 16, generator=g)
+    rain = torch.zeros(n, 1, 16, 16)
+    x = torch.cat([temp, wind, rain], 1)
+    y = (temp.mean((1, 2, 3)) + 0.5 * wind.mean((1, 2, 3))).unsqueeze(1) * 4
+    return TensorDataset(x, y)
+
+
+# csv-index-column
+
+
+def saved_index_prices():
+    """pandas #9677: ``to_csv()`` writes the index, ``read_csv()`` brings it back as ``Unnamed: 0``."""
+    x, y = house_prices()
+    x = standardise(x)
+    return TensorDataset(torch.cat([torch.arange(len(x)).float().unsqueeze(1), x], 1), (y - 300) / 60)
+
+
+def shuffled_then_saved():
+    """feature-selector #2: the frame was shuffled (``df.sample(frac=1)``) and then saved with its index:
+    the "serial numbers" column is a permutation of the row numbers, not a counter in file order."""
+    x, y = teacher_table(n=512, features=8, seed=4)
+    order = torch.randperm(512, generator=_gen(9))
+    return TensorDataset(torch.cat([order.float().unsqueeze(1), x[order]], 1), y[order])
+
+
+# sample-loss-outlier
+
+
+def sentinel_targets():
+    """A forecasting set where a missing target is stored as the sentinel -9999 (a few rows)."""
+    x, y = forecasting()
+    y[[12, 150, 300]] = -9999.0
+    return TensorDataset(x, y)
+
+
+def garbage_images():
+    """mistral #115 ("bad batches where the data is garbage"): a few 16-bit scans, 0..65535, among
+    unit-scale images."""
+    x, y = pattern_images(n=256, channels=1)
+    x[[17, 130]] = torch.rand(2, 1, 16, 16, generator=_gen(2)) * 65535
+    return TensorDataset(x, y)
+
+
+# nll-on-raw-logits
+
+
+class CharRNN(nn.Module):
+    """pytorch #2623: the char-RNN tutorial's cell (i2h, i2o on [input, hidden]) with ``nn.Softmax``
+    where the tutorial has ``LogSoftmax``; NLLLoss then goes negative."""
+
+    def __init__(self, channels=3, hidden=32, classes=3):
+        super().__init__()
+        self.hidden = hidden
+        self.i2h = nn.Linear(channels + hidden, hidden)
+        self.i2o = nn.Linear(channels + hidden, classes)
+        self.softmax = nn.Softmax(dim=1)
+
+    def forward(self, x):
+        h = x.new_zeros(x.shape[0], self.hidden)
+        for t in range(x.shape[1]):
+            combined = torch.cat([x[:, t], h], 1)
+            h, out = torch.tanh(self.i2h(combined)), self.i2o(combined)
+        return self.softmax(out)
+
+
+# double-softmax / bounded outputs
+
+
+class DotRecommender(nn.Module):
+    """daisyRec #15: user and item embeddings, a dot product and ``torch.sigmoid`` before
+    ``BCEWithLogitsLoss`` (which applies the sigmoid again)."""
+
+    def __init__(self, users=60, items=80, dim=16, sigmoid=True):
+        super().__init__()
+        self.users, self.items = nn.Embedding(users, dim), nn.Embedding(items, dim)
+        self.bias = nn.Parameter(torch.zeros(1))
+        self.sigmoid = sigmoid
+
+    def forward(self, pairs):
+        score = (self.users(pairs[:, 0]) * self.items(pairs[:, 1])).sum(1, keepdim=True) + self.bias
+        return torch.sigmoid(score) if self.sigmoid else score
+
+
+class PairEncoder(nn.Module):
+    """SciCo #2: a pair classifier over the tokens of two mentions, whose logits are softmaxed before
+    ``CrossEntropyLoss``."""
+
+    def __init__(self, softmax=True):
+        super().__init__()
+        self.encoder = TinyEncoder(length=20, classes=4)
+        self.softmax = softmax
+
+    def forward(self, x):
+        logits = self.encoder(x)
+        return torch.softmax(logits, dim=-1) if self.softmax else logits
+
+
+def standardised_log_counts():
+    """MSCNN #3 (crowd counting): images of blobs and the count, log-transformed and standardised (the
+    target is negative for sparse scenes), regressed with a ReLU output."""
+    g = _gen(6)
+    n = 192
+    x, counts = torch.zeros(n, 1, 16, 16), torch.randint(0, 12, (n,), generator=g)
+    for i in range(n):
+        for _ in range(int(counts[i])):
+            r, c = torch.randint(1, 15, (2,), generator=g).tolist()
+            x[i, 0, r - 1:r + 2, c - 1:c + 2] += 1.0
+    x = x + 0.2 * torch.randn(n, 1, 16, 16, generator=g)
+    target = torch.log1p(counts.float())
+    return TensorDataset(x, ((target - target.mean()) / target.std()).unsqueeze(1))
+
+
+def standardised_forecasting():
+    """ProteomicsML #203: a standardised regression target (negative half the time) behind a ReLU."""
+    x, y = forecasting()
+    return TensorDataset(x, (y - y.mean()) / y.std())
+
+
+# initial-loss-mismatch / bad init
+
+
+class CharMLP(nn.Module):
+    """makemore (part 3): embeddings of 3 characters, a tanh hidden layer and an output layer drawn
+    from ``torch.randn`` without scaling: the first loss is ~25 against ln(27) = 3.3."""
+
+    def __init__(self, vocab=27, context=3, embed=10, hidden=64, scale_out=1.0, bias_out=1.0):
+        super().__init__()
+        self.C = nn.Parameter(torch.randn(vocab, embed))
+        self.W1 = nn.Parameter(torch.randn(context * embed, hidden) * (5 / 3) / (context * embed) ** 0.5)
+        self.b1 = nn.Parameter(torch.randn(hidden) * 0.01)
+        self.W2 = nn.Parameter(torch.randn(hidden, vocab) * scale_out)
+        self.b2 = nn.Parameter(torch.randn(vocab) * bias_out)
+
+    def forward(self, idx):
+        h = torch.tanh(self.C[idx].flatten(1) @ self.W1 + self.b1)
+        return h @ self.W2 + self.b2
+
+
+def resnet_head_std_1():
+    """Karpathy's recipe ("verify loss @ init"): a head re-initialised with ``normal_(std=1)``: logits of
+    a few units each, a first loss far above ln(6)."""
+    model = ResNetMini(channels=1, classes=6, width=16)
+    nn.init.normal_(model.fc.weight, std=1.0)
+    nn.init.normal_(model.fc.bias, std=1.0)
+    return model
+
+
+# loss-shape-mismatch
+
+
+class StepwiseForecaster(nn.Module):
+    """xlstm #4: a prediction for every time step ``[B, T, 1]`` compared with the one target ``[B, 1, 1]``."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(1, 32, batch_first=True)
+        self.fc = nn.Linear(32, 1)
+
+    def forward(self, x):
+        return self.fc(self.lstm(x)[0])
+
+
+def forecasting_one_target_per_window():
+    x, y = forecasting()
+    return TensorDataset(x, y.unsqueeze(1))
+
+
+def pinn_grid():
+    """NeuralSolvers #20: an initial-condition fit on an evenly spaced grid, u(x) = sin(pi x) exp(-x^2),
+    targets ``[N]`` against predictions ``[N, 1]``."""
+    x = torch.linspace(-1, 1, 400).unsqueeze(1)
+    return TensorDataset(x, (torch.sin(math.pi * x) * torch.exp(-x ** 2)).squeeze(1))
+
+
+class SqueezedRegressionHead(nn.Module):
+    """FARM #229: a text regression head whose logits are squeezed to ``[B]`` against labels ``[B, 1]``."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = TinyEncoder(length=20, classes=1)
+
+    def forward(self, x):
+        return self.encoder(x).squeeze(-1)
+
+
+def text_scores():
+    """Token sequences and a score 0..16 that grows with the count of the first topic's words."""
+    x, y = topic_tokens(n=512, classes=4, seed=7)
+    score = (y.float() * 4 + torch.rand(512, generator=_gen(3)) * 4).unsqueeze(1)
+    return TensorDataset(x, score)
+
+
+# unregistered-module / params-not-in-optimizer / no-trainable-params
+
+
+class EncoderLinearInForward(nn.Module):
+    """nlp-tutorial #29: the attention's output projection created with ``nn.Linear(...)`` inside
+    ``forward``: new random weights every call, never trained."""
+
+    def __init__(self, vocab=120, width=32, heads=4, classes=4):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.heads = heads
+        self.norm = nn.LayerNorm(width)
+        self.fc = nn.Linear(width, classes)
+
+    def forward(self, x):
+        h = self.embed(x)
+        b, t, c = h.shape
+        q, k, v = (z.view(b, t, self.heads, c // self.heads).transpose(1, 2) for z in self.qkv(h).split(c, 2))
+        ctx = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, c)
+        out = nn.Linear(c, c)(ctx)  # the bug, as written in the tutorial
+        return self.fc(self.norm(h + out).mean(1))
+
+
+class TextCNNConvList(nn.Module):
+    """pytorch #1053: the filters of a text CNN kept in a plain Python list."""
+
+    def __init__(self, vocab=120, embed=32, classes=4):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, embed)
+        self.conv1d = [nn.Conv1d(embed, 16, 3), nn.Conv1d(embed, 16, 4), nn.Conv1d(embed, 16, 5)]
+        self.fc = nn.Linear(48, classes)
+
+    def forward(self, x):
+        h = self.embed(x).transpose(1, 2)  # [B, E, T]
+        return self.fc(torch.cat([F.relu(conv(h)).amax(2) for conv in self.conv1d], 1))
+
+
+def adam_without_head(params, lr=1e-3):
+    """HVPNeT #5: the parameter groups are built for the encoder; the classifier's weight and bias (the
+    last two tensors) are never appended."""
+    return torch.optim.Adam(list(params)[:-2], lr=lr)
+
+
+class DetectorCorrector(nn.Module):
+    """SoftMaskedBert #7: a GRU detector that softly masks suspicious tokens, and a transformer corrector."""
+
+    def __init__(self, vocab=120, width=32, classes=4):
+        super().__init__()
+        self.corrector = TinyEncoder(vocab=vocab, width=width, classes=classes)
+        self.detector = nn.GRU(width, 16, batch_first=True)
+        self.detector_fc = nn.Linear(16, 1)
+        self.mask_embedding = nn.Parameter(torch.zeros(width))
+
+    def forward(self, x):
+        e = self.corrector.embed(x)
+        p = torch.sigmoid(self.detector_fc(self.detector(e)[0]))        # [B, T, 1]
+        h = p * self.mask_embedding + (1 - p) * e + self.corrector.pos[:, :x.shape[1]]
+        return self.corrector.fc(self.corrector.encoder(h).mean(1))
+
+
+def adam_corrector_only(params, lr=1e-3):
+    """Only the corrector's parameters reach the optimizer (they come first in ``parameters()``); the
+    detector's GRU, its head and the mask embedding are left out."""
+    params = list(params)
+    corrector = len(list(TinyEncoder(width=32, classes=4).parameters()))
+    return torch.optim.Adam(params[:corrector], lr=lr)
+
+
+def frozen_lane_net():
+    """Ultra-Fast-Lane-Detection #282: ``for param in model.parameters(): param.requires_grad = False``
+    over the whole model, head included (backward then raises)."""
+    model = ResNetMini(channels=1, width=16, out=4)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+class ScaledCosineHead(nn.Module):
+    """easy-few-shot-learning #40: a backbone and a head frozen for fine-tuning; only a learnable logit
+    temperature is left trainable, so the loss barely moves."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = TinyEncoder(classes=4)
+        for p in self.encoder.parameters():
+            p.requires_grad_(False)
+        self.temperature = nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, x):
+        return self.encoder(x) * self.temperature
+
+
+def trainable_only(params, lr=1e-3):
+    """The transfer-learning tutorial's optimizer: only the parameters that still require grad."""
+    return torch.optim.SGD([p for p in params if p.requires_grad], lr=lr, momentum=0.9)
+
+
+# pool-stride-gt-kernel
+
+
+class StrideFourConvNet(nn.Module):
+    """yolo_v1_pytorch #7: a stride mistaken for a size, a 3x3 convolution at stride 4."""
+
+    def __init__(self, classes=6):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 16, 3, stride=4, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                                      nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                                      nn.AdaptiveAvgPool2d(1))
+        self.fc = nn.Linear(32, classes)
+
+    def forward(self, x):
+        return self.fc(self.features(x).flatten(1))
+
+
+# vanishing / saturation / dead units
+
+
+def deep_sigmoid_dnn(features=40, classes=6, layers=7, width=128):
+    """CNTK #476: a DNN of seven sigmoid hidden layers that trained at six; the seventh stalls it."""
+    mods, w = [], features
+    for _ in range(layers):
+        mods += [nn.Linear(w, width), nn.Sigmoid()]
+        w = width
+    return nn.Sequential(*mods, nn.Linear(w, classes))
+
+
+def speech_frames(n=512, features=40, classes=6, seed=0):
+    x, y = teacher_table(n=n, features=features, classes=classes, seed=seed)
+    return TensorDataset(x, y)
+
+
+class SigmoidConvNet(nn.Module):
+    """Receptive-Field-in-Pytorch #3: eight conv layers with sigmoid activations, no normalisation."""
+
+    def __init__(self, classes=6):
+        super().__init__()
+        layers, c = [], 1
+        for _ in range(8):
+            layers += [nn.Conv2d(c, 8, 3, padding=1), nn.Sigmoid()]
+            c = 8
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(2))
+        self.fc = nn.Linear(32, classes)
+
+    def forward(self, x):
+        return self.fc(self.features(x).flatten(1))
+
+
+def normal_init(model, std):
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            nn.init.normal_(m.weight, std=std)
+            if m.bias is not None:
+                nn.init.normal_(m.bias, std=std)
+        if isinstance(m, (nn.GRU, nn.LSTM)):
+            for name, p in m.named_parameters():
+                nn.init.normal_(p, std=std)
+    return model
+
+
+class AcousticModel(nn.Module):
+    """DeepSpeech #138: three dense layers and a recurrent layer over feature frames, every weight and
+    bias drawn from N(0, 1) instead of the framework's scaled default."""
+
+    def __init__(self, channels=3, classes=3):
+        super().__init__()
+        self.dense = nn.Sequential(nn.Linear(channels, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
+                                   nn.Linear(64, 64), nn.ReLU())
+        self.gru = nn.GRU(64, 64, batch_first=True)
+        self.fc = nn.Linear(64, classes)
+
+    def forward(self, x):
+        return self.fc(self.gru(self.dense(x))[0][:, -1])
+
+
+def bcd_table():
+    """The StackOverflow BCD-to-7-segment network: 4 inputs in {-1, 1}, 7 tanh outputs in {-1, 1}."""
+    digits = torch.arange(10)
+    bits = torch.stack([(digits >> k) & 1 for k in range(3, -1, -1)], 1).float() * 2 - 1
+    segments = torch.tensor([[1, 1, 1, 1, 1, 1, 0], [0, 1, 1, 0, 0, 0, 0], [1, 1, 0, 1, 1, 0, 1],
+                             [1, 1, 1, 1, 0, 0, 1], [0, 1, 1, 0, 0, 1, 1], [1, 0, 1, 1, 0, 1, 1],
+                             [1, 0, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1, 1],
+                             [1, 1, 1, 1, 0, 1, 1]]).float() * 2 - 1
+    reps = 32
+    g = _gen(8)
+    return TensorDataset(bits.repeat(reps, 1) + 0.05 * torch.randn(10 * reps, 4, generator=g),
+                         segments.repeat(reps, 1))
+
+
+def bcd_net():
+    return normal_init(nn.Sequential(nn.Linear(4, 20), nn.Tanh(), nn.Linear(20, 7), nn.Tanh()), std=4.0)
+
+
+def raw_sensor_sequences():
+    """Sensor sequences in raw units (a pressure around 1000 hPa with swings of tens)."""
+    x, y = wave_sequences()
+    return TensorDataset(1000.0 + 40.0 * x, y)
+
+
+class TanhFrontLSTM(nn.Module):
+    """A tanh feature layer in front of an LSTM classifier, fed raw sensor units."""
+
+    def __init__(self, channels=3, classes=3):
+        super().__init__()
+        self.front = nn.Sequential(nn.Linear(channels, 32), nn.Tanh())
+        self.lstm = nn.LSTM(32, 32, batch_first=True)
+        self.fc = nn.Linear(32, classes)
+
+    def forward(self, x):
+        return self.fc(self.lstm(self.front(x))[0][:, -1])
+
+
+def bag_of_words(n=512, vocab=200, classes=4, seed=0):
+    """Topic-model style word-count vectors ``[n, vocab]`` (counts 0..~6) and the document's topic."""
+    x, y = topic_tokens(n=n, length=40, vocab=vocab, classes=classes, seed=seed)
+    counts = torch.zeros(n, vocab).scatter_add_(1, x, torch.ones_like(x, dtype=torch.float))
+    return TensorDataset(counts, y)
+
+
+def listings_with_sentinel():
+    """Liam0205 #262 (Airbnb search): a feature far outside its usual range in some rows (a price with a
+    -10000 "unknown" code) pushes ReLU inputs negative for everything that follows."""
+    x, y = teacher_table(n=512, features=8, seed=11)
+    x[::7, 2] = -10000.0
+    return TensorDataset(x, y)
+
+
+# numerical hazards (0.2)
+
+
+def preference_pairs(n=384, features=12, seed=0):
+    """Pairs ``[n, 2, F]`` of (chosen, rejected) responses as feature vectors; the chosen one scores higher
+    under a hidden linear reward."""
+    g = _gen(seed)
+    w = torch.randn(features, generator=g)
+    a, b = torch.randn(n, features, generator=g), torch.randn(n, features, generator=g)
+    chosen = torch.where(((a @ w) > (b @ w)).unsqueeze(1), a, b)
+    rejected = torch.where(((a @ w) > (b @ w)).unsqueeze(1), b, a)
+    return TensorDataset(torch.stack([chosen, rejected], 1), torch.zeros(n))
+
+
+class RewardModel(nn.Module):
+    def __init__(self, features=12):
+        super().__init__()
+        self.score = mlp(features, 1, hidden=32)
+
+    def forward(self, pair):
+        return self.score(pair).squeeze(-1)  # [B, 2]
+
+
+def pairwise_log_sigmoid(scores, _):
+    """DeepSpeedExamples #501: ``-log(sigmoid(chosen - rejected))``; ``sigmoid`` underflows to 0 for a
+    margin below about -88 and the log returns inf."""
+    return -torch.log(torch.sigmoid(scores[:, 0] - scores[:, 1])).mean()
+
+
+def dice_loss_no_smooth(logits, masks):
+    """nasa/delta #115: a soft Dice loss without an epsilon: an empty mask with an empty prediction is 0/0."""
+    p = torch.sigmoid(logits)
+    inter = (p * masks).sum((1, 2, 3))
+    return (1 - 2 * inter / (p.sum((1, 2, 3)) + masks.sum((1, 2, 3)))).mean()
+
+
+def hard_zero_dice_loss(logits, masks):
+    """The same Dice loss on a thresholded prediction passed straight through (``p = (p > 0.5) + p - p.detach()``)."""
+    p = torch.sigmoid(logits)
+    p = (p > 0.5).float() + p - p.detach()
+    inter = (p * masks).sum((1, 2, 3))
+    return (1 - 2 * inter / (p.sum((1, 2, 3)) + masks.sum((1, 2, 3)))).mean()
+
+
+def siamese_pairs(n=384, features=16, seed=0):
+    """Pairs ``[n, 2, F]`` and 1 for "same", 0 for "different"; a third of the same-pairs are the very same
+    sample twice (duplicates in the gallery)."""
+    g = _gen(seed)
+    a = torch.randn(n, features, generator=g)
+    same = torch.rand(n, generator=g) < 0.5
+    b = torch.where(same.unsqueeze(1), a + 0.1 * torch.randn(n, features, generator=g),
+                    torch.randn(n, features, generator=g))
+    dup = same.clone()
+    dup[1::3] = False  # two thirds of the same-pairs keep their small difference
+    b[dup] = a[dup]
+    return TensorDataset(torch.stack([a, b], 1), same.float())
+
+
+class SiameseNet(nn.Module):
+    def __init__(self, features=16):
+        super().__init__()
+        self.embed = mlp(features, 8, hidden=32)
+
+    def forward(self, pair):
+        e = self.embed(pair)                                  # [B, 2, 8]
+        return torch.sqrt(((e[:, 0] - e[:, 1]) ** 2).sum(1))  # keras #9097: sqrt of a squared distance
+
+
+def contrastive(distance, same, margin=1.0):
+    return (same * distance ** 2 + (1 - same) * F.relu(margin - distance) ** 2).mean()
+
+
+# fp16
+
+
+class RawUnitsEncoder(nn.Module):
+    """pytorch #40497-like: a transformer over raw sensor values (~1000): the attention scores of the
+    projected values pass fp16's 65504."""
+
+    def __init__(self, channels=3, width=32, classes=3):
+        super().__init__()
+        self.proj = nn.Linear(channels, width)
+        layer = nn.TransformerEncoderLayer(width, 4, 2 * width, dropout=0.0, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+        self.fc = nn.Linear(width, classes)
+
+    def forward(self, x):
+        return self.fc(self.encoder(self.proj(x)).mean(1))
+
+
+def sixteen_bit_denoising():
+    """ect #13-like: 16-bit microscopy frames (0..65535) denoised by a small CNN, fp16 without a scaler."""
+    g = _gen(12)
+    clean = F.interpolate(torch.rand(128, 1, 4, 4, generator=g), size=16, mode="bilinear", align_corners=False)
+    noisy = clean + 0.1 * torch.randn(128, 1, 16, 16, generator=g)
+    return TensorDataset(noisy * 60000, clean * 60000)
+
+
+def denoiser():
+    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(16, 1, 3, padding=1))
+
+
+# lr schedules
+
+
+def linear_schedule_with_warmup(optimizer, num_warmup_steps=2, num_training_steps=3):
+    """transformers' ``get_linear_schedule_with_warmup``, given the number of *epochs* (3) as
+    ``num_training_steps`` (causal-bert-pytorch #9): the LR is 0 from the third step on."""
+    def lr_lambda(step):
+        if step < num_warmup_steps:
+            return (step + 1) / num_warmup_steps
+        return max(0.0, (num_training_steps - step) / max(1, num_training_steps - num_warmup_steps))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+
+
+def noam(optimizer, width=32, warmup=40):
+    """The Transformer paper's schedule (tensor2tensor #280), scaled so its peak is the optimizer's LR."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: warmup ** 0.5 * min((s + 1) ** -0.5, (s + 1) * warmup ** -1.5))
+
+
+# cannot-overfit
+
+
+class ChannelNormLSTM(nn.Module):
+    """A LayerNorm over the channel axis of a one-channel series (``nn.LayerNorm(1)`` on ``[B, T, 1]``):
+    each value is normalised against itself and becomes 0, so the output cannot depend on the input."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.LayerNorm(1)
+        self.lstm = nn.LSTM(1, 32, batch_first=True)
+        self.fc = nn.Linear(32, 1)
+
+    def forward(self, x):
+        return self.fc(self.lstm(self.norm(x))[0][:, -1])
+
+
+# healthy-looking
+
+
+class StandardisedRegressor(nn.Module):
+    """Inputs and the target standardised inside the model with statistics stored as buffers (what a
+    scaler fitted on the training set does): the raw data is in natural units, the network is not."""
+
+    def __init__(self, mean_x, std_x, mean_y, std_y):
+        super().__init__()
+        for name, value in (("mean_x", mean_x), ("std_x", std_x), ("mean_y", mean_y), ("std_y", std_y)):
+            self.register_buffer(name, value)
+        self.net = mlp(6, 1, hidden=64)
+
+    def forward(self, x):
+        return self.net((x - self.mean_x) / self.std_x) * self.std_y + self.mean_y
+
+
+def standardised_regressor():
+    x, y = house_prices()
+    return StandardisedRegressor(x.mean(0), x.std(0), y.mean(0), y.std(0))
+
+
+def frozen_backbone_model():
+    """The transfer-learning tutorial's "ConvNet as fixed feature extractor": every backbone parameter
+    frozen on purpose, a new trainable head."""
+    torch.manual_seed(123)
+    backbone = ResNetMini(channels=1, classes=6, width=16)  # stands in for the pretrained weights
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    backbone.fc = nn.Linear(32, 6)
+    return backbone
+
+
+class PaddedTagger(nn.Module):
+    def __init__(self, vocab=80, tags=5):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, 32, padding_idx=0)
+        self.gru = nn.GRU(32, 32, batch_first=True, bidirectional=True)
+        self.fc = nn.Linear(64, tags)
+
+    def forward(self, x):
+        return self.fc(self.gru(self.embed(x))[0]).transpose(1, 2)  # [B, tags, T]
+
+
+class VariableLengthTags(Dataset):
+    """Sentences of 5..16 tokens; ``pad_tags`` pads tokens with 0 and tags with -100 (ignore_index)."""
+
+    def __init__(self):
+        self.x, self.y = tagged_tokens()
+        self.lengths = torch.randint(5, 17, (len(self.x),), generator=_gen(13))
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        n = int(self.lengths[i])
+        return self.x[i, :n], self.y[i, :n]
+
+
+def pad_tags(batch):
+    tokens = nn.utils.rnn.pad_sequence([b[0] for b in batch], batch_first=True, padding_value=0)
+    tags = nn.utils.rnn.pad_sequence([b[1] for b in batch], batch_first=True, padding_value=-100)
+    return tokens, tags
+
+
+def background_heavy_masks():
+    """Segmentation where ~93% of the pixels are background, as in most medical masks (Pytorch-UNet #176)."""
+    images, masks = disc_masks(n=160, seed=4)
+    return TensorDataset(images, masks)
+
+
+def conv_autoencoder():
+    return nn.Sequential(nn.Conv2d(1, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU(),
+                         nn.ConvTranspose2d(16, 8, 2, 2), nn.ReLU(), nn.ConvTranspose2d(8, 1, 2, 2), nn.Sigmoid())
+
+
+def unit_images():
+    x, _ = pattern_images(n=256)
+    x = (x - x.min()) / (x.max() - x.min())
+    return TensorDataset(x, x.clone())
+
+
+def rare_positive_table(ratio=10):
+    x, y = teacher_table(n=640, features=10, classes=2, seed=14, weights=[ratio / (ratio + 1), 1 / (ratio + 1)])
+    return TensorDataset(x, y.float().unsqueeze(1))
+
+
+# --- more of the patients' own code ------------------------------------------------------------------
+
+
+def imbalanced_waves():
+    """neural-trees #75: one class holding 6% of the sequences."""
+    x, y = wave_sequences(n=600, seed=19)
+    keep = (y != 2) | (torch.rand(600, generator=_gen(20)) < 0.09)
+    return x[keep], y[keep]
+
+
+def imbalanced_topics():
+    """SciCo: most mention pairs are unrelated; the rarest relation is ~4% of the pairs."""
+    x, y = topic_tokens(n=700, seed=21)
+    keep = (y != 3) | (torch.rand(700, generator=_gen(22)) < 0.12)
+    return x[keep], y[keep]
+
+
+def line_with_offset(n=256):
+    """gentle_tensorflow #7: y = 2x + 10 with x in 0..1; at learn_rate 1e-6 the bias creeps towards 10."""
+    g = _gen(23)
+    x = torch.rand(n, 1, generator=g)
+    return x, 2 * x + 10 + 0.05 * torch.randn(n, 1, generator=g)
+
+
+class IRNN(nn.Module):
+    """A ReLU RNN with the identity-initialised recurrence of Le et al. ("IRNN") over long sequences."""
+
+    def __init__(self, channels=3, hidden=64, classes=3):
+        super().__init__()
+        self.rnn = nn.RNN(channels, hidden, nonlinearity="relu", batch_first=True)
+        with torch.no_grad():
+            self.rnn.weight_hh_l0.copy_(1.05 * torch.eye(hidden))
+            self.rnn.bias_hh_l0.zero_()
+        self.fc = nn.Linear(hidden, classes)
+
+    def forward(self, x):
+        return self.fc(self.rnn(x)[0][:, -1])
+
+
+def irnn():
+    return IRNN()
+
+
+class NormFreeBlock(nn.Module):
+    def __init__(self, width=32):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(width, 4, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.ReLU(), nn.Linear(4 * width, width))
+
+    def forward(self, x):
+        x = x + self.attn(x, x, x, need_weights=False)[0]
+        return x + self.mlp(x)
+
+
+class NormFreeEncoder(nn.Module):
+    """bittensor #229 ("on smaller architectures the loss explodes after some epochs"): four residual
+    attention blocks with no LayerNorm at all, trained with SGD and momentum."""
+
+    def __init__(self, vocab=120, width=32, classes=4):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        self.blocks = nn.Sequential(*[NormFreeBlock(width) for _ in range(4)])
+        self.fc = nn.Linear(width, classes)
+
+    def forward(self, x):
+        return self.fc(self.blocks(self.embed(x)).mean(1))
+
+
+def norm_free_encoder():
+    return NormFreeEncoder()
+
+
+class LogFeatureGRU(nn.Module):
+    """pytorch #61118 ("3 hours to find why I get NaN"): a log-scaled feature layer, ``torch.log`` of a
+    linear projection that is negative for about half its inputs."""
+
+    def __init__(self, channels=3, classes=3):
+        super().__init__()
+        self.proj = nn.Linear(channels, 16)
+        self.gru = nn.GRU(16, 32, batch_first=True)
+        self.fc = nn.Linear(32, classes)
+
+    def forward(self, x):
+        return self.fc(self.gru(torch.log(self.proj(x)))[0][:, -1])
+
+
+class GeMNet(nn.Module):
+    """CGD #12 (``PowBackward0 returned nan``): generalised-mean pooling ``mean(x ** p) ** (1 / p)`` over
+    features that can be negative (no clamp, no ReLU before it)."""
+
+    def __init__(self, classes=6, p=3.0):
+        super().__init__()
+        self.features = nn.Sequential(conv_bn(1, 16), nn.Conv2d(16, 32, 3, padding=1))  # no activation last
+        self.p = nn.Parameter(torch.tensor(p))
+        self.fc = nn.Linear(32, classes)
+
+    def forward(self, x):
+        f = self.features(x)
+        return self.fc(f.pow(self.p).mean((2, 3)).pow(1.0 / self.p))
+
+
+# --- the zoo ----------------------------------------------------------------------------------------
+
+FP = FieldPatient
+S = frozenset
+NH = "numerical-hazard is being built (0.2): nothing looks for the op before it fires yet"
+
+FIELD_ZOO: list[FieldPatient] = [
+    # --- data ---------------------------------------------------------------------------------------
+    FP("lstm-sensor-nan-readings", S({"data-nonfinite"}),
+       lambda: P(LSTMRegressor, sensor_readings_with_gaps(), nn.MSELoss()),
+       "https://github.com/timeseriesAI/tsai/issues/506"),
+    FP("resnet-blank-frames-per-image-std", S({"data-nonfinite"}),
+       lambda: P(lambda: ResNetMini(channels=3), frames_with_blanks(), opt=torch.optim.SGD, lr=0.05,
+                 momentum=0.9, batch_size=16),
+       "https://github.com/vanvalenlab/deepcell-toolbox/pull/72"),
+    FP("unet-masks-0-255-into-ce", S({"target-out-of-range"}),
+       lambda: P(lambda: TinyUNet(out=2), unet_masks_0_255(), batch_size=8),
+       "https://github.com/milesial/Pytorch-UNet/issues/291"),
+    FP("gru-labels-1-to-n", S({"target-out-of-range"}),
+       lambda: P(GRUClassifier, TensorDataset(wave_sequences()[0], wave_sequences()[1] + 1)),
+       "https://github.com/pytorch/pytorch/issues/15666"),
+    FP("encoder-label-minus-one", S({"target-out-of-range"}),
+       lambda: P(TinyEncoder, TensorDataset(topic_tokens()[0], topic_tokens()[1] - 1), lr=3e-4),
+       "https://github.com/EricFillion/happy-transformer/issues/248"),
+    FP("lenet-mnist-0-255", S({"data-unnormalized"}),
+       lambda: P(LeNet, TensorDataset(as_pixels(pattern_images()[0]), pattern_images()[1]), opt=torch.optim.SGD,
+                 lr=0.01, momentum=0.9),
+       "https://github.com/www0wwwjs1/Matrix-Capsules-EM-Tensorflow/issues/51"),
+    FP("house-prices-raw-units-sgd", S({"data-unnormalized"}),
+       lambda: P(lambda: mlp(6, 1), TensorDataset(*house_prices()), nn.MSELoss(), torch.optim.SGD, lr=1e-3),
+       "https://github.com/Liam0205/liam0205.github.io/issues/262"),
+    FP("tabular-constant-sensor-column", S({"data-constant-feature"}),
+       lambda: P(lambda: mlp(10, 3), constant_sensor_table(), batch_size=64),
+       "https://github.com/fastai/fastai/issues/889"),
+    FP("weather-cnn-dry-rain-channel", S({"data-constant-feature"}),
+       lambda: P(lambda: ResNetMini(channels=3, out=1), dry_period_fields(), nn.MSELoss(), batch_size=16),
+       "https://github.com/mllam/neural-lam/issues/136"),
+    FP("house-prices-saved-index", S({"csv-index-column"}),
+       lambda: P(lambda: mlp(7, 1), saved_index_prices(), nn.MSELoss(), batch_size=64),
+       "https://github.com/pandas-dev/pandas/issues/9677"),
+    FP("shuffled-frame-saved-index", S({"csv-index-column"}),
+       lambda: P(lambda: mlp(9, 3), shuffled_then_saved(), batch_size=64),
+       "https://github.com/WillKoehrsen/feature-selector/issues/2"),
+    FP("binary-86-14-predicts-majority", S({"class-imbalance"}),
+       lambda: P(lambda: mlp(10, 2), TensorDataset(*teacher_table(n=462, classes=2, seed=2, weights=[0.862, 0.138]))),
+       "https://github.com/abhuse/polyloss-pytorch/issues/5"),
+    FP("gru-rare-class-6pct", S({"class-imbalance"}),
+       lambda: P(GRUClassifier, TensorDataset(*imbalanced_waves())),
+       "https://github.com/cgrtml/neural-trees/pull/75"),
+    FP("lstm-sentinel-targets-minus-9999", S({"sample-loss-outlier", "data-unnormalized"}),
+       lambda: P(LSTMRegressor, sentinel_targets(), nn.MSELoss()),
+       "https://github.com/davisking/dlib/issues/2153"),
+    FP("cnn-16bit-garbage-images", S({"sample-loss-outlier", "data-unnormalized"}),
+       lambda: P(lambda: ResNetMini(channels=1), garbage_images(), batch_size=16),
+       "https://github.com/stanford-crfm/mistral/issues/115"),
+    # --- output / loss pairing ----------------------------------------------------------------------
+    FP("char-rnn-softmax-into-nll", S({"nll-on-raw-logits", "double-softmax"}),
+       lambda: P(CharRNN, TensorDataset(*wave_sequences()), nn.NLLLoss(), torch.optim.SGD, lr=0.005),
+       "https://github.com/pytorch/pytorch/issues/2623"),
+    FP("transformer-softmax-into-nll", S({"nll-on-raw-logits", "double-softmax"}),
+       lambda: P(lambda: TinyEncoder(final=nn.Softmax(dim=-1)), TensorDataset(*topic_tokens()), nn.NLLLoss(),
+                 lr=3e-4),
+       "https://github.com/AnubhavGupta3377/Text-Classification-Models-Pytorch/issues/9"),
+    FP("pair-encoder-softmax-into-ce", S({"double-softmax"}),
+       lambda: P(PairEncoder, TensorDataset(*topic_tokens(seed=1)), lr=3e-4),
+       "https://github.com/ariecattan/SciCo/issues/2"),
+    FP("unet-log-softmax-into-ce", S({"double-softmax"}),
+       lambda: P(lambda: TinyUNet(out=2, final=nn.LogSoftmax(dim=1)),
+                 TensorDataset(disc_masks()[0], disc_masks()[1].squeeze(1).long()), batch_size=8),
+       "https://github.com/speedinghzl/Pytorch-Deeplab/issues/2"),
+    FP("recommender-sigmoid-into-bce-with-logits", S({"double-softmax", "bounded-output-activation"}),
+       lambda: P(DotRecommender, TensorDataset(*ratings()), nn.BCEWithLogitsLoss(), batch_size=64),
+       "https://github.com/yudi-mars/daisyRec/pull/15"),
+    FP("lstm-regression-relu-output", S({"bounded-output-activation"}),
+       lambda: P(lambda: LSTMRegressor(final=nn.ReLU()), standardised_forecasting(), nn.MSELoss()),
+       "https://github.com/ProteomicsML/ProteomicsML/pull/203"),
+    FP("crowd-count-cnn-relu-output", S({"bounded-output-activation"}),
+       lambda: P(lambda: nn.Sequential(ResNetMini(channels=1, out=1), nn.ReLU()), standardised_log_counts(),
+                 nn.MSELoss(), batch_size=16),
+       "https://github.com/xiaochus/MSCNN/pull/3"),
+    FP("fcn-bce-without-sigmoid", S({"probability-loss-on-logits"}),
+       lambda: P(TinyUNet, TensorDataset(*disc_masks()), nn.BCELoss(), batch_size=8),
+       "https://github.com/yunlongdong/FCN-pytorch/issues/7"),
+    FP("gru-bce-on-raw-scores", S({"probability-loss-on-logits"}),
+       lambda: P(lambda: GRUClassifier(classes=1), TensorDataset(wave_sequences(classes=2)[0],
+                                                                 wave_sequences(classes=2)[1].float().unsqueeze(1)),
+                 nn.BCELoss()),
+       "https://github.com/pytorch/pytorch/issues/139916"),
+    FP("char-mlp-randn-output-layer", S({"initial-loss-mismatch", "bad-init"}),
+       lambda: P(CharMLP, TensorDataset(*char_windows()), opt=torch.optim.SGD, lr=0.1),
+       "https://bigghis.github.io/AI-appunti/guide/optimizations/initialloss.html"),
+    FP("resnet-head-normal-std-1", S({"initial-loss-mismatch", "bad-init"}),
+       lambda: P(resnet_head_std_1, TensorDataset(*pattern_images()), opt=torch.optim.SGD, lr=0.05, momentum=0.9,
+                 batch_size=16),
+       "https://stats.stackexchange.com/questions/606359/how-to-initialize-final-layer-to-get-a-good-starting-loss"),
+    FP("lstm-stepwise-vs-one-target", S({"loss-shape-mismatch"}),
+       lambda: P(StepwiseForecaster, forecasting_one_target_per_window(), nn.MSELoss()),
+       "https://github.com/andrewgcodes/xlstm/issues/4"),
+    FP("pinn-target-n-vs-n-by-1", S({"loss-shape-mismatch"}),
+       lambda: P(lambda: mlp(1, 1, hidden=32, depth=3, act=nn.Tanh), pinn_grid(), nn.MSELoss(), batch_size=64),
+       "https://github.com/Photon-AI-Research/NeuralSolvers/issues/20"),
+    FP("text-regression-squeezed-logits", S({"loss-shape-mismatch"}),
+       lambda: P(SqueezedRegressionHead, text_scores(), nn.MSELoss(), lr=3e-4),
+       "https://github.com/deepset-ai/FARM/issues/229"),
+    FP("sparse-autoencoder-sum-reduction", S({"loss-reduction-sum"}),
+       lambda: P(lambda: nn.Sequential(nn.Linear(32, 128), nn.ReLU(), nn.Linear(128, 32)),
+                 TensorDataset(*(lambda z: (z, z))(torch.randn(512, 32, generator=_gen(15)))),
+                 nn.MSELoss(reduction="sum"), batch_size=64),
+       "https://github.com/ai-safety-foundation/sparse_autoencoder/issues/63"),
+    FP("resnet-summed-loss-sgd", S({"loss-reduction-sum"}),
+       lambda: P(ResNetMini, TensorDataset(*pattern_images()), nn.CrossEntropyLoss(reduction="sum"),
+                 torch.optim.SGD, lr=0.01, momentum=0.9, batch_size=64),
+       "https://github.com/WongKinYiu/yolov7/issues/1713"),
+    # --- the module tree and the step ---------------------------------------------------------------
+    FP("transformer-linear-in-forward", S({"unregistered-module"}),
+       lambda: P(EncoderLinearInForward, TensorDataset(*topic_tokens()), lr=3e-4),
+       "https://github.com/graykode/nlp-tutorial/issues/29"),
+    FP("text-cnn-filters-in-list", S({"unregistered-module"}),
+       lambda: P(TextCNNConvList, TensorDataset(*topic_tokens())),
+       "https://github.com/pytorch/pytorch/issues/1053"),
+    FP("tagger-classifier-not-in-optimizer", S({"params-not-in-optimizer"}),
+       lambda: with_optimizer(P(lambda: Tagger(cell=nn.LSTM), TensorDataset(*tagged_tokens())), adam_without_head,
+                              "Tagger", lr=1e-3),
+       "https://github.com/zjunlp/HVPNeT/issues/5"),
+    FP("detector-left-out-of-optimizer", S({"params-not-in-optimizer"}),
+       lambda: with_optimizer(P(DetectorCorrector, TensorDataset(*topic_tokens())), adam_corrector_only,
+                              "DetectorCorrector", lr=1e-3),
+       "https://github.com/quantum00549/SoftMaskedBert/issues/7"),
+    FP("lane-net-everything-frozen", S({"no-trainable-params"}),
+       lambda: P(frozen_lane_net, TensorDataset(pattern_images()[0], torch.randn(256, 4, generator=_gen(16))),
+                 nn.MSELoss(), batch_size=16),
+       "https://github.com/cfzd/Ultra-Fast-Lane-Detection/issues/282"),
+    FP("finetune-only-temperature-trains", S({"no-trainable-params"}),
+       lambda: with_optimizer(P(ScaledCosineHead, TensorDataset(*topic_tokens())), trainable_only,
+                              "ScaledCosineHead", lr=1e-3),
+       "https://github.com/sicara/easy-few-shot-learning/issues/40"),
+    FP("heatmap-unet-no-zero-grad", S({"missing-zero-grad"}),
+       lambda: P(TinyUNet, TensorDataset(disc_masks()[0], disc_masks()[1] * 0.9), nn.MSELoss(), batch_size=8,
+                 train_step=step_without_zero_grad),
+       "https://github.com/yastrebksv/TennisCourtDetector/issues/7"),
+    FP("keyword-spotting-gru-no-zero-grad", S({"missing-zero-grad"}),
+       lambda: P(GRUClassifier, TensorDataset(*wave_sequences()), opt=torch.optim.SGD, lr=0.05, momentum=0.9,
+                 train_step=step_without_zero_grad),
+       "https://github.com/wenet-e2e/wekws/pull/73"),
+    FP("audio-cnn1d-pool-stride-4", S({"pool-stride-gt-kernel"}),
+       lambda: P(lambda: AudioCNN(pool_stride=4), TensorDataset(*waveforms()), batch_size=16),
+       "https://github.com/keras-team/keras/issues/8642"),
+    FP("cnn-conv3x3-stride-4", S({"pool-stride-gt-kernel"}),
+       lambda: P(StrideFourConvNet, TensorDataset(*pattern_images()), batch_size=16),
+       "https://github.com/motokimura/yolo_v1_pytorch/issues/7"),
+    # --- optimisation ---------------------------------------------------------------------------------
+    FP("encoder-adam-lr-0.05", S({"lr-too-high"}),
+       lambda: P(lambda: TinyEncoder(layers=2), TensorDataset(*topic_tokens()), lr=0.05),
+       "https://github.com/facebookresearch/detr/issues/285"),
+    FP("lstm-lm-adam-lr-1", S({"lr-too-high"}),
+       lambda: P(lambda: TokenGRU(vocab=27, classes=27), TensorDataset(*char_windows(context=8)), lr=1.0),
+       "https://github.com/rajveermalviya/language-modeling/issues/3"),
+    FP("linear-regression-sgd-lr-1e-6", S({"lr-too-low"}),
+       lambda: P(lambda: nn.Linear(1, 1), TensorDataset(*line_with_offset()), nn.MSELoss(), torch.optim.SGD,
+                 lr=1e-6),
+       "https://github.com/nethsix/gentle_tensorflow/issues/7"),
+    FP("resnet-sgd-lr-1e-5", S({"lr-too-low"}),
+       lambda: P(ResNetMini, TensorDataset(*pattern_images()), opt=torch.optim.SGD, lr=1e-5, momentum=0.9,
+                 batch_size=16),
+       "https://github.com/lucasjinreal/keras_frcnn/issues/76"),
+    FP("irnn-long-sequences-explode", S({"exploding-gradients", "lr-too-high"}),
+       lambda: P(irnn, TensorDataset(*wave_sequences(length=60)), opt=torch.optim.SGD, lr=0.05),
+       "https://github.com/Marcovaldong/lstmp.pytorch/issues/2", also_expected=S({"exploding-gradients"})),
+    FP("norm-free-transformer-explodes", S({"exploding-gradients", "lr-too-high"}),
+       lambda: P(norm_free_encoder, TensorDataset(*topic_tokens()), opt=torch.optim.SGD, lr=0.5, momentum=0.9),
+       "https://github.com/RaoFoundation/bittensor/pull/229", also_expected=S({"exploding-gradients"})),
+    FP("seven-sigmoid-layer-dnn", S({"vanishing-gradients"}),
+       lambda: P(deep_sigmoid_dnn, speech_frames(), opt=torch.optim.SGD, lr=0.1, batch_size=64),
+       "https://github.com/microsoft/CNTK/issues/476"),
+    FP("eight-sigmoid-conv-layers", S({"vanishing-gradients"}),
+       lambda: P(SigmoidConvNet, TensorDataset(*pattern_images()), opt=torch.optim.SGD, lr=0.05, batch_size=16),
+       "https://github.com/rogertrullo/Receptive-Field-in-Pytorch/issues/3"),
+    FP("acoustic-model-init-normal-1", S({"bad-init"}),
+       lambda: P(lambda: normal_init(AcousticModel(), std=1.0), TensorDataset(*wave_sequences()),
+                 opt=torch.optim.SGD, lr=0.01),
+       "https://github.com/mozilla/DeepSpeech/issues/138"),
+    FP("capsule-like-cnn-init-std-0.01", S({"bad-init", "vanishing-gradients"}),
+       lambda: P(lambda: normal_init(LeNet(), std=0.01), TensorDataset(*pattern_images()), opt=torch.optim.SGD,
+                 lr=0.01, momentum=0.9, batch_size=16),
+       "https://github.com/ageron/handson-ml/pull/176"),
+    FP("topic-encoder-relu-dies-at-high-lr", S({"dead-relu", "lr-too-high"}),
+       lambda: P(lambda: mlp(200, 4, hidden=128), bag_of_words(), opt=torch.optim.SGD, lr=3.0),
+       "https://github.com/dangitstam/topic-rnn/pull/9"),
+    FP("listings-sentinel-kills-relus", S({"dead-relu", "data-unnormalized"}),
+       lambda: P(lambda: mlp(8, 3, hidden=64), listings_with_sentinel(), opt=torch.optim.SGD, lr=0.01),
+       "https://github.com/Liam0205/liam0205.github.io/issues/262"),
+    FP("bcd-tanh-net-saturated", S({"saturated-activation", "bad-init"}),
+       lambda: P(bcd_net, bcd_table(), nn.MSELoss(), torch.optim.SGD, lr=0.1),
+       "https://kiwix.lema.org/stackoverflow.com_en_all_2023-11/questions/61392480/"
+       "gradient-descent-with-tanh-0-gradient-on-incorrect-classification"),
+    FP("tanh-front-lstm-raw-pressure", S({"saturated-activation", "data-unnormalized"}),
+       lambda: P(TanhFrontLSTM, raw_sensor_sequences()),
+       "https://github.com/keras-team/keras/issues/1874"),
+    # --- normalisation and modes ------------------------------------------------------------------------
+    FP("resnet-batchnorm-batch-2", S({"batchnorm-small-batch"}),
+       lambda: P(ResNetMini, TensorDataset(*pattern_images()), opt=torch.optim.SGD, lr=0.05, momentum=0.9,
+                 batch_size=2),
+       "https://github.com/YvanYin/GoalFlow/issues/17"),
+    FP("pointnet-batchnorm-batch-1", S({"batchnorm-small-batch", "train-eval-gap"}),
+       lambda: P(PointNet, TensorDataset(*point_clouds()), batch_size=1),
+       "https://github.com/limhoyeon/ToothGroupNetwork/issues/23"),
+    FP("flow-batchnorm-off-centre-inputs", S({"train-eval-gap"}),
+       lambda: P(lambda: nn.Sequential(nn.BatchNorm1d(6), nn.Linear(6, 64), nn.BatchNorm1d(64), nn.ReLU(),
+                                       nn.Linear(64, 1)),
+                 TensorDataset(5.0 + 0.1 * standardise(house_prices()[0]), (house_prices()[1] - 300) / 60),
+                 nn.MSELoss(), batch_size=64),
+       "https://github.com/kamenbliznashki/normalizing_flows/issues/13"),
+    FP("pointnet-slow-bn-momentum-eval-drop", S({"train-eval-gap"}),
+       lambda: P(lambda: PointNet(bn_momentum=0.001), TensorDataset(point_clouds()[0] * 3 + 2, point_clouds()[1])),
+       "https://github.com/yanx27/GACNet/issues/8"),
+    FP("gru-log-of-linear-features", S({"nonfinite-source"}),
+       lambda: P(LogFeatureGRU, TensorDataset(*wave_sequences())),
+       "https://github.com/pytorch/pytorch/issues/61118"),
+    FP("cnn-gem-pooling-pow-negative", S({"nonfinite-source"}),
+       lambda: P(GeMNet, TensorDataset(*pattern_images()), batch_size=16),
+       "https://github.com/leftthomas/CGD/issues/12"),
+    FP("lstm-layernorm-over-one-channel", S({"cannot-overfit-batch"}),
+       lambda: P(ChannelNormLSTM, TensorDataset(*forecasting()), nn.MSELoss()),
+       "https://github.com/bclarkson-code/Tricycle/issues/45"),  # the overfit-one-batch check that finds it
+    FP("encoder-batch-first-false", S({"cannot-overfit-batch", "no-generalisation"}),
+       lambda: P(lambda: TinyEncoder(batch_first=False), TensorDataset(*topic_tokens()), lr=3e-4),
+       "https://github.com/Exorust/TorchLeet/issues/5"),
+    # --- numerical hazards (0.2) -------------------------------------------------------------------------
+    FP("reward-model-log-sigmoid", S({"numerical-hazard"}),
+       lambda: P(RewardModel, preference_pairs(), pairwise_log_sigmoid),
+       "https://github.com/deepspeedai/DeepSpeedExamples/pull/501", known_gap=NH),
+    FP("unet-dice-loss-without-epsilon", S({"numerical-hazard"}),
+       lambda: P(TinyUNet, TensorDataset(*disc_masks(empty_share=0.3)), hard_zero_dice_loss, batch_size=8),
+       "https://github.com/nasa/delta/pull/115", known_gap=NH),
+    FP("siamese-sqrt-of-squared-distance", S({"numerical-hazard"}),
+       lambda: P(SiameseNet, siamese_pairs(), contrastive),
+       "https://github.com/keras-team/keras/issues/9097", known_gap=NH),
+    # --- the training set-up ------------------------------------------------------------------------------
+    FP("sensor-transformer-fp16-raw-units", S({"fp16-overflow"}),
+       lambda: P(RawUnitsEncoder, raw_sensor_sequences(), precision="fp16"),
+       "https://github.com/pytorch/pytorch/issues/40497"),
+    FP("denoiser-16bit-fp16-no-scaler", S({"fp16-overflow", "data-unnormalized"}),
+       lambda: P(denoiser, sixteen_bit_denoising(), nn.MSELoss(), precision="fp16", grad_scaler=False,
+                 batch_size=16),
+       "https://github.com/locuslab/ect/pull/13"),
+    FP("unet-steplr-in-batch-loop", S({"lr-schedule-collapse"}),
+       lambda: P(TinyUNet, TensorDataset(*disc_masks()), nn.BCEWithLogitsLoss(), batch_size=8,
+                 scheduler=functools.partial(torch.optim.lr_scheduler.StepLR, step_size=10, gamma=0.5)),
+       "https://github.com/ivadomed/ivadomed/pull/55"),
+    FP("transfer-tutorial-steplr-per-batch", S({"lr-schedule-collapse"}),
+       lambda: P(ResNetMini, TensorDataset(*pattern_images()), opt=torch.optim.SGD, lr=0.001, momentum=0.9,
+                 batch_size=16,
+                 scheduler=functools.partial(torch.optim.lr_scheduler.StepLR, step_size=7, gamma=0.1)),
+       "https://github.com/pytorch/tutorials/pull/640"),
+    FP("linear-warmup-total-steps-in-epochs", S({"lr-schedule-collapse"}),
+       lambda: P(TinyEncoder, TensorDataset(*topic_tokens()), opt=torch.optim.AdamW, lr=5e-4,
+                 scheduler=linear_schedule_with_warmup),
+       "https://github.com/rpryzant/causal-bert-pytorch/issues/9"),
+    # --- two faults at once ------------------------------------------------------------------------------
+    FP("gru-raw-logits-nll-and-lr-1e-6", S({"nll-on-raw-logits", "lr-too-low"}),
+       lambda: P(TokenGRU, TensorDataset(*topic_tokens()), nn.NLLLoss(), lr=1e-6),
+       "https://github.com/pandeykartikey/Hierarchical-Attention-Network/issues/3",
+       also_expected=S({"nll-on-raw-logits", "lr-too-low"})),
+    FP("lenet-pixels-0-255-and-sgd-lr-0.1", S({"data-unnormalized", "lr-too-high"}),
+       lambda: P(LeNet, TensorDataset(as_pixels(pattern_images()[0]), pattern_images()[1]), opt=torch.optim.SGD,
+                 lr=0.1, momentum=0.9),
+       "https://github.com/kenshohara/video-classification-3d-cnn-pytorch/issues/54",
+       also_expected=S({"data-unnormalized", "lr-too-high"})),
+    FP("audio-cnn-summed-loss-and-no-zero-grad", S({"loss-reduction-sum", "missing-zero-grad"}),
+       lambda: P(lambda: nn.Sequential(AudioCNN(classes=1)), TensorDataset(waveforms()[0],
+                                                                           waveforms()[1].float().unsqueeze(1)),
+                 nn.MSELoss(), torch.optim.SGD, lr=0.01, batch_size=32, train_step=step_sum_without_zero_grad),
+       "https://github.com/SharifiZarchi/Introduction_to_Machine_Learning/issues/55",
+       also_expected=S({"loss-reduction-sum", "missing-zero-grad"})),
+    FP("pair-encoder-softmax-and-rare-class", S({"double-softmax", "class-imbalance"}),
+       lambda: P(PairEncoder, TensorDataset(*imbalanced_topics()), lr=3e-4),
+       "https://github.com/ariecattan/SciCo/issues/2", also_expected=S({"double-softmax", "class-imbalance"})),
+    FP("heatmap-unet-batch-2-and-no-zero-grad", S({"missing-zero-grad", "batchnorm-small-batch"}),
+       lambda: P(TinyUNet, TensorDataset(disc_masks()[0], disc_masks()[1] * 0.9), nn.MSELoss(), batch_size=2,
+                 train_step=step_without_zero_grad),
+       "https://github.com/yastrebksv/TennisCourtDetector/issues/7",
+       also_expected=S({"missing-zero-grad", "batchnorm-small-batch"})),
+    FP("lstm-nan-readings-and-target-n-vs-n-by-1", S({"data-nonfinite", "loss-shape-mismatch"}),
+       lambda: P(LSTMRegressor, TensorDataset(sensor_readings_with_gaps().tensors[0],
+                                              sensor_readings_with_gaps().tensors[1].squeeze(1)), nn.MSELoss()),
+       "https://github.com/timeseriesAI/tsai/issues/506",
+       also_expected=S({"data-nonfinite", "loss-shape-mismatch"})),
+    FP("transformer-linear-in-forward-and-lr-1e-7", S({"unregistered-module", "lr-too-low"}),
+       lambda: P(EncoderLinearInForward, TensorDataset(*topic_tokens()), lr=1e-7),
+       "https://github.com/graykode/nlp-tutorial/issues/29", also_expected=S({"unregistered-module", "lr-too-low"})),
+    # --- healthy, though they look sick -------------------------------------------------------------------
+    FP("healthy-sine-fit-on-linspace-grid", HEALTHY,
+       lambda: P(lambda: mlp(1, 1, hidden=32, depth=2, act=nn.Tanh),
+                 TensorDataset(torch.linspace(-math.pi, math.pi, 2000).unsqueeze(1),
+                               torch.sin(torch.linspace(-math.pi, math.pi, 2000)).unsqueeze(1)),
+                 nn.MSELoss(), batch_size=64),
+       "https://github.com/Aditta-das/pytorch-practical"),
+    FP("healthy-frozen-backbone-trainable-head", HEALTHY,
+       lambda: with_optimizer(P(frozen_backbone_model, TensorDataset(*pattern_images()), batch_size=16),
+                              trainable_only, "ResNetMini", lr=0.01),
+       "https://github.com/Spandan-Madan/Pytorch_fine_tuning_Tutorial/issues/8"),
+    FP("healthy-imbalance-3-to-1", HEALTHY,
+       lambda: P(lambda: mlp(10, 2), TensorDataset(*teacher_table(n=512, classes=2, seed=17, weights=[0.75, 0.25]))),
+       "https://github.com/ematvey/hierarchical-attention-networks/issues/4"),
+    FP("healthy-heavy-dropout-0.5", HEALTHY,
+       lambda: P(lambda: mlp(10, 3, hidden=128, dropout=0.5), TensorDataset(*teacher_table(n=512, seed=18))),
+       "https://github.com/facebookresearch/VideoPose3D/issues/113"),
+    FP("healthy-label-smoothing-0.1", HEALTHY,
+       lambda: P(ResNetMini, TensorDataset(*pattern_images()), nn.CrossEntropyLoss(label_smoothing=0.1),
+                 batch_size=16),
+       "https://github.com/lxztju/pytorch_classification/issues/9"),
+    FP("healthy-resnet-sgd-lr-0.1-momentum", HEALTHY,
+       lambda: P(lambda: ResNetMini(width=16), TensorDataset(*pattern_images()), opt=torch.optim.SGD, lr=0.1,
+                 momentum=0.9, weight_decay=5e-4, batch_size=32),
+       "https://github.com/NVIDIA/apex/issues/407"),
+    FP("healthy-gru-tagger-padding-ignore-index", HEALTHY,
+       lambda: P(PaddedTagger, VariableLengthTags(), nn.CrossEntropyLoss(ignore_index=-100), collate_fn=pad_tags),
+       "https://github.com/pytorch/pytorch/issues/12670"),
+    FP("healthy-transformer-noam-warmup", HEALTHY,
+       lambda: P(lambda: TinyEncoder(layers=2), TensorDataset(*topic_tokens()), opt=torch.optim.Adam, lr=1e-3,
+                 betas=(0.9, 0.98), eps=1e-9, scheduler=noam),
+       "https://github.com/tensorflow/tensor2tensor/issues/280"),
+    FP("healthy-prices-in-thousands-standardised-in-model", HEALTHY,
+       lambda: P(standardised_regressor, TensorDataset(*house_prices()), nn.MSELoss(), batch_size=64),
+       "https://github.com/ultmaster/neuralpredictor.pytorch/issues/2"),
+    FP("healthy-batchnorm-batch-32", HEALTHY,
+       lambda: P(lambda: ResNetMini(width=16), TensorDataset(*pattern_images()), opt=torch.optim.SGD, lr=0.05,
+                 momentum=0.9, batch_size=32),
+       "https://github.com/microsoft/CNTK/issues/905"),
+    FP("healthy-conv-autoencoder-mse", HEALTHY,
+       lambda: P(conv_autoencoder, unit_images(), nn.MSELoss(), batch_size=32),
+       "https://github.com/ai-safety-foundation/sparse_autoencoder/issues/63"),
+    FP("healthy-bce-with-pos-weight", HEALTHY,
+       lambda: P(lambda: mlp(10, 1), rare_positive_table(), nn.BCEWithLogitsLoss(pos_weight=torch.tensor([10.0])),
+                 batch_size=64),
+       "https://github.com/pytorch/pytorch/pull/6856"),
+    FP("healthy-unet-mostly-background", HEALTHY,
+       lambda: P(TinyUNet, background_heavy_masks(), nn.BCEWithLogitsLoss(), batch_size=8),
+       "https://github.com/milesial/Pytorch-UNet/issues/176"),
+    FP("healthy-pointnet-batch-32", HEALTHY,
+       lambda: P(PointNet, TensorDataset(*point_clouds())),
+       "https://github.com/yanx27/GACNet/issues/8"),
+]
+
+
+BY_NAME = {p.name: p for p in FIELD_ZOO}

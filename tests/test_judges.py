@@ -1,0 +1,101 @@
+"""The cure judges on hand-built before/after runs: no training, the verdict from the two curves alone."""
+
+import math
+
+import pytest
+
+from patients import make_patient
+
+from nandoctor.probes.training import Run
+from nandoctor.treatments import Cure, Outcome, cured_patient, judges, run_cure
+
+
+def arm(losses, accuracy=None, stopped="done", error=None, **measures):
+    return Outcome(Run(losses=list(losses), stopped=stopped, error=error), accuracy, dict(measures))
+
+
+def falling(start=1.1, end=0.01, n=40):
+    return [start + (end - start) * i / (n - 1) for i in range(n)]
+
+
+FLAT = [1.1] * 40
+
+
+def test_a_log_likelihood_run_below_zero_is_never_cured():
+    # seed 000: log-softmax is "tried" but the loss still runs to -0.94: below the floor of an NLL
+    negative = arm(falling(1.1, -0.94))
+    raw_scores = arm(falling(0.0, -8421.0))
+    for judge in (judges.beats_control, judges.repairs(judges.falls), judges.repairs(judges.trains),
+                  judges.fixes(judges.memorised), judges.tail_ratio(3.0), judges.clearly_better):
+        assert not judge(raw_scores, negative), judge.text
+    assert not judges.clean(negative) and not judges.trains(negative)
+
+
+def test_beats_control_wants_the_treated_run_to_train_where_the_control_did_not():
+    assert judges.beats_control(arm(FLAT), arm(falling()))
+    assert judges.beats_control(arm([1.1, 2.0, math.nan], stopped="nonfinite"), arm(falling(1.1, 0.7)))
+    # the control memorised the batch already: nothing to cure
+    assert not judges.beats_control(arm(falling()), arm(falling()))
+    # both learn about as much: no clear gain
+    assert not judges.beats_control(arm(falling(1.1, 0.75)), arm(falling(1.1, 0.7)))
+    # a treated run that broke is no cure, however bad the control
+    assert not judges.beats_control(arm(FLAT), arm([1.1, math.inf], stopped="nonfinite"))
+    assert not judges.beats_control(arm(FLAT), arm([1.1, 0.9], stopped="error", error={"message": "boom"}))
+
+
+def test_a_crash_is_cured_only_when_the_run_then_trains():
+    crashed = arm([], stopped="error", error={"message": "Target 3 is out of bounds"})
+    assert judges.beats_control(crashed, arm(falling()))
+    assert not judges.beats_control(crashed, arm(FLAT))  # runs now, but does not train
+
+
+def test_fixes_and_repairs():
+    fixed = judges.fixes(judges.memorised)
+    assert fixed(arm(FLAT), arm(falling()))
+    assert not fixed(arm(falling()), arm(falling()))  # the control passed the same test
+    repaired = judges.repairs(judges.falls)
+    assert repaired(arm(falling()), arm(falling()))   # broken by construction: the treated run only has to pass
+    assert not repaired(arm(FLAT), arm(FLAT))
+
+
+def test_measured_judges_read_the_numbers_beside_the_loss():
+    judge = judges.both(judges.repairs(judges.memorised), judges.measured("gradient_ratio", at_most=1.5))
+    assert judge(arm(FLAT, gradient_ratio=2.0), arm(falling(), gradient_ratio=1.0))
+    assert not judge(arm(FLAT, gradient_ratio=2.0), arm(falling(), gradient_ratio=2.0))
+    assert not judge(arm(FLAT), arm(falling()))  # not measured: no verdict from a missing number
+    before = judges.measured("drift", at_least=1e-3, arm="before")
+    assert before(arm(FLAT, drift=0.5), arm(FLAT)) and not before(arm(FLAT, drift=0.0), arm(FLAT))
+
+
+def test_tail_ratio_and_drop_gain():
+    assert judges.tail_ratio(3.0)(arm(falling(1.1, 0.9)), arm(falling(1.1, 0.2)))
+    assert not judges.tail_ratio(3.0)(arm(falling(1.1, 0.9)), arm(falling(1.1, 0.5)))
+    assert judges.drop_gain(0.2)(arm(FLAT), arm(falling(1.1, 0.5)))
+    assert not judges.drop_gain(0.2)(arm(falling(1.1, 0.6)), arm(falling(1.1, 0.5)))
+
+
+def test_ends_lower_on_the_stream():
+    stalled = arm(falling(30.0, 1.02), end_loss=1.02, relative_drop=0.97)
+    learning = arm(falling(1.1, 0.84), end_loss=0.84, relative_drop=0.21)
+    assert judges.ends_lower(0.9)(stalled, learning)
+    assert not judges.ends_lower(0.9)(learning, stalled)
+
+
+def test_every_judge_names_its_rule_for_the_report():
+    for j in (judges.beats_control, judges.fixes(judges.trains), judges.tail_ratio(2), judges.drop_gain(0.1),
+              judges.measured("x", at_most=1), judges.ends_lower(0.9), judges.decided(True, "the probe")):
+        assert isinstance(j.text, str) and j.text
+
+
+def test_run_cure_judges_a_comparison_a_probe_already_made():
+    cure = Cure("froze BatchNorm", done=(arm(FLAT), arm(falling())), judge=judges.beats_control)
+    record = run_cure(None, cure)
+    assert record["cured"] is True and record["judged_by"] == judges.beats_control.text
+    assert record["curves"]["before"] == FLAT and len(record["curves"]["after"]) == 40
+
+
+def test_the_cured_copy_is_the_variant_with_the_cure_s_lr():
+    p = make_patient(lr=1.0)
+    cured = cured_patient(p, Cure("lower LR", lr=0.01))
+    assert cured.lr == pytest.approx(0.01) and p.lr == 1.0   # a copy; the patient is untouched
+    assert cured_patient(p, Cure("clip", hooks=lambda m, o: None)) is None
