@@ -217,6 +217,17 @@ def keras_categorical_crossentropy(y_pred, y_true):
     return -(onehot * torch.log(y_pred)).sum(-1).mean()
 
 
+def handwritten_bce(logits, y):
+    """Binary cross-entropy written out: finite for thousands of steps, then log(1 - p) meets p == 1.0."""
+    p = torch.sigmoid(logits)
+    return -(y * torch.log(p) + (1 - y) * torch.log(1 - p)).mean()
+
+
+def handwritten_nll(logits, y):
+    """log of a softmax: -inf once one logit leads the others by ~87."""
+    return nn.functional.nll_loss(torch.log(torch.softmax(logits, dim=1)), y)
+
+
 def step_without_zero_grad(model, batch, loss_fn, optimizer):
     inputs, targets = batch
     loss = loss_fn(model(inputs), targets)
@@ -361,6 +372,10 @@ ZOO = [
                                            steps_per_epoch=12))),
     ("healthy-warmup-cosine", HEALTHY, lambda: P(mlp, ds(*blobs()), scheduler=warmup_cosine)),
     ("healthy-clip-accumulate", HEALTHY, lambda: P(mlp, ds(*blobs()), grad_clip=1.0, accumulate=4)),
+    # numerical hazards (0.2): finite in a short run, NaN once training gets confident
+    ("log-of-sigmoid", {"numerical-hazard"},
+     lambda: P(lambda: mlp(classes=1), ds(blobs()[0], (blobs()[1] == 0).float().unsqueeze(1)), handwritten_bce)),
+    ("log-of-softmax", {"numerical-hazard"}, lambda: P(mlp, ds(*blobs()), handwritten_nll)),
 ]
 
 
