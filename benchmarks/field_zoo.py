@@ -1270,7 +1270,6 @@ class GeMNet(nn.Module):
 
 FP = FieldPatient
 S = frozenset
-NH = "numerical-hazard is being built (0.2): nothing looks for the op before it fires yet"
 
 FIELD_ZOO: list[FieldPatient] = [
     # --- data ---------------------------------------------------------------------------------------
@@ -1496,13 +1495,13 @@ FIELD_ZOO: list[FieldPatient] = [
     # --- numerical hazards (0.2) -------------------------------------------------------------------------
     FP("reward-model-log-sigmoid", S({"numerical-hazard"}),
        lambda: P(RewardModel, preference_pairs(), pairwise_log_sigmoid),
-       "https://github.com/deepspeedai/DeepSpeedExamples/pull/501", known_gap=NH),
+       "https://github.com/deepspeedai/DeepSpeedExamples/pull/501"),
     FP("unet-dice-loss-without-epsilon", S({"numerical-hazard"}),
        lambda: P(TinyUNet, TensorDataset(*disc_masks(empty_share=0.3)), hard_zero_dice_loss, batch_size=8),
-       "https://github.com/nasa/delta/pull/115", known_gap=NH),
+       "https://github.com/nasa/delta/pull/115"),
     FP("siamese-sqrt-of-squared-distance", S({"numerical-hazard"}),
        lambda: P(SiameseNet, siamese_pairs(), contrastive),
-       "https://github.com/keras-team/keras/issues/9097", known_gap=NH),
+       "https://github.com/keras-team/keras/issues/9097"),
     # --- the training set-up ------------------------------------------------------------------------------
     FP("sensor-transformer-fp16-raw-units", S({"fp16-overflow"}),
        lambda: P(RawUnitsEncoder, raw_sensor_sequences(), precision="fp16"),

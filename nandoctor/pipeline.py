@@ -410,13 +410,11 @@ class Battery:
                 finding.treatment = {"tried": "failed to describe a cure", "cured": False, "judged": False,
                                      "error": error_record(exc)}
                 continue
-            cost = sum(planning.step_seconds(CURE_COST * (c.steps or steps or 0), self.step_time)
-                       for c in cures if c.done is None)
+            cost = sum(self._cure_seconds(c, steps) for c in cures)
             left = self.end - time.perf_counter()
             if not cures:
                 continue
-            if left <= 0.5 or (steps is not None and planning.step_seconds(
-                    CURE_COST * (cures[0].steps or steps), self.step_time) > left and cures[0].done is None):
+            if left <= 0.5 or (steps is not None and min(self._cure_seconds(c, steps) for c in cures) > left):
                 finding.treatment_note = "not tried: the budget was spent"
                 continue
             ctx.seconds = min(left, planning.deadline_seconds(cost) if cost else left)
@@ -448,6 +446,13 @@ class Battery:
                                      "error": error_record(exc)}
             self.progress.finish(name, ProbeResult(name=finding.code))
 
+
+    def _cure_seconds(self, cure, steps: int | None) -> float:
+        """What one cure costs at the measured step time: both arms when the control is trained too."""
+        if cure.done is not None:
+            return 0.0
+        arms = 2 if (cure.train is not None or cure.control_hooks is not None or cure.steps is not None) else 1
+        return planning.step_seconds(CURE_COST * arms * (cure.steps or steps or 0), self.step_time)
 
     def _cure_tier(self, steps: int, overfit: planning.StepNeed, findings, registry) -> int:
         """The cures' steps: the plan's tier, raised (in the planner's doubling tiers, up to the overfit
