@@ -94,6 +94,36 @@ class CsvIndexColumn(Diagnosis):
                                   f"{fmt(top.get('max'))})")
 
 
+    def cures(self, ctx, finding):
+        """Train without the column (zeroed in front of a copy of the model, features layout only): a row number
+        carries nothing about the target, so the copy trains at least as well; a real input on an evenly spaced
+        grid (a curve fit) is what the model needs, and without it the copy trains worse: refuted."""
+        r = scan(ctx.evidence)
+        layout = ((r.metrics.get("inputs") or {}).get("layout")) if r is not None else None
+        columns = [c["position"] for c in finding.evidence.get("columns") or [] if c.get("position") is not None]
+        if layout != "features" or not columns:
+            return []
+        names = ", ".join(repr(c["name"]) for c in finding.evidence["columns"])
+        factory = ctx.patient.model_factory
+        variant = ctx.patient.variant(f"without {names}",
+                                      model_factory=lambda: nn.Sequential(DropColumns(columns), factory()))
+        return [Cure(f"trained without {names} (zeroed before the model)", variant, judge=judges.not_worse(1.05),
+                     refuted_severity="info")]
+
+
+class DropColumns(nn.Module):
+    """Zero the given feature columns of ``[N, F]`` inputs (the column is there, it says nothing)."""
+
+    def __init__(self, columns: list[int]):
+        super().__init__()
+        self.columns = list(columns)
+
+    def forward(self, x):
+        x = x.clone()
+        x[:, self.columns] = 0
+        return x
+
+
 class DataUnnormalized(Diagnosis):
     code = "data-unnormalized"
     title = "Inputs are far from unit scale"

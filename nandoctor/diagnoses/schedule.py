@@ -94,7 +94,8 @@ class LRScheduleCollapse(Diagnosis):
         "past_divergence": 3.0,    # "far past" the LR sweep's divergence point: this many times it
         "cure_min_steps": 30,      # the cure trains at least this many optimizer steps ...
         "cure_max_steps": 300,     # ... at most this many
-        "clearly_better": 0.2,     # cured: the run without the schedule's loss falls this much more (share of start)
+        "clearly_better": 0.1,     # cured: the run without the schedule takes this much more off its loss (share of
+                                   # its start) than the run with it, on the same steps, batch and seed
     }
     fix = ("Step the scheduler at the interval its settings are written for (interval: epoch for per-epoch "
            "step_size/T_max/milestones), or set total_steps/T_max to the length of the whole run in optimizer steps.")
@@ -179,4 +180,4 @@ class LRScheduleCollapse(Diagnosis):
         tried = f"the same training without {ev.get('scheduler') or 'the scheduler'}{constant}"
         # 3. clearly better without: it trains where the scheduled run broke, or its loss falls much further
         return [Cure(tried, patient.variant("no scheduler", scheduler=None), steps=steps * patient.accumulate,
-                     control_hooks=_as_users_loop, judge=judges.drop_gain(t["clearly_better"]))]
+                     control_hooks=_as_users_loop, judge=judges.improves(t["clearly_better"]))]

@@ -152,6 +152,18 @@ def improves(by: float) -> Callable:
     return j
 
 
+def not_worse(ratio: float) -> Callable:
+    """For a cure that removes something (a column said to carry nothing): the treated run is clean and ends at
+    most ``ratio`` times the untreated tail loss (or trains, where that one broke)."""
+    @judge(f"clean and ending no worse than {ratio:g}x the untreated run's tail loss")
+    def j(before, after) -> bool:
+        a, b = _run(after).tail(), _run(before).tail()
+        if not clean(before) or b is None or not math.isfinite(b):
+            return trains(after)
+        return clean(after) and a is not None and a <= ratio * b + 1e-6
+    return j
+
+
 def tail_ratio(ratio: float) -> Callable:
     """Cured when the treated run is clean and ends ``ratio`` times lower; when the control broke, when it trains."""
     @judge(f"clean and a tail loss {ratio:g}x below the untreated run's (or trains, where that one broke)")
