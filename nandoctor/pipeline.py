@@ -104,7 +104,16 @@ def patient_facts(patient: Patient, model: torch.nn.Module) -> dict:
             "scheduler": patient.scheduler_name, "scheduler_interval": patient.scheduler_interval
             if patient.scheduler is not None else None, "grad_clip": patient.grad_clip,
             "accumulate": patient.accumulate, "collate_fn": callable_name(patient.collate_fn)
-            if patient.collate_fn is not None else None}
+            if patient.collate_fn is not None else None, "loss_weighted": loss_weighted(patient.loss_fn)}
+
+
+def loss_weighted(loss_fn) -> str | None:
+    """The loss's own class weighting (``weight=`` or ``pos_weight=`` of the torch losses), else None."""
+    loss_fn = getattr(loss_fn, "func", loss_fn)
+    for name in ("pos_weight", "weight"):
+        if isinstance(getattr(loss_fn, name, None), torch.Tensor):
+            return name
+    return None
 
 
 def check_batch_form(patient: Patient) -> None:

@@ -218,11 +218,11 @@ class DataUnnormalized(Diagnosis):
         variant = ctx.patient.variant("inputs standardised", model_factory=lambda: nn.Sequential(norm, factory()))
         tried = "inputs standardised with the training set's mean and std"
         if str(finding.evidence.get("training_trouble") or "").startswith("overfit"):
-            return [Cure(tried, variant, severity="critical", refuted_severity="warning")]
+            return [Cure(tried, variant, severity="critical", refuted_severity="info")]
         # the trouble showed on the data stream (the warm-up, the scan's training): train the cure there
         steps = 2 * (ctx.planned_steps or 0) or None
         return [Cure(tried + " (on the data stream, against the same run without)", variant, train="lr_check",
-                     steps=steps, severity="critical", refuted_severity="warning",
+                     steps=steps, severity="critical", refuted_severity="info",
                      judge=judges.either(judges.fixes(judges.trains_on_stream), judges.ends_lower(STREAM_CURED)))]
 
 

@@ -180,8 +180,9 @@ class ClassImbalance(Diagnosis):
     A weighted loss, a weighted sampler, or more data for the rare class; per-class metrics.
 
     ## Known false positives
-    Imbalance that is real and handled (the loss is already weighted, or a sampler re-balances the
-    batches: nandoctor looks at the dataset, not the sampler). On a scanned share of a very large set
+    Imbalance that is real and handled: a loss given `weight=` or `pos_weight=` makes the finding an
+    `info` note; a sampler that re-balances the batches is not seen (nandoctor looks at the dataset,
+    not the sampler). On a scanned share of a very large set
     a very rare class can be missed or its count be noisy.
     """
 
@@ -209,7 +210,10 @@ class ClassImbalance(Diagnosis):
                     **coverage(r.metrics)}
         confidence = 0.6 + 0.3 * min(1.0, math.log10(ratio / self.thresholds["ratio"]) / 2)
         first = next(iter(rare_classes))
-        return self.finding(confidence, evidence, plots=plot(r, "data-classes"),
+        weighted = ev.facts.get("loss_weighted")
+        if weighted:  # the imbalance is real and the loss already weighs it: a note, not a warning
+            evidence["loss_weighted_by"] = weighted
+        return self.finding(confidence, evidence, plots=plot(r, "data-classes"), severity="info" if weighted else None,
                             title=f"Class {first} has {hist[first]} samples, {ratio:.0f}x fewer than class "
                                   f"{evidence['most_common_class']} ({common})")
 
