@@ -43,7 +43,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import nandoctor  # noqa: E402
-from nandoctor import curves  # noqa: E402
 from nandoctor.patient import Patient  # noqa: E402
 from nandoctor.probes import lr_sweep  # noqa: E402
 import realistic_patients as rp  # noqa: E402

@@ -36,7 +36,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset, TensorDataset
 
-from nandoctor.patient import Patient, resolve_device
+from nandoctor.patient import Patient
 
 DEVICE = os.environ.get("NANDOCTOR_ZOO_DEVICE", "cpu")
 HEALTHY: frozenset[str] = frozenset()

@@ -137,7 +137,6 @@ def test_a_loss_that_runs_below_zero_is_unbounded_not_better():
 
 def test_a_loss_that_climbs_back_above_its_start_has_diverged():
     """Well before the loss is 4x its best: the LR undoes the training, the rest of the sweep adds nothing."""
-    lrs = lr_grid()
     raw = [2.0] * 40 + [2.0 - 0.04 * i for i in range(20)] + [1.2 + 0.1 * i for i in range(40)]
     index, kind = curves.divergence_index(raw, curves.smooth(raw))
     assert kind == "rising" and 68 < index < 80

@@ -7,7 +7,6 @@ import textwrap
 from pathlib import Path
 
 import markupsafe
-import torch
 from torch import nn
 from typer.testing import CliRunner
 

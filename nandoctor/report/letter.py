@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
 
 STATUS_WORDS = {"confirmed": "confirmed by its cure", "refuted": "refuted: its cure was tried and did not help",
                 "suspected": "suspected", "inconclusive": "inconclusive: its cure could not be judged in time"}

@@ -21,7 +21,6 @@ from nandoctor.probes import ProbeContext
 from nandoctor.probes.overfit import batch_accuracy
 from nandoctor.probes.training import Run, train
 from nandoctor.treatments import judges
-from nandoctor.treatments.judges import clean, relative_drop, trains  # noqa: F401  (the vocabulary, re-exported)
 
 MIN_STEPS = 20    # fewest steps a cure is judged on, when the plan gives none
 MAX_STEPS = 300
