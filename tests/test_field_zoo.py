@@ -25,9 +25,7 @@ SUBSET = [
     "lstm-sensor-nan-readings",                  # data-nonfinite: dropped sensor readings stored as NaN
     "recommender-sigmoid-into-bce-with-logits",  # double-softmax: sigmoid before BCEWithLogitsLoss
     "pinn-target-n-vs-n-by-1",                   # loss-shape-mismatch on an evenly spaced grid
-    "lane-net-everything-frozen",                # no-trainable-params: every parameter frozen, backward raises
     "gru-log-of-linear-features",                # nonfinite-source: torch.log of a linear projection
-    "linear-regression-sgd-lr-1e-6",             # lr-too-low: the bias creeps towards its target
     "healthy-sine-fit-on-linspace-grid",         # healthy: x = linspace is not a saved row index
     "healthy-imbalance-3-to-1",                  # healthy: 3:1 classes train fine
 ]

@@ -86,9 +86,15 @@ def sample_runs() -> list[str]:
     return sorted(p.parent.name for p in RUNS.glob("*/config.yaml"))
 
 
+# runs whose own tests already diagnose them and check more than the top code (the cure, the committed
+# report): test_lr_sample_runs, test_sample_runs_seed003, test_outputs_samples, test_structure_sample_run
+OWN_TESTS = {"demo", "lr_too_high", "lr_too_low", "seed000_nll_raw_scores", "seed001_relu_output",
+             "seed002_layer_in_forward", "seed003_bad_init", "seed003_batchnorm_tiny_batch", "seed003_exploding_clip"}
+
+
 def params() -> list:
     return [pytest.param(name, id=name, marks=[pytest.mark.xfail(strict=False, reason=MISDIAGNOSED[name])]
-                         if name in MISDIAGNOSED else []) for name in sample_runs()]
+                         if name in MISDIAGNOSED else []) for name in sample_runs() if name not in OWN_TESTS]
 
 
 def test_every_sample_run_has_its_expected_code():
