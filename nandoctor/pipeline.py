@@ -440,9 +440,10 @@ class Battery:
                     confirmed.append(finding)
                 elif record is not None and record.get("nothing_to_cure") and finding.severity == "warning":
                     finding.severity = "info"  # the untreated run already trains: it does not hurt this training
-                elif record is not None and record.get("judged") is not False and cures[-1].refuted_severity \
-                        and severity_rank(finding.severity) > severity_rank(cures[-1].refuted_severity):
-                    finding.severity = cures[-1].refuted_severity  # the trouble it was blamed for stays without it
+                elif record is not None and record.get("judged") is not False:
+                    tried = next((c for c in cures if c.tried == record["tried"]), cures[-1])  # the last one run
+                    if tried.refuted_severity and severity_rank(finding.severity) > severity_rank(tried.refuted_severity):
+                        finding.severity = tried.refuted_severity  # the trouble it was blamed for stays without it
                 if record is not None:
                     plot_treatment(ctx, finding.code, record)
             except KeyboardInterrupt:
