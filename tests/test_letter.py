@@ -184,3 +184,39 @@ def test_the_gradient_and_init_plots_are_drawn_from_the_saved_numbers(tmp_path):
     assert figures.draw_all(doc, evidence, tmp_path) == ["plots/gradients.png", "plots/init.png"]
     assert all((tmp_path / "plots" / n).stat().st_size > 5000 for n in ("gradients.png", "init.png"))
     assert figures.draw_all(doc, {"probes": {}}, tmp_path / "none") == []  # no numbers: nothing drawn, no error
+
+
+def test_the_setup_probes_plots_are_drawn_by_the_report_from_what_the_probes_kept(tmp_path):
+    """bn_freeze, precision, schedule and train_eval keep numbers and name their plot; the report draws it,
+    from evidence.json and report.json alone (and draws nothing when a probe kept nothing)."""
+    from types import SimpleNamespace as NS
+
+    from nandoctor.report import figures
+
+    def run(losses):
+        return NS(losses=losses)
+
+    data = {
+        "bn_freeze": {"runs": {"as configured": run([2.0, 1.0, 0.9]), "frozen BN": run([2.0, 0.8, 0.5])}},
+        "precision": {"runs": {"as_configured": NS(precision="fp16", run=run([2.0, float("nan")]),
+                                                   watch=NS(per_step=[10.0, 7e4])),
+                               "fp32": NS(precision="fp32", run=run([2.0, 1.5]), watch=NS(per_step=[10.0, 12.0]))}},
+        "schedule": {"lrs": [0.1 * 0.5 ** i for i in range(40)]},
+    }
+    report = NS(evidence={k: NS(data=v) for k, v in data.items()})
+    evidence = json.loads(json.dumps(figures.collect(report)))   # through JSON, as `nandoctor report` reads it
+    assert set(evidence["probes"]) == {"bn_freeze", "precision", "schedule"}
+    assert evidence["probes"]["precision"]["runs"]["as_configured"]["act_max"] == [10.0, 7e4]
+    doc = {"findings": [], "patient": {"lr": 0.1}, "probes": {
+        "bn_freeze": {"metrics": {"variants": {"as configured": {"eval_loss": 3.0}, "frozen BN": {"eval_loss": 0.6}}},
+                      "plots": ["plots/bn_freeze.png"]},
+        "precision": {"metrics": {"fp16_max": 65504.0, "as_configured": {"overflow": {"step": 1, "module": "fc2"}}},
+                      "plots": ["plots/precision.png"]},
+        "schedule": {"metrics": {"scheduler": "StepLR", "interval": "step", "configured_lr": 0.1},
+                     "plots": ["plots/schedule.png"]},
+        "train_eval": {"metrics": {"train_mode_loss": 0.4, "eval_mode_loss": 2.5}, "plots": ["plots/train_eval.png"]}}}
+    names = ("bn_freeze", "precision", "schedule", "train_eval")
+    assert figures.draw_all(doc, evidence, tmp_path) == sorted(f"plots/{n}.png" for n in names)
+    assert all((tmp_path / "plots" / f"{n}.png").stat().st_size > 5000 for n in names)
+    bare = {**doc, "probes": {**doc["probes"], "train_eval": {"metrics": {}, "plots": ["plots/train_eval.png"]}}}
+    assert figures.draw_all(bare, {"probes": {}}, tmp_path / "none") == []

@@ -13,7 +13,6 @@ skipped when the model has no BatchNorm.
 from __future__ import annotations
 
 from dataclasses import dataclass
-import math
 import types
 
 import torch
@@ -24,7 +23,6 @@ from nandoctor.planning import StepNeed
 from nandoctor.probes import Probe, ProbeContext
 from nandoctor.probes.training import Run, train
 from nandoctor.records import Metrics, ProbeResult
-from nandoctor.report import gradplots, plots
 
 BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 LARGER_BATCH = 32      # the comparison batch size, tried when the user's is below it
@@ -155,21 +153,13 @@ class BatchNormFreeze(Probe):
                    "variants": {k: {**runs[k].to_metrics(), "eval_loss": scores[k],
                                     "error": (runs[k].error or {}).get("message")} for k in variants},
                    "initial_eval_loss": eval_loss(patient, probe_model, held_out)}
-        rels = self._plot(ctx, runs, scores)
-        return self.result(metrics=metrics, data={"models": models, "runs": runs}, plots=rels)
+        # the plot (each variant's loss, their eval-mode scores) is named here, drawn by the report (report.figures)
+        path, rel = ctx.plot_path("bn_freeze")
+        return self.result(metrics=metrics, data={"models": models, "runs": runs},
+                           plots=[rel] if path is not None else [])
 
     def _train(self, patient, batch_size: int, steps: int, deadline: float) -> tuple[Run, nn.Module]:
         model = patient.new_model()
         optimizer = patient.make_optimizer(model)
         loader = patient.loader(batch_size=batch_size, drop_last=len(patient.train_data) > batch_size)
         return train(patient, model, optimizer, loader, steps, deadline=deadline), model
-
-    def _plot(self, ctx: ProbeContext, runs: dict, scores: dict) -> list[str]:
-        path, rel = ctx.plot_path("bn_freeze")
-        if path is None:
-            return []
-        with plots.figure(path, ncols=2) as (ax1, ax2):
-            plots.compare_curves(ax1, {k: r.losses for k, r in runs.items()}, title="training loss (own batches)")
-            gradplots.bar_compare(ax2, {k: (v if v is not None else math.nan) for k, v in scores.items()},
-                                  ylabel="eval-mode loss", title="held-out batch, eval mode, after training")
-        return [rel]

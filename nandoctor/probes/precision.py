@@ -215,21 +215,8 @@ class Precision(Probe):
         ctx.progress(2 * steps, 2 * steps)
         metrics = {"precision": patient.precision, "grad_scaler": patient.uses_grad_scaler, "fp16_max": FP16_MAX,
                    "steps_planned": steps, "as_configured": configured.metrics(), "fp32": fp32.metrics()}
-        rels = self._plot(ctx, configured, fp32)
+        # the plot (both runs' loss and activation range) is named here, drawn by the report (report.figures)
+        path, rel = ctx.plot_path("precision")
+        rels = [rel] if path is not None and (configured.run.losses or fp32.run.losses) else []
         return self.result(metrics=metrics, plots=rels, data={"runs": {"as_configured": configured, "fp32": fp32},
                                                                "batch": batch})
-
-    def _plot(self, ctx: ProbeContext, configured: PrecisionRun, fp32: PrecisionRun) -> list[str]:
-        path, rel = ctx.plot_path("precision")
-        if path is None or not (configured.run.losses or fp32.run.losses):
-            return []
-        from nandoctor.report import plots, setup_plots
-        with plots.figure(path, ncols=2) as (ax1, ax2):
-            plots.compare_curves(ax1, {f"{configured.precision} as configured": configured.run.losses,
-                                       "fp32": fp32.run.losses}, title="the same training, two precisions")
-            overflow = configured.watch.overflow
-            setup_plots.activation_range(ax2, {f"{configured.precision} as configured": configured.watch.per_step,
-                                               "fp32": fp32.watch.per_step}, limit=FP16_MAX,
-                                         overflows={configured.precision: (overflow["step"], overflow["module"])}
-                                         if overflow else None)
-        return [rel]

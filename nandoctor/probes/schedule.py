@@ -123,14 +123,6 @@ class Schedule(Probe):
                                        if e * optimizer_steps_per_epoch < len(lrs)},
                    "ended": ended, "divergence_lr": sweep.metrics.get("divergence_lr") if sweep is not None else None,
                    "trajectory": thin(lrs)}
-        return self.result(metrics=metrics, plots=self._plot(ctx, lrs, metrics), data={"lrs": lrs})
-
-    def _plot(self, ctx: ProbeContext, lrs: list[float], m: dict) -> list[str]:
+        # the plot (the LR per optimizer step) is named here, drawn by the report (report.figures)
         path, rel = ctx.plot_path("schedule")
-        if path is None:
-            return []
-        from nandoctor.report import plots, setup_plots
-        with plots.figure(path) as ax:
-            setup_plots.lr_schedule(ax, lrs, configured_lr=m["configured_lr"], divergence_lr=m["divergence_lr"],
-                                    title=f"{m['scheduler']} stepped per {m['interval']}")
-        return [rel]
+        return self.result(metrics=metrics, plots=[rel] if path is not None else [], data={"lrs": lrs})

@@ -22,7 +22,6 @@ from nandoctor.probes import Probe, ProbeContext
 from nandoctor.probes.bn_freeze import eval_loss
 from nandoctor.probes.training import train
 from nandoctor.records import Metrics, ProbeResult
-from nandoctor.report import gradplots, plots
 
 TRAIN_MODE_REPEATS = 3   # train-mode scores of the batch (their spread is the noise)
 MIN_STEPS = 10
@@ -148,14 +147,6 @@ class TrainEval(Probe):
                    "train_mode_losses": train_scores, "eval_mode_loss": eval_score,
                    "eval_mode_loss_recalibrated": recal, "recalibration_batches": recal_batches,
                    "mode_layers": sorted({type(m).__name__ for m in model.modules() if isinstance(m, MODE_LAYERS)})}
-        rels = self._plot(ctx, mean, eval_score)
-        return self.result(metrics=metrics, plots=rels)
-
-    def _plot(self, ctx: ProbeContext, train_loss, eval_loss_value) -> list[str]:
+        # the plot (the same batch scored in both modes) is named here, drawn by the report from the metrics
         path, rel = ctx.plot_path("train_eval")
-        if path is None or train_loss is None:
-            return []
-        with plots.figure(path, size=(4.5, 3.5)) as ax:
-            gradplots.bar_compare(ax, {"train()": train_loss, "eval()": eval_loss_value if eval_loss_value is not None
-                                       else float("nan")}, ylabel="loss", title="the same batch in both modes")
-        return [rel]
+        return self.result(metrics=metrics, plots=[rel] if path is not None and mean is not None else [])

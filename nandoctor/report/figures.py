@@ -8,9 +8,11 @@ report.json and evidence.json alone. ``nandoctor report`` therefore redraws them
 Drawn here: the LR sweep (``lr_sweep``), the overfit run (``overfit``), every cure's before/after
 (``treatment-CODE``, from ``treatment.curves`` in report.json), gradient health (``gradients``: the
 layer x step heatmap from evidence.json, the depth profile from the metrics), the init comparison
-(``init``) and the data scan's three plots (``data-sample-loss`` from evidence.json, ``data-classes``
-and ``data-features`` from its metrics). The other probes still draw their own plots while they run
-(bn_freeze, precision, schedule, train_eval): those files are copied as they are.
+(``init``), the BatchNorm comparison (``bn_freeze``: the variants' curves from evidence.json, their
+eval-mode scores from the metrics), the two precisions (``precision``: loss and largest activation per
+step), the LR schedule (``schedule``), the train/eval comparison (``train_eval``, from its metrics alone)
+and the data scan's three plots (``data-sample-loss`` from evidence.json, ``data-classes`` and
+``data-features`` from its metrics). No probe draws while it runs.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ MAX_CURVE = 600          # points kept of a loss curve (thinned evenly, the last
 MAX_LAYERS = 8           # layers kept of the per-layer gradient norms (the largest)
 MAX_SAMPLES = 1500       # rows kept of the per-sample losses (a uniform sample already)
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,120}")
-DRAWN = ("lr_sweep", "overfit", "gradients", "init", "data-sample-loss", "data-classes",
-         "data-features")  # and ``treatment-*``
+DRAWN = ("lr_sweep", "overfit", "gradients", "init", "bn_freeze", "precision", "schedule", "train_eval",
+         "data-sample-loss", "data-classes", "data-features")  # and ``treatment-*``
 
 
 # ------------------------------------------------------------------------------ the evidence beside
@@ -53,6 +55,7 @@ def collect(report) -> dict:
     probes: dict = {}
     evidence = getattr(report, "evidence", None) or {}
     for name, fn in (("lr_sweep", _lr_sweep), ("overfit", _overfit), ("gradients", _gradients), ("init", _init),
+                     ("bn_freeze", _bn_freeze), ("precision", _precision), ("schedule", _schedule),
                      ("data_scan", _data_scan)):
         result = evidence.get(name) if hasattr(evidence, "get") else None
         data = getattr(result, "data", None)
@@ -108,6 +111,39 @@ def _init(data: dict) -> dict | None:
         steps, losses = _thin(list(getattr(run, "losses", None) or []))
         out[str(scheme)] = {"steps": steps, "losses": losses}
     return {"losses": out}
+
+
+def _bn_freeze(data: dict) -> dict | None:
+    runs = data.get("runs")
+    if not isinstance(runs, dict) or not runs:
+        return None
+    out = {}
+    for label, run in runs.items():
+        steps, losses = _thin(list(getattr(run, "losses", None) or []))
+        out[str(label)] = {"steps": steps, "losses": losses}
+    return {"losses": out}
+
+
+def _precision(data: dict) -> dict | None:
+    runs = data.get("runs")
+    if not isinstance(runs, dict) or not runs:
+        return None
+    out = {}
+    for label, prun in runs.items():
+        run, watch = getattr(prun, "run", None), getattr(prun, "watch", None)
+        steps, losses = _thin(list(getattr(run, "losses", None) or []))
+        act_steps, act = _thin(list(getattr(watch, "per_step", None) or []))
+        out[str(label)] = {"precision": getattr(prun, "precision", str(label)), "steps": steps, "losses": losses,
+                           "act_steps": act_steps, "act_max": act}
+    return {"runs": out} if any(r["losses"] for r in out.values()) else None
+
+
+def _schedule(data: dict) -> dict | None:
+    lrs = list(data.get("lrs") or [])
+    if not lrs:
+        return None
+    steps, kept = _thin(lrs)
+    return {"steps": steps, "lrs": kept}
 
 
 def _data_scan(data: dict) -> dict | None:
@@ -198,6 +234,14 @@ def draw_all(doc: dict, evidence: dict, out: Path) -> list[str]:
             ok = draw_gradients(path, doc, probes.get("gradients"))
         elif name == "init":
             ok = draw_init(path, doc, probes.get("init"))
+        elif name == "bn_freeze":
+            ok = draw_bn_freeze(path, doc, probes.get("bn_freeze"))
+        elif name == "precision":
+            ok = draw_precision(path, doc, probes.get("precision"))
+        elif name == "schedule":
+            ok = draw_schedule(path, doc, probes.get("schedule"))
+        elif name == "train_eval":
+            ok = draw_train_eval(path, doc)
         elif name == "data-sample-loss":
             ok = draw_sample_loss(path, doc, probes.get("data_scan"))
         elif name in ("data-classes", "data-features"):
@@ -286,6 +330,71 @@ def draw_init(path: Path, doc: dict, ev) -> bool:
                                 ylabel="activation std", title="activations by depth at init")
         gradplots.depth_profile(ax3, {s: _floats(p.get("grad_rms")) for s, p in profiles.items()}, layers,
                                 ylabel="RMS gradient", title="gradients by depth at init")
+    return True
+
+
+def draw_bn_freeze(path: Path, doc: dict, ev) -> bool:
+    if not isinstance(ev, dict) or not isinstance(ev.get("losses"), dict) or not ev["losses"]:
+        return False
+    from nandoctor.report import gradplots, plots
+    variants = _metrics(doc, "bn_freeze").get("variants")
+    variants = variants if isinstance(variants, dict) else {}
+    runs = {k: v for k, v in ev["losses"].items() if isinstance(v, dict)}
+    scores = {k: _f((variants.get(k) or {}).get("eval_loss")) if isinstance(variants.get(k), dict) else math.nan
+              for k in runs}
+    with plots.figure(path, ncols=2) as (ax1, ax2):
+        plots.compare_curves(ax1, {k: _floats(v.get("losses")) for k, v in runs.items()},
+                             title="training loss (own batches)", steps={k: _floats(v.get("steps")) for k, v in runs.items()})
+        gradplots.bar_compare(ax2, scores, ylabel="eval-mode loss", title="held-out batch, eval mode, after training")
+    return True
+
+
+def draw_precision(path: Path, doc: dict, ev) -> bool:
+    runs = ev.get("runs") if isinstance(ev, dict) else None
+    if not isinstance(runs, dict) or not runs:
+        return False
+    from nandoctor.patient import FP16_MAX
+    from nandoctor.report import plots, setup_plots
+    m = _metrics(doc, "precision")
+    limit = _opt(m.get("fp16_max")) or FP16_MAX
+    label = {k: (f"{v.get('precision')} as configured" if k == "as_configured" else str(v.get("precision") or k))
+             for k, v in runs.items() if isinstance(v, dict)}
+    overflows = {}
+    for key, name in label.items():
+        over = (m.get(key) or {}).get("overflow") if isinstance(m.get(key), dict) else None
+        if isinstance(over, dict) and isinstance(over.get("step"), int):
+            overflows[name] = (over["step"], str(over.get("module")))
+    with plots.figure(path, ncols=2) as (ax1, ax2):
+        plots.compare_curves(ax1, {label[k]: _floats(runs[k].get("losses")) for k in label},
+                             title="the same training, two precisions",
+                             steps={label[k]: _floats(runs[k].get("steps")) for k in label})
+        setup_plots.activation_range(ax2, {label[k]: _floats(runs[k].get("act_max")) for k in label}, limit=limit,
+                                     overflows=overflows or None,
+                                     steps={label[k]: _floats(runs[k].get("act_steps")) for k in label})
+    return True
+
+
+def draw_schedule(path: Path, doc: dict, ev) -> bool:
+    if not isinstance(ev, dict) or not ev.get("lrs"):
+        return False
+    from nandoctor.report import plots, setup_plots
+    m = _metrics(doc, "schedule")
+    with plots.figure(path) as ax:
+        setup_plots.lr_schedule(ax, _floats(ev["lrs"]), configured_lr=_opt(m.get("configured_lr")),
+                                divergence_lr=_opt(m.get("divergence_lr")), steps=_floats(ev.get("steps")) or None,
+                                title=f"{m.get('scheduler')} stepped per {m.get('interval')}")
+    return True
+
+
+def draw_train_eval(path: Path, doc: dict) -> bool:
+    m = _metrics(doc, "train_eval")
+    train_loss = _f(m.get("train_mode_loss"))
+    if not math.isfinite(train_loss):
+        return False
+    from nandoctor.report import gradplots, plots
+    with plots.figure(path, size=(4.5, 3.5)) as ax:
+        gradplots.bar_compare(ax, {"train()": train_loss, "eval()": _f(m.get("eval_mode_loss"))}, ylabel="loss",
+                              title="the same batch in both modes")
     return True
 
 

@@ -12,12 +12,15 @@ DYNAMIC_RANGE = 1e-8  # the LR plot shows eight decades below the peak
 
 
 def activation_range(ax, curves: dict, limit: float, overflows: dict | None = None,
-                     title: str = "largest |activation| per step"):
+                     title: str = "largest |activation| per step", steps: dict | None = None):
     """One line per run (its largest finite |activation| each step), log scale, the dtype's limit dashed;
-    ``overflows`` (label -> (step, module)) marks where a run's activations left the range with a cross."""
+    ``overflows`` (label -> (step, module)) marks where a run's activations left the range with a cross;
+    ``steps``: per run, the step of each value (when thinned)."""
     for i, (label, values) in enumerate(curves.items()):
         ys = [v if v and v > 0 else float("nan") for v in _clean(values)]
-        ax.plot(range(len(ys)), ys, label=label, color=PALETTE[i % len(PALETTE)], lw=1.6,
+        xs = (steps or {}).get(label)
+        xs = xs if xs is not None and len(xs) == len(ys) else range(len(ys))
+        ax.plot(xs, ys, label=label, color=PALETTE[i % len(PALETTE)], lw=1.6,
                 marker="." if len(ys) < 3 else None)  # a run cut short at its first step is a dot
     ax.axhline(limit, color="#d62728", ls="--", lw=1.2, label=f"fp16 max {limit:g}")
     for label, (step, module) in (overflows or {}).items():
@@ -32,13 +35,16 @@ def activation_range(ax, curves: dict, limit: float, overflows: dict | None = No
 
 
 def lr_schedule(ax, lrs: Sequence[float], *, configured_lr: float | None = None, divergence_lr: float | None = None,
-                early_steps: int | None = None, title: str = "learning rate per optimizer step"):
-    """The scheduled LR per optimizer step (log y), the configured LR, the sweep's divergence LR, the early window."""
+                early_steps: int | None = None, title: str = "learning rate per optimizer step",
+                steps: Sequence[float] | None = None):
+    """The scheduled LR per optimizer step (log y), the configured LR, the sweep's divergence LR, the early window;
+    ``steps``: the optimizer step of each value (when thinned)."""
     finite = [v for v in lrs if v is not None and math.isfinite(v) and v > 0]
     floor = max(finite) * DYNAMIC_RANGE if finite else None   # an LR that decays for ever would flatten the rest
     ys = [max(v, floor) if floor and v is not None and math.isfinite(v) and v >= 0 else float("nan") for v in lrs]
     floored = floor is not None and any(v is not None and math.isfinite(v) and v < floor for v in lrs)
-    ax.plot(range(len(ys)), ys, color=PALETTE[0], lw=1.6,
+    xs = steps if steps is not None and len(steps) == len(ys) else range(len(ys))
+    ax.plot(xs, ys, color=PALETTE[0], lw=1.6,
             label="scheduled LR" + (f" (floored at {floor:.0e})" if floored else ""))
     if configured_lr:
         ax.axhline(configured_lr, color=PALETTE[2], ls=":", lw=1.2, label=f"configured LR {configured_lr:.3g}")
