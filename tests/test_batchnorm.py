@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 
 from patients import battery, blobs, codes, make_patient
 from sick_grads import SoftmaxInEval, bn_cnn, bn_mlp, images
@@ -18,6 +19,32 @@ def test_batchnorm_with_a_batch_of_two_ranks_first_and_freezing_cures_it(out):
     assert top.treatment["cured"] is True
     assert top.treatment["after"]["eval_loss"] < top.treatment["before"]["eval_loss"]
     assert (out / "plots" / "bn_freeze.png").exists()
+
+
+def class_sorted(n=384, classes=3):
+    """blobs whose rows are sorted by class (as written by a GROUP BY)."""
+    x, y = blobs(n=n, classes=classes).tensors
+    order = torch.argsort(y, stable=True)
+    return TensorDataset(x[order], y[order])
+
+
+def test_batchnorm_on_one_class_batches_ranks_first_and_shuffling_cures_it():
+    patient = make_patient(model=bn_mlp, data=class_sorted(), lr=1e-3, batch_size=32, shuffle=False)
+    report = battery(patient, probes=["overfit", "bn_freeze", "train_eval"], budget=15)
+    top = report.findings[0]
+    assert top.code == "batchnorm-small-batch" and top.status == "confirmed", [(f.code, f.title) for f in report.findings]
+    assert top.evidence["one_class_batches"] and not top.evidence["small_batch"]
+    assert top.evidence["stream_majority_share"] >= 0.9 and top.evidence["random_majority_share"] <= 0.75
+    assert top.treatment["tried"].startswith("trained on the same data shuffled")
+    assert top.treatment["after"]["held_out_loss"] < 0.5 * top.treatment["before"]["held_out_loss"]
+    assert "shuffle=True" in top.fix
+
+
+def test_the_same_rows_shuffled_raise_nothing_about_batchnorm():
+    patient = make_patient(model=bn_mlp, data=class_sorted(), lr=1e-3, batch_size=32, shuffle=True)
+    report = battery(patient, probes=["overfit", "bn_freeze", "train_eval"], budget=15)
+    assert "batchnorm-small-batch" not in codes(report)
+    assert report.probes["bn_freeze"].metrics["stream_majority_share"] < 0.75
 
 
 def test_model_that_switches_to_softmax_in_eval_has_a_train_eval_gap():

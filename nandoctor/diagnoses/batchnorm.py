@@ -24,7 +24,7 @@ def better(before, after, scale, ratio: float, gap: float) -> bool:
 
 class BatchNormSmallBatch(Diagnosis):
     code = "batchnorm-small-batch"
-    title = "BatchNorm gets too few samples per batch to estimate its statistics"
+    title = "BatchNorm's batch statistics do not describe the data: too few samples, or one class, per batch"
     severity = "critical"
     role = "cause"
     requires = ("bn_freeze",)
@@ -34,6 +34,9 @@ class BatchNormSmallBatch(Diagnosis):
         "min_values": 8,           # values averaged per channel (N x spatial) below which they are noise
         "cure_ratio": 2.0,         # frozen BN / larger batch: held-out eval loss at least 2x lower ...
         "cure_gap": 0.2,           # ... and lower by 20% of the fresh model's eval loss
+        "one_class": 0.9,          # stream batches whose most common class is 90% of the batch (median) ...
+        "mixed": 0.75,             # ... where a random batch of the same size is at most 75% one class
+        "shuffle_cure": 0.5,       # shuffled: the held-out eval-mode loss at most half the configured one
     }
     fix = ("Use a larger batch (gradient accumulation keeps memory flat but does NOT help BatchNorm), freeze "
            "BatchNorm (model.eval() on the BN layers and requires_grad=False on their weights, as when "
@@ -41,26 +44,35 @@ class BatchNormSmallBatch(Diagnosis):
     doc = """
     ## What it detects
     BatchNorm normalises with the mean and variance of the current batch. With a handful of samples
-    per batch those estimates are noise. The `bn_freeze` probe counts the values each BatchNorm layer
+    per batch those estimates are noise; with batches that each hold one class (rows sorted by
+    class, loaded with `shuffle: false`) they are the class's own statistics, and normalising by them
+    removes the very signal the model should learn. The `bn_freeze` probe counts the values each BatchNorm layer
     averages per channel at the user's batch size, and trains three fresh copies for the same steps:
     as configured, with BatchNorm frozen (eval-mode statistics, affine weights frozen), and with a
-    larger batch; each is then scored in eval mode on the same held-out batch.
+    larger batch; each is then scored in eval mode on the same held-out batch. It also counts the
+    classes in the first 16 batches of the user's stream against a random batch of the same size.
 
     ## Why it breaks training
     Tiny-batch statistics make every step's normalisation different: the loss is noisy, the running
     statistics used at evaluation do not match what the layers saw in training (a large train/eval
     gap), and with one sample per channel BatchNorm cannot normalise at all (it raises, or outputs
-    zeros).
+    zeros). One-class batches are worse: in `train()` mode every batch is centred on itself, so the
+    features that tell the classes apart are subtracted away, and the model learns nothing it can
+    use in `eval()` mode.
 
     ## Evidence
     The batch size, the values per channel of each BatchNorm layer, and the held-out eval-mode loss
     of each variant (plots/bn_freeze.png). The larger batch trains for the same number of steps, so
     it also sees more samples (the factor is in the evidence); the frozen-BatchNorm copy sees exactly
     the user's batches. The treatment record is the probe's comparison: the user's
-    set-up against the frozen-BatchNorm (or larger-batch) copy.
+    set-up against the frozen-BatchNorm (or larger-batch) copy. For one-class batches the median
+    share of the most common class in the stream's batches and in a random batch, and first the
+    user's own fix as the cure: the same training with the stream shuffled, judged on the held-out
+    batch in eval mode.
 
     ## Fix
     A batch of 16 or more per BatchNorm layer; otherwise freeze BatchNorm or use GroupNorm/LayerNorm.
+    Batches of one class: `shuffle=True` in the DataLoader (or shuffle the rows once).
 
     ## Known false positives
     Very short runs where neither variant has learned anything yet (no cure is then claimed and the
@@ -75,7 +87,9 @@ class BatchNormSmallBatch(Diagnosis):
         bs, per_channel = m.get("batch_size"), m.get("min_values_per_channel")
         small = (bs is not None and bs < t["small_batch"]) \
             or (per_channel is not None and per_channel < t["min_values"])
-        if not small:
+        stream, mixed = m.get("stream_majority_share"), m.get("random_majority_share")
+        one_class = _finite(stream) and _finite(mixed) and stream >= t["one_class"] and mixed <= t["mixed"]
+        if not small and not one_class:
             return None
         # 1. did freezing BatchNorm or a larger batch clearly beat the configured run?
         variants = m.get("variants") or {}
@@ -89,10 +103,21 @@ class BatchNormSmallBatch(Diagnosis):
                     "eval_loss": {k: v.get("eval_loss") for k, v in variants.items()},
                     "cured_by": sorted(cures), "steps": m.get("steps"),
                     # the larger batch trains the same steps, so it also sees this many times the samples
-                    "larger_batch_sample_factor": m["larger_batch"] / bs if m.get("larger_batch") and bs else None}
+                    "larger_batch_sample_factor": m["larger_batch"] / bs if m.get("larger_batch") and bs else None,
+                    "small_batch": small, "one_class_batches": one_class,
+                    "stream_majority_share": stream, "random_majority_share": mixed,
+                    "stream_classes_per_batch": m.get("stream_classes_per_batch"),
+                    "random_classes_per_batch": m.get("random_classes_per_batch")}
         how = f"; {' and '.join(sorted(cures))} fixes it" if cures else ""
-        return self.finding(confidence, evidence, severity="critical" if cures or mine.get("error") else "warning",
-                            plots=r.plots,
+        severity = "critical" if cures or mine.get("error") else "warning"
+        if one_class and not small:
+            return self.finding(
+                confidence, evidence, severity=severity, plots=r.plots,
+                fix=("Shuffle the training data (DataLoader(..., shuffle=True), or shuffle the rows once): every "
+                     "batch should hold a mix of classes. Otherwise freeze BatchNorm or use GroupNorm/LayerNorm."),
+                title=(f"Every batch of your data stream is {stream:.0%} one class (a random batch of {bs}: "
+                       f"{mixed:.0%}): BatchNorm normalises the classes away{how}"))
+        return self.finding(confidence, evidence, severity=severity, plots=r.plots,
                             title=f"BatchNorm sees {bs} samples per batch ({per_channel} values per channel){how}")
 
     def cures(self, ctx, finding):
@@ -110,7 +135,14 @@ class BatchNormSmallBatch(Diagnosis):
         arms = tuple(Outcome.reported({k: variants[v].get(k) for k in keep}) for v in ("as configured", pick))
         t = self.thresholds
         by = f"the bn_freeze probe: eval-mode loss {t['cure_ratio']:g}x lower by {t['cure_gap']:g}x the fresh loss"
-        return [Cure(tried, done=arms, judge=judges.decided(pick in cured_by, by))]
+        frozen = Cure(tried, done=arms, judge=judges.decided(pick in cured_by, by))
+        if not finding.evidence.get("one_class_batches") or ctx.patient.shuffle:
+            return [frozen]
+        # one class per batch: the user's own fix first, the same training with the stream shuffled
+        shuffled = ctx.patient.variant("the data stream shuffled", shuffle=True)
+        return [Cure("trained on the same data shuffled (shuffle=True)", shuffled, train="held_out",
+                     steps=r.metrics.get("steps"), judge=judges.measure_lower("held_out_loss", t["shuffle_cure"])),
+                frozen]
 
 
 class TrainEvalGap(Diagnosis):

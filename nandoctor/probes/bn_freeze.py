@@ -6,8 +6,10 @@ Variants, each a fresh model trained for the same steps on the user's data strea
   statistics used, not updated) and its affine weights frozen;
 - ``batch N``: a larger batch (only when the user's is small), BatchNorm training.
 Each is then scored in eval mode on the same held-out batch. The probe also measures how
-many values each BatchNorm layer averages per channel at the user's batch size. It is
-skipped when the model has no BatchNorm.
+many values each BatchNorm layer averages per channel at the user's batch size, and, for class
+labels, how mixed the batches of the user's stream are against a random batch of the same size
+(class-sorted rows loaded with ``shuffle: false`` give batches of one class, whose statistics
+BatchNorm normalises the class away with). It is skipped when the model has no BatchNorm.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import types
 import torch
 from torch import nn
 
-from nandoctor.patient import clone_module
+from nandoctor import numeric
+from nandoctor.patient import clone_module, split_batch
 from nandoctor.planning import StepNeed
 from nandoctor.probes import Probe, ProbeContext
 from nandoctor.probes.training import Run, train
@@ -27,8 +30,10 @@ from nandoctor.records import Metrics, ProbeResult
 BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 LARGER_BATCH = 32      # the comparison batch size, tried when the user's is below it
 EVAL_BATCH = 128       # held-out samples scored in eval mode after training
+HELD_OUT_OFFSET = 97   # the held-out batch's draw (``Patient.fixed_batch``), the same for every variant
 MIN_STEPS = 15         # per variant
 MAX_STEPS = 100        # per variant
+WATCHED_BATCHES = 16   # stream batches whose class labels are counted
 
 
 def has_batchnorm(model: nn.Module) -> bool:
@@ -78,6 +83,51 @@ def values_per_channel(patient, model: nn.Module, batch) -> dict[str, int]:
     return seen
 
 
+def class_mix(batch) -> tuple[float, int] | None:
+    """(the share of the batch's most common class, the classes it holds) for a batch of class labels
+    (integer targets of shape [N]); None for any other target."""
+    try:
+        _, targets = split_batch(batch)
+    except Exception:
+        return None
+    if not isinstance(targets, torch.Tensor) or targets.dim() != 1 or targets.numel() < 2 \
+            or targets.dtype.is_floating_point or targets.dtype == torch.bool:
+        return None
+    _, counts = torch.unique(targets.detach().cpu(), return_counts=True)
+    return float(counts.max()) / targets.numel(), int(counts.numel())
+
+
+class Watched:
+    """The user's loader, re-iterable, counting the classes of the first ``WATCHED_BATCHES`` batches."""
+
+    def __init__(self, loader):
+        self.loader = loader
+        self.mixes: list[tuple[float, int]] = []
+        self.seen = 0
+
+    def __iter__(self):
+        for batch in self.loader:
+            if self.seen < WATCHED_BATCHES:
+                self.seen += 1
+                mix = class_mix(batch)
+                if mix is not None:
+                    self.mixes.append(mix)
+            yield batch
+
+
+def composition(watched: Watched | None, random_batch) -> dict:
+    """How mixed the stream's batches are against a random batch of the same size (class labels only)."""
+    mine = class_mix(random_batch)
+    if watched is None or not watched.mixes or mine is None:
+        return {"stream_batches_watched": watched.seen if watched else 0, "stream_majority_share": None,
+                "stream_classes_per_batch": None, "random_majority_share": mine[0] if mine else None,
+                "random_classes_per_batch": mine[1] if mine else None}
+    return {"stream_batches_watched": len(watched.mixes),
+            "stream_majority_share": round(numeric.median([m[0] for m in watched.mixes]), 4),
+            "stream_classes_per_batch": numeric.median([m[1] for m in watched.mixes]),
+            "random_majority_share": round(mine[0], 4), "random_classes_per_batch": mine[1]}
+
+
 def eval_loss(patient, model: nn.Module, batch, train_mode: bool = False) -> float | None:
     """The loss of ``batch`` in eval (or train) mode, on a copy: scoring never changes the model."""
     scored = clone_module(model)
@@ -101,6 +151,11 @@ class BatchNormMetrics(Metrics):
     eval_batch: int | None = None
     variants: dict | None = None             # as configured / frozen BN / a larger batch: run summary, eval loss
     initial_eval_loss: float | None = None
+    stream_batches_watched: int | None = None  # the user's stream batches whose class labels were counted
+    stream_majority_share: float | None = None  # their median share of the most common class
+    stream_classes_per_batch: float | None = None
+    random_majority_share: float | None = None  # the same in a random batch of the user's size
+    random_classes_per_batch: int | None = None
 
 
 class BatchNormFreeze(Probe):
@@ -130,7 +185,8 @@ class BatchNormFreeze(Probe):
         if not has_batchnorm(probe_model):
             return self.result(status="skipped", reason="the model has no BatchNorm layer")
         bs = patient.batch_size
-        per_channel = values_per_channel(patient, probe_model, patient.fixed_batch(size=bs))
+        random_batch = patient.fixed_batch(size=bs)
+        per_channel = values_per_channel(patient, probe_model, random_batch)
         # 2. the variants
         variants = {"as configured": (patient, bs), "frozen BN": (
             patient.variant("frozen BatchNorm", model_factory=frozen_factory(patient)), bs)}
@@ -139,11 +195,15 @@ class BatchNormFreeze(Probe):
             variants[f"batch {larger}"] = (patient, larger)
         steps = ctx.steps(share=0.85 / len(variants), lo=MIN_STEPS, hi=MAX_STEPS, per_step=ctx.step_time * 1.2)
         ctx.progress(0, steps * len(variants))
-        held_out = patient.fixed_batch(size=EVAL_BATCH, offset=97)
+        held_out = patient.fixed_batch(size=EVAL_BATCH, offset=HELD_OUT_OFFSET)
         # 3. train each, score each in eval mode on the same held-out batch
         runs, models, scores = {}, {}, {}
+        watched = None
         for label, (variant, size) in variants.items():
-            runs[label], models[label] = self._train(variant, size, steps, ctx.deadline)
+            if label == "as configured":
+                runs[label], models[label], watched = self._train(variant, size, steps, ctx.deadline, watch=True)
+            else:
+                runs[label], models[label], _ = self._train(variant, size, steps, ctx.deadline)
             ctx.require(runs[label])
             ctx.progress(steps, None)
             scores[label] = eval_loss(patient, models[label], held_out) if not runs[label].error else None
@@ -152,14 +212,17 @@ class BatchNormFreeze(Probe):
                    "bn_layers": len(per_channel), "steps": steps, "eval_batch": len(held_out[1]),
                    "variants": {k: {**runs[k].to_metrics(), "eval_loss": scores[k],
                                     "error": (runs[k].error or {}).get("message")} for k in variants},
-                   "initial_eval_loss": eval_loss(patient, probe_model, held_out)}
+                   "initial_eval_loss": eval_loss(patient, probe_model, held_out),
+                   **composition(watched, random_batch)}
         # the plot (each variant's loss, their eval-mode scores) is named here, drawn by the report (report.figures)
         path, rel = ctx.plot_path("bn_freeze")
         return self.result(metrics=metrics, data={"models": models, "runs": runs},
                            plots=[rel] if path is not None else [])
 
-    def _train(self, patient, batch_size: int, steps: int, deadline: float) -> tuple[Run, nn.Module]:
+    def _train(self, patient, batch_size: int, steps: int, deadline: float,
+               watch: bool = False) -> tuple[Run, nn.Module, Watched | None]:
         model = patient.new_model()
         optimizer = patient.make_optimizer(model)
         loader = patient.loader(batch_size=batch_size, drop_last=len(patient.train_data) > batch_size)
-        return train(patient, model, optimizer, loader, steps, deadline=deadline), model
+        watched = Watched(loader) if watch else None
+        return train(patient, model, optimizer, watched or loader, steps, deadline=deadline), model, watched

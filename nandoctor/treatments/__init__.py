@@ -141,7 +141,20 @@ def precision_outcome(out) -> Outcome:
                                       "skipped_steps": out.skipped_steps, "precision": out.precision})
 
 
-PROTOCOLS: dict[str, Callable[..., Outcome]] = {"lr_check": lr_check_run, "precision": precision_run}
+def held_out_run(patient, steps: int, deadline: float | None, lr: float | None) -> Outcome:
+    """The patient's own data stream for ``steps`` steps from a fresh model, then the eval-mode loss of a
+    held-out random batch (the bn_freeze probe's): what a model trained the user's way does on mixed data."""
+    from nandoctor.probes.bn_freeze import EVAL_BATCH, HELD_OUT_OFFSET, eval_loss
+    model = patient.new_model()
+    optimizer = patient.make_optimizer(model, lr=lr)
+    loader = patient.loader(drop_last=len(patient.train_data) > patient.batch_size)
+    run = train(patient, model, optimizer, loader, steps, deadline=deadline)
+    held_out = patient.fixed_batch(size=EVAL_BATCH, offset=HELD_OUT_OFFSET)
+    return Outcome(run, measures={"held_out_loss": eval_loss(patient, model, held_out) if not run.error else None})
+
+
+PROTOCOLS: dict[str, Callable[..., Outcome]] = {"lr_check": lr_check_run, "precision": precision_run,
+                                                "held_out": held_out_run}
 
 
 # --- measures: numbers beside the loss, named by a cure's ``measure`` ----------------------------

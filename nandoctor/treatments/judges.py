@@ -201,6 +201,20 @@ def measured(key: str, *, at_most: float | None = None, at_least: float | None =
     return j
 
 
+def measure_lower(key: str, ratio: float) -> Callable:
+    """``measures[key]`` of the treated run at most ``ratio`` times the untreated one's (a loss measured
+    beside the training, e.g. on held-out samples), the treated run clean; finite where the control's was not."""
+    @judge(f"clean and {key} at most {ratio:g}x the untreated run's")
+    def j(before, after) -> bool:
+        a, b = after.measures.get(key), before.measures.get(key)
+        if not clean(after) or not isinstance(a, (int, float)) or not math.isfinite(a):
+            return False
+        if not isinstance(b, (int, float)) or not math.isfinite(b):
+            return True
+        return a <= ratio * b
+    return j
+
+
 def both(*judges: Callable) -> Callable:
     @judge(" and ".join(j.text for j in judges))
     def j(before, after) -> bool:
