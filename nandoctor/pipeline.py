@@ -409,6 +409,7 @@ class Battery:
             cause = next((c for c in confirmed if finding.code in c.explains), None)
             if cause is not None:
                 finding.treatment_note = f"not tried: explained by {cause.code}, confirmed by its cure"
+                gone_with(registry[finding.code], finding, cause)
                 continue
             name = f"treat:{finding.code}"
             ctx = self._context(patient, evidence, plots_dir, 0.0, name)
@@ -516,7 +517,26 @@ class Battery:
                     and all(sub.probes.get(n) is not None and sub.probes[n].ok for n in needs):
                 f.gone_after = top.code
                 f.treatment_note = f.treatment_note or f"gone once {top.code} is cured"
-        # 2. what only the cured copy shows
+                if f.treatment is None and f.role == "symptom":
+                    gone_with(registry[f.code], f, top, rule=f"the battery run again on the cured copy: "
+                                                             f"{', '.join(needs)} no longer show it")
+        # 2. what is still there and was confirmed on the cured copy, where no cure of its own was tried here
+        #    (it was left to the cause): the two cures together are its treatment
+        again = {f.code: f for f in sub.findings if f.confirmed and f.treatment}
+        for f in others:
+            g = again.get(f.code)
+            if g is not None and f.treatment is None:
+                f.treatment = {**g.treatment, "tried": f"{top.treatment.get('tried')}, then {g.treatment.get('tried')}",
+                               "on_cured_copy": top.code}
+                # what the cured copy measured is what the fix must follow (an LR sweep through a broken loss
+                # suggests nothing): its numbers, title and fix, the first measurement kept beside them
+                f.evidence = {**g.evidence, "measured_on": f"the copy cured of {top.code}", "before_cure": f.evidence}
+                f.title, f.fix, f.plots = f"{g.title} (once {top.code} is cured)", g.fix, []
+                f.treatment.pop("plot", None)
+                if self.opts.out is not None and f.treatment.get("curves"):
+                    f.treatment["plot"] = f"plots/treatment-{f.code}.png"  # drawn by the report from its curves
+                f.treatment_note = f"confirmed on the copy cured of {top.code}"
+        # 3. what only the cured copy shows
         known = {f.code for f in findings}
         new = []
         for f in found:
@@ -527,6 +547,24 @@ class Battery:
             f.evidence = {**f.evidence, "found_after_cure": top.treatment.get("tried")}
             new.append(f)
         return new
+
+
+def gone_with(diagnosis, finding: Finding, cause: Finding, rule: str | None = None) -> bool:
+    """A symptom the cure of its confirmed cause removed is confirmed with it: its treatment is that cure,
+    ``via`` the cause, judged by ``rule`` (or the symptom's own ``gone_with`` reading of the cure's two
+    arms). Returns whether it was."""
+    try:
+        rule = rule or diagnosis.gone_with(finding, cause.treatment)
+    except Exception:  # a reading that does not fit this record: no claim
+        rule = None
+    if not rule:
+        return False
+    t = cause.treatment or {}
+    finding.treatment = {"tried": t.get("tried"), "cured": True, "via": cause.code, "judged_by": rule,
+                         "protocol": t.get("protocol"), "before": dict(t.get("before") or {}),
+                         "after": dict(t.get("after") or {})}
+    finding.treatment_note = f"gone with the cure for {cause.code}"
+    return True
 
 
 class _Prefixed(Progress):

@@ -15,7 +15,8 @@
    higher severity: a diverging loss is a symptom, a wrong loss pairing is a cause. A refuted
    cause does not move, and a suspected cause does not jump over a confirmed symptom.
 5. Each symptom is folded under the best-ranked cause above it that explains it
-   (``explained_by``), unless that cause was refuted or the symptom is still found after its
+   (``explained_by``; the cause whose cure removed it, ``treatment.via``, where there is one),
+   unless that cause was refuted or the symptom is still found after its
    cure (``treatment.remaining``); a finding that is gone once the top
    cause is cured (``gone_after``, from the battery run again on the cured copy) is folded
    under that cause.
@@ -79,9 +80,11 @@ def rank(findings: list[Finding]) -> list[Finding]:
     for i, f in enumerate(ordered):
         if f.explained_by is not None:
             continue
-        cause = next((c for c in ordered[:i] if f.code in c.explains and c.code != f.code
-                      and c.confirmed is not False and c.severity != "info"
-                      and f.code not in ((c.treatment or {}).get("remaining") or ())), None)
+        eligible = [c for c in ordered[:i] if f.code in c.explains and c.code != f.code
+                    and c.confirmed is not False and c.severity != "info"
+                    and f.code not in ((c.treatment or {}).get("remaining") or ())]
+        via = (f.treatment or {}).get("via")  # confirmed with the cure of this cause: folded under it
+        cause = next((c for c in eligible if c.code == via), eligible[0] if eligible else None)
         if cause is not None:
             f.explained_by = cause.code
     return ordered

@@ -59,6 +59,20 @@ def test_labels_out_of_range_rank_above_the_crash_and_the_cure_is_tried():
     assert top.treatment is None or top.treatment["tried"].startswith("labels shifted")
 
 
+@pytest.mark.parametrize("relabel, tried", [(lambda y: y - 1, "labels shifted by +1"),
+                                            (lambda y: (y > 0).long() * 255, "labels mapped from 0/255 to 0/1")],
+                         ids=["minus-one-based", "binary-0-255"])
+def test_labels_off_in_the_other_common_ways_are_cured_by_remapping(relabel, tried):
+    x, y = blobs(n=256, classes=3 if "+1" in tried else 2).tensors
+    report = battery(make_patient(model=lambda: mlp(classes=3 if "+1" in tried else 2),
+                                  data=TensorDataset(x, relabel(y))), budget=20)
+    top = report.findings[0]
+    assert top.code == "target-out-of-range" and top.status == "confirmed", (top.title, top.treatment)
+    assert top.treatment["tried"].startswith(tried)
+    crash = next(f for f in report.findings if f.code == "training-crashed")
+    assert crash.explained_by == "target-out-of-range" and crash.status == "confirmed"
+
+
 def test_float_labels_are_a_wrong_dtype():
     report = scan(make_patient(data=dp.float_labels()))
     top = report.findings[0]

@@ -109,6 +109,33 @@ def test_layers_in_a_plain_list_are_unregistered():
     assert all(g["fresh_each_call"] is False for g in top(report).evidence["unregistered"])
 
 
+def test_layers_in_a_plain_list_are_cured_by_registering_them():
+    report = battery(make_patient(model=LayersInList), probes=PROBES, budget=30)
+    finding = top(report)
+    assert finding.code == "unregistered-module" and finding.status == "confirmed", finding.treatment
+    assert finding.treatment["tried"].startswith("registered layers as nn.ModuleList")
+
+
+class StrayLinear(nn.Module):
+    """A layer built and called in forward() without being assigned: ``nn.Linear(h, h)(x)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(10, 16)
+        self.out = nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.out(torch.relu(nn.Linear(16, 16)(torch.relu(self.inp(x)))))
+
+
+def test_a_layer_built_in_forward_and_never_assigned_is_cured_by_reusing_its_first_weights():
+    report = battery(make_patient(model=StrayLinear), probes=PROBES, budget=30)
+    finding = top(report)
+    assert finding.code == "unregistered-module" and finding.status == "confirmed", finding.treatment
+    assert finding.treatment["tried"].startswith("built the layers forward() creates once")
+    assert finding.treatment["before"]["call_to_call_change"] > 1e-3 >= finding.treatment["after"]["call_to_call_change"]
+
+
 def test_optimizer_missing_parameters_ranks_first_and_names_them():
     patient = make_patient(model=lambda: mlp(hidden=64), optimizer=functools.partial(head_only, lr=1e-2))
     report = battery(patient, probes=PROBES)
@@ -251,3 +278,27 @@ def test_missing_zero_grad_cure_counts_even_when_the_batch_was_memorised_anyway(
     top_finding = top(report)
     assert top_finding.code == "missing-zero-grad"
     assert top_finding.treatment["cured"] is True and top_finding.treatment["after"]["gradient_ratio"] == pytest.approx(1.0)
+
+
+def accumulate_four(model, batch, loss_fn, optimizer):
+    """A train_step that accumulates on purpose: optimizer.step() and zero_grad() every 4th call (of this
+    optimizer: every probe makes its own)."""
+    inputs, targets = batch
+    loss = loss_fn(model(inputs), targets)
+    (loss / 4).backward()
+    optimizer.calls = getattr(optimizer, "calls", 0) + 1
+    if optimizer.calls % 4 == 0:
+        optimizer.step()
+        optimizer.zero_grad()
+    return loss
+
+
+def test_a_step_that_applies_the_summed_gradient_is_told_from_accumulation_on_purpose():
+    """optimizer.step() in every call without zero_grad() applies the sum; stepping every 4th call is deliberate
+    accumulation, which the gradient ratio alone cannot tell apart: zeroing it is not confirmed as a cure."""
+    missing = battery(make_patient(train_step=step_without_zero_grad, lr=1e-2), probes=PROBES, budget=20)
+    assert top(missing).code == "missing-zero-grad" and top(missing).evidence["stepped_every_call"] is True
+    deliberate = battery(make_patient(train_step=accumulate_four, lr=1e-2), probes=PROBES, budget=20)
+    found = [f for f in deliberate.findings if f.code == "missing-zero-grad"]
+    assert found and found[0].evidence["stepped_every_call"] is False
+    assert found[0].status != "confirmed", found[0].treatment

@@ -22,6 +22,14 @@ from typing import ClassVar
 from nandoctor.records import Evidence, Finding
 
 REGISTRY: dict[str, "Diagnosis"] = {}
+
+
+def arms_of(treatment: dict | None) -> tuple[dict, dict, str | None]:
+    """(before, after, protocol) of a ``treatment`` record; empty arms when it has none."""
+    t = treatment if isinstance(treatment, dict) else {}
+    before, after = t.get("before"), t.get("after")
+    return (before if isinstance(before, dict) else {}, after if isinstance(after, dict) else {},
+            t.get("protocol"))
 DOC_SECTIONS = ("What it detects", "Why it breaks training", "Evidence", "Fix", "Known false positives")
 
 
@@ -60,6 +68,12 @@ class Diagnosis:
         measure, a pure judge), the most likely first; ``treatments`` runs them until one cures.
         ``ctx`` gives the patient and the evidence. Nothing trains, plots or reads the clock here."""
         return []
+
+    def gone_with(self, finding: Finding, cause_treatment: dict) -> str | None:
+        """For a symptom: whether the cure that confirmed its cause removed it too, read from that cure's two
+        arms (``treatment.before``/``after`` and the ``protocol`` they were trained by). The rule that
+        says so (for the report), or None when those runs cannot tell. Pure: nothing trains here."""
+        return None
 
     # --- helpers for subclasses --------------------------------------------------------
     def finding(self, confidence: float, evidence: dict, *, title: str | None = None,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nandoctor.diagnoses import Diagnosis
+from nandoctor.diagnoses import Diagnosis, arms_of
 from nandoctor.records import Evidence
 
 
@@ -47,6 +47,18 @@ class TrainingCrashed(Diagnosis):
                     "also_in": [n for n, _ in crashed[1:]]}
         return self.finding(0.95, evidence, probes=[name],
                             title=f"Training raises {e.get('type')}: {e.get('message', '')[:120]}")
+
+    def gone_with(self, finding, cause_treatment):
+        """The cause's untreated run raised the same exception; its cured run trained without one."""
+        from nandoctor.diagnoses.overfit import ran_clean
+        before, after, protocol = arms_of(cause_treatment)
+        raised = str(before.get("error") or "")
+        if protocol is None or not raised or not ran_clean(after):
+            return None
+        message = str(finding.evidence.get("message") or "")
+        if message and message[:60] not in raised and raised[:60] not in message:
+            return None  # the control raised something else: not this crash
+        return f"the untreated run raised it; the cure's run trained {after.get('steps')} steps without an exception"
 
 
 class ProbeFailed(Diagnosis):

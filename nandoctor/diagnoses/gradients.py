@@ -114,6 +114,16 @@ class ExplodingGradients(Diagnosis):
         tried = f"clip_grad_norm_(max_norm={max_norm:.3g}) before every optimizer step"
         return [Cure(tried, ctx.patient.variant(tried), hooks=clip_hook(max_norm))]
 
+    def gone_with(self, finding, cause_treatment):
+        """Gradients that blew up to NaN/Inf: the cause's untreated run broke too, its cured run stayed finite."""
+        from nandoctor.diagnoses import arms_of
+        from nandoctor.diagnoses.overfit import broke, ran_clean
+        before, after, protocol = arms_of(cause_treatment)
+        if protocol is None or finding.evidence.get("nonfinite_grad_step") is None or not broke(before) \
+                or not ran_clean(after):
+            return None
+        return "the untreated run broke (non-finite); the cure's run stayed finite to the end"
+
 
 class VanishingGradients(Diagnosis):
     code = "vanishing-gradients"

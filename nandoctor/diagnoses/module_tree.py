@@ -9,7 +9,8 @@ from __future__ import annotations
 from nandoctor.diagnoses import Diagnosis
 from nandoctor.records import Evidence
 from nandoctor.treatments import Cure, judges
-from nandoctor.treatments.rewire import REWIRED, add_missing_params, keep_first_instance, unfrozen
+from nandoctor.treatments.rewire import (REWIRED, add_missing_params, keep_first_instance, registered_containers,
+                                       reused_strays, unfrozen)
 
 DRIFT_CHANGED = 1e-3   # outputs of two calls on the same input differ by more than 0.1%: not a fixed function
 DRIFT_SAME = 1e-6      # ... and at most this after the cure
@@ -135,19 +136,37 @@ class UnregisteredModule(Diagnosis):
 
     def cures(self, ctx, finding):
         groups = finding.evidence.get("unregistered") or []
-        assigned = [g for g in groups if g.get("kind", "").startswith("created in forward() and assigned")]
-        if not assigned or ctx.patient.train_step is not None or finding.evidence.get("step_error"):
+        if not groups or ctx.patient.train_step is not None or finding.evidence.get("step_error"):
             return []  # nothing to keep, a custom step, or a step that raises anyway
-        names = ", ".join(str(g.get("name")) for g in assigned)
-        variant = ctx.patient.variant(f"kept the first instance of {names}",
-                                      model_factory=keep_first_instance(ctx.patient))
+        kinds = [str(g.get("kind", "")) for g in groups]
         # cured: the model becomes a function (the same input, the same output) and trains
         drift = "call_to_call_change"
-        judge = judges.either(
+        fresh = judges.either(
             judges.both(judges.repairs(judges.memorised), judges.measured(drift, at_least=DRIFT_CHANGED, arm="before"),
                         judges.measured(drift, at_most=DRIFT_SAME)),
             judges.both(judges.unmeasured(drift), REWIRED))
-        return [Cure(f"built {names} once and trained it (first instance kept)", variant, judge=judge, measure=drift)]
+        cures = []
+        assigned = [g for g, k in zip(groups, kinds) if k.startswith("created in forward() and assigned")]
+        if assigned:
+            names = ", ".join(str(g.get("name")) for g in assigned)
+            variant = ctx.patient.variant(f"kept the first instance of {names}",
+                                          model_factory=keep_first_instance(ctx.patient))
+            cures.append(Cure(f"built {names} once and trained it (first instance kept)", variant, judge=fresh,
+                              measure=drift))
+        if any(k == "created in forward()" for k in kinds):
+            variant = ctx.patient.variant("the layers forward() builds reuse the first call's weights",
+                                          model_factory=reused_strays(ctx.patient))
+            cures.append(Cure("built the layers forward() creates once and trained them (the first call's kept)",
+                              variant, judge=fresh, measure=drift))
+        contained = [g for g, k in zip(groups, kinds) if k == "held in a plain Python container"]
+        if contained:
+            names = ", ".join(sorted({str(g.get("name")).split("[")[0] for g in contained}))
+            variant = ctx.patient.variant(f"{names} registered (nn.ModuleList/nn.ModuleDict)",
+                                          model_factory=registered_containers(ctx.patient))
+            # the layers were fixed, not fresh: the model was already a function; now they train
+            cures.append(Cure(f"registered {names} as nn.ModuleList/nn.ModuleDict so the optimizer trains them",
+                              variant, judge=judges.either(judges.repairs(judges.memorised), REWIRED)))
+        return cures
 
 
 class ParamsNotInOptimizer(Diagnosis):

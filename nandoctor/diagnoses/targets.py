@@ -129,7 +129,8 @@ class TargetOutOfRange(Diagnosis):
         return f"The loss refuses the labels: {crashed[0][2].get('message', '')[:120]}"
 
     def cures(self, ctx, finding):
-        """Cast the labels to long, or shift 1-based labels by -1, on a copy; only where a probe crashed on them."""
+        """Cast the labels to long, shift 1-based (or -1-based) labels to 0-based, or map a 0/255 binary mask to
+        0/1, on a copy; only where a probe crashed on them."""
         e = finding.evidence
         if not e.get("crashed_in"):
             return []  # without a crash the fixed batch may hold no bad label: the cure would prove nothing
@@ -144,6 +145,14 @@ class TargetOutOfRange(Diagnosis):
         if n and lo == 1 and hi == n:
             variant = ctx.patient.variant("labels shifted by -1", loss_fn=lambda out, y: loss(out, y.long() - 1))
             return [Cure("labels shifted by -1 (1-based to 0-based)", variant)]
+        if n and lo == -1 and hi == n - 2:
+            variant = ctx.patient.variant("labels shifted by +1", loss_fn=lambda out, y: loss(out, y.long() + 1))
+            return [Cure("labels shifted by +1 (from -1-based to 0-based)", variant)]
+        if n == 2 and lo == 0 and isinstance(hi, (int, float)) and hi > 1:
+            # a binary mask saved as 0/255 (or 0/hi): foreground is every value above 0
+            variant = ctx.patient.variant(f"labels mapped 0/{hi:g} to 0/1",
+                                          loss_fn=lambda out, y: loss(out, (y > 0).long()))
+            return [Cure(f"labels mapped from 0/{hi:g} to 0/1 (y > 0)", variant)]
         return []
 
 

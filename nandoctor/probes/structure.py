@@ -187,6 +187,7 @@ class StepTrace:
     module_names: dict[int, str] = field(default_factory=dict)  # the model's module tree right after the step
     loss_requires_grad: bool | None = None
     graph_walked: bool = False
+    stepped: bool = False   # the call ran optimizer.step()
     error: dict | None = None
 
 
@@ -197,7 +198,10 @@ def traced_step(patient, model: nn.Module, optimizer, batch, params: dict[int, n
     def snapshot(*_a, **_k):
         if not trace.grads:
             trace.grads = {i: (p.grad.detach().clone() if p.grad is not None else None) for i, p in params.items()}
-    handle = optimizer.register_step_pre_hook(snapshot)
+    def stepping(*a, **k):
+        trace.stepped = True
+        snapshot()
+    handle = optimizer.register_step_pre_hook(stepping)
     tracer = Tracer()
     try:
         with preserved_rng():
@@ -449,4 +453,6 @@ def accumulation(traces: list[StepTrace], trainable: set[int]) -> dict | None:
     if dot11 <= 0.0:
         return {"ratio": None, "cosine": None, "first_norm": 0.0, "second_norm": dot22 ** 0.5}
     return {"ratio": dot12 / dot11, "cosine": dot12 / max((dot11 * dot22) ** 0.5, 1e-300),
-            "first_norm": dot11 ** 0.5, "second_norm": dot22 ** 0.5}
+            "first_norm": dot11 ** 0.5, "second_norm": dot22 ** 0.5,
+            # optimizer.step() ran in every call: the summed gradient was applied, not accumulated on purpose
+            "stepped_every_call": all(t.stepped for t in traces)}

@@ -406,7 +406,8 @@ def draw_treatment(path: Path, doc: dict, code: str) -> bool:
         return False
     from nandoctor.report import plots
     status = f.get("status") or ("confirmed" if t.get("cured") else "refuted")
-    labelled = {"as configured": _floats(curves.get("before")),
+    first = f"cured of {t.get('on_cured_copy')}" if isinstance(t.get("on_cured_copy"), str) else "as configured"
+    labelled = {first: _floats(curves.get("before")),
                 f"with the cure: {str(t.get('tried'))[:60]}": _floats(curves.get("after"))}
     with plots.figure(path) as ax:
         plots.compare_curves(ax, labelled, title=f"{code}: {status}")

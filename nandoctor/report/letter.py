@@ -357,6 +357,9 @@ def cure(f: dict) -> dict | None:
                         "inconclusive": "not judged"}.get(status, "cured" if t.get("cured") else "not cured"),
             "judged_by": _str(t.get("judged_by")), "rows": rows + (errors if any(e != "—" for e in errors[0][1:]) else []),
             "note": _str(t.get("note")), "plot": _str(t.get("plot")) or None,
+            # a cure tried on the copy already cured of another finding: its control is that copy
+            "columns": ((f"cured of {_str(t.get('on_cured_copy'))}", "and with this cure") if t.get("on_cured_copy")
+                        else ("as configured", "with the cure")),
             "attempts": [(_str(a.get("tried")), "cured" if a.get("cured") else "not cured")
                          for a in _list(t.get("attempts")) if isinstance(a, dict)]}
 

@@ -106,7 +106,7 @@ def _finding(f: dict) -> list[str]:
         if c["note"]:
             lines += [f"_{t(c['note'])}_", ""]
         if c["rows"]:
-            lines += _table(["", "as configured", "with the cure"], c["rows"]) + [""]
+            lines += _table(["", *c["columns"]], c["rows"]) + [""]
         if c["attempts"]:
             lines += ["Cures tried in turn: " + "; ".join(f"{t(a)} ({b})" for a, b in c["attempts"]), ""]
         if plot_name(c["plot"]):

@@ -192,6 +192,16 @@ def _measure(cure: Cure, patient, out: Outcome) -> None:
         out.measures.update(fn(patient))
 
 
+def protocol_of(cure: Cure) -> str:
+    """How both arms were trained: ``overfit`` (a fresh model on the fixed batch), a name in ``PROTOCOLS``,
+    ``probe`` (a probe's own comparison), or ``custom``."""
+    if cure.done is not None:
+        return "probe"
+    if cure.train is None:
+        return "overfit"
+    return cure.train if isinstance(cure.train, str) else "custom"
+
+
 def run_cure(ctx: ProbeContext, cure: Cure) -> dict:
     """Train (or take) both arms of ``cure``, judge them, and return the SPEC ``treatment`` record."""
     if cure.done is not None:
@@ -209,6 +219,7 @@ def run_cure(ctx: ProbeContext, cure: Cure) -> dict:
     verdict = None if cut else cure.judge(before, after)   # a judge may abstain (None): nothing to compare
     cured = bool(verdict)
     record = {"tried": cure.tried, "cured": cured, "before": before.summary(), "after": after.summary(),
+              "protocol": protocol_of(cure),
               "judged_by": getattr(cure.judge, "text", getattr(cure.judge, "__name__", "judge")),
               "curves": {"before": _thin(before.run.losses), "after": _thin(after.run.losses)}}
     if cut or verdict is None:

@@ -1,5 +1,6 @@
 """Cures for broken wiring, tried on copies: zero the gradients, give the optimizer every
-parameter, keep the first instance of a layer that ``forward()`` builds anew on every call.
+parameter, keep the first instance of a layer that ``forward()`` builds anew on every call
+(assigned to ``self`` or not), register layers kept in plain Python lists and dicts.
 
 Each function returns what a ``Cure`` needs (a model factory, a step, or optimizer hooks);
 ``REWIRED`` is how such cures are judged.
@@ -94,5 +95,79 @@ def keep_first_instance(patient) -> Callable[[], nn.Module]:
         inputs, _ = split_batch(batch)
         with torch.no_grad():
             model.to(patient.device)(inputs)
+        return model
+    return build
+
+
+def registered_containers(patient) -> Callable[[], nn.Module]:
+    """A model factory whose plain Python lists/tuples/dicts of layers become ``nn.ModuleList``/``nn.ModuleDict``
+    (the same layers, in the same order, now registered: in ``parameters()``, ``.to()`` and ``state_dict``)."""
+    factory = patient.model_factory
+
+    def build() -> nn.Module:
+        model = factory()
+        for owner in list(model.modules()):
+            for name, value in list(vars(owner).items()):
+                if name.startswith("_"):
+                    continue
+                if isinstance(value, (list, tuple)) and value and all(isinstance(v, nn.Module) for v in value):
+                    delattr(owner, name)
+                    setattr(owner, name, nn.ModuleList(value))
+                elif isinstance(value, dict) and value and all(isinstance(k, str) and isinstance(v, nn.Module)
+                                                               for k, v in value.items()):
+                    delattr(owner, name)
+                    setattr(owner, name, nn.ModuleDict(value))
+        return model.to(patient.device)
+    return build
+
+
+def reused_strays(patient) -> Callable[[], nn.Module]:
+    """A model factory whose ``forward()`` reuses the parameters of the layers it builds and calls without
+    assigning them (``nn.Linear(c, c)(x)`` inside ``forward``).
+
+    While the model runs, a global forward pre-hook sees every module called that is not part of the model:
+    the k-th such call of a forward gets the parameters of the k-th layer of the first forward (same type and
+    shapes), which are kept registered under ``model.kept_strays`` so the optimizer trains them. One forward
+    on the fixed batch before the optimizer is built creates them."""
+    factory = patient.model_factory
+    batch = patient.fixed_batch()
+
+    def build() -> nn.Module:
+        model = factory()
+        kept = nn.ModuleList()
+        state = {"k": 0, "own": set(), "handles": []}
+
+        def share(mod, _inputs):
+            if id(mod) in state["own"] or not any(True for _ in mod.parameters(recurse=False)):
+                return None
+            k, state["k"] = state["k"], state["k"] + 1
+            if k == len(kept):
+                kept.append(mod)   # the first forward's layer, trained from now on
+                state["own"].add(id(mod))
+                return None
+            first = kept[k]
+            if type(first) is type(mod) and all(n in first._parameters and first._parameters[n] is not None
+                                                and p is not None and first._parameters[n].shape == p.shape
+                                                for n, p in mod._parameters.items()):
+                for n in mod._parameters:
+                    mod._parameters[n] = first._parameters[n]
+            return None
+
+        def install(_m, _inputs):
+            state["k"] = 0
+            state["own"] = {id(m) for m in model.modules()}
+            state["handles"].append(module_hooks.register_module_forward_pre_hook(share))
+
+        def remove(_m, _inputs, _output):
+            while state["handles"]:
+                state["handles"].pop().remove()
+
+        model.register_forward_pre_hook(install)
+        model.register_forward_hook(remove, always_call=True)
+        inputs, _ = split_batch(batch)
+        model.to(patient.device)
+        with torch.no_grad():
+            model(inputs)
+        model.kept_strays = kept.to(patient.device)
         return model
     return build
