@@ -122,6 +122,16 @@ def test_corrupted_targets_are_sample_loss_outliers():
     assert sorted(top.evidence["sample_indices"][:2]) == [11, 123]
 
 
+def test_corrupted_targets_are_confirmed_by_training_without_them_and_scoring_the_rest():
+    """Two targets of 3000 among y ~ N(0, 3): with them MSE's gradient is theirs and the other samples are
+    fitted worse; the cure scores the same other samples after training with and without them."""
+    report = battery(make_patient(data=dp.regression(n=512, corrupt=(11, 123)), model=dp.reg_mlp, loss=nn.MSELoss()),
+                     probes=["data_scan", "overfit"], budget=20)
+    top = report.findings[0]
+    assert top.code == "sample-loss-outlier" and top.status == "confirmed", top.treatment
+    assert top.treatment["after"]["others_loss"] <= 0.5 * top.treatment["before"]["others_loss"]
+
+
 def test_sample_that_raises_is_reported_and_the_scan_goes_on():
     report = scan(make_patient(data=dp.Flaky(dp.blobs(), broken=(7, 100))))
     top = report.findings[0]

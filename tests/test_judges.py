@@ -99,3 +99,12 @@ def test_the_cured_copy_is_the_variant_with_the_cure_s_lr():
     cured = cured_patient(p, Cure("lower LR", lr=0.01))
     assert cured.lr == pytest.approx(0.01) and p.lr == 1.0   # a copy; the patient is untouched
     assert cured_patient(p, Cure("clip", hooks=lambda m, o: None)) is None
+
+
+def test_a_loss_measured_beside_the_training_must_halve_on_the_treated_arm():
+    lower = judges.measure_lower("others_loss", 0.5)
+    assert lower(arm(falling(), others_loss=3.4), arm(falling(), others_loss=0.03))
+    assert not lower(arm(falling(), others_loss=0.11), arm(falling(), others_loss=0.06))   # 0.55x: not half
+    assert not lower(arm(falling(), others_loss=3.4), arm(falling(), others_loss=None))     # unmeasured: no cure
+    assert lower(arm(falling(), others_loss=math.nan), arm(falling(), others_loss=0.5))    # finite where it was not
+    assert not lower(arm(falling(), others_loss=3.4), arm([1.0, -0.5], others_loss=0.01))  # below zero: never

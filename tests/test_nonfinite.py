@@ -45,6 +45,33 @@ def test_forward_birth_names_the_op_and_its_inputs():
     assert report.findings[0].severity == "critical"
 
 
+def test_a_forward_birth_is_confirmed_by_guarding_that_call_alone():
+    report = battery(make_patient(model=SqrtOfLinear), probes=PROBES, budget=20)
+    top = report.findings[0]
+    assert top.code == "nonfinite-source" and top.status == "confirmed", top.treatment
+    assert top.treatment["tried"].startswith("guarded torch.sqrt at ") and "test_nonfinite.py" in top.treatment["tried"]
+    assert top.treatment["before"]["nonfinite_step"] == 0 and top.treatment["after"]["nonfinite_step"] is None
+    symptom = next(f for f in report.findings if f.code == "loss-nonfinite")
+    assert symptom.explained_by == "nonfinite-source" and symptom.status == "confirmed"
+
+
+def test_the_guard_changes_only_the_named_op_at_the_named_line():
+    from nandoctor.treatments.guards import LineGuard, guardable
+    assert guardable("torch.log") and guardable("torch.Tensor.pow") and not guardable("torch.nn.functional.linear")
+    x = -torch.ones(3)
+    where = None
+    with LineGuard("torch.sqrt", "nowhere.py:1 in f"):
+        assert torch.isnan(torch.sqrt(x)).all()   # another line: untouched
+    import traceback
+
+    from nandoctor.probes.nonfinite import user_line
+    where = user_line([(f.filename, f.lineno + 2, f.name) for f in traceback.extract_stack()])
+    with LineGuard("torch.sqrt", where):
+        y = torch.sqrt(x)   # this line is `where`
+        z = torch.log(x)    # another op: untouched
+    assert torch.isfinite(y).all() and torch.isnan(z).all()
+
+
 def test_backward_birth_is_named_by_anomaly_detection():
     report = battery(make_patient(model=NormOfZeros), probes=PROBES)
     assert codes(report)[0] == "nonfinite-source"

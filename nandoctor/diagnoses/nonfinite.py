@@ -7,6 +7,7 @@ import math
 from nandoctor.diagnoses import Diagnosis
 from nandoctor.records import Evidence
 from nandoctor.treatments import Cure
+from nandoctor.treatments.guards import guardable, guarded
 
 
 def before_birth(losses: list[float], step: int) -> list[float]:
@@ -116,10 +117,18 @@ class NonfiniteSource(Diagnosis):
         return self.finding(self.thresholds["confidence_model"], evidence, title=title)
 
     def cures(self, ctx, finding):
-        """Born in the optimizer's update with eps <= 0: the same training with the default eps."""
-        settings = finding.evidence.get("optimizer_settings") or {}
+        """Born in the optimizer's update with eps <= 0: the same training with the default eps. Born in a
+        forward op at the user's line (a log, a root, a fractional power, a division): the same training with
+        that call's argument moved into the op's domain there (``treatments.guards``)."""
+        e = finding.evidence
+        if e.get("phase") == "forward" and e.get("where") and guardable(e.get("op")):
+            tried = f"guarded {e['op']} at {e['where']} (its argument kept inside the op's domain)"
+            # confirmed, the NaN is born there and nowhere else: what breaks the training, wherever the call is
+            return [Cure(tried, guarded(ctx.patient, e["op"], e["where"]),
+                         severity=None if e.get("born_in_loss") else "critical")]
+        settings = e.get("optimizer_settings") or {}
         eps = settings.get("eps")
-        if finding.evidence.get("phase") != "optimizer step" or not isinstance(eps, (int, float)) or eps > 0:
+        if e.get("phase") != "optimizer step" or not isinstance(eps, (int, float)) or eps > 0:
             return []
         kwargs = {**ctx.patient.optimizer_kwargs, "eps": 1e-8}
         return [Cure(f"the optimizer's eps set to 1e-8 (was {eps:g})",

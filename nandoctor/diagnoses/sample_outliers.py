@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from nandoctor.diagnoses import Diagnosis
 from nandoctor.diagnoses.data_common import SCAN, SHOWN, coverage, finite, plot, scan
+
+SCORED = 128   # the other samples scored after both trainings
 from nandoctor.records import Evidence
+from nandoctor.treatments import Cure, judges, scored_on
+from nandoctor.treatments.rewire import without_samples
 
 
 class SampleLossOutlier(Diagnosis):
@@ -30,6 +34,7 @@ class SampleLossOutlier(Diagnosis):
         "magnitude_gap": 1e3,    # ... and this many times the next sample's: a jump above the data, not a heavy tail
         "magnitude_critical": 1e5,  # a sample this far out dominates every batch it is in once its loss is not ~0
         "magnitude_max_rows": 3,    # "a few": at most this many rows, or max_share of the scanned ones if more
+        "cure_ratio": 0.5,          # cured: trained without them, the other samples' loss at most half of with them
     }
     fix = ("Look at the samples listed (their inputs and labels): drop or fix corrupted rows and mislabelled samples, "
            "clip or winsorise extreme values, or use a robust loss (HuberLoss / SmoothL1Loss) for heavy-tailed targets.")
@@ -123,6 +128,30 @@ class SampleLossOutlier(Diagnosis):
         confidence = 0.5 if many and severity == "info" else 0.9 if severity == "critical" else 0.8
         return self.finding(confidence, evidence, severity=severity, plots=plot(r, "data-sample-loss"),
                             title=self._title(evidence, worst_ratio, worst_magnitude))
+
+    def cures(self, ctx, finding):
+        """Train on the data stream with and without the samples named (every one of them must be listed) and
+        score the same other samples after each: where the untreated stream breaks (non-finite, raises) and
+        the stream without them runs clean, or the other samples end at most half as far from their targets,
+        the named samples spoiled the training of the rest. (A lower loss on a stream without the samples
+        whose loss is highest would prove nothing: the score is on samples both arms kept.)"""
+        e = finding.evidence
+        if (e.get("nonfinite_loss_samples") or 0) > len(e.get("nonfinite_loss_indices") or []):
+            return []   # more samples with a NaN loss than are listed: dropping the listed ones cannot cure it
+        drop = list(dict.fromkeys(list(e.get("nonfinite_loss_indices") or []) + [
+            w["index"] for key in ("worst_at_init", "worst_after_training", "extreme_inputs", "largest_gradients")
+            for w in e.get(key) or []]))
+        if not drop:
+            return []
+        shown = ", ".join(str(i) for i in drop[:5]) + (" ..." if len(drop) > 5 else "")
+        tried = (f"dropped the {len(drop)} sample(s) named ({shown}), trained on the data stream and scored "
+                 f"the other samples")
+        variant = ctx.patient.variant(f"without samples {shown}", train_data=without_samples(ctx.patient, drop))
+        others = variant.fixed_batch(size=SCORED, offset=97)   # the same samples, none of them dropped, both arms
+        judge = judges.either(judges.fixes(judges.clean),
+                              judges.measure_lower("others_loss", self.thresholds["cure_ratio"]))
+        return [Cure(tried, variant, train=scored_on(others, "others_loss"),
+                     steps=2 * (ctx.planned_steps or 0) or None, judge=judge)]
 
     @staticmethod
     def _title(e: dict, ratio: float, magnitude: float) -> str:

@@ -153,6 +153,19 @@ def held_out_run(patient, steps: int, deadline: float | None, lr: float | None) 
     return Outcome(run, measures={"held_out_loss": eval_loss(patient, model, held_out) if not run.error else None})
 
 
+def scored_on(batch, key: str = "scored_loss") -> Callable[..., Outcome]:
+    """A protocol: the patient's own data stream from a fresh model, then the eval-mode loss of ``batch`` (the
+    same samples for both arms, e.g. the ones a cure does not drop) as ``measures[key]``."""
+    def protocol(patient, steps: int, deadline: float | None, lr: float | None) -> Outcome:
+        from nandoctor.probes.bn_freeze import eval_loss
+        model = patient.new_model()
+        optimizer = patient.make_optimizer(model, lr=lr)
+        loader = patient.loader(drop_last=len(patient.train_data) > patient.batch_size)
+        run = train(patient, model, optimizer, loader, steps, deadline=deadline)
+        return Outcome(run, measures={key: eval_loss(patient, model, batch) if not run.error else None})
+    return protocol
+
+
 PROTOCOLS: dict[str, Callable[..., Outcome]] = {"lr_check": lr_check_run, "precision": precision_run,
                                                 "held_out": held_out_run}
 
