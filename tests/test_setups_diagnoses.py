@@ -215,3 +215,14 @@ def test_probe_hooks_still_read_gradients_under_a_grad_scaler_and_accumulation()
     norms = report.probes["gradients"].metrics["total_grad_norms"]
     assert norms and all(math.isfinite(n) and 0 < n <= 1.0 + 1e-3 for n in norms)  # unscaled, clipped
     assert not any(f.severity == "critical" for f in report.findings)
+
+
+def test_a_decay_that_spends_the_lr_within_a_few_epochs_is_read():
+    """StepLR(step_size=10, gamma=0.5) meant per epoch, stepped per batch: past the first two epochs it has not
+    fallen a thousandfold yet, but 99% of everything the LR will ever add up to is spent by epoch 5."""
+    lrs, m = trace(P(lr_scheduler.StepLR, step_size=10, gamma=0.5), "step", n=640)
+    read = read_schedule(lrs, m, None, T)
+    assert read is not None and read["kind"] == "spent", read
+    assert read["step"] <= T["spent_epochs"] * m["steps_per_epoch"]
+    lrs, m = trace(P(lr_scheduler.StepLR, step_size=10, gamma=0.5), "epoch", n=640)
+    assert read_schedule(lrs, m, None, T) is None   # the same schedule per epoch: healthy

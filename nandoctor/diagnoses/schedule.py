@@ -41,6 +41,21 @@ def read_schedule(lrs: list[float], m: dict, divergence_lr: float | None, t: dic
     if collapse is not None:
         out.update(kind="collapse", step=collapse, lr=head[collapse], ratio=head[collapse] / ref)
         return out
+    # 2b. the LR decays so fast that it has spent its budget (the sum of the LRs over the traced horizon, how far
+    #     the optimizer can move at all) within a few epochs: later epochs train at ~0 (a per-epoch StepLR
+    #     stepped per batch). Only where the trace covers several times that window (the schedule did not end)
+    spe = m.get("steps_per_epoch") or 1
+    window = int(t["spent_epochs"] * spe)
+    if len(lrs) >= 4 * window and all(v >= 0 for v in lrs):
+        total, run = sum(lrs), 0.0
+        for i, v in enumerate(lrs):
+            run += v
+            if run >= t["spent_share"] * total:
+                break
+        if total > 0 and i <= window:
+            out.update(kind="spent", step=i, lr=lrs[i], ratio=lrs[i] / ref if ref > 0 else None,
+                       spent_share=t["spent_share"], horizon=len(lrs))
+            return out
     # 3. it never comes near the configured LR at all
     if configured and ref < t["collapse_ratio"] * configured:
         out.update(kind="stays-near-zero", step=0, lr=ref, ratio=ref / configured)
@@ -92,6 +107,8 @@ class LRScheduleCollapse(Diagnosis):
         "early_min_steps": 30,     # ... but at least this many ...
         "early_max_steps": 1000,   # ... and at most this many
         "past_divergence": 3.0,    # "far past" the LR sweep's divergence point: this many times it
+        "spent_share": 0.99,       # "spent": this share of the sum of the LRs over the traced horizon ...
+        "spent_epochs": 5,         # ... is reached within this many epochs
         "cure_min_steps": 30,      # the cure trains at least this many optimizer steps ...
         "cure_max_steps": 300,     # ... at most this many
         "clearly_better": 0.1,     # cured: the run without the schedule takes this much more off its loss (share of
@@ -107,7 +124,11 @@ class LRScheduleCollapse(Diagnosis):
     (`early_epochs` epochs, clamped to `[early_min_steps, early_max_steps]` optimizer steps) the LR
     falls below `collapse_ratio` of its peak, never comes within `collapse_ratio` of the configured
     LR, rises to `past_divergence` times the LR sweep's divergence point, or the scheduler raises
-    (OneCycleLR stepped past its `total_steps`). Typical causes: per-epoch settings stepped per batch
+    (OneCycleLR stepped past its `total_steps`). Or, over the whole traced horizon (when the schedule
+    does not end within it), the LR decays so fast that `spent_share` of the sum of all its LRs (how
+    far the optimizer can move at all) is spent within `spent_epochs` epochs: a StepLR(step_size=10, gamma=0.5) stepped per batch halves the
+    LR every ten batches and stops the training after a few epochs, past the first two.
+    Typical causes: per-epoch settings stepped per batch
     (StepLR(step_size=30) meant as 30 epochs, called after every batch), StepLR(step_size=1,
     gamma=0.1) per batch, a `total_steps`/`T_max` given in epochs.
 
@@ -159,6 +180,9 @@ class LRScheduleCollapse(Diagnosis):
             "stays-near-zero": f"{m.get('scheduler')} keeps the LR at {read.get('lr', 0):.2g}, below "
                                f"{self.thresholds['collapse_ratio']:g} of the configured LR, for the first "
                                f"{read['early_steps']} steps",
+            "spent": f"{m.get('scheduler')} spends {self.thresholds['spent_share']:.0%} of its learning rate (the sum "
+                     f"over {read.get('horizon')} optimizer steps) by step {step} (epoch {step / spe:.2g}), where the "
+                     f"LR is {read.get('lr', 0):.2g}: training stops moving after that",
             "schedule-ends": f"{m.get('scheduler')} ends after {step} optimizer steps (epoch {step / spe:.2g}): "
                              "the run crashes there",
             "past-divergence": f"{m.get('scheduler')} raises the LR to {read.get('lr', 0):.2g} by step {step}, "
