@@ -4,6 +4,8 @@ Each sick patient must get its code ranked FIRST; the healthy ones must get no
 finding from these diagnoses (and nothing critical at all).
 """
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -222,3 +224,17 @@ def test_raw_scores_into_nll_are_caught_by_the_overfit_probe_alone():
     report = battery(make_patient(loss=nn.NLLLoss()), probes=["overfit"], budget=6)
     top = report.findings[0]
     assert top.code == "nll-on-raw-logits" and top.evidence["overfit_min_loss"] < 0
+
+
+def test_the_expected_loss_at_init_counts_the_loss_s_own_weights():
+    """BCEWithLogitsLoss(pos_weight=9) on 10% positives: uniform outputs score ln 2 x mean(9 y + (1 - y)), not
+    ln 2; a healthy model that starts there is no initial-loss mismatch."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(640, 10, generator=gen)
+    y = (torch.rand(640, 1, generator=gen) < 0.1).float()
+    loss = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([9.0]))
+    report = battery(make_patient(model=lambda: mlp(classes=1), data=TensorDataset(x, y), loss=loss),
+                     probes=["outputs"], budget=10)
+    m = report.probes["outputs"].metrics
+    assert 1.2 * math.log(2) < m["expected_initial_loss"] < 9 * math.log(2)
+    assert "initial-loss-mismatch" not in codes(report), [(f.code, f.title) for f in report.findings]

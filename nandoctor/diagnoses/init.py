@@ -26,6 +26,8 @@ class BadInit(Diagnosis):
         "tail_ratio": 3.0,        # the user's final (or held-out) loss at least 3x the best standard init's ...
         "min_gap": 0.25,          # ... and above it by 25% of the best scheme's initial loss (not noise near 0)
         "critical_ratio": 10.0,   # 10x worse (or non-finite while a standard init stays finite): critical
+        "start_ratio": 2.0,       # the configured init's first loss at least 2x the best standard init's ...
+        "start_excess": 1.0,      # ... and 1 nat above it, ending no lower: a warning, confirmed by its cure
     }
     fix = ("Remove the custom initialisation (PyTorch's default reset_parameters() is sound) or use the standard "
            "init named in the evidence: nn.init.kaiming_normal_(w, nonlinearity='relu') for ReLU nets, "
@@ -38,7 +40,11 @@ class BadInit(Diagnosis):
     weights (biases zero), then scores each on held-out samples in eval mode. The finding fires
     when the user's init is a custom one (its weight scale differs from the default's) and ends
     far above the best standard init on the training batches or on the held-out samples (an init
-    that memorises but does not generalise), or goes non-finite while that one stays finite.
+    that memorises but does not generalise), or goes non-finite while that one stays finite. As a
+    warning, also when it starts far above where every standard init starts (`start_ratio` times
+    the best one's first loss and `start_excess` nats above: over-confident outputs) and ends no
+    lower; its cure (the standard init, starting near that first loss and training no worse)
+    confirms it.
 
     ## Why it breaks training
     Weights too large make activations and gradients grow layer after layer (overflow, NaN,
@@ -80,8 +86,25 @@ class BadInit(Diagnosis):
         held = {s: v.get("held_out_loss") for s, v in schemes.items() if s != "as configured"}
         best_held = min((s for s, v in held.items() if _finite(v)), key=lambda s: held[s], default=None)
         general = self._worse(user.get("held_out_loss"), held.get(best_held), scale) if best_held else None
+        # 3. the start: the configured init begins far above where every standard init begins (over-confident
+        #    logits) and does not end any better for it (only a warning; its cure decides)
+        u0, u_end, b_end = user.get("initial_loss"), user.get("tail_loss"), schemes[best].get("tail_loss")
+        starts = (_finite(u0) and scale > 0 and u0 >= self.thresholds["start_ratio"] * scale
+                  and u0 - scale >= self.thresholds["start_excess"] and _finite(u_end) and _finite(b_end)
+                  and u_end >= b_end)
         if trained is None and general is None:
-            return None
+            if not starts:
+                return None
+            evidence = {"best_standard_init": best, "worse_on": ["initial loss"], "user_initial_loss": u0,
+                        "best_initial_loss": scale, "ratio": u0 / scale, "user_final_loss": u_end,
+                        "best_final_loss": b_end,
+                        "initial_loss_by_scheme": {s: v.get("initial_loss") for s, v in schemes.items()},
+                        "final_loss_by_scheme": {s: v.get("tail_loss") for s, v in schemes.items()},
+                        "weight_std_vs_default": m.get("user_std_over_default"), "steps": m.get("steps"),
+                        "mode": m.get("mode")}
+            return self.finding(0.6, evidence, severity="warning", plots=r.plots,
+                                title=f"The configured init starts at a loss of {_fmt(u0)}, {u0 / scale:.1f}x where "
+                                      f"the {best} init starts ({_fmt(scale)}), and ends no better")
         ratio = max(x for x in (trained, general) if x is not None)
         nonfinite = math.isinf(ratio)
         critical = nonfinite or ratio >= self.thresholds["critical_ratio"]
@@ -129,6 +152,11 @@ class BadInit(Diagnosis):
         """
         scheme = finding.evidence["best_standard_init"]
         tried = f"re-initialised with the {scheme} init"
+        if finding.evidence["worse_on"] == ["initial loss"]:
+            # cured: the run starts near the standard init's first loss and trains no worse
+            variant = ctx.patient.variant(tried, model_factory=reinitialised(ctx.patient, scheme))
+            start = finding.evidence["best_initial_loss"]
+            return [Cure(tried, variant, judge=judges.both(judges.starts_near(start, 1.5), judges.not_worse(1.05)))]
         if "held-out loss" in finding.evidence["worse_on"]:
             keep = ("held_out_loss", "tail_loss", "steps", "nonfinite_step")
             schemes = ctx.evidence["init"].metrics["schemes"]

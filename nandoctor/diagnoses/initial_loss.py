@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import torch
+
 from nandoctor.diagnoses import Diagnosis
 from nandoctor.diagnoses.loss_reduction import looks_summed
 from nandoctor.diagnoses.pairing_evidence import Pairing, finite, pairing_verdict
 from nandoctor.records import Evidence, Finding
+from nandoctor.treatments import Cure, judges
 
 
 class InitialLossMismatch(Diagnosis):
@@ -60,9 +63,41 @@ class InitialLossMismatch(Diagnosis):
             return None
         confidence = min(self.thresholds["max_confidence"], 0.45 + 0.05 * ratio)
         o = p.outputs
+        last = (p.metrics.get("last_module") or {}) if isinstance(p.metrics.get("last_module"), dict) else {}
         evidence = {"initial_loss": measured, "expected_initial_loss": expected, "ratio": ratio,
                     "loss": p.loss_name, "classes": o.get("classes"), "outputs_std": o.get("std"),
-                    "outputs_max_abs": max(abs(o.get("min") or 0), abs(o.get("max") or 0))}
+                    "outputs_max_abs": max(abs(o.get("min") or 0), abs(o.get("max") or 0)),
+                    "output_layer": last.get("name"), "output_layer_type": last.get("type")}
         return self.finding(confidence, evidence,
                             title=f"The loss at initialisation is {measured:.3g}, {ratio:.1f}x its expected "
                                   f"{expected:.3g}: the model starts confidently wrong")
+
+    def cures(self, ctx, finding):
+        """The output layer re-initialised by PyTorch's own ``reset_parameters()`` (its default init): cured when
+        the loss then starts near its expected value and the training is no worse. Where the inputs' scale or
+        an earlier layer makes the logits large, this does not bring the loss down, and the finding stays."""
+        e = finding.evidence
+        name = e.get("output_layer")
+        if not name or name == "(model)":
+            return []
+        try:
+            layer = ctx.patient.new_model().get_submodule(name)
+        except Exception:
+            return []
+        if not callable(getattr(layer, "reset_parameters", None)):
+            return []
+        factory = ctx.patient.model_factory
+
+        def build():
+            model = factory()
+            with torch.no_grad():
+                model.get_submodule(name).reset_parameters()
+            return model
+        variant = ctx.patient.variant(f"{name} re-initialised by reset_parameters()", model_factory=build)
+        judge = judges.both(judges.starts_near(e["expected_initial_loss"], self.thresholds["ratio_min"]),
+                            judges.not_worse(1.05))
+        return [Cure(f"re-initialised the output layer `{name}` with PyTorch's default (reset_parameters())",
+                     variant, judge=judge,
+                     fix=(f"Initialise `{name}` with PyTorch's default (or smaller) weights instead of the current "
+                          f"init: its outputs make the loss start at {e['initial_loss']:.3g} where "
+                          f"{e['expected_initial_loss']:.3g} is expected."))]

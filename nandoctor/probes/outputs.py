@@ -295,6 +295,32 @@ def expected_initial_loss(applies: str | None, kind: str, out_shape: list[int]) 
     return None
 
 
+def uniform_loss(patient, applies: str | None, kind: str, out, targets) -> float | None:
+    """The user's own loss of outputs that predict uniformly (zero logits, p = 0.5, log(1/C)) on this batch's
+    targets: the expected loss at init with the loss's own weights (``pos_weight``, class weights, label
+    smoothing) counted. None where no uniform output is defined for the pairing or the loss refuses it."""
+    if not isinstance(out, torch.Tensor) or not out.is_floating_point() or out.dim() < 1:
+        return None
+    classes = out.shape[1] if out.dim() >= 2 else 1
+    if applies in ("cross_entropy", "binary_cross_entropy_with_logits"):
+        uniform = torch.zeros_like(out)
+    elif applies == "binary_cross_entropy" and kind in ("unit-interval", "probabilities"):
+        uniform = torch.full_like(out, 0.5)
+    elif applies == "nll_loss" and kind == "log-probabilities" and classes >= 2:
+        uniform = torch.full_like(out, -math.log(classes))
+    else:
+        return None
+    try:
+        with torch.no_grad():
+            value = patient.loss_fn(uniform.detach(), targets)
+    except Exception:  # a loss that wants more than (outputs, targets): the formula stands in
+        return None
+    if not isinstance(value, torch.Tensor) or value.numel() != 1:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) and value > 0 else None
+
+
 def _loss_value(patient, model, batch) -> float | None:
     _, loss = patient.compute_loss(model, batch)
     return float(loss) if isinstance(loss, torch.Tensor) and loss.numel() == 1 else None
@@ -381,7 +407,8 @@ class Outputs(Probe):
         # 4. the expected loss at init for this pairing, and the batch-size scaling
         pairing = metrics.get("loss_trace") or {}
         kind, shape = metrics["outputs"]["kind"], metrics["outputs"]["shape"]
-        metrics["expected_initial_loss"] = expected_initial_loss(pairing.get("applies_to_raw"), kind, shape)
+        metrics["expected_initial_loss"] = uniform_loss(patient, pairing.get("applies_to_raw"), kind, out, targets) \
+            or expected_initial_loss(pairing.get("applies_to_raw"), kind, shape)
         if "loss_error" not in metrics:  # three forward passes: always, so the verdict never depends on the clock
             metrics.update(batch_scaling(patient, model))
         ctx.progress(3, 3)

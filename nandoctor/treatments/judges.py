@@ -215,6 +215,16 @@ def measure_lower(key: str, ratio: float) -> Callable:
     return j
 
 
+def starts_near(value: float, ratio: float) -> Callable:
+    """The treated run is clean and its first loss is at most ``ratio`` times ``value`` (the expected loss at
+    initialisation): a cure of how the model starts."""
+    @judge(f"clean and a first loss at most {ratio:g}x {value:.3g}")
+    def j(before, after) -> bool:
+        first = _run(after).initial
+        return clean(after) and isinstance(first, (int, float)) and math.isfinite(first) and first <= ratio * value
+    return j
+
+
 def both(*judges: Callable) -> Callable:
     @judge(" and ".join(j.text for j in judges))
     def j(before, after) -> bool:
