@@ -141,9 +141,13 @@ class UnregisteredModule(Diagnosis):
         kinds = [str(g.get("kind", "")) for g in groups]
         # cured: the model becomes a function (the same input, the same output) and trains
         drift = "call_to_call_change"
+        # the observed symptom is the drift itself (fresh weights every call): the cure must make the model a
+        # function, and then memorise the batch, or at least train no worse (an LR far too low, a second fault,
+        # can keep any copy from training in a short run)
+        function = judges.both(judges.measured(drift, at_least=DRIFT_CHANGED, arm="before"),
+                               judges.measured(drift, at_most=DRIFT_SAME))
         fresh = judges.either(
-            judges.both(judges.repairs(judges.memorised), judges.measured(drift, at_least=DRIFT_CHANGED, arm="before"),
-                        judges.measured(drift, at_most=DRIFT_SAME)),
+            judges.both(function, judges.either(judges.repairs(judges.memorised), judges.not_worse(1.05))),
             judges.both(judges.unmeasured(drift), REWIRED))
         cures = []
         assigned = [g for g, k in zip(groups, kinds) if k.startswith("created in forward() and assigned")]

@@ -91,7 +91,7 @@ class MissingZeroGrad(Diagnosis):
             # optimizer.step() ran in every call, so the summed gradient was applied: no accumulation on
             # purpose. Removing the sum is the cure when the training is no worse for it, even where the
             # short run cannot show the harm yet (an adaptive optimizer on one batch hides it)
-            judge = judges.either(judge, judges.both(ratio, judges.not_worse(1.0)))
+            judge = judges.either(judge, judges.both(ratio, judges.not_worse(1.05)))
         stream = judges.both(judges.either(judges.fixes(judges.trains_on_stream), judges.ends_lower(STREAM_CURED)),
                              ratio)
         steps = 2 * (ctx.planned_steps or 0) or None
