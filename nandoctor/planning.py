@@ -86,7 +86,8 @@ def plan(needs: dict[str, StepNeed], priority: list[str], step_time: float, avai
     """Tiers that fit ``available`` seconds, filled in order of importance.
 
     Every probe starts at its minimum (tier 0). When even that does not fit, the least
-    important are dropped until the rest do. What is left over raises the tiers in rounds: in
+    important are dropped until the rest do. The most important probe is then raised one tier
+    ahead of the rest, where that fits. What is left over raises the tiers in rounds: in
     each round every probe, most important first (``priority``), goes one tier up if that fits, so
     the battery rises together and, when a round does not fit whole, the overfit probe gets its
     longer run before the init comparison does. ``max_tiers`` caps each probe
@@ -115,6 +116,13 @@ def plan(needs: dict[str, StepNeed], priority: list[str], step_time: float, avai
     tiers = {n: 0 for n in kept}
     caps = {n: min(needs[n].top_tier(), (max_tiers or {}).get(n, needs[n].top_tier())) for n in kept}
     spent = sum(cost(n, 0) for n in kept)
+    # 2a. the most important probe starts a tier ahead (the overfit run: whether one batch is memorised is what
+    #     the most verdicts read, and a realistic model needs more than its minimum steps to get there)
+    if kept and tiers[kept[0]] < caps[kept[0]]:
+        extra = cost(kept[0], 1) - cost(kept[0], 0)
+        if spent + extra <= available:
+            tiers[kept[0]] += 1
+            spent += extra
     raised = True
     while raised:
         raised = False
