@@ -409,7 +409,7 @@ class Battery:
             cause = next((c for c in confirmed if finding.code in c.explains), None)
             if cause is not None:
                 finding.treatment_note = f"not tried: explained by {cause.code}, confirmed by its cure"
-                gone_with(registry[finding.code], finding, cause)
+                confirm_with_cause(registry[finding.code], finding, cause)
                 continue
             name = f"treat:{finding.code}"
             ctx = self._context(patient, evidence, plots_dir, 0.0, name)
@@ -518,8 +518,8 @@ class Battery:
                 f.gone_after = top.code
                 f.treatment_note = f.treatment_note or f"gone once {top.code} is cured"
                 if f.treatment is None and f.role == "symptom":
-                    gone_with(registry[f.code], f, top, rule=f"the battery run again on the cured copy: "
-                                                             f"{', '.join(needs)} no longer show it")
+                    confirm_with_cause(registry[f.code], f, top, rule=f"the battery run again on the cured copy: "
+                                                                      f"{', '.join(needs)} no longer show it")
         # 2. what is still there and was confirmed on the cured copy, where no cure of its own was tried here
         #    (it was left to the cause): the two cures together are its treatment
         again = {f.code: f for f in sub.findings if f.confirmed and f.treatment}
@@ -549,7 +549,7 @@ class Battery:
         return new
 
 
-def gone_with(diagnosis, finding: Finding, cause: Finding, rule: str | None = None) -> bool:
+def confirm_with_cause(diagnosis, finding: Finding, cause: Finding, rule: str | None = None) -> bool:
     """A symptom the cure of its confirmed cause removed is confirmed with it: its treatment is that cure,
     ``via`` the cause, judged by ``rule`` (or the symptom's own ``gone_with`` reading of the cure's two
     arms). Returns whether it was."""

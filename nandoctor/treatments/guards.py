@@ -23,6 +23,8 @@ import traceback
 import torch
 from torch.overrides import TorchFunctionMode
 
+from nandoctor.treatments.scoped import Scoped, scoped_variant
+
 LOG_EPS = 1e-12
 ROOT_EPS = 1e-12
 DIV_EPS = 1e-8
@@ -83,25 +85,14 @@ def guard_args(name: str, args: tuple, kwargs: dict) -> tuple[tuple, dict] | Non
     return None
 
 
-class LineGuard(TorchFunctionMode):
+class LineGuard(Scoped, TorchFunctionMode):
     """Guards the calls of ``op`` made at the user's line ``where`` (as the nonfinite probe names both)."""
 
     def __init__(self, op: str, where: str):
         super().__init__()
         self.op, self.where = op, where
         self.name = op.rsplit(".", 1)[-1]
-        self.depth = 0
         self.guarded = 0
-
-    def push(self) -> None:
-        if self.depth == 0:
-            self.__enter__()
-        self.depth += 1
-
-    def pop(self) -> None:
-        self.depth -= 1
-        if self.depth == 0:
-            self.__exit__(None, None, None)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         from nandoctor.probes.nonfinite import op_name, user_line
@@ -120,32 +111,6 @@ class LineGuard(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-class GuardedLoss:
-    """The user's loss run under the guard (other attributes are the loss's own)."""
-
-    def __init__(self, loss_fn, guard: LineGuard):
-        self._loss_fn, self._guard = loss_fn, guard
-
-    def __call__(self, *args, **kwargs):
-        self._guard.push()
-        try:
-            return self._loss_fn(*args, **kwargs)
-        finally:
-            self._guard.pop()
-
-    def __getattr__(self, name):
-        return getattr(self._loss_fn, name)
-
-
 def guarded(patient, op: str, where: str):
     """A variant of ``patient`` whose forward and loss guard ``op`` at the user's line ``where``."""
-    guard = LineGuard(op, where)
-    factory = patient.model_factory
-
-    def build():
-        model = factory()
-        for module in model.modules():   # every module: a train_step may call a submodule on its own
-            module.register_forward_pre_hook(lambda m, inputs: guard.push())
-            module.register_forward_hook(lambda m, inputs, output: guard.pop(), always_call=True)
-        return model
-    return patient.variant(f"{op} guarded at {where}", model_factory=build, loss_fn=GuardedLoss(patient.loss_fn, guard))
+    return scoped_variant(patient, f"{op} guarded at {where}", LineGuard(op, where))

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from nandoctor.probes.hazards import LOG1P, LOGS, Provenance, trace_hazards
 from nandoctor.probes.training import train
 from nandoctor.treatments import Outcome
+from nandoctor.treatments.scoped import Scoped, scoped_variant
 
 PROB_EPS = 1e-12       # the floor under a probability whose log has no stable twin
 EXP_MAX = 30.0         # the largest argument exp() is given (e^30 ~ 1e13: far from float32's 3e38)
@@ -42,7 +43,7 @@ def _eps(x: torch.Tensor, eps: float) -> float:
     return max(eps, torch.finfo(x.dtype).tiny) if x.is_floating_point() else eps
 
 
-class Rewriter(Provenance):
+class Rewriter(Scoped, Provenance):
     """A ``Provenance`` that replaces each hazard at the user's call by its stable form.
 
     Entered around the model's forward and the loss (``push``/``pop`` count, so a model called inside
@@ -56,16 +57,6 @@ class Rewriter(Provenance):
         super().__init__()
         self.depth = 0
         self.rewrites = 0
-
-    def push(self) -> None:
-        if self.depth == 0:
-            self.__enter__()
-        self.depth += 1
-
-    def pop(self) -> None:
-        self.depth -= 1
-        if self.depth == 0:
-            self.__exit__(None, None, None)
 
     def at_hazard(self, found, func, args: tuple, kwargs: dict):
         try:
@@ -135,38 +126,12 @@ REWRITES = {"log-of-probability": stable_log, "exp-unbounded": bounded_exp,
             "division-by-zeroable": guarded_division, "sqrt-at-zero": eps_under_root}
 
 
-class RewrittenLoss:
-    """The user's loss run under the rewriter (other attributes are the loss's own)."""
-
-    def __init__(self, loss_fn, rewriter: Rewriter):
-        self._loss_fn, self._rewriter = loss_fn, rewriter
-
-    def __call__(self, *args, **kwargs):
-        self._rewriter.push()
-        try:
-            return self._loss_fn(*args, **kwargs)
-        finally:
-            self._rewriter.pop()
-
-    def __getattr__(self, name):
-        return getattr(self._loss_fn, name)
-
-
 def rewritten(patient, change: str, loss: bool = True):
     """A variant of ``patient`` whose model forward (and, with ``loss``, its loss) runs with every hazard
     rewritten. Without ``loss`` the user's loss object is kept as it is (the probes that read a torch
     loss's class and reduction see it unchanged)."""
-    rewriter = Rewriter()   # one per variant: the model's outputs and the loss share what it follows
-    factory = patient.model_factory
-
-    def build():
-        model = factory()
-        for module in model.modules():   # every module: a train_step may call a submodule on its own
-            module.register_forward_pre_hook(lambda m, inputs: rewriter.push())
-            module.register_forward_hook(lambda m, inputs, output: rewriter.pop(), always_call=True)
-        return model
-    loss_fn = RewrittenLoss(patient.loss_fn, rewriter) if loss else patient.loss_fn
-    return patient.variant(change, model_factory=build, loss_fn=loss_fn)
+    # one rewriter per variant: the model's outputs and the loss share what it follows
+    return scoped_variant(patient, change, Rewriter(), loss=loss)
 
 
 # --- what a cure measures and how it trains ---------------------------------------------------------
