@@ -23,13 +23,6 @@ from nandoctor.records import Evidence, Finding
 
 REGISTRY: dict[str, "Diagnosis"] = {}
 
-
-def arms_of(treatment: dict | None) -> tuple[dict, dict, str | None]:
-    """(before, after, protocol) of a ``treatment`` record; empty arms when it has none."""
-    t = treatment if isinstance(treatment, dict) else {}
-    before, after = t.get("before"), t.get("after")
-    return (before if isinstance(before, dict) else {}, after if isinstance(after, dict) else {},
-            t.get("protocol"))
 DOC_SECTIONS = ("What it detects", "Why it breaks training", "Evidence", "Fix", "Known false positives")
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from nandoctor.diagnoses import Diagnosis, arms_of
+from nandoctor.diagnoses import Diagnosis
 from nandoctor.records import Evidence
+from nandoctor.treatments.judges import arm_clean, arms_of
 
 
 class TrainingCrashed(Diagnosis):
@@ -50,10 +51,9 @@ class TrainingCrashed(Diagnosis):
 
     def gone_with(self, finding, cause_treatment):
         """The cause's untreated run raised the same exception; its cured run trained without one."""
-        from nandoctor.diagnoses.overfit import ran_clean
         before, after, protocol = arms_of(cause_treatment)
         raised = str(before.get("error") or "")
-        if protocol is None or not raised or not ran_clean(after):
+        if protocol is None or not raised or not arm_clean(after):
             return None
         message = str(finding.evidence.get("message") or "")
         if message and message[:60] not in raised and raised[:60] not in message:

@@ -8,7 +8,7 @@ import torch
 
 from nandoctor.diagnoses import Diagnosis
 from nandoctor.records import Evidence
-from nandoctor.treatments import Cure
+from nandoctor.treatments import Cure, judges
 
 
 def _finite(x) -> bool:
@@ -116,11 +116,9 @@ class ExplodingGradients(Diagnosis):
 
     def gone_with(self, finding, cause_treatment):
         """Gradients that blew up to NaN/Inf: the cause's untreated run broke too, its cured run stayed finite."""
-        from nandoctor.diagnoses import arms_of
-        from nandoctor.diagnoses.overfit import broke, ran_clean
-        before, after, protocol = arms_of(cause_treatment)
-        if protocol is None or finding.evidence.get("nonfinite_grad_step") is None or not broke(before) \
-                or not ran_clean(after):
+        before, after, protocol = judges.arms_of(cause_treatment)
+        if protocol is None or finding.evidence.get("nonfinite_grad_step") is None or not judges.arm_broke(before) \
+                or not judges.arm_clean(after):
             return None
         return "the untreated run broke (non-finite); the cure's run stayed finite to the end"
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 
-from nandoctor.diagnoses import Diagnosis, arms_of
+from nandoctor.diagnoses import Diagnosis
 from nandoctor.records import Evidence
+from nandoctor.treatments.judges import arm_clean, arm_memorised, arms_of
 
 
 class CannotOverfitBatch(Diagnosis):
@@ -84,29 +85,10 @@ class CannotOverfitBatch(Diagnosis):
         """The cause's cure trained on the same fixed batch (the overfit protocol) and memorised it, where
         the untreated control did not."""
         before, after, protocol = arms_of(cause_treatment)
-        if protocol != "overfit" or not _memorised(after) or _memorised(before):
+        if protocol != "overfit" or not arm_memorised(after) or arm_memorised(before):
             return None
         return (f"the cure's run memorised the same batch (loss {after['initial_loss']:.4g} -> "
                 f"{after['tail_loss']:.4g}) where the untreated run did not")
-
-
-def _memorised(arm: dict) -> bool:
-    from nandoctor.probes.overfit import memorised
-    initial, tail = arm.get("initial_loss"), arm.get("tail_loss")
-    if arm.get("error") or arm.get("nonfinite_step") is not None or not isinstance(initial, (int, float)) \
-            or not isinstance(tail, (int, float)) or not math.isfinite(tail) or tail < 0:
-        return False
-    return bool(memorised(initial, tail, arm.get("accuracy")))
-
-
-def broke(arm: dict) -> bool:
-    """The run raised or turned non-finite."""
-    return bool(arm.get("error")) or arm.get("nonfinite_step") is not None
-
-
-def ran_clean(arm: dict) -> bool:
-    tail = arm.get("tail_loss")
-    return not broke(arm) and (arm.get("steps") or 0) > 0 and isinstance(tail, (int, float)) and math.isfinite(tail)
 
 
 class LossNonfinite(Diagnosis):
@@ -156,7 +138,7 @@ class LossNonfinite(Diagnosis):
     def gone_with(self, finding, cause_treatment):
         """The cause's untreated run turned non-finite and its cured run stayed finite to the end."""
         before, after, protocol = arms_of(cause_treatment)
-        if protocol is None or before.get("nonfinite_step") is None or not ran_clean(after):
+        if protocol is None or before.get("nonfinite_step") is None or not arm_clean(after):
             return None
         return (f"the untreated run turned non-finite at step {before['nonfinite_step']}; the cure's run stayed "
                 f"finite for its {after.get('steps')} steps")

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from nandoctor.diagnoses import Diagnosis
 from nandoctor.diagnoses.data_common import SCAN, SHOWN, coverage, finite, plot, scan
-
-SCORED = 128   # the other samples scored after both trainings
 from nandoctor.records import Evidence
 from nandoctor.treatments import Cure, judges, scored_on
 from nandoctor.treatments.rewire import without_samples
+
+SCORED = 128   # the other samples scored after both trainings
 
 
 class SampleLossOutlier(Diagnosis):

@@ -126,8 +126,9 @@ class LRScheduleCollapse(Diagnosis):
     LR, rises to `past_divergence` times the LR sweep's divergence point, or the scheduler raises
     (OneCycleLR stepped past its `total_steps`). Or, over the whole traced horizon (when the schedule
     does not end within it), the LR decays so fast that `spent_share` of the sum of all its LRs (how
-    far the optimizer can move at all) is spent within `spent_epochs` epochs: a StepLR(step_size=10, gamma=0.5) stepped per batch halves the
-    LR every ten batches and stops the training after a few epochs, past the first two.
+    far the optimizer can move at all) is spent within `spent_epochs` epochs: a
+    StepLR(step_size=10, gamma=0.5) stepped per batch halves the LR every ten batches and stops
+    the training after a few epochs, past the first two.
     Typical causes: per-epoch settings stepped per batch
     (StepLR(step_size=30) meant as 30 epochs, called after every batch), StepLR(step_size=1,
     gamma=0.1) per batch, a `total_steps`/`T_max` given in epochs.

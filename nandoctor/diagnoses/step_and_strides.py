@@ -82,16 +82,16 @@ class MissingZeroGrad(Diagnosis):
         # where the step may accumulate on purpose it has to train clearly better than the untreated one
         trains = judges.either(judges.repairs(judges.memorised), judges.improves(0.1)) if stepped \
             else judges.improves(0.1)
-        judge = judges.both(trains, judges.measured("gradient_ratio", at_most=self.thresholds["accumulated_ratio"]))
-        # on one fixed batch an adaptive optimizer hides much of the harm (the summed gradients all point the
-        # same way); on the data stream they are the sum of every past batch's: judged there when the batch
-        # alone cannot tell
         ratio = judges.measured("gradient_ratio", at_most=self.thresholds["accumulated_ratio"])
+        judge = judges.both(trains, ratio)
         if finding.evidence.get("stepped_every_call"):
             # optimizer.step() ran in every call, so the summed gradient was applied: no accumulation on
             # purpose. Removing the sum is the cure when the training is no worse for it, even where the
             # short run cannot show the harm yet (an adaptive optimizer on one batch hides it)
             judge = judges.either(judge, judges.both(ratio, judges.not_worse(1.05)))
+        # on one fixed batch an adaptive optimizer hides much of the harm (the summed gradients all point the
+        # same way); on the data stream they are the sum of every past batch's: judged there when the batch
+        # alone cannot tell
         stream = judges.both(judges.either(judges.fixes(judges.trains_on_stream), judges.ends_lower(STREAM_CURED)),
                              ratio)
         steps = 2 * (ctx.planned_steps or 0) or None

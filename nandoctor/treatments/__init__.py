@@ -141,18 +141,6 @@ def precision_outcome(out) -> Outcome:
                                       "skipped_steps": out.skipped_steps, "precision": out.precision})
 
 
-def held_out_run(patient, steps: int, deadline: float | None, lr: float | None) -> Outcome:
-    """The patient's own data stream for ``steps`` steps from a fresh model, then the eval-mode loss of a
-    held-out random batch (the bn_freeze probe's): what a model trained the user's way does on mixed data."""
-    from nandoctor.probes.bn_freeze import EVAL_BATCH, HELD_OUT_OFFSET, eval_loss
-    model = patient.new_model()
-    optimizer = patient.make_optimizer(model, lr=lr)
-    loader = patient.loader(drop_last=len(patient.train_data) > patient.batch_size)
-    run = train(patient, model, optimizer, loader, steps, deadline=deadline)
-    held_out = patient.fixed_batch(size=EVAL_BATCH, offset=HELD_OUT_OFFSET)
-    return Outcome(run, measures={"held_out_loss": eval_loss(patient, model, held_out) if not run.error else None})
-
-
 def scored_on(batch, key: str = "scored_loss") -> Callable[..., Outcome]:
     """A protocol: the patient's own data stream from a fresh model, then the eval-mode loss of ``batch`` (the
     same samples for both arms, e.g. the ones a cure does not drop) as ``measures[key]``."""
@@ -164,6 +152,14 @@ def scored_on(batch, key: str = "scored_loss") -> Callable[..., Outcome]:
         run = train(patient, model, optimizer, loader, steps, deadline=deadline)
         return Outcome(run, measures={key: eval_loss(patient, model, batch) if not run.error else None})
     return protocol
+
+
+def held_out_run(patient, steps: int, deadline: float | None, lr: float | None) -> Outcome:
+    """The patient's own data stream for ``steps`` steps from a fresh model, then the eval-mode loss of a
+    held-out random batch (the bn_freeze probe's): what a model trained the user's way does on mixed data."""
+    from nandoctor.probes.bn_freeze import EVAL_BATCH, HELD_OUT_OFFSET
+    held_out = patient.fixed_batch(size=EVAL_BATCH, offset=HELD_OUT_OFFSET)
+    return scored_on(held_out, "held_out_loss")(patient, steps, deadline, lr)
 
 
 PROTOCOLS: dict[str, Callable[..., Outcome]] = {"lr_check": lr_check_run, "precision": precision_run,

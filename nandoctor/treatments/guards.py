@@ -54,7 +54,7 @@ def _away_from_zero(d: torch.Tensor) -> torch.Tensor:
 
 def guard_args(name: str, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
     """The op's arguments moved into its domain, or None when this call cannot be guarded."""
-    if not args or not isinstance(args[0], torch.Tensor) and name not in ("__rtruediv__",):
+    if not args or not isinstance(args[0], torch.Tensor):
         return None
     x = args[0]
     if name in LOGS:
@@ -70,9 +70,7 @@ def guard_args(name: str, args: tuple, kwargs: dict) -> tuple[tuple, dict] | Non
         if not fractional or not isinstance(x, torch.Tensor):
             return None
         return (x.clamp_min(_eps(x, ROOT_EPS)), *args[1:]), kwargs
-    if name == "reciprocal":
-        return (_away_from_zero(x), *args[1:]), kwargs
-    if name == "__rtruediv__":   # number / tensor: the tensor is args[0]
+    if name in ("reciprocal", "__rtruediv__"):   # 1 / x, number / x: the divisor is args[0]
         return (_away_from_zero(x), *args[1:]), kwargs
     if name in DIVS:
         if len(args) > 1 and isinstance(args[1], torch.Tensor):

@@ -83,6 +83,35 @@ def falls(o) -> bool:
     return clean(o) and tail is not None and run.initial is not None and tail < run.initial
 
 
+# --- readings of a recorded arm (``treatment.before``/``after``: summaries, not runs) ------------------
+def arms_of(treatment: dict | None) -> tuple[dict, dict, str | None]:
+    """(before, after, protocol) of a ``treatment`` record; empty arms when it has none."""
+    t = treatment if isinstance(treatment, dict) else {}
+    before, after = t.get("before"), t.get("after")
+    return (before if isinstance(before, dict) else {}, after if isinstance(after, dict) else {},
+            t.get("protocol"))
+
+
+def arm_broke(arm: dict) -> bool:
+    """The recorded run raised or turned non-finite."""
+    return bool(arm.get("error")) or arm.get("nonfinite_step") is not None
+
+
+def arm_clean(arm: dict) -> bool:
+    """The recorded run trained some steps and ended finite, without an exception."""
+    tail = arm.get("tail_loss")
+    return not arm_broke(arm) and (arm.get("steps") or 0) > 0 and isinstance(tail, (int, float)) \
+        and math.isfinite(tail)
+
+
+def arm_memorised(arm: dict) -> bool:
+    """The recorded run memorised its batch (the overfit probe's rule), clean and never below zero."""
+    initial, tail = arm.get("initial_loss"), arm.get("tail_loss")
+    if not arm_clean(arm) or not isinstance(initial, (int, float)) or tail < 0:
+        return False
+    return bool(_memorised(initial, tail, arm.get("accuracy")))
+
+
 # --- judges: the two runs ---------------------------------------------------------------------
 @judge(f"beats the untreated run: clean, and memorised or {TRAINS_DROP:.0%} off its loss and "
        f"{BEATS_CONTROL:.0%} more than twice the control's drop, where the control did not memorise")
