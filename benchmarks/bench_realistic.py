@@ -5,7 +5,9 @@ Prints one line per run: right or wrong (``OK``/``XX``), the expected codes, the
 their severities, the warnings a healthy patient got, the LR sweep's suggestion, whether the
 overfit probe memorised its batch, the elapsed time against the budget (the promise: within
 budget + 5 s), the probes that did not finish ``ok`` with their reasons, and the model's bare
-step time with the instrumented/bare ratio (``Recorder`` attached, alternating blocks, median).
+step time with the instrumented/bare ratio: the ``Recorder`` as the overfit probe attached it in
+that run (activations on every k-th step for the steps it was planned), and with every step
+measured (alternating blocks of 2k steps, median).
 Then a summary: passed N of M, the worst overrun of the budget.
 
 ``--stability NAME`` runs one patient three times, the third beside two busy CPU processes,
@@ -32,44 +34,49 @@ import torch  # noqa: E402
 import nandoctor  # noqa: E402
 from nandoctor.pipeline import DEFAULT_BUDGET  # noqa: E402
 from nandoctor.probes.instrument import Recorder  # noqa: E402
+from nandoctor.probes.overfit import MAX_STEPS, activation_every  # noqa: E402
 from realistic_patients import BY_NAME, REALISTIC  # noqa: E402
 from zoo import judge  # noqa: E402
 
 PROMISE = 5.0       # seconds a run may exceed its budget
 TIMING_REPEATS = 3  # alternating bare/instrumented blocks
-TIMING_STEPS = 3    # timed steps per block
+TIMING_BLOCKS = 2   # a timed block holds this many activation periods (k steps each), at least 3 steps
 TIMING_WARMUP = 2   # untimed steps before the first block
 
 
 # --- step time ------------------------------------------------------------------------------
 
 
-def _block(patient, model, optimizer, batch) -> float:
-    """Seconds per step over ``TIMING_STEPS`` steps on the same batch."""
+def _block(patient, model, optimizer, batch, steps: int) -> float:
+    """Seconds per step over ``steps`` steps on the same batch."""
     start = time.perf_counter()
-    for _ in range(TIMING_STEPS):
+    for _ in range(steps):
         patient.step(model, optimizer, batch)
-    return (time.perf_counter() - start) / TIMING_STEPS
+    return (time.perf_counter() - start) / steps
 
 
-def step_times(patient) -> tuple[float, float]:
-    """(median bare step seconds, median instrumented / median bare)."""
+def step_times(patient, every: int) -> tuple[float, float, float]:
+    """(median bare step seconds, instrumented / bare with activations on every ``every``-th step,
+    instrumented / bare with every step measured), from alternating blocks."""
     model = patient.new_model()
     optimizer = patient.make_optimizer(model)
     batch = patient.fixed_batch()
+    steps = max(3, TIMING_BLOCKS * every)
     for _ in range(TIMING_WARMUP):
         patient.step(model, optimizer, batch)
-    bare, instrumented = [], []
+    times: dict[int | None, list[float]] = {None: [], every: [], 1: []}
     for _ in range(TIMING_REPEATS):
-        bare.append(_block(patient, model, optimizer, batch))
-        recorder = Recorder(model)
-        recorder.attach_optimizer(optimizer)
-        try:
-            instrumented.append(_block(patient, model, optimizer, batch))
-        finally:
-            recorder.detach()
-    base = statistics.median(bare)
-    return base, statistics.median(instrumented) / base
+        for k in times:
+            recorder = None if k is None else Recorder(model, every=k)
+            if recorder is not None:
+                recorder.attach_optimizer(optimizer)
+            try:
+                times[k].append(_block(patient, model, optimizer, batch, steps))
+            finally:
+                if recorder is not None:
+                    recorder.detach()
+    base = statistics.median(times[None])
+    return base, statistics.median(times[every]) / base, statistics.median(times[1]) / base
 
 
 # --- reading a report -------------------------------------------------------------------------
@@ -140,12 +147,15 @@ def run_all(names: list[str], budget: float, repeat: int, folder: Path | None) -
     worst = float("-inf")
     for name in names:
         accepted, factory = BY_NAME[name]
-        bare, ratio = step_times(factory())
         for k in range(repeat):
             report, elapsed = diagnose_once(factory, budget)
             ok, line = describe(name, accepted, report, elapsed, budget)
             passed, runs, worst = passed + ok, runs + 1, max(worst, elapsed - budget)
-            print(f"{line} | step {bare:.3f}s, instrumented {ratio:.2f}x", flush=True)
+            if k == 0:
+                every = activation_every(metric(report, "overfit", "planned_steps") or MAX_STEPS)
+                bare, ratio, full = step_times(factory(), every)
+            print(f"{line} | step {bare:.3f}s, instrumented {ratio:.2f}x as the overfit probe "
+                  f"(every={every}), {full:.2f}x every step", flush=True)
             dump(report, folder, name if repeat == 1 else f"{name}.{k}")
     print(f"passed {passed} of {runs}; max(elapsed - budget) = {worst:+.1f}s "
           f"({'within' if worst <= PROMISE else 'OVER'} the +{PROMISE:.0f}s promise)")

@@ -252,3 +252,30 @@ def test_labels_the_model_has_no_output_for_are_not_a_rare_class():
     targets = {"kind": "class", "shape": [], "integer_valued": True, "histogram": {0: 500, 1: 450, 2: 480, 3: 1},
                "n_classes": 3}
     assert check("class-imbalance", Evidence(data_scan=scan_result(targets=targets))) is None
+
+
+def _moments(values):
+    t = torch.tensor(values, dtype=torch.float64)
+    return {"mean": float(t.mean()), "std": float(t.std()), "min": float(t.min()), "max": float(t.max())}
+
+
+def test_a_shuffled_saved_index_holds_every_row_number_once():
+    perm = torch.randperm(1000, generator=torch.Generator().manual_seed(0)).tolist()
+    m = _moments(perm)
+    f = feats(mean=[m["mean"], 0.0], std=[m["std"], 1.0], min=[m["min"], -3.0], max=[m["max"], 3.0],
+              median=[500.0, 0.0], robust_scale=[370.0, 1.0], integer_valued=[True, False],
+              index_corr=[0.03, 0.0], index_slope=[0.03, 0.0])
+    found = check("csv-index-column", Evidence(data_scan=scan_result(features=f)))
+    assert found.severity == "critical" and found.evidence["columns"][0]["position"] == 0
+    assert "every row number once" in found.title
+    # integer values over the same span with repeats and gaps (a real count feature) are not
+    counts = [min(999, int(i * 1.3) % 1000) for i in range(1000)]
+    m = _moments(counts)
+    f.update(mean=[m["mean"], 0.0], std=[m["std"], 1.0], min=[m["min"], -3.0], max=[m["max"], 3.0])
+    assert check("csv-index-column", Evidence(data_scan=scan_result(features=f))) is None
+    # nor a permutation seen in a sample of a larger set
+    m = _moments(perm)
+    f.update(mean=[m["mean"], 0.0], std=[m["std"], 1.0], min=[m["min"], -3.0], max=[m["max"], 3.0])
+    sampled = scan_result(features=f)
+    sampled.metrics.update(samples_total=5000, whole_set=False)
+    assert check("csv-index-column", Evidence(data_scan=sampled)) is None

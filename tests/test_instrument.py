@@ -364,3 +364,60 @@ def test_batchnorm_statistics_from_its_batch_statistics_are_exact_and_name_a_bro
             model(x)
         rec.detach()
         assert rec.nonfinite_forward["module"] == "1" and rec.nonfinite_forward["type"] == "BatchNorm1d"
+
+
+# --- between measured steps the modules run bare; a non-finite step is replayed ----------------------
+def hooked(model) -> int:
+    return sum(len(m._forward_hooks) for m in model.modules())
+
+
+def test_unmeasured_steps_run_without_module_hooks():
+    torch.manual_seed(0)
+    model, data = cnn(), images()
+    rec = Recorder(model, every=3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    rec.attach_optimizer(optimizer)
+    seen = []
+    x, y = data
+    for _ in range(6):
+        seen.append(hooked(model))
+        optimizer.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    rec.detach()
+    leaves = sum(1 for m in model.modules() if not list(m.children()))
+    assert seen == [leaves, 0, 0, leaves, 0, 0] and hooked(model) == 0
+    assert rec.activation_steps == [0, 3] and len(rec.total_grad_norms) == 6
+
+
+class NoisyBlowup(nn.Module):
+    """BatchNorm and dropout (buffers and RNG that a replay must not move), then exp(1000 x)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.bn, self.drop, self.blow, self.head = nn.Linear(10, 16), nn.BatchNorm1d(16), nn.Dropout(0.5), \
+            Blowup(), nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.head(self.blow(self.drop(self.bn(self.fc(x)))))
+
+
+def test_a_nonfinite_unmeasured_step_is_replayed_without_changing_the_run():
+    torch.manual_seed(0)
+    model, x, y = NoisyBlowup(), torch.randn(8, 10), torch.randint(0, 3, (8,))
+    with torch.no_grad():
+        model.bn.bias.fill_(1.0)   # positive BatchNorm outputs: exp(1000 x) overflows from the third call
+    twin = copy.deepcopy(model)
+    rec = Recorder(model, every=4)
+    torch.manual_seed(1)
+    train(model, (x, y), 3, rec, lr=0.0)     # step 0 measured, steps 1 and 2 bare; step 2 blows up
+    after = torch.rand(1)
+    rec.detach()
+    torch.manual_seed(1)
+    train(twin, (x, y), 3, lr=0.0)
+    twin_after = torch.rand(1)
+    assert rec.nonfinite_forward["module"] == "blow" and rec.nonfinite_forward["step"] == 2
+    assert rec.activation_steps == [0]   # the replay names the module; it adds no statistics
+    assert torch.equal(after, twin_after)   # the RNG as if nothing had been replayed
+    for (name, b), t in zip(model.named_buffers(), twin.buffers()):
+        assert torch.equal(b, t), name       # BatchNorm's running statistics too

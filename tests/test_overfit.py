@@ -1,5 +1,6 @@
 """The overfit-one-batch probe and cannot-overfit-batch, on tiny patients."""
 
+import pytest
 import torch
 from torch import nn
 
@@ -51,3 +52,36 @@ def test_lazy_modules_are_diagnosed_not_crashed():
                      probes=["overfit"])
     assert report.probes["overfit"].status == "ok"
     assert report.verdict == "healthy"
+
+
+# --- masks: memorised means the pixels are classified right, each class weighted alike ---------------
+def test_balanced_accuracy_weighs_the_rare_class_alike():
+    from nandoctor.probes.overfit import balanced_accuracy
+    actual = torch.zeros(100, dtype=torch.bool)
+    actual[:8] = True                                     # 8% foreground
+    assert balanced_accuracy(torch.zeros(100, dtype=torch.bool), actual) == pytest.approx(0.5)
+    assert balanced_accuracy(actual.clone(), actual) == pytest.approx(1.0)
+    half = actual.clone()
+    half[:4] = False
+    assert balanced_accuracy(half, actual) == pytest.approx(0.75)
+
+
+def test_a_mask_batch_is_scored_by_its_pixels_under_bce_with_logits():
+    from nandoctor.patient import Patient
+    from nandoctor.probes.overfit import batch_accuracy
+    torch.manual_seed(0)
+    x = torch.randn(4, 1, 8, 8)
+    masks = (x > 1.0).float()                             # a sparse mask the model can read off its input
+    model = nn.Conv2d(1, 1, 1)
+    with torch.no_grad():
+        model.weight.fill_(10.0)
+        model.bias.fill_(-10.0)                          # score 10 (x - 1): positive exactly on the mask
+    data = torch.utils.data.TensorDataset(x, masks)
+    patient = Patient.from_objects(lambda: model, data, nn.BCEWithLogitsLoss(), torch.optim.Adam, lr=1e-3)
+    assert batch_accuracy(patient, model, (x, masks)) == pytest.approx(1.0)
+    with torch.no_grad():
+        model.bias.fill_(-1000.0)                         # everything called background
+    assert batch_accuracy(patient, model, (x, masks)) == pytest.approx(0.5)
+    soft = torch.utils.data.TensorDataset(x, masks * 0.7)  # soft targets: not a binary decision
+    assert batch_accuracy(Patient.from_objects(lambda: model, soft, nn.BCEWithLogitsLoss(), torch.optim.Adam,
+                                               lr=1e-3), model, (x, masks * 0.7)) is None

@@ -19,6 +19,21 @@ INDEX_SLOPE_TOL = 0.01   # slope within 1 +- this (and integer values): it IS th
 INDEX_MIN_ROWS = 20      # fewer finite values say nothing about a trend
 
 
+def each_row_once(f: dict, m: dict) -> bool:
+    """The column holds n consecutive integers, each once, over the n rows of the whole set: a row number
+    saved from a shuffled frame (``df.sample(frac=1).to_csv()``) or a row ID. Read from the moments the scan
+    keeps: integer values spanning exactly n, with the mean and the variance of 0..n-1 (exact for a
+    permutation; a column with repeats or gaps in that span misses them)."""
+    n, lo, hi, mean, std = f.get("count") or 0, f.get("min"), f.get("max"), f.get("mean"), f.get("std")
+    if n < INDEX_MIN_ROWS or not f.get("integer_valued") or not all(map(finite, (lo, hi, mean, std))):
+        return False
+    if m.get("samples_total") is None or m.get("samples_scanned") != m.get("samples_total") or n != m["samples_total"]:
+        return False
+    variance = n * (n + 1) / 12.0        # the sample variance (n - 1 in the denominator) of 0..n-1
+    return hi - lo + 1 == n and abs(mean - (lo + hi) / 2) <= 1e-6 * n and \
+        abs(std * std - variance) <= 1e-6 * variance
+
+
 def index_features(m: dict) -> list[dict]:
     """Features that are a saved index: by name (``Unnamed: 0`` from CSVDataset) or by value (counts with the row)."""
     names = (m.get("inputs") or {}).get("feature_names") or []
@@ -35,6 +50,9 @@ def index_features(m: dict) -> list[dict]:
             counter = bool(f.get("integer_valued")) and finite(slope) and abs(abs(slope) - 1) <= INDEX_SLOPE_TOL
             found.append({**f, "name": name, "strong": counter,
                           "how": "equals the row index plus an offset" if counter else "counts up with the row index"})
+        elif each_row_once(f, m):
+            found.append({**f, "name": name, "strong": True,
+                          "how": "holds every row number once, in shuffled order (a saved index)"})
     return found
 
 
@@ -54,7 +72,10 @@ class CsvIndexColumn(Diagnosis):
     An input feature that is the row number: a column named like the index pandas writes with
     `df.to_csv()` and reads back as `Unnamed: 0`, or a feature whose values equal the sample index
     plus an offset (correlation with the index at least `index_corr`, integer values, slope 1), or
-    that counts up with the index (correlation alone: reported as a warning).
+    that counts up with the index (correlation alone: reported as a warning), or, in a set scanned
+    whole, that holds each of n consecutive integers once over its n rows in any order (the index
+    of a frame shuffled before it was saved, or a row ID: integer values spanning exactly n with the
+    mean and variance of 0..n-1).
 
     ## Why it breaks training
     The row number carries no information about the target, but it is the largest input by far

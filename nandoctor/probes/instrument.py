@@ -14,11 +14,15 @@ buffer; the host reads it in one transfer per step, at the optimizer step (``flu
 and ``summary`` flush too). A statistic is therefore readable once its step is over. Each
 activation costs a sum and a sum of squares (a ReLU also one indicator pass and one reduction
 per unit); a training-mode BatchNorm's come from the batch statistics it saved for backward.
-``every=k`` computes the activation statistics on every k-th step only and ``sub_batch=k`` on
-the first k samples (rows of dim 0) of each output: they change the cost, not how a statistic is
-computed; gradients are recorded on every step. The non-finite check runs on
-every step and on the whole output, whatever ``every`` and ``sub_batch`` say: a module's
-output is non-finite when its sum is (so an output whose float32 sum overflows, values of
+``every=k`` computes the activation statistics (and the weight norms) on every k-th step only and
+``sub_batch=k`` on the first k samples (rows of dim 0) of each output: they change the cost, not
+how a statistic is computed; gradient norms are recorded on every step. Between measured steps the
+leaf hooks are off (a hooked module takes torch's slower call path) and the model's calls are
+only remembered; when a step's gradients come out non-finite, its forward calls are run again
+with the hooks on before the optimizer steps (``_replay``), so the module where the non-finite
+value was born is still named at its step. (Without ``grads`` there is nothing to tell, so the
+hooks stay on and check every step.) The non-finite check covers the whole output, whatever
+``sub_batch`` says: a module's output is non-finite when its sum is (so an output whose float32 sum overflows, values of
 order 1e38 / numel, counts as non-finite too), and its input was finite when the output of
 the leaf that produced it was (else its own sum says). On an unmeasured step an activation
 without parameters is not summed: finite in, finite out, so a NaN is never born there. Update
@@ -55,6 +59,7 @@ INACTIVE_BELOW = 0.01      # a ReLU unit active on fewer than 1% of the position
 _TINY32 = 2.0 ** -126      # the smallest normal float32
 _TINY32_INV = 2.0 ** 126
 MAX_PENDING = 1 << 16      # device scalars held before a flush is forced (forward passes without optimizer steps)
+MAX_REPLAYED = 8           # model calls of an unmeasured step kept for a replay (a custom train_step may call it more)
 
 
 def _classes(module, *names: str) -> tuple[type, ...]:
@@ -164,21 +169,26 @@ class _Slots:
 
     def slot(self, device: torch.device) -> tuple[int, torch.Tensor]:
         """The next index and the 0-d slot to write it into."""
+        i = self.reserve(device, 1)
+        return i, self.views[device][i]
+
+    def reserve(self, device: torch.device, k: int) -> int:
+        """The next ``k`` consecutive indices (the first is returned), held in ``buffers[device]``."""
         i = self.n
-        self.n = i + 1
-        views = self.views.get(device)
-        if views is None or len(views) <= i:
-            buf = self.buffers.get(device)
-            grown = torch.zeros(max(1024, 2 * (i + 1)), dtype=torch.float32, device=device)
+        self.n = i + k
+        buf = self.buffers.get(device)
+        if buf is None or buf.numel() < i + k:
+            grown = torch.zeros(max(1024, 2 * (i + k)), dtype=torch.float32, device=device)
             if buf is not None:
                 grown[:buf.numel()].copy_(buf)
             self.buffers[device] = grown
-            self.views[device] = views = grown.unbind(0)   # the 0-d slots, made once
+            self.views[device] = grown.unbind(0)   # the 0-d slots, made once
         if self.primary is None:
             self.primary = device
         elif device != self.primary:
-            self.elsewhere[i] = device
-        return i, views[i]
+            for j in range(i, i + k):
+                self.elsewhere[j] = device
+        return i
 
     def put(self, t: torch.Tensor) -> int:
         i, slot = self.slot(t.device)
@@ -205,19 +215,18 @@ class _Slots:
         return i
 
     def sumsq_each(self, tensors: list[torch.Tensor]) -> int:
-        """The sum of squares of each tensor in consecutive slots; returns the first index. One dot each
-        on CPU, one batched kernel on accelerators (where a launch per tensor is what costs)."""
+        """The sum of squares of each tensor in consecutive slots; returns the first index: one batched
+        norm over them all (on CPU too it beats a dot per tensor, most on many small parameters)."""
         start = self.n
         if not tensors:
             return start
-        ts = [t if t.dtype in (torch.float32, torch.float64) else t.float() for t in tensors]
+        ts = [t if t.dtype == torch.float32 else t.float() for t in tensors]
         device = ts[0].device
-        if device.type != "cpu" and all(t.device == device for t in ts) and hasattr(torch, "_foreach_norm"):
-            norms = torch._foreach_norm(ts)
-            squares = torch.stack(torch._foreach_mul(norms, norms)).float()
-            for k in range(len(ts)):
-                self.slot(device)
-            self.buffers[device][start:start + len(ts)].copy_(squares)
+        if all(t.device == device for t in ts) and hasattr(torch, "_foreach_norm"):
+            self.reserve(device, len(ts))
+            into = self.buffers[device][start:start + len(ts)]
+            torch.stack(torch._foreach_norm(ts), out=into)
+            into.square_()
             return start
         for t in ts:
             self.sumsq(t)
@@ -361,7 +370,7 @@ class Recorder:
     sub_batch: int | None = None  # activation statistics on the first k samples of the batch only
     step: int = 0
     grad_norms: dict[str, list[float]] = field(default_factory=dict)
-    weight_norms: dict[str, list[float]] = field(default_factory=dict)
+    weight_norms: dict[str, list[float]] = field(default_factory=dict)   # on the measured steps (every one with updates)
     update_ratios: dict[str, list[float]] = field(default_factory=dict)
     act_mean: dict[str, list[float]] = field(default_factory=dict)
     act_std: dict[str, list[float]] = field(default_factory=dict)
@@ -395,6 +404,10 @@ class Recorder:
         self._views: dict[tuple, torch.Tensor] = {}
         self._active_counts: dict[str, torch.Tensor] = {}   # ReLU family: per unit, positions > 0 so far
         self._last_time: float | None = None
+        self._inputs: list[tuple] = []           # an unmeasured step's model calls (args, kwargs), for _replay
+        self._replaying = False
+        self._leaf_hooks: list[tuple] = []       # (leaf module, its forward hook), registered while _armed
+        self._leaf_handles: list = []
         self._seen: set[str] = set()
         self.forward_order: list[str] = []   # leaf modules in the order the forward pass ran them
         self.layers = {name: m for name, m in self.model.named_modules()
@@ -405,11 +418,22 @@ class Recorder:
             if list(m.children()):
                 continue
             if self.activations:
-                self._handles.append(m.register_forward_hook(self._forward_hook(key, m)))
+                self._leaf_hooks.append((m, self._forward_hook(key, m)))
             else:  # the forward order only (depth profiles): dropped after the first step
                 self._order_handles.append(m.register_forward_hook(self._order_hook(key)))
         if self.activations:
-            self._handles.append(self.model.register_forward_pre_hook(self._forward_start))
+            self._handles.append(self.model.register_forward_pre_hook(self._forward_start, with_kwargs=True))
+            self._sync_hooks()
+
+    def _sync_hooks(self) -> None:
+        """The leaf hooks are on exactly while ``_armed``: an unmeasured step runs the modules bare (a module
+        with any forward hook takes torch's slower call path, which costs on small fast models)."""
+        if self._armed and not self._leaf_handles:
+            self._leaf_handles = [m.register_forward_hook(hook) for m, hook in self._leaf_hooks]
+        elif not self._armed and self._leaf_handles:
+            for h in self._leaf_handles:
+                h.remove()
+            self._leaf_handles = []
 
     # --- forward hooks ----------------------------------------------------------------------
     def _scratch(self, like: torch.Tensor) -> torch.Tensor:
@@ -432,9 +456,18 @@ class Recorder:
                 self.forward_order.append(name)
         return hook
 
-    def _forward_start(self, mod, inputs) -> None:
+    def _forward_start(self, mod, args, kwargs) -> None:
         self._outputs.clear()
         self._prev = None
+        if not self._armed and len(self._inputs) < MAX_REPLAYED:
+            self._inputs.append((args, kwargs))   # references only: replayed if this step's gradients are not finite
+        return None
+
+    @property
+    def _armed(self) -> bool:
+        """Whether the forward hooks look at this step: always, unless the step is an unmeasured one and the
+        gradients will tell whether it went non-finite (then a non-finite step is replayed, ``_replay``)."""
+        return self.step % self.every == 0 or not self.grads or self._replaying
 
     def _forward_hook(self, name: str, module: nn.Module):
         leaf = _Leaf.of(name, module)
@@ -533,13 +566,47 @@ class Recorder:
             with torch.no_grad():
                 grads = self._queue_norms()
         self.flush(grads)
+        inputs, self._inputs = self._inputs, []
+        if inputs and self.nonfinite_forward is None and self.total_grad_norms and \
+                not math.isfinite(self.total_grad_norms[-1]):
+            self._replay(inputs)
+
+    def _replay(self, calls: list[tuple]) -> None:
+        """Run an unmeasured step's forward calls again with the hooks on, to name the module where a
+        non-finite value was born. The weights are still those of that step (this runs before the
+        optimizer's step); the buffers (BatchNorm's running statistics) and the RNG state are put back
+        after, so the run trains on as if nothing had been replayed."""
+        buffers = [(b, b.detach().clone()) for b in self.model.buffers()]
+        cpu_rng = torch.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() \
+            else None
+        self._replaying = True
+        self._sync_hooks()
+        try:
+            with torch.no_grad():
+                for args, kwargs in calls:
+                    self.model(*args, **kwargs)
+        except Exception:   # the step itself ran: a replay that raises names nothing
+            pass
+        finally:
+            self._replaying = False
+            self._sync_hooks()
+            with torch.no_grad():
+                for b, saved in buffers:
+                    b.copy_(saved)
+            torch.set_rng_state(cpu_rng)
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state_all(cuda_rng)
+        self.flush()
 
     def _queue_norms(self) -> tuple:
         """Every parameter's weight and gradient norm as pending device scalars, batched per kind."""
         owners, weights, grads, grad_owner = [], [], [], []
+        with_weights = self.updates or self.step % self.every == 0   # weights change slowly: measured steps only
         for key, p in self._parameters():
-            owners.append(key)
-            weights.append(p.detach())
+            if with_weights:
+                owners.append(key)
+                weights.append(p.detach())
             if p.grad is not None:
                 grads.append(p.grad.detach())
                 grad_owner.append(key)
@@ -638,7 +705,8 @@ class Recorder:
             key = name or "(model)"
             (self.grads_seen if key in gsq else self.grads_none).add(key)
             self.grad_norms.setdefault(key, []).append(math.sqrt(gsq[key]) if key in gsq else float("nan"))
-            self.weight_norms.setdefault(key, []).append(math.sqrt(wsq.get(key, 0.0)))
+            if owners:
+                self.weight_norms.setdefault(key, []).append(math.sqrt(wsq.get(key, 0.0)))
             total += gsq.get(key, 0.0)
         self.total_grad_norms.append(math.sqrt(total) if gsq else float("nan"))
 
@@ -653,11 +721,14 @@ class Recorder:
                     before = {k: v[-1] for k, v in self.weight_norms.items() if v}
                     self._pending_updates.append((owners, start, before))
             self._before = []
+        self._inputs = []
         now = time.perf_counter()
         if self._last_time is not None:
             self.step_seconds.append(now - self._last_time)
         self._last_time = now
         self.step += 1
+        if self._leaf_hooks:
+            self._sync_hooks()
 
     def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         self._handles.append(optimizer.register_step_pre_hook(self.before_step))
@@ -665,8 +736,9 @@ class Recorder:
         self._last_time = time.perf_counter()
 
     def detach(self) -> None:
-        for h in self._handles + self._order_handles:
+        for h in self._handles + self._order_handles + self._leaf_handles:
             h.remove()
+        self._leaf_hooks, self._leaf_handles = [], []
         self._handles.clear()
         self._order_handles.clear()
         self._buffers.clear()

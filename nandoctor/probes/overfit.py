@@ -3,8 +3,9 @@
 A healthy set-up drives the loss on a single batch far down within a few hundred
 steps. Failing to do so (or going negative, or non-finite) is the strongest single
 signal that something in the model/loss/optimizer wiring is broken. The probe
-records the loss each step, per-layer gradient norms, activation statistics and
-where the first non-finite value was born.
+records the loss and the per-layer gradient norms each step, activation statistics on
+about 40 of its steps (``activation_every``: the cost of an instrumented step falls with
+it), and where the first non-finite value was born.
 """
 
 from __future__ import annotations
@@ -24,12 +25,37 @@ from nandoctor.records import Metrics, ProbeResult
 MIN_STEPS = 30    # below this the verdict is too noisy to trust
 MAX_STEPS = 300   # a healthy small model memorises a batch well before this
 INSTRUMENT_COST = 1.15  # an instrumented step against a bare one (benchmarks/bench_instrument.py)
+ACTIVATION_SAMPLES = 40   # steps whose activations are measured: enough for the dead/saturated windows (20%)
 MEMORISED_DROP = 0.9      # loss fell by 90% of its initial value ...
 MEMORISED_ACCURACY = 0.95  # ... or (classification) the batch is classified right
 
 
+def activation_every(steps: int) -> int:
+    """The recorder's ``every`` for a run of ``steps``: activations on about ``ACTIVATION_SAMPLES`` of its
+    steps (all of them in a short run); gradients and the non-finite check stay on every step."""
+    return max(1, steps // ACTIVATION_SAMPLES)
+
+
+BINARY_THRESHOLDS = {"BCEWithLogitsLoss": 0.0,   # scores: positive above 0
+                     "BCELoss": 0.5, "MSELoss": 0.5, "L1Loss": 0.5, "SmoothL1Loss": 0.5, "HuberLoss": 0.5}
+
+
+def _binary(targets: torch.Tensor) -> bool:
+    return targets.numel() > 0 and bool(((targets == 0) | (targets == 1)).all())
+
+
+def balanced_accuracy(predicted: torch.Tensor, actual: torch.Tensor) -> float:
+    """The mean of the share of positives and of negatives classified right: a mask that is 92% background
+    scores 0.5 when all of it is called background, not 0.92."""
+    shares = [float((predicted[cls] == cls_value).float().mean())
+              for cls, cls_value in ((actual, True), (~actual, False)) if bool(cls.any())]
+    return sum(shares) / len(shares)
+
+
 def batch_accuracy(patient, model, batch) -> float | None:
-    """Share of the batch classified right, for ``[N, C]`` outputs with ``[N]`` integer targets; else None."""
+    """Share of the batch classified right, for ``[N, C]`` outputs with ``[N]`` integer targets (and their
+    ``[N, T, V]`` / ``[N, C, H, W]`` kin); for 0/1 float targets of the output's shape (masks, multi-label)
+    under a binary loss, the balanced accuracy of its elements (``balanced_accuracy``); else None."""
     if patient.train_step is not None:
         try:
             inputs, targets = split_batch(batch)
@@ -37,7 +63,10 @@ def batch_accuracy(patient, model, batch) -> float | None:
             return None
     else:
         inputs, targets = split_batch(batch)
-    if not isinstance(targets, torch.Tensor) or targets.is_floating_point() or targets.dim() < 1:
+    if not isinstance(targets, torch.Tensor) or targets.dim() < 1:
+        return None
+    threshold = BINARY_THRESHOLDS.get(patient.loss_name) if targets.is_floating_point() else None
+    if targets.is_floating_point() and (threshold is None or not _binary(targets)):
         return None
     was_training = model.training
     try:
@@ -49,6 +78,10 @@ def batch_accuracy(patient, model, batch) -> float | None:
         model.train(was_training)
     if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
         out = out[0]  # (logits, extras...): the first output is the one scored
+    if threshold is not None:   # 0/1 masks or multi-label targets: every element is a binary decision
+        if not isinstance(out, torch.Tensor) or out.shape != targets.shape:
+            return None
+        return balanced_accuracy(out > threshold, targets > 0.5)
     if not isinstance(out, torch.Tensor) or out.dim() < 2:
         return None
     if out.dim() == targets.dim() + 1 and out.shape[:-1] == targets.shape and out.shape[-1] >= 2 and out.dim() == 3:
@@ -124,7 +157,7 @@ class Overfit(Probe):
         steps = ctx.steps(lo=MIN_STEPS, hi=MAX_STEPS, per_step=ctx.step_time * INSTRUMENT_COST)
         ctx.progress(0, steps)
         # 2. train with the recorder attached
-        rec = Recorder(model)
+        rec = Recorder(model, every=activation_every(steps))
         rec.attach_optimizer(optimizer)
         try:
             run = train(patient, model, optimizer, batch, steps, deadline=ctx.deadline,
