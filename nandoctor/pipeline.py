@@ -521,11 +521,15 @@ class Battery:
                     confirm_with_cause(registry[f.code], f, top, rule=f"the battery run again on the cured copy: "
                                                                       f"{', '.join(needs)} no longer show it")
         # 2. what is still there and was confirmed on the cured copy, where no cure of its own was tried here
-        #    (it was left to the cause): the two cures together are its treatment
+        #    (it was left to the cause), or where its cure failed here because the top cause was still in the
+        #    way (two faults at once): the two cures together are its treatment
         again = {f.code: f for f in sub.findings if f.confirmed and f.treatment}
         for f in others:
             g = again.get(f.code)
-            if g is not None and f.treatment is None:
+            if g is not None and (f.treatment is None or f.confirmed is False):
+                if f.confirmed is False:
+                    f.evidence = {**f.evidence, "refuted_before": {k: f.treatment.get(k) for k in ("tried", "judged_by")}}
+                    f.severity = g.severity
                 f.treatment = {**g.treatment, "tried": f"{top.treatment.get('tried')}, then {g.treatment.get('tried')}",
                                "on_cured_copy": top.code}
                 # what the cured copy measured is what the fix must follow (an LR sweep through a broken loss

@@ -26,6 +26,9 @@ SUBSET = [
     "recommender-sigmoid-into-bce-with-logits",  # double-softmax: sigmoid before BCEWithLogitsLoss
     "pinn-target-n-vs-n-by-1",                   # loss-shape-mismatch on an evenly spaced grid
     "gru-log-of-linear-features",                # nonfinite-source: torch.log of a linear projection
+    "shuffled-frame-saved-index",                # csv-index-column: the row numbers once each, in shuffled order
+    "seven-sigmoid-layer-dnn",                   # vanishing-gradients: confirmed by ReLU with its init
+    "audio-cnn-summed-loss-and-no-zero-grad",    # two faults: a sum inside the step and no zero_grad, both cured
     "healthy-sine-fit-on-linspace-grid",         # healthy: x = linspace is not a saved row index
     "healthy-imbalance-3-to-1",                  # healthy: 3:1 classes train fine
 ]

@@ -81,3 +81,30 @@ def test_gradients_probe_alone_records_depth_without_activation_hooks():
     assert result.metrics["source"] == "own run"
     assert result.metrics["layers"] == ["0", "2", "4", "6", "8", "10", "12"]  # input side first
     assert rec.act_mean == {} and rec.forward_order[:2] == ["0", "1"] and len(rec.total_grad_norms) >= 20
+
+
+def seven_sigmoid(features=10, classes=3, width=64):
+    """Seven sigmoid hidden layers at PyTorch's default init (a port of CNTK #476): the first layer gets
+    about 1e-3 of the gradient of the deepest hidden one, just above the plain threshold."""
+    mods, w = [], features
+    for _ in range(7):
+        mods += [nn.Linear(w, width), nn.Sigmoid()]
+        w = width
+    return nn.Sequential(*mods, nn.Linear(w, classes))
+
+
+def test_a_stalled_sigmoid_stack_is_confirmed_by_relu_with_its_init():
+    torch.manual_seed(0)
+    report = battery(make_patient(model=seven_sigmoid, optimizer=torch.optim.SGD, lr=0.1), budget=15)
+    top = report.findings[0]
+    assert top.code == "vanishing-gradients", codes(report)
+    assert top.treatment["cured"] is True and "ReLU" in top.treatment["tried"]
+    assert top.severity == "critical" and len(top.evidence["saturating_hidden_modules"]) == 7
+
+
+def test_a_sigmoid_stack_cure_that_does_not_train_leaves_a_note():
+    """The same window without a stall: the batch memorised, no candidate."""
+    diag = VanishingGradients()
+    layers = ["0", "2", "4", "6"]
+    near = gradients_evidence(layers=layers, depth_profile=[1e-6, 1e-5, 1e-4, 1e-3], depth_ratio=5e-3)
+    assert diag.check(near) is None   # no overfit run that stalled, no sigmoid stack: not even a candidate

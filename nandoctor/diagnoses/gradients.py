@@ -9,6 +9,7 @@ import torch
 from nandoctor.diagnoses import Diagnosis
 from nandoctor.records import Evidence
 from nandoctor.treatments import Cure, judges
+from nandoctor.treatments.rewire import relu_stack
 
 
 def _finite(x) -> bool:
@@ -134,6 +135,8 @@ class VanishingGradients(Diagnosis):
         "ratio_warning": 1e-3,    # RMS grad of the first weight layer / the largest hidden one after it
         "ratio_critical": 1e-5,   # ... below this the first layers do not learn at all
         "min_weight_layers": 3,   # too shallow a model has no depth profile to read
+        "ratio_candidate": 1e-2,  # a stalled sigmoid/tanh stack below this is a candidate its cure decides
+        "min_saturating": 3,      # ... with this many hidden sigmoid/tanh modules
     }
     fix = ("Use ReLU-family activations instead of sigmoid/tanh in deep stacks, a standard init (Kaiming for "
            "ReLU, Xavier for tanh), normalisation layers (BatchNorm/LayerNorm) or residual connections.")
@@ -150,9 +153,19 @@ class VanishingGradients(Diagnosis):
     thousandth of what the last ones get, they stay at their random initial values: the network
     behaves like a shallow one on random features, trains slowly or not at all.
 
+    A model that stalls on one batch with at least `min_saturating` hidden sigmoid/tanh modules
+    and a ratio below `ratio_candidate` is a candidate too: its cure decides (an `info` note when
+    the cure does not train it).
+
     ## Evidence
     The weight layers in depth order, the RMS gradient of each, the first/largest ratio, and
-    whether the single-batch training made progress.
+    whether the single-batch training made progress; the hidden sigmoid/tanh modules.
+
+    ## Cure
+    When the model has hidden `nn.Sigmoid`/`nn.Tanh` modules: the same single-batch training with
+    them replaced by ReLU and the weight layers (but the last) re-initialised for ReLU (Kaiming).
+    Confirmed when that copy memorises the batch or trains clearly better than the untreated run
+    (same batch, same steps); then critical if the untreated run did not memorise.
 
     ## Fix
     Replace saturating activations (sigmoid, tanh) in deep stacks by ReLU/GELU; use the init that
@@ -170,20 +183,46 @@ class VanishingGradients(Diagnosis):
             return None
         m, t = r.metrics, self.thresholds
         ratio, layers, profile = m.get("depth_ratio"), m.get("layers") or [], m.get("depth_profile") or []
-        if not _finite(ratio) or len(layers) < t["min_weight_layers"] or ratio >= t["ratio_warning"]:
+        over = ev.ok("overfit")
+        stuck = over is not None and not over.metrics.get("memorised")
+        saturating = saturating_modules(over)
+        candidate = stuck and len(saturating) >= t["min_saturating"] and _finite(ratio) and ratio < t["ratio_candidate"]
+        if not _finite(ratio) or len(layers) < t["min_weight_layers"] or (ratio >= t["ratio_warning"] and not candidate):
             return None
         if ratio <= 0:
             return None  # no gradient at all reaches the first layer: dead units or a cut path, not a vanishing one
         # 1. stronger when the single-batch training did not progress either
-        over = ev.ok("overfit")
-        stuck = over is not None and not over.metrics.get("memorised")
         critical = ratio < t["ratio_critical"] and (stuck or over is None)
         confidence = min(0.9, 0.6 + 0.1 * math.log10(t["ratio_warning"] / ratio))
         if not stuck and over is not None:
             confidence -= 0.15  # the batch was memorised all the same
         evidence = {"ratio_first_to_largest": ratio, "first_layer": layers[0],
                     "depth_profile": dict(zip(layers, profile)), "memorised_batch": None if over is None
-                    else over.metrics.get("memorised")}
+                    else over.metrics.get("memorised"), "saturating_hidden_modules": saturating,
+                    "candidate_only": ratio >= t["ratio_warning"]}
         return self.finding(confidence, evidence, severity="critical" if critical else "warning", plots=r.plots,
                             title=f"The first layer ({layers[0]}) gets {ratio:.1e} of the gradient of deeper "
-                                  f"hidden layers")
+                                  f"hidden layers" + (f", through {len(saturating)} sigmoid/tanh layers"
+                                                      if saturating else ""))
+
+    def cures(self, ctx, finding):
+        """A deep sigmoid/tanh stack: the same batch with ReLU in their place and the init that matches it."""
+        saturating = finding.evidence.get("saturating_hidden_modules") or []
+        if not saturating:
+            return []
+        tried = (f"the {len(saturating)} hidden sigmoid/tanh modules replaced by ReLU, the weight layers "
+                 f"re-initialised for it (Kaiming)")
+        stuck = finding.evidence.get("memorised_batch") is False
+        return [Cure(tried, ctx.patient.variant(tried, model_factory=relu_stack(ctx.patient)),
+                     judge=judges.beats_control, severity="critical" if stuck else None,
+                     refuted_severity="info" if finding.evidence.get("candidate_only") else None)]
+
+
+def saturating_modules(over) -> list[str]:
+    """The sigmoid/tanh modules the overfit run called before its last weight layer (its hidden ones)."""
+    rec = over.data.get("recorder") if over is not None else None
+    order, types = getattr(rec, "forward_order", None) or [], getattr(rec, "layer_types", None) or {}
+    weights = [i for i, name in enumerate(order) if name in getattr(rec, "layers", {})]
+    if not weights:
+        return []
+    return [name for name in order[:weights[-1]] if types.get(name) in ("Sigmoid", "Tanh")]

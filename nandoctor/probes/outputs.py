@@ -322,12 +322,29 @@ def uniform_loss(patient, applies: str | None, kind: str, out, targets) -> float
 
 
 def _loss_value(patient, model, batch) -> float | None:
+    if patient.train_step is not None:
+        return _step_loss(patient, model, batch)
     _, loss = patient.compute_loss(model, batch)
     return float(loss) if isinstance(loss, torch.Tensor) and loss.numel() == 1 else None
 
 
+def _step_loss(patient, model, batch) -> float | None:
+    """The loss the user's own ``train_step`` returns for ``batch``, from a copy of ``model`` stepped at LR 0: a
+    sum over the samples written inside the step (``reduction="sum"`` in the step's own loss call) shows here,
+    where ``loss_fn`` alone would say mean."""
+    import copy
+    twin = copy.deepcopy(model)
+    optimizer = torch.optim.SGD(twin.parameters(), lr=0.0)
+    with torch.enable_grad():
+        loss = patient.train_step(twin, batch, patient.loss_fn, optimizer)
+    if isinstance(loss, torch.Tensor):
+        return float(loss.detach()) if loss.numel() == 1 else None
+    return float(loss) if isinstance(loss, (int, float)) else None
+
+
 def batch_scaling(patient, model) -> dict:
-    """Loss on nested batches of about B/2, B and 2B samples (eval mode: no dropout, no BN noise).
+    """Loss on nested batches of about B/2, B and 2B samples (eval mode: no dropout, no BN noise); with the
+    user's ``train_step``, the loss that step returns (``_step_loss``).
 
     ``fixed_batch`` draws the same permutation for every size, so each batch contains the
     smaller ones: a mean loss stays about level, a summed loss doubles at each step.
@@ -348,7 +365,44 @@ def batch_scaling(patient, model) -> dict:
         model.train(was)
     ratios = [b / a if a is not None and b is not None and a > 0 and b > 0 and math.isfinite(a / b) else None
               for a, b in zip(losses, losses[1:])]
-    return {"scale_batches": [quarter, 2 * quarter, 4 * quarter], "scale_losses": losses, "scale_ratios": ratios}
+    out = {"scale_batches": [quarter, 2 * quarter, 4 * quarter], "scale_losses": losses, "scale_ratios": ratios}
+    out["scale_additivity"] = additivity(patient, model, quarter, losses)
+    return out
+
+
+def _rows(batch, lo: int, hi: int):
+    """Samples ``lo:hi`` of a batch (tensors, or tuples/lists/dicts of them, sliced on dim 0); None otherwise."""
+    if isinstance(batch, torch.Tensor):
+        return batch[lo:hi]
+    if isinstance(batch, (tuple, list)) and all(isinstance(t, torch.Tensor) for t in batch):
+        return type(batch)(t[lo:hi] for t in batch)
+    if isinstance(batch, dict) and all(isinstance(t, torch.Tensor) for t in batch.values()):
+        return {k: t[lo:hi] for k, t in batch.items()}
+    return None
+
+
+def additivity(patient, model, quarter: int, losses: list) -> list | None:
+    """For each doubling (q -> 2q -> 4q), the loss of the doubled batch over the sum of the losses of its two
+    disjoint halves: 1 for a loss summed over the samples, 1/2 for a mean, whatever the samples' own losses
+    (the doubling ratio alone also moves with how hard the added samples happen to be)."""
+    was = model.training
+    model.eval()
+    try:
+        out = []
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for k, n in enumerate((quarter, 2 * quarter)):
+                second = _rows(patient.fixed_batch(2 * n), n, 2 * n)
+                whole, first = losses[k + 1], losses[k]
+                other = _loss_value(patient, model, second) if second is not None else None
+                parts = (first or 0.0) + (other or 0.0)
+                out.append(whole / parts if None not in (whole, first, other) and parts > 0 and
+                           math.isfinite(whole / parts) else None)
+        return out
+    except Exception:
+        return None
+    finally:
+        model.train(was)
 
 
 @dataclass
@@ -368,6 +422,7 @@ class OutputsMetrics(Metrics):
     scale_batches: list | None = None        # the batch-size scaling of the loss (sum vs mean)
     scale_losses: list | None = None
     scale_ratios: list | None = None
+    scale_additivity: list | None = None     # loss(2n) / (loss(first n) + loss(other n)): 1 summed, 1/2 mean
     forward_error: dict | None = None
     unsupported_output: str | None = None
 

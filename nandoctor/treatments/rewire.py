@@ -1,6 +1,7 @@
 """Cures for broken wiring, tried on copies: zero the gradients, give the optimizer every
 parameter, keep the first instance of a layer that ``forward()`` builds anew on every call
-(assigned to ``self`` or not), register layers kept in plain Python lists and dicts.
+(assigned to ``self`` or not), register layers kept in plain Python lists and dicts, swap a deep
+sigmoid/tanh stack for ReLU with its init.
 
 Each function returns what a ``Cure`` needs (a model factory, a step, or optimizer hooks);
 ``REWIRED`` is how such cures are judged.
@@ -169,5 +170,41 @@ def reused_strays(patient) -> Callable[[], nn.Module]:
         with torch.no_grad():
             model(inputs)
         model.kept_strays = kept.to(patient.device)
+        return model
+    return build
+
+
+SATURATING = (nn.Sigmoid, nn.Tanh)
+
+
+def saturating_hidden(model: nn.Module) -> list[str]:
+    """The sigmoid/tanh modules of ``model`` between weight layers (in registration order, which is forward
+    order for the stacks this concerns): an activation after the last weight layer is the output's, kept."""
+    names = [(name, m) for name, m in model.named_modules() if not list(m.children())]
+    last_weight = max((i for i, (_, m) in enumerate(names) if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))),
+                      default=-1)
+    return [name for i, (name, m) in enumerate(names) if isinstance(m, SATURATING) and i < last_weight]
+
+
+def relu_stack(patient) -> Callable[[], nn.Module]:
+    """A model factory: the user's model with its hidden sigmoid/tanh modules replaced by ReLU and its weight
+    layers (but the last) re-initialised for ReLU (Kaiming normal, zero biases): the standard fix for a deep
+    saturating stack, whose gradients shrink by the activation's derivative (at most 0.25 for a sigmoid) at
+    every layer."""
+    factory = patient.model_factory
+
+    def build() -> nn.Module:
+        model = factory()
+        swap = set(saturating_hidden(model))
+        for parent_name, parent in list(model.named_modules()):
+            for key, child in list(parent.named_children()):
+                if (f"{parent_name}.{key}" if parent_name else key) in swap:
+                    setattr(parent, key, nn.ReLU())
+        layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+        with torch.no_grad():
+            for m in layers[:-1]:
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
         return model
     return build
