@@ -394,7 +394,8 @@ class Battery:
         return findings, not_evaluated
 
     def _treat(self, findings, patient, evidence, plots_dir) -> None:
-        """Differential diagnosis: every warning or critical candidate with a cure gets it tried, the best
+        """Differential diagnosis: every warning or critical finding with a cure, and every ``info`` one marked
+        ``evidence.candidate_only`` (a weak sign only its cure can raise), gets it tried, the best
         ranked first, each cure sized in steps like the overfit probe and run only if it fits whole. A
         symptom whose cause is already confirmed needs no cure of its own: it is folded under that cause."""
         registry = diagnoses.load_all()
@@ -404,8 +405,8 @@ class Battery:
             steps = self._cure_tier(steps, overfit, findings, registry)
         confirmed: list[Finding] = []
         for finding in ranking.rank(list(findings)):
-            if finding.severity == "info":
-                continue
+            if finding.severity == "info" and not finding.evidence.get("candidate_only"):
+                continue   # a note; a candidate (an info its cure may raise) is tried
             cause = next((c for c in confirmed if finding.code in c.explains), None)
             if cause is not None:
                 finding.treatment_note = f"not tried: explained by {cause.code}, confirmed by its cure"
@@ -456,7 +457,13 @@ class Battery:
                 finding.treatment = {"tried": "failed to run", "cured": False, "judged": False,
                                      "error": error_record(exc)}
             self.progress.finish(name, ProbeResult(name=finding.code))
-
+        # a candidate confirmed late (ranked as a note until its cure ran) still takes the symptoms it explains
+        for finding in findings:
+            if finding.treatment is None and finding.severity != "info":
+                cause = next((c for c in confirmed if finding.code in c.explains and c is not finding), None)
+                if cause is not None:
+                    finding.treatment_note = f"not tried: explained by {cause.code}, confirmed by its cure"
+                    confirm_with_cause(registry[finding.code], finding, cause)
 
     def _cure_seconds(self, cure, steps: int | None) -> float:
         """What one cure costs at the measured step time: both arms when the control is trained too."""

@@ -154,8 +154,8 @@ class VanishingGradients(Diagnosis):
     behaves like a shallow one on random features, trains slowly or not at all.
 
     A model that stalls on one batch with at least `min_saturating` hidden sigmoid/tanh modules
-    and a ratio below `ratio_candidate` is a candidate too: its cure decides (an `info` note when
-    the cure does not train it).
+    and a ratio below `ratio_candidate` is a candidate too (`evidence.candidate_only`): an `info`
+    note that its cure raises when it trains the model.
 
     ## Evidence
     The weight layers in depth order, the RMS gradient of each, the first/largest ratio, and
@@ -200,7 +200,8 @@ class VanishingGradients(Diagnosis):
                     "depth_profile": dict(zip(layers, profile)), "memorised_batch": None if over is None
                     else over.metrics.get("memorised"), "saturating_hidden_modules": saturating,
                     "candidate_only": ratio >= t["ratio_warning"]}
-        return self.finding(confidence, evidence, severity="critical" if critical else "warning", plots=r.plots,
+        severity = "info" if evidence["candidate_only"] else "critical" if critical else "warning"
+        return self.finding(confidence, evidence, severity=severity, plots=r.plots,
                             title=f"The first layer ({layers[0]}) gets {ratio:.1e} of the gradient of deeper "
                                   f"hidden layers" + (f", through {len(saturating)} sigmoid/tanh layers"
                                                       if saturating else ""))
@@ -214,8 +215,7 @@ class VanishingGradients(Diagnosis):
                  f"re-initialised for it (Kaiming)")
         stuck = finding.evidence.get("memorised_batch") is False
         return [Cure(tried, ctx.patient.variant(tried, model_factory=relu_stack(ctx.patient)),
-                     judge=judges.beats_control, severity="critical" if stuck else None,
-                     refuted_severity="info" if finding.evidence.get("candidate_only") else None)]
+                     judge=judges.beats_control, severity="critical" if stuck else "warning")]
 
 
 def saturating_modules(over) -> list[str]:
