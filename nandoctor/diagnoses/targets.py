@@ -164,17 +164,29 @@ class ClassImbalance(Diagnosis):
     requires = (SCAN,)
     explains = ("sample-loss-outlier",)
     thresholds = {
-        "ratio": 10.0,       # most common / least common class count at or above this fires
-        "min_samples": 50,   # fewer scanned labels say nothing about balance
+        "ratio": 10.0,          # most common / least common class count at or above this is a warning by itself
+        "cure_ratio": 3.0,      # from this ratio up (below `ratio`) a candidate whose cure decides: info unless
+                                # it confirms it (only for a loss the cure can weigh)
+        "min_samples": 50,      # fewer scanned labels say nothing about balance
+        "min_rare": 8,          # fewer samples of the rare class than this: no cure (its recall would say nothing)
+        "min_cure_steps": 120,  # the fewest steps each arm of the cure trains (the plan's, when it gives more)
+        "ignored_recall": 0.2,  # the untreated run ignores the rare class: its recall at most this ...
+        "ignored_share": 0.33,  # ... or at most this share of the other classes' mean recall
+        "balanced_gain": 0.1,   # where the class-weighted run first leads the untreated one by this balanced accuracy
     }
+    reweightable = ("CrossEntropyLoss", "NLLLoss", "BCEWithLogitsLoss")  # the losses its cure gives class weights
     fix = ("Weight the loss by inverse class frequency (CrossEntropyLoss(weight=...), BCEWithLogitsLoss(pos_weight=...)) "
            "or draw batches with torch.utils.data.WeightedRandomSampler; judge the model by per-class recall or F1, "
            "not accuracy.")
     doc = """
     ## What it detects
     The class histogram of the training labels (from the data scan) has a class whose count is at
-    least `ratio` times smaller than the most common class's. Classes the model has an output for but
-    that never occur are listed too; labels it has no output for are `target-out-of-range`'s.
+    least `ratio` times smaller than the most common class's: a warning from the histogram alone.
+    From `cure_ratio` up to `ratio` the histogram only raises a candidate, for a loss the cure can
+    weigh (`CrossEntropyLoss`, `NLLLoss`, `BCEWithLogitsLoss` without `weight=`/`pos_weight=`): it is
+    an `info` note unless its cure shows the harm, and a warning only then. Classes the model has an
+    output for but that never occur are listed too; labels it has no output for are
+    `target-out-of-range`'s.
 
     ## Why it breaks training
     The loss is dominated by the common classes: the model learns to predict them and reaches a high
@@ -183,7 +195,16 @@ class ClassImbalance(Diagnosis):
 
     ## Evidence
     Samples per class, the ratio of the most to the least common class, the rare classes, classes
-    never seen, and the class histogram plot.
+    never seen, and the class histogram plot. The cure's record adds what the imbalance does to a
+    model trained the user's way: both arms (the loss as configured, and the same loss weighted by
+    inverse class frequency) train on the user's data stream from the same init for the same steps
+    (the plan's, at least `min_cure_steps`), scored every few steps on the same stratified batch of
+    training samples (up to 64 of each class): the rare class's id, its recall, the other classes'
+    mean recall and the balanced accuracy (mean per-class recall) of both arms along the run and at
+    its end, the size of that batch and its rare samples. Confirmed when, at the end of the run, the
+    weighted run leads by `balanced_gain` in balanced accuracy and the untreated run still ignores
+    the rare class (recall at most `ignored_recall`, or `ignored_share` of the other classes');
+    refuted otherwise: a rare class the user's training learns, even late, within the steps.
 
     ## Fix
     A weighted loss, a weighted sampler, or more data for the rare class; per-class metrics.
@@ -192,16 +213,21 @@ class ClassImbalance(Diagnosis):
     Imbalance that is real and handled: a loss given `weight=` or `pos_weight=` makes the finding an
     `info` note; a sampler that re-balances the batches is not seen (nandoctor looks at the dataset,
     not the sampler). On a scanned share of a very large set
-    a very rare class can be missed or its count be noisy.
+    a very rare class can be missed or its count be noisy. The cure trains for the plan's steps (a
+    few hundred): a model that would learn the rare class only after many more (a long training
+    where the majority dominates for epochs) is refuted here. A ratio of `ratio` or more stays a
+    warning when its cure refutes it (the status says so); below it, a candidate is `info` unless
+    its cure confirms it, also without treatments.
     """
 
     def check(self, ev: Evidence):
         r = scan(ev)
         if r is None:
             return None
+        th = self.thresholds
         t = r.metrics.get("targets") or {}
         hist = {int(k): int(v) for k, v in (t.get("histogram") or {}).items()}
-        if not labels_like(t) or len(hist) < 2 or sum(hist.values()) < self.thresholds["min_samples"]:
+        if not labels_like(t) or len(hist) < 2 or sum(hist.values()) < th["min_samples"]:
             return None
         n_classes = t.get("n_classes") if t.get("kind") == "class" else None
         if n_classes:  # a label the model has no output for is target-out-of-range's, not a rare class
@@ -210,21 +236,89 @@ class ClassImbalance(Diagnosis):
                 return None
         common, rare = max(hist.values()), min(hist.values())
         ratio = common / rare
-        if ratio < self.thresholds["ratio"]:
+        weighted = ev.facts.get("loss_weighted")
+        loss = t.get("loss") or ev.facts.get("loss")
+        below = ratio < th["ratio"]
+        # below `ratio` only a cure can tell harm from a mild imbalance: a candidate only where it can be tried
+        if below and (ratio < th["cure_ratio"] or weighted or loss not in self.reweightable):
             return None
-        rare_classes = {c: k for c, k in sorted(hist.items(), key=lambda kv: kv[1]) if common / k >= self.thresholds["ratio"]}
+        limit = th["cure_ratio"] if below else th["ratio"]
+        rare_classes = {c: k for c, k in sorted(hist.items(), key=lambda kv: kv[1]) if common / k >= limit}
         never = [c for c in range(n_classes or 0) if c not in hist]
         evidence = {"samples_per_class": hist, "ratio": ratio, "rare_classes": dict(list(rare_classes.items())[:SHOWN]),
                     "most_common_class": max(hist, key=hist.get), "classes_never_seen": never[:SHOWN],
                     **coverage(r.metrics)}
-        confidence = 0.6 + 0.3 * min(1.0, math.log10(ratio / self.thresholds["ratio"]) / 2)
+        confidence = 0.6 + 0.3 * min(1.0, math.log10(ratio / th["ratio"]) / 2)
         first = next(iter(rare_classes))
-        weighted = ev.facts.get("loss_weighted")
         if weighted:  # the imbalance is real and the loss already weighs it: a note, not a warning
             evidence["loss_weighted_by"] = weighted
-        return self.finding(confidence, evidence, plots=plot(r, "data-classes"), severity="info" if weighted else None,
+        if below:  # a candidate for the cure to decide: info until the cure confirms it
+            evidence["candidate_only"] = True
+        return self.finding(confidence, evidence, plots=plot(r, "data-classes"),
+                            severity="info" if weighted or below else None,
                             title=f"Class {first} has {hist[first]} samples, {ratio:.0f}x fewer than class "
                                   f"{evidence['most_common_class']} ({common})")
+
+    def cures(self, ctx, finding):
+        """The same training with the loss weighted by inverse class frequency (``weight=`` of CrossEntropyLoss or
+        NLLLoss, ``pos_weight=`` of BCEWithLogitsLoss), both arms on the user's data stream from the same init,
+        scored along the run on the same stratified batch (the ``class_recall`` protocol): confirmed where the
+        untreated run ignores the rare class while the weighted one does not (``judges.rescues_rare_class``).
+
+        A candidate below the ``ratio`` threshold is ``info`` (``evidence.candidate_only``: the pipeline tries its
+        cure all the same) and a warning only when this cure confirms it: not when the cure is refuted, cannot
+        be judged or is not tried (for want of time, or without treatments)."""
+        e = finding.evidence
+        th = self.thresholds
+        from nandoctor.treatments import judges
+        if e.get("loss_weighted_by"):
+            return []
+        hist = {int(k): int(v) for k, v in (e.get("samples_per_class") or {}).items()}
+        if len(hist) < 2 or min(hist.values()) < th["min_rare"]:
+            return []   # too few rare samples to score its recall
+        r = scan(ctx.evidence) if ctx.evidence is not None else None
+        t = (r.metrics.get("targets") or {}) if r is not None else {}
+        n_outputs = t.get("n_classes") if t.get("kind") == "class" else None
+        patient = ctx.patient
+        loss, how = self.rebalanced_loss(patient.loss_fn, hist, n_outputs, patient.device)
+        if loss is None:
+            return []
+        variant = patient.variant(f"loss {how}", loss_fn=loss)
+        steps = max(int(ctx.planned_steps or 0), int(th["min_cure_steps"]))
+        judge = judges.rescues_rare_class(recall=th["ignored_recall"], share=th["ignored_share"],
+                                          gain=th["balanced_gain"])
+        tried = (f"{patient.loss_name or 'the loss'}({how}), trained on the data stream against the loss as "
+                 f"configured, both scored on the same stratified batch")
+        fix = (f"Weight the loss by inverse class frequency: {patient.loss_name or 'the loss'}({how}) (or draw "
+               "batches with torch.utils.data.WeightedRandomSampler); judge the model by per-class recall or F1, "
+               "not accuracy.")
+        return [Cure(tried, variant, train="class_recall", steps=steps, judge=judge, severity="warning",
+                     refuted_severity="info" if e.get("candidate_only") else None, fix=fix,
+                     extra={"judged_at": "the end of the run"})]
+
+    @staticmethod
+    def rebalanced_loss(loss_fn, hist: dict[int, int], n_outputs: int | None, device) -> tuple[object, str | None]:
+        """A copy of ``loss_fn`` weighted by inverse class frequency (``weight[c] = N / (classes * n_c)`` for
+        CrossEntropyLoss/NLLLoss, ``pos_weight = n_0 / n_1`` for BCEWithLogitsLoss on 0/1 labels), and what was
+        set; (None, None) for another loss, or one that weighs the classes already."""
+        import copy
+
+        import torch
+        from torch import nn
+        if isinstance(loss_fn, (nn.CrossEntropyLoss, nn.NLLLoss)) and n_outputs and loss_fn.weight is None:
+            counts = [hist.get(c, 0) for c in range(int(n_outputs))]
+            present = sum(1 for k in counts if k)
+            weights = [sum(counts) / (present * k) if k else 1.0 for k in counts]
+            loss = copy.deepcopy(loss_fn)   # a copy: the user's loss (and its buffers) stays as it is
+            loss.weight = torch.tensor(weights, dtype=torch.float32, device=device)
+            shown = ", ".join(f"{w:.3g}" for w in weights[:8]) + (", ..." if len(weights) > 8 else "")
+            return loss, f"weight=[{shown}]"
+        if isinstance(loss_fn, nn.BCEWithLogitsLoss) and set(hist) == {0, 1} and loss_fn.pos_weight is None \
+                and loss_fn.weight is None:
+            loss = copy.deepcopy(loss_fn)
+            loss.pos_weight = torch.tensor([hist[0] / hist[1]], dtype=torch.float32, device=device)
+            return loss, f"pos_weight={hist[0] / hist[1]:.3g}"
+        return None, None
 
 
 def as_float(y, out):

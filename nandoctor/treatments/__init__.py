@@ -12,9 +12,11 @@ the cures, or it broke before them); otherwise it is trained here beside the var
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import torch
 from torch import nn
 
 from nandoctor.probes import ProbeContext
@@ -162,8 +164,150 @@ def held_out_run(patient, steps: int, deadline: float | None, lr: float | None) 
     return scored_on(held_out, "held_out_loss")(patient, steps, deadline, lr)
 
 
+SCORED_PER_CLASS = 64   # ``class_recall``: at most this many samples of each class in the scored batch ...
+SCORED_MAX = 256        # ... and at most this many in all
+LABEL_WALK = 2048       # samples whose labels are read (a seeded draw) to fill the batch
+MIN_RARE_SCORED = 8     # fewer samples of the rarest class scored say nothing about its recall
+MAX_CHECKS = 30         # scorings along the run, evenly spaced (every 10 steps of a 300-step run)
+
+
+def class_labels(targets) -> torch.Tensor | None:
+    """One integer class per sample from a batch's targets (``[B]`` labels, ``[B, 1]`` or ``[B]`` 0/1 floats), on
+    the CPU; None for anything else (masks, multi-label, regression)."""
+    if not isinstance(targets, torch.Tensor) or targets.dim() == 0:
+        return None
+    t = targets.detach().reshape(targets.shape[0], -1)
+    if t.shape[1] != 1:
+        return None
+    t = t[:, 0].to("cpu", torch.float64)
+    if not bool(torch.isfinite(t).all()) or not bool((t == t.round()).all()) or bool((t < 0).any()):
+        return None
+    return t.round().long()
+
+
+def class_scored_batch(patient) -> tuple[Any, torch.Tensor | None, dict[int, int]]:
+    """A stratified batch of training samples: up to ``SCORED_PER_CLASS`` of each class (``SCORED_MAX`` in all)
+    from a seeded draw of ``LABEL_WALK`` samples, so that a rare class is scored on more than a handful. The same
+    samples for every variant that keeps the training set. ``(batch on the device, its labels, samples per class
+    in the draw)``, or ``(None, None, {})`` when the targets are not one class per sample, a class has fewer
+    than ``MIN_RARE_SCORED`` samples in the draw, or the samples cannot be drawn (no ``len``, not pairs)."""
+    try:
+        return _class_scored_batch(patient)
+    except Exception:  # the judge abstains on an arm it cannot score: the finding stays inconclusive
+        return None, None, {}
+
+
+def _class_scored_batch(patient) -> tuple[Any, torch.Tensor | None, dict[int, int]]:
+    from torch.utils.data import DataLoader, Subset
+
+    from nandoctor.patient import split_batch, to_device
+    from nandoctor.watchdog import watched
+    n = len(patient.train_data)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(patient.seed + 7919 * 131))[:LABEL_WALK]
+    labels = []
+    for start in range(0, len(order), 256):
+        chunk = order[start:start + 256].tolist()
+        loader = DataLoader(Subset(watched(patient.train_data), chunk), batch_size=len(chunk), shuffle=False,
+                            num_workers=0, collate_fn=patient.collate_fn)
+        found = class_labels(split_batch(next(iter(loader)))[1])
+        if found is None:
+            return None, None, {}
+        labels.append(found)
+    y = torch.cat(labels)
+    counts = {int(c): int((y == c).sum()) for c in y.unique()}
+    if len(counts) < 2 or min(counts.values()) < MIN_RARE_SCORED:
+        return None, None, {}
+    quota = max(MIN_RARE_SCORED, min(SCORED_PER_CLASS, SCORED_MAX // len(counts)))
+    keep = [int(i) for c in sorted(counts) for i in torch.nonzero(y == c).flatten()[:quota]]
+    idx = [int(order[i]) for i in keep]
+    loader = DataLoader(Subset(watched(patient.train_data), idx), batch_size=len(idx), shuffle=False,
+                        num_workers=0, collate_fn=patient.collate_fn)
+    return to_device(next(iter(loader)), patient.device), y[keep], counts
+
+
+def class_predictions(patient, model: nn.Module, inputs, n: int):
+    """The class the model predicts for each of ``n`` samples (eval mode, no gradient): the arg-max of ``[n, C]``
+    scores, or one score per sample thresholded as the loss reads it (0 for logits, 0.5 for probabilities);
+    None for outputs of another shape."""
+    from nandoctor.probes.overfit import BINARY_THRESHOLDS
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(inputs)
+    except Exception:
+        return None
+    finally:
+        model.train(was_training)
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        out = out[0]
+    if not isinstance(out, torch.Tensor) or out.shape[0] != n:
+        return None
+    if out.dim() == 2 and out.shape[1] >= 2:
+        return out.argmax(dim=1).cpu()
+    if out.numel() == n and patient.loss_name in BINARY_THRESHOLDS:
+        return (out.reshape(n) > BINARY_THRESHOLDS[patient.loss_name]).long().cpu()
+    return None
+
+
+def class_recalls(predicted, labels) -> dict[int, float]:
+    """Recall per class present in ``labels``: the share of its samples predicted as it."""
+    return {int(c): float((predicted[labels == c] == c).float().mean()) for c in labels.unique()}
+
+
+def class_recall_run(patient, steps: int, deadline: float | None, lr: float | None) -> Outcome:
+    """The patient's own data stream for ``steps`` steps from a fresh model, scored ``MAX_CHECKS`` times along the
+    run (evenly, and at its end) on a stratified batch of training samples (``class_scored_batch``): the recall
+    of the rarest class of the draw, the mean recall of the others and the balanced accuracy (mean per-class
+    recall), with the step and the passes over the data of each scoring. What a model trained the user's way
+    makes of a rare class, and how soon."""
+    from nandoctor.patient import split_batch
+    batch, labels, drawn = class_scored_batch(patient)
+    model = patient.new_model()
+    optimizer = patient.make_optimizer(model, lr=lr)
+    loader = patient.loader(drop_last=len(patient.train_data) > patient.batch_size)
+    try:
+        per_pass = max(1, len(loader))
+    except TypeError:  # an iterable dataset: no passes to count
+        per_pass = steps
+    every = max(1, math.ceil(steps / MAX_CHECKS))
+    rare = min(drawn, key=lambda c: (drawn[c], c)) if drawn else None   # the rarest class in the draw
+    scored_rare = int((labels == rare).sum()) if rare is not None else 0
+    inputs = split_batch(batch)[0] if batch is not None else None
+    curve: dict[str, list] = {"check_steps": [], "passes": [], "rare_recall_curve": [], "others_recall_curve": [],
+                              "balanced_accuracy_curve": []}
+    last: dict[int, float] = {}
+    scorable = [rare is not None]
+
+    def check(i: int, _loss: float) -> None:
+        step = i + 1
+        if not scorable[0] or (step % every and step != steps):
+            return
+        predicted = class_predictions(patient, model, inputs, len(labels))
+        if predicted is None:
+            scorable[0] = False
+            return
+        recall = class_recalls(predicted, labels)
+        others = [r for c, r in recall.items() if c != rare]
+        curve["check_steps"].append(step)
+        curve["passes"].append(round(step / per_pass, 3))
+        curve["rare_recall_curve"].append(round(recall[rare], 4))
+        curve["others_recall_curve"].append(round(sum(others) / len(others), 4))
+        curve["balanced_accuracy_curve"].append(round(sum(recall.values()) / len(recall), 4))
+        last.clear()
+        last.update(recall)
+
+    run = train(patient, model, optimizer, loader, steps, deadline=deadline, on_step=check)
+    measures = {"rare_class": rare, "scored_batch": len(labels) if labels is not None else 0,
+                "scored_rare": scored_rare, "batches_per_pass": per_pass,
+                "rare_recall_at_end": curve["rare_recall_curve"][-1] if curve["check_steps"] else None,
+                "balanced_accuracy_at_end": curve["balanced_accuracy_curve"][-1] if curve["check_steps"] else None,
+                "recall_per_class_at_end": {c: round(r, 4) for c, r in last.items()}, **curve}
+    return Outcome(run, measures=measures)
+
+
 PROTOCOLS: dict[str, Callable[..., Outcome]] = {"lr_check": lr_check_run, "precision": precision_run,
-                                                "held_out": held_out_run}
+                                                "held_out": held_out_run, "class_recall": class_recall_run}
 
 
 # --- measures: numbers beside the loss, named by a cure's ``measure`` ----------------------------

@@ -8,7 +8,7 @@ steps, batch and seed (``treatments.Outcome``). One vocabulary for every diagnos
 - *judges* compare the two: ``beats_control`` (the default), ``fixes(test)`` (the treated run
   passes a test the control fails), ``repairs(test)`` (the control is broken by static evidence:
   the treated run only has to pass), ``tail_ratio``, ``drop_gain``, ``measured``, ``both``,
-  ``either``.
+  ``either``, ``rescues_rare_class`` (per-class recall along two runs on the data stream).
 
 Each judge carries a ``text`` for the report (``treatment.judged_by``). Judges train nothing and
 never read the clock: the same two runs always get the same verdict.
@@ -161,6 +161,15 @@ def fixes(test: Callable) -> Callable:
     return j
 
 
+def also(test: Callable) -> Callable:
+    """Both runs pass ``test`` (both memorised the batch): no worse, where the ratio of two losses near zero is
+    noise."""
+    @judge(f"both runs {test.text}")
+    def j(before, after) -> bool:
+        return bool(test(after)) and bool(test(before))
+    return j
+
+
 def repairs(test: Callable) -> Callable:
     """For a control broken by static evidence (the outputs do not fit the loss): the treated run must pass
     ``test``; it must also be clean, so a loss run below zero is never a repair."""
@@ -288,4 +297,29 @@ def decided(verdict: bool, by: str) -> Callable:
     @judge(by)
     def j(before, after) -> bool:
         return bool(verdict)
+    return j
+
+
+def rescues_rare_class(*, recall: float = 0.2, share: float = 1 / 3, gain: float = 0.1) -> Callable:
+    """For a rare class (the ``class_recall`` protocol: both arms scored on the same stratified batch along the
+    run), at the end of the run: cured when the treated run's balanced accuracy leads the untreated one's by
+    ``gain`` and the untreated run still ignores the rare class (its recall at most ``recall``, or at most
+    ``share`` of the other classes' mean recall). A rare class the user's training learns late, but within the
+    steps, is not ignored. Never where the treated run is not clean; no verdict (None) where the untreated run
+    broke or the batch could not be scored."""
+    @judge(f"at the end of the run the treated one leads by {gain:g} in balanced accuracy and the untreated one "
+           f"ignores the rare class (recall at most {recall:g}, or {share:.2g} of the other classes')")
+    def j(before, after) -> bool | None:
+        b, a = getattr(before, "measures", {}) or {}, getattr(after, "measures", {}) or {}
+        if not clean(before) or b.get("rare_class") is None or b.get("rare_class") != a.get("rare_class"):
+            return None
+        if not clean(after):
+            return False
+        rare, others = b.get("rare_recall_curve") or [], b.get("others_recall_curve") or []
+        untreated, treated = b.get("balanced_accuracy_curve") or [], a.get("balanced_accuracy_curve") or []
+        if not rare or not others or not untreated or not treated:
+            return None
+        if treated[-1] - untreated[-1] < gain - 1e-9:
+            return False
+        return rare[-1] <= recall + 1e-9 or rare[-1] <= share * others[-1] + 1e-9
     return j
