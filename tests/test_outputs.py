@@ -238,3 +238,31 @@ def test_the_expected_loss_at_init_counts_the_loss_s_own_weights():
     m = report.probes["outputs"].metrics
     assert 1.2 * math.log(2) < m["expected_initial_loss"] < 9 * math.log(2)
     assert "initial-loss-mismatch" not in codes(report), [(f.code, f.title) for f in report.findings]
+
+
+class RawHead(nn.Module):
+    """makemore's MLP: embeddings, a tanh layer, and an output weight drawn from torch.randn as a bare Parameter
+    (no module, no reset_parameters()): the first loss is several times ln(C)."""
+
+    def __init__(self, features=10, hidden=32, classes=3):
+        super().__init__()
+        self.W1 = nn.Parameter(torch.randn(features, hidden) / features ** 0.5)
+        self.b1 = nn.Parameter(torch.zeros(hidden))
+        self.W2 = nn.Parameter(torch.randn(hidden, classes) * 2.0)
+        self.b2 = nn.Parameter(torch.randn(classes))
+
+    def forward(self, x):
+        return torch.tanh(x @ self.W1 + self.b1) @ self.W2 + self.b2
+
+
+def test_raw_output_weights_are_redrawn_and_the_start_comes_down():
+    from nandoctor.treatments.rewire import _output_weights
+    torch.manual_seed(0)
+    model = RawHead()
+    w, b, fan_in = _output_weights(model, "", torch.randn(16, 10), 3)
+    assert w is model.W2 and b is model.b2 and fan_in == 32   # found by what it does, not by its name
+    report = battery(make_patient(model=RawHead), budget=10)
+    found = next(f for f in report.findings if f.code == "initial-loss-mismatch")
+    assert found.confirmed, found.treatment
+    assert "raw output weights" in found.treatment["tried"]
+    assert found.treatment["after"]["initial_loss"] < 2.0 * found.evidence["expected_initial_loss"]

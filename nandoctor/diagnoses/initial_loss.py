@@ -9,6 +9,7 @@ from nandoctor.diagnoses.loss_reduction import looks_summed
 from nandoctor.diagnoses.pairing_evidence import Pairing, finite, pairing_verdict
 from nandoctor.records import Evidence, Finding
 from nandoctor.treatments import Cure, judges
+from nandoctor.treatments.rewire import raw_output_reset
 
 
 class InitialLossMismatch(Diagnosis):
@@ -78,14 +79,30 @@ class InitialLossMismatch(Diagnosis):
         an earlier layer makes the logits large, this does not bring the loss down, and the finding stays."""
         e = finding.evidence
         name = e.get("output_layer")
-        if not name or name == "(model)":
+        if name is None:
             return []
+        name = "" if name == "(model)" else name
         try:
-            layer = ctx.patient.new_model().get_submodule(name)
+            layer = ctx.patient.new_model().get_submodule(name) if name else ctx.patient.new_model()
         except Exception:
             return []
+        judge = judges.both(judges.starts_near(e["expected_initial_loss"], self.thresholds["ratio_min"]),
+                            judges.either(judges.not_worse(1.05), judges.also(judges.memorised)))
         if not callable(getattr(layer, "reset_parameters", None)):
-            return []
+            # raw parameters (``h @ self.W2 + self.b2``): the pair that makes the output, drawn as nn.Linear would
+            classes = e.get("classes")
+            try:
+                build = raw_output_reset(ctx.patient, name, int(classes)) if classes else None
+            except Exception:
+                build = None
+            if build is None:
+                return []
+            where = f"`{name}`" if name else f"the model ({e.get('output_layer_type') or 'its own'})"
+            tried = f"re-drew the raw output weights of {where} as nn.Linear draws its own (uniform +-1/sqrt(fan_in))"
+            return [Cure(tried, ctx.patient.variant(tried, model_factory=build), judge=judge,
+                         fix=(f"Draw the output weights of {where} small (nn.Linear's default: uniform +-1/sqrt(fan_in), "
+                              f"or scaled by 0.01) and the bias near zero: they make the loss start at "
+                              f"{e['initial_loss']:.3g} where {e['expected_initial_loss']:.3g} is expected."))]
         factory = ctx.patient.model_factory
 
         def build():
@@ -94,8 +111,6 @@ class InitialLossMismatch(Diagnosis):
                 model.get_submodule(name).reset_parameters()
             return model
         variant = ctx.patient.variant(f"{name} re-initialised by reset_parameters()", model_factory=build)
-        judge = judges.both(judges.starts_near(e["expected_initial_loss"], self.thresholds["ratio_min"]),
-                            judges.not_worse(1.05))
         return [Cure(f"re-initialised the output layer `{name}` with PyTorch's default (reset_parameters())",
                      variant, judge=judge,
                      fix=(f"Initialise `{name}` with PyTorch's default (or smaller) weights instead of the current "

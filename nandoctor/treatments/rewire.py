@@ -208,3 +208,64 @@ def relu_stack(patient) -> Callable[[], nn.Module]:
                     nn.init.zeros_(m.bias)
         return model
     return build
+
+
+def _output_weights(model: nn.Module, module_name: str, inputs, classes: int) -> tuple | None:
+    """(weight, bias or None, fan_in) of the raw parameters that make the output of ``module_name`` (the model
+    itself for ""), found by what they do: with the bias zeroed, halving the weight halves the output. Among
+    the module's own parameters with a dim of ``classes``; None when none (or more than one) does that."""
+    owner = model.get_submodule(module_name) if module_name else model
+    own = dict(owner.named_parameters(recurse=False))
+    biases = [p for p in own.values() if p.dim() == 1 and p.shape[0] == classes]
+    weights = [p for p in own.values() if p.dim() == 2 and classes in p.shape]
+    found = []
+    was_training = model.training
+    model.eval()   # no dropout: the same input gives the same output
+    with torch.no_grad():
+        saved = [b.clone() for b in biases]
+        try:
+            for b in biases:
+                b.zero_()
+            base = model(inputs)
+            if not isinstance(base, torch.Tensor) or not bool(torch.isfinite(base).all()) or not bool(base.abs().sum()):
+                return None
+            for w in weights:
+                w.mul_(0.5)
+                half = model(inputs)
+                w.mul_(2.0)
+                if isinstance(half, torch.Tensor) and torch.allclose(half, 0.5 * base, rtol=1e-3, atol=1e-6):
+                    found.append(w)
+        finally:
+            for b, s in zip(biases, saved):
+                b.copy_(s)
+            model.train(was_training)
+    if len(found) != 1:
+        return None
+    w = found[0]
+    fan_in = w.shape[1] if w.shape[0] == classes and w.shape[1] != classes else w.shape[0]
+    return w, (biases[0] if len(biases) == 1 else None), int(fan_in)
+
+
+def raw_output_reset(patient, module_name: str, classes: int) -> Callable[[], nn.Module] | None:
+    """A model factory: the user's model with the raw output parameters of ``module_name`` (a weight matrix held
+    as a bare ``nn.Parameter``, as in ``h @ self.W2 + self.b2``) drawn as ``nn.Linear`` draws its own:
+    uniform in +-1/sqrt(fan_in), the bias too. None when those parameters cannot be told apart."""
+    from nandoctor.patient import split_batch
+    inputs = split_batch(patient.fixed_batch())[0]
+    probe_model = patient.new_model()
+    if _output_weights(probe_model, module_name, inputs, classes) is None:
+        return None
+    factory = patient.model_factory
+
+    def build() -> nn.Module:
+        model = factory()
+        found = _output_weights(model, module_name, inputs.to(next(model.parameters()).device), classes)
+        if found is not None:
+            w, b, fan_in = found
+            bound = 1.0 / fan_in ** 0.5
+            with torch.no_grad():
+                w.uniform_(-bound, bound)
+                if b is not None:
+                    b.uniform_(-bound, bound)
+        return model
+    return build
