@@ -108,3 +108,16 @@ def test_a_sigmoid_stack_cure_that_does_not_train_leaves_a_note():
     layers = ["0", "2", "4", "6"]
     near = gradients_evidence(layers=layers, depth_profile=[1e-6, 1e-5, 1e-4, 1e-3], depth_ratio=5e-3)
     assert diag.check(near) is None   # no overfit run that stalled, no sigmoid stack: not even a candidate
+
+
+def test_a_nan_after_one_step_larger_than_the_weights_is_an_explosion():
+    """An IRNN on long sequences: the first SGD step is 10x the weights' own size and the next gradient is NaN;
+    too few finite steps for a growth, the size of that first step says it."""
+    diag = ExplodingGradients()
+    leap = gradients_evidence(total_grad_norms=[1857.0, math.nan], nonfinite_grad_step=1, first_update_ratio=10.9,
+                              initial_loss=11.4, final_loss=math.nan)
+    found = diag.check(leap)
+    assert found.severity == "critical" and found.evidence["first_update_ratio"] == 10.9
+    assert "10.9x the size of the weights" in found.title
+    small = gradients_evidence(total_grad_norms=[1.2, math.nan], nonfinite_grad_step=1, first_update_ratio=0.01)
+    assert diag.check(small) is None   # a NaN after a small step: the data's or an op's doing, not a blow-up

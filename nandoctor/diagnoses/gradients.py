@@ -42,6 +42,7 @@ class ExplodingGradients(Diagnosis):
         "growth_critical": 1e5,    # ... this much growth is a blow-up whatever the loss does
         "nonfinite_min_growth": 10.0,  # a non-finite gradient counts when the norm had grown this much before it
         "min_finite_steps": 3,     # ... after at least this many finite steps (else it was born non-finite)
+        "first_update_ratio": 1.0, # ... or fewer, after a first SGD step (lr x |g|) larger than the weights' norm
         "harmless_loss_ratio": 0.5,  # growth alone does not count when the loss still halved meanwhile
     }
     fix = ("Clip the gradient norm (torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm) between "
@@ -52,7 +53,10 @@ class ExplodingGradients(Diagnosis):
     The global gradient norm (all parameters together) grows by orders of magnitude during a short
     training of a fresh model with the user's optimizer and learning rate, or turns NaN/Inf after
     having grown. Each layer's norm is recorded every step (plots/gradients.png: a layer x step
-    heatmap of log10 norms).
+    heatmap of log10 norms). When the gradient turns NaN/Inf before `min_finite_steps` finite
+    steps (too few to see it grow), plain SGD's first step is measured instead: lr x the first
+    gradient norm over the weights' norm, `first_update_ratio` or more (one step moves the weights
+    further than their own size) is the explosion; the cure then clips to a hundredth of that.
 
     ## Why it breaks training
     Each update is proportional to the gradient: once it is a thousand times its usual size the
@@ -95,6 +99,18 @@ class ExplodingGradients(Diagnosis):
         if grew and not went_nonfinite and _finite(first) and _finite(last) and first > 0 \
                 and last <= t["harmless_loss_ratio"] * first:
             grew = False  # the norm grew from a tiny start while the loss kept falling: not a blow-up
+        # 1b. too few finite steps to see growth: a first SGD step larger than the weights themselves, then NaN
+        leap = m.get("first_update_ratio")
+        leapt = not went_nonfinite and bad_step is not None and 1 <= bad_step < t["min_finite_steps"] \
+            and _finite(leap) and leap >= t["first_update_ratio"]
+        if leapt:
+            evidence = {"grad_norm_initial": None, "first_grad_norm": norms[0], "first_update_ratio": leap,
+                        "nonfinite_grad_step": bad_step, "nonfinite_grad_layer": (m.get("nonfinite_grad") or {}).get("module"),
+                        "initial_loss": m.get("initial_loss"), "final_loss": m.get("final_loss"),
+                        "steps": m.get("steps"), "lr": ev.facts.get("lr")}
+            return self.finding(0.8, evidence, severity="critical", plots=r.plots,
+                                title=f"Gradient norms turn non-finite at step {bad_step}, after a first step "
+                                      f"{leap:.3g}x the size of the weights (gradient norm {norms[0]:.3g})")
         if not (went_nonfinite or grew):
             return None
         # 2. severity and confidence
@@ -111,6 +127,9 @@ class ExplodingGradients(Diagnosis):
 
     def cures(self, ctx, finding):
         base = finding.evidence.get("grad_norm_initial")
+        if not (_finite(base) and base > 0) and _finite(finding.evidence.get("first_update_ratio")):
+            # one step as large as the weights: clip to the norm that makes it a hundredth of them
+            base = finding.evidence["first_grad_norm"] / (100 * finding.evidence["first_update_ratio"])
         max_norm = float(base) if _finite(base) and base > 0 else 1.0
         tried = f"clip_grad_norm_(max_norm={max_norm:.3g}) before every optimizer step"
         return [Cure(tried, ctx.patient.variant(tried), hooks=clip_hook(max_norm))]

@@ -11,8 +11,8 @@ gradient per weight layer over the early steps, input side first).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import math
+from dataclasses import dataclass
 
 from torch import nn
 
@@ -101,6 +101,21 @@ class GradientsMetrics(Metrics):
     depth_profile: list | None = None       # RMS gradient per weight layer over the early steps
     depth_ratio: float | None = None        # first layer over the largest hidden one
     total_grad_norms: list | None = None
+    first_update_ratio: float | None = None  # SGD: lr x the first gradient norm / the weights' norm (the first step's size)
+
+
+def first_update_ratio(rec: Recorder, patient) -> float | None:
+    """How large the first plain-SGD step is against the weights: lr x |g_0| / |w_0|. Above 1, one step moves
+    the weights further than their own size. None for adaptive optimizers (their step is not lr x g)."""
+    name = getattr(patient.optimizer_cls, "__name__", "")
+    if name != "SGD" or not rec.total_grad_norms or not rec.weight_norms:
+        return None
+    g0 = rec.total_grad_norms[0]
+    w0 = math.sqrt(sum(v[0] ** 2 for v in rec.weight_norms.values() if v and math.isfinite(v[0])))
+    lr = patient.lr
+    if not (isinstance(lr, (int, float)) and math.isfinite(g0) and w0 > 0):
+        return None
+    return float(lr) * g0 / w0
 
 
 class Gradients(Probe):
@@ -141,7 +156,8 @@ class Gradients(Probe):
                    "nonfinite_grad": rec.nonfinite_grad, "nonfinite_loss_step": run.nonfinite_step if run else None,
                    "initial_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
                    "layers": layers, "depth_profile": profile, "depth_ratio": depth_ratio(profile),
-                   "total_grad_norms": rec.total_grad_norms}
+                   "total_grad_norms": rec.total_grad_norms,
+                   "first_update_ratio": first_update_ratio(rec, ctx.patient)}
         # 3. heatmap (layer x step) and depth profile
         rels = self._plot(ctx, rec, order, layers, profile)
         return self.result(metrics=metrics, data={"recorder": rec, "run": run}, plots=rels)
