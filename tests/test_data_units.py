@@ -279,3 +279,27 @@ def test_a_shuffled_saved_index_holds_every_row_number_once():
     sampled = scan_result(features=f)
     sampled.metrics.update(samples_total=5000, whole_set=False)
     assert check("csv-index-column", Evidence(data_scan=sampled)) is None
+
+
+def test_a_code_for_unknown_stored_as_a_number_is_named_from_the_moments():
+    """One row in seven holds -10000 ("unknown"): the robust statistics ignore it, the mean and the variance are
+    those of that mass over the rest."""
+    from nandoctor.diagnoses.data_scale import sentinel
+    gen = torch.Generator().manual_seed(0)
+    col = torch.randn(700, generator=gen, dtype=torch.float64)
+    col[::7] = -10000.0
+    f = {"mean": float(col.mean()), "std": float(col.std()), "min": float(col.min()), "max": float(col.max()),
+         "median": float(col.median()), "robust_scale": 1.0}
+    found = sentinel(f)
+    assert found["value"] == -10000.0 and found["share"] == pytest.approx(1 / 7, abs=0.01)
+    # a heavy tail (a few huge values, not one repeated code) does not match a two-point mass
+    tail = torch.randn(700, generator=gen, dtype=torch.float64)
+    tail[:5] = torch.tensor([-9000.0, -3000.0, -500.0, -20000.0, -7000.0], dtype=torch.float64)
+    g = {"mean": float(tail.mean()), "std": float(tail.std()), "min": float(tail.min()), "max": float(tail.max()),
+         "median": float(tail.median()), "robust_scale": 1.0}
+    assert sentinel(g) is None
+    ev = Evidence(data_scan=scan_result(features=feats(mean=[f["mean"], 0.0], std=[f["std"], 1.0],
+                                                       min=[f["min"], -3.0], max=[f["max"], 3.0],
+                                                       median=[f["median"], 0.0], robust_scale=[1.0, 1.0])))
+    finding = check("data-unnormalized", ev)
+    assert finding.evidence["sentinels"][0]["value"] == -10000.0 and "a code for a missing value" in finding.title

@@ -168,7 +168,10 @@ class DataUnnormalized(Diagnosis):
     the robust spread, IQR / 1.349) is `far_above` or more (pixels 0..255, incomes, years, a saved
     index), all features `far_below` or less, or features whose spreads differ by `spread_ratio` or
     more. Robust statistics come from a uniform sample of the scanned rows, so a few outlier samples
-    do not make a column look unnormalised (those are `sample-loss-outlier`).
+    do not make a column look unnormalised (those are `sample-loss-outlier`). A tabular column whose
+    extreme value sits 100 robust spreads or more from its median in a share of 1-50% of its rows
+    (a code for "unknown" stored as a number, -999 or -10000: read from the moments, a mass at that
+    value over the rest) is named too; its cure replaces the code by the column's median.
 
     ## Why it breaks training
     Default initialisations assume inputs of unit scale. Inputs of scale 100 give pre-activations of
@@ -204,6 +207,11 @@ class DataUnnormalized(Diagnosis):
         big = max(cols, key=lambda c: c["magnitude"])
         spread = max(c["scale"] for c in cols) / min(c["scale"] for c in cols)
         reasons = []
+        codes = [(c, sentinel(c)) for c in cols] if (m.get("inputs") or {}).get("layout") == "features" else []
+        codes = [(c, k) for c, k in codes if k is not None]
+        for c, k in codes[:SHOWN]:
+            reasons.append(f"'{column_name(m, c['j'])}' holds {fmt(k['value'])} in about {k['share']:.0%} of its rows "
+                           f"({k['far']:.3g} spreads from its median: a code for a missing value?)")
         if big["magnitude"] >= th["far_above"]:
             reasons.append(f"'{column_name(m, big['j'])}' has magnitude {fmt(big['magnitude'])}")
         if max(c["magnitude"] for c in cols) <= th["far_below"]:
@@ -220,6 +228,11 @@ class DataUnnormalized(Diagnosis):
                                  "robust_scale": c.get("robust_scale"), "std": c.get("std"), "min": c.get("min"),
                                  "max": c.get("max")} for c in worst[:8]],
                     "layout": (m.get("inputs") or {}).get("layout"), "training_trouble": trouble, **coverage(m)}
+        if codes:
+            evidence["sentinels"] = [{"name": column_name(m, c["j"]), "position": c["j"], "value": k["value"],
+                                      "share": k["share"], "median": c.get("median"),
+                                      "spreads_from_median": k["far"]} for c, k in codes[:8]]
+            critical = critical or max(abs(k["value"] - c["median"]) for c, k in codes) >= th["critical_scale"]
         confidence = 0.7 + 0.25 * min(1.0, math.log10(max(big["magnitude"], 10) / 10) / 3)
         return self.finding(confidence if not trouble else max(confidence, 0.85), evidence,
                             severity="critical" if critical else "warning", plots=plot(r, "data-features"),
@@ -234,8 +247,22 @@ class DataUnnormalized(Diagnosis):
         f = r.metrics.get("features") or {}
         if layout not in ("features", "channels") or r.metrics.get("features_truncated") or not f.get("mean"):
             return []
-        norm = Standardize(f["mean"], f["std"], layout)
         factory = ctx.patient.model_factory
+        codes = finding.evidence.get("sentinels")
+        if codes and layout == "features":
+            fix = {int(c["position"]): (float(c["value"]), float(c["median"])) for c in codes}
+            front = ReplaceSentinel(fix)
+            tried = ("the code " + ", ".join(f"{c['value']:.6g} in '{c['name']}'" for c in codes[:SHOWN]) +
+                     " replaced by the column's median in front of a copy of the model (on the data stream, against "
+                     "the same run without)")
+            variant = ctx.patient.variant("sentinel replaced", model_factory=lambda: nn.Sequential(front, factory()))
+            steps = 2 * (ctx.planned_steps or 0) or None
+            return [Cure(tried, variant, train="lr_check", steps=steps, severity="critical", refuted_severity="info",
+                         judge=judges.either(judges.fixes(judges.trains_on_stream), judges.ends_lower(STREAM_CURED)),
+                         fix=("Treat the code as missing: replace it (and add a was-missing indicator column) before "
+                              "standardising, e.g. df[col].replace(CODE, np.nan) then an imputer; a code for "
+                              "'unknown' stored as a number is read by the model as a real, extreme value."))]
+        norm = Standardize(f["mean"], f["std"], layout)
         variant = ctx.patient.variant("inputs standardised", model_factory=lambda: nn.Sequential(norm, factory()))
         tried = "inputs standardised with the training set's mean and std"
         if str(finding.evidence.get("training_trouble") or "").startswith("overfit"):
@@ -262,6 +289,51 @@ class Standardize(nn.Module):
     def forward(self, x):
         shape = (1, -1) + (1,) * (x.dim() - 2)  # [1, F] or [1, C, 1, 1, ...]
         return (x - self.mean.reshape(shape)) / self.std.reshape(shape)
+
+
+SENTINEL_FAR = 100.0              # a value this many robust spreads from the median ...
+SENTINEL_SHARE = (0.01, 0.5)      # ... held by this share of the rows (estimated from the moments) ...
+SENTINEL_FIT = 0.15               # ... whose two-point variance matches the column's within this share
+
+
+def sentinel(f: dict) -> dict | None:
+    """A code for "unknown" stored as a number (-999, -10000, 9999) in a share of a column's rows: the column's
+    extreme value lies `SENTINEL_FAR` robust spreads from its median, and its mean and variance are those of
+    a mass of share p at that value over the rest (p from the mean, the variance p (1-p) d^2 + (1-p) s^2 then
+    checked). Robust statistics ignore it (a minority of rows), the plain ones are ruled by it. ``{"value",
+    "share", "far"}`` or None."""
+    med, rs, mean, std = f.get("median"), f.get("robust_scale"), f.get("mean"), f.get("std")
+    if not all(finite(v) for v in (med, rs, mean, std)) or rs <= 0:
+        return None
+    for v in (f.get("min"), f.get("max")):
+        if not finite(v):
+            continue
+        d = v - med
+        if abs(d) < SENTINEL_FAR * rs:
+            continue
+        p = (mean - med) / d
+        if not SENTINEL_SHARE[0] <= p <= SENTINEL_SHARE[1]:
+            continue
+        predicted = p * (1 - p) * d * d + (1 - p) * rs * rs
+        if abs(std * std - predicted) <= SENTINEL_FIT * predicted:
+            return {"value": v, "share": p, "far": abs(d) / rs}
+    return None
+
+
+class ReplaceSentinel(nn.Module):
+    """In front of a copy of the model: in column ``j`` of ``[N, F]`` inputs, the sentinel value replaced by the
+    column's median (what an imputer does with a missing value)."""
+
+    def __init__(self, codes: dict[int, tuple[float, float]]):
+        super().__init__()
+        self.codes = dict(codes)   # column -> (sentinel value, median)
+
+    def forward(self, x):
+        x = x.clone()
+        for j, (value, median) in self.codes.items():
+            col = x[:, j]
+            x[:, j] = torch.where(col == value, torch.full_like(col, median), col)
+        return x
 
 
 def scaled(f: dict) -> dict | None:
