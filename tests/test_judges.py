@@ -108,3 +108,15 @@ def test_a_loss_measured_beside_the_training_must_halve_on_the_treated_arm():
     assert not lower(arm(falling(), others_loss=3.4), arm(falling(), others_loss=None))     # unmeasured: no cure
     assert lower(arm(falling(), others_loss=math.nan), arm(falling(), others_loss=0.5))    # finite where it was not
     assert not lower(arm(falling(), others_loss=3.4), arm([1.0, -0.5], others_loss=0.01))  # below zero: never
+
+
+def test_a_reset_init_trains_no_worse_when_it_classifies_the_batch_as_well():
+    """A model with oversized weights drives one batch's loss lower while classifying fewer of it right: the
+    default init is no worse for that (the acoustic model drawn from normal(0, 1))."""
+    big = arm(falling(3.9, 0.45) + [0.45] * 20, accuracy=0.81)
+    reset = arm(falling(1.1, 0.58) + [0.58] * 20, accuracy=0.94)
+    no_worse = judges.trains_no_worse(1.05)
+    assert not judges.not_worse(1.05)(big, reset)        # by the loss alone it looks worse
+    assert no_worse(big, reset)                          # it classifies more of the batch right
+    assert not no_worse(big, arm(falling(1.1, 0.58) + [0.58] * 20, accuracy=0.7))   # worse on both
+    assert no_worse(arm(falling(3.9, 0.001), accuracy=1.0), arm(falling(1.1, 0.004), accuracy=1.0))  # both memorised

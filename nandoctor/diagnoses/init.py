@@ -156,7 +156,7 @@ class BadInit(Diagnosis):
             # cured: the run starts near the standard init's first loss and trains no worse
             variant = ctx.patient.variant(tried, model_factory=reinitialised(ctx.patient, scheme))
             start = finding.evidence["best_initial_loss"]
-            return [Cure(tried, variant, judge=judges.both(judges.starts_near(start, 1.5), judges.not_worse(1.05)))]
+            return [Cure(tried, variant, judge=judges.both(judges.starts_near(start, 1.5), judges.trains_no_worse(1.05)))]
         if "held-out loss" in finding.evidence["worse_on"]:
             keep = ("held_out_loss", "tail_loss", "steps", "nonfinite_step")
             schemes = ctx.evidence["init"].metrics["schemes"]

@@ -87,7 +87,7 @@ class InitialLossMismatch(Diagnosis):
         except Exception:
             return []
         judge = judges.both(judges.starts_near(e["expected_initial_loss"], self.thresholds["ratio_min"]),
-                            judges.either(judges.not_worse(1.05), judges.also(judges.memorised)))
+                            judges.trains_no_worse(1.05))
         if not callable(getattr(layer, "reset_parameters", None)):
             # raw parameters (``h @ self.W2 + self.b2``): the pair that makes the output, drawn as nn.Linear would
             classes = e.get("classes")

@@ -170,6 +170,21 @@ def also(test: Callable) -> Callable:
     return j
 
 
+@judge("clean and classifying the batch at least as well as the untreated run")
+def accuracy_not_lower(before, after) -> bool:
+    """Classification: the treated run's batch accuracy at least the untreated one's (a model with oversized
+    weights can drive a batch's loss lower while classifying fewer of it right)."""
+    a, b = getattr(after, "accuracy", None), getattr(before, "accuracy", None)
+    return clean(after) and isinstance(a, (int, float)) and isinstance(b, (int, float)) and a >= b
+
+
+def trains_no_worse(ratio: float = 1.05) -> Callable:
+    """A cure that resets what should have been the default (an init, an output layer): the treated run ends no
+    worse than ``ratio`` times the untreated tail loss, or both memorise the batch, or it classifies the batch at
+    least as well."""
+    return either(not_worse(ratio), also(memorised), accuracy_not_lower)
+
+
 def repairs(test: Callable) -> Callable:
     """For a control broken by static evidence (the outputs do not fit the loss): the treated run must pass
     ``test``; it must also be clean, so a loss run below zero is never a repair."""
