@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from nandoctor.diagnoses import Diagnosis
 from nandoctor.records import Evidence
 from nandoctor.treatments import Cure, Outcome, judges
@@ -157,6 +159,8 @@ class TrainEvalGap(Diagnosis):
         "noise_sigmas": 5.0,    # ... and by this many train-mode standard deviations (Dropout noise)
         "critical_ratio": 10.0,  # 10x (or a non-finite eval loss): critical ...
         "trusted_steps": 30,     # ... once the model trained this many steps (running statistics settle)
+        "stale_memory": 0.5,     # a gap that re-estimating closes is a fault all the same when the momentum leaves
+                                 # the running statistics this much of their initial values after the steps trained
     }
     fix = ("Look at the layers that differ between modes: BatchNorm running statistics that do not match the "
            "batches (unshuffled or class-sorted data, tiny batches, a momentum too high), a custom layer that "
@@ -186,7 +190,10 @@ class TrainEvalGap(Diagnosis):
     Heavy Dropout makes the train-mode loss *higher* than eval (not flagged: only eval-worse is).
     Early in training BatchNorm's running statistics lag behind the weights: the probe re-estimates
     them over a few stream batches on a copy (a cumulative average) and scores eval mode again; a
-    gap that this closes is that lag, not a fault, and is not reported.
+    gap that this closes is that lag, not a fault, and is not reported, unless the momentum is so low
+    that the statistics still hold `stale_memory` of their initial values after the steps trained
+    (`(1 - momentum) ** steps`): then training keeps them stale, and the cure (momentum 0.1, on the
+    data stream, eval loss on a held-out batch) decides.
     """
 
     def gap(self, tr: float, ev_loss, std, scale) -> bool:
@@ -211,7 +218,9 @@ class TrainEvalGap(Diagnosis):
             return None
         nonfinite = ev_loss is not None and not _finite(ev_loss)
         recal = m.get("eval_mode_loss_recalibrated")
-        if _finite(recal) and not self.gap(tr, recal, std, scale):
+        memory, momentum = m.get("stats_memory"), m.get("bn_momentum")
+        slow = _finite(memory) and memory >= t["stale_memory"]
+        if _finite(recal) and not self.gap(tr, recal, std, scale) and not slow:
             return None  # BatchNorm's running statistics only lagged behind the weights: re-estimated, no gap
         ratio = ev_loss / max(tr, 1e-12) if not nonfinite else math.inf
         settled = (m.get("trained_steps") or 0) >= t["trusted_steps"]
@@ -220,6 +229,33 @@ class TrainEvalGap(Diagnosis):
         evidence = {"train_mode_loss": tr, "train_mode_std": std, "eval_mode_loss": ev_loss, "ratio": ratio,
                     "batch_size": m.get("batch_size"), "mode_layers": m.get("mode_layers"),
                     "initial_loss": scale, "trained_steps": m.get("trained_steps"),
-                    "eval_mode_loss_recalibrated": recal, "recalibration_batches": m.get("recalibration_batches")}
+                    "eval_mode_loss_recalibrated": recal, "recalibration_batches": m.get("recalibration_batches"),
+                    "bn_momentum": momentum, "stats_memory": memory}
+        title = f"Eval-mode loss {ev_loss:.4g} vs train-mode {tr:.4g} on the same batch"
+        if slow and _finite(recal) and not self.gap(tr, recal, std, scale):
+            evidence["stale_running_stats"] = True   # re-estimated, the gap closes: the momentum keeps them stale
+            title += (f": BatchNorm momentum {momentum:.3g} leaves the running statistics {memory:.0%} at their "
+                      f"initial values after {m.get('trained_steps')} steps")
         return self.finding(confidence, evidence, severity="critical" if critical else "warning", plots=r.plots,
-                            title=f"Eval-mode loss {ev_loss:.4g} vs train-mode {tr:.4g} on the same batch")
+                            title=title)
+
+    def cures(self, ctx, finding):
+        """Running statistics kept stale by a low momentum: the same training on the data stream with PyTorch's
+        default momentum (0.1), scored in eval mode on the same held-out batch; the eval loss must halve."""
+        if not finding.evidence.get("stale_running_stats"):
+            return []
+        factory = ctx.patient.model_factory
+
+        def build():
+            model = factory()
+            for m in model.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.momentum is not None:
+                    m.momentum = 0.1
+            return model
+        tried = f"BatchNorm momentum {finding.evidence.get('bn_momentum'):.3g} -> 0.1 (PyTorch's default)"
+        return [Cure(tried + " (on the data stream, scored in eval mode on a held-out batch)",
+                     ctx.patient.variant(tried, model_factory=build), train="held_out",
+                     judge=judges.measure_lower("held_out_loss", 0.5),
+                     fix=("Raise the BatchNorm momentum (PyTorch's default is 0.1; a bn_decay schedule that drives it "
+                          "towards 0 leaves the running statistics at what they were long ago), or re-estimate them "
+                          "over a few training batches before evaluating."))]

@@ -45,6 +45,17 @@ def mode_dependent(patient, model: nn.Module, batch) -> bool:
     return not torch.allclose(a.float(), b.float(), atol=SAME_OUTPUT_TOL, rtol=SAME_OUTPUT_TOL, equal_nan=True)
 
 
+def running_stats_memory(model: nn.Module, steps) -> dict:
+    """The smallest momentum of the model's BatchNorm layers that track running statistics, and how much of
+    their initial values (mean 0, variance 1) the statistics still hold after ``steps`` steps at it."""
+    momenta = [m.momentum for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+               and m.track_running_stats and m.momentum is not None]
+    if not momenta or not isinstance(steps, int):
+        return {}
+    low = float(min(momenta))
+    return {"bn_momentum": low, "stats_memory": (1.0 - low) ** steps}
+
+
 def recalibrated_eval_loss(patient, model: nn.Module, batch) -> tuple[float | None, int | None]:
     """The eval-mode loss of a copy of ``model`` whose BatchNorm running statistics were reset and re-estimated
     over ``RECALIBRATION_BATCHES`` batches of the data stream (train-mode forwards, no gradient, cumulative
@@ -85,6 +96,9 @@ class TrainEvalMetrics(Metrics):
     eval_mode_loss_recalibrated: float | None = None  # eval mode after BatchNorm statistics are re-estimated
     recalibration_batches: int | None = None
     mode_layers: list | None = None
+    bn_momentum: float | None = None     # the smallest BatchNorm momentum (None: a cumulative average, or no BN)
+    stats_memory: float | None = None    # (1 - momentum) ** trained_steps: the share of their initial values the
+                                         # running statistics still carry (a low momentum lags for many steps)
 
 
 class TrainEval(Probe):
@@ -146,7 +160,8 @@ class TrainEval(Probe):
                    "train_mode_nonfinite": numeric.count_nonfinite(train_scores),
                    "train_mode_losses": train_scores, "eval_mode_loss": eval_score,
                    "eval_mode_loss_recalibrated": recal, "recalibration_batches": recal_batches,
-                   "mode_layers": sorted({type(m).__name__ for m in model.modules() if isinstance(m, MODE_LAYERS)})}
+                   "mode_layers": sorted({type(m).__name__ for m in model.modules() if isinstance(m, MODE_LAYERS)}),
+                   **running_stats_memory(model, steps)}
         # the plot (the same batch scored in both modes) is named here, drawn by the report from the metrics
         path, rel = ctx.plot_path("train_eval")
         return self.result(metrics=metrics, plots=[rel] if path is not None and mean is not None else [])
