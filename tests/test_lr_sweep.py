@@ -238,3 +238,16 @@ def test_a_suggestion_that_does_not_train_from_scratch_gives_way_to_the_cautious
     check = verify_suggestion(patient, reading, check, 12, None)
     assert reading.suggested_lr == 1e-2 and reading.suggested_by.startswith("steepest")
     assert check["suggested"]["lr"] == 1e-2 and check["suggested"]["relative_drop"] > 0.25
+
+
+def test_a_loss_that_falls_and_jumps_back_at_5x_the_suggestion_is_a_candidate_its_cure_decides():
+    """Adam at 0.05 on a small encoder (DETR #285's LR): one batch falls to 0.04 and jumps back to 0.19; the check at
+    the user's LR still trains. A note that the cure (the same training at the suggestion) raises."""
+    diag = get("lr-too-high")
+    jumpy = {"memorised": False, "initial_loss": 1.39, "min_loss": 0.041, "tail_loss": 0.189}
+    found = diag.check(sweep_evidence(5e-2, user_drop=0.6, overfit=jumpy))
+    assert found.severity == "info" and found.evidence["candidate_only"]
+    assert "jumps back to 0.189" in found.title
+    steady = {"memorised": False, "initial_loss": 1.39, "min_loss": 0.15, "tail_loss": 0.189}
+    assert diag.check(sweep_evidence(5e-2, user_drop=0.6, overfit=steady)) is None   # slow, not unstable
+    assert diag.check(sweep_evidence(2e-2, user_drop=0.6, overfit=jumpy)) is None    # only 2x the suggestion

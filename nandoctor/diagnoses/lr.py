@@ -79,6 +79,8 @@ class LRTooHigh(LRDiagnosis):
         "climb_ratio": 3.0,      # ... with the user's LR at least 3x the suggestion: a suspicion its cure decides;
                                  # at 3x with a check that fails at the user's LR and trains at the suggestion
                                  # (and no batch memorised): the runs alone decide, below the divergence point
+        "unstable_ratio": 3.0,   # ... or at 3x, the overfit run's tail at least 3x its lowest loss (it falls and
+                                 # jumps back up): an info candidate its cure (the suggestion) decides
     }
     cure_factors = (10.0, 100.0)  # without a suggestion, the cure retrains the overfit run at these fractions
     fix = ("Lower the learning rate to the suggested value (see the LR-sweep plot), or add a warm-up; "
@@ -90,7 +92,10 @@ class LRTooHigh(LRDiagnosis):
     point, or far above the suggested one, and a short run at the user's LR from a fresh init
     fails (the loss rises, stalls or turns NaN) where the same run at the suggested LR trains.
     The sweep's divergence point is an upper bound (the sweep's model was trained along the way):
-    a constant LR below it can still fail, so at 3x the suggestion the two runs decide alone.
+    a constant LR below it can still fail, so at 3x the suggestion the two runs decide alone. At
+    3x with an overfit run that falls and jumps back up (its tail `unstable_ratio` times its lowest
+    loss, the batch not memorised), the finding is an `info` candidate that its cure raises: the
+    same training at the suggestion must memorise the batch.
 
     ## Why it breaks training
     Each step overshoots the minimum it is heading for: the loss oscillates, climbs, or overflows
@@ -145,7 +150,14 @@ class LRTooHigh(LRDiagnosis):
         # decide alone, where the model also could not memorise one batch at the user's LR
         over = ev.ok("overfit")
         failing = above and confirmed and (over is None or not over.metrics.get("memorised"))
-        if not (past or far or climbs or failing):
+        # the loss on one batch falls and jumps back up at the user's LR (3x the suggestion or more): a candidate
+        # its cure (the same training at the suggestion) decides
+        om = over.metrics if over is not None else {}
+        lowest, tail = om.get("min_loss"), om.get("tail_loss")
+        unstable = above and over is not None and not om.get("memorised") and om.get("nonfinite_step") is None \
+            and isinstance(lowest, (int, float)) and isinstance(tail, (int, float)) and lowest > 0 \
+            and tail >= self.thresholds["unstable_ratio"] * lowest
+        if not (past or far or climbs or failing or unstable):
             return None
         if confirmed:
             severity, confidence = "critical", 0.95 if past else 0.85
@@ -153,13 +165,19 @@ class LRTooHigh(LRDiagnosis):
             severity, confidence = "warning", 0.6
         elif past or climbs:  # the loss climbs at the user's LR: the cure on the overfit run decides
             severity, confidence = "warning", 0.55 if climbs else 0.45
+        elif unstable:  # a note until its cure shows the suggestion memorises the batch
+            severity, confidence = "info", 0.45
         else:
             return None
         evidence = {"user_lr": user, "divergence_lr": div, "divergence_kind": m.get("divergence_kind"),
                     "suggested_lr": sugg, "times_suggested": user / sugg, "suggestions": m.get("suggestions"),
                     "user_lr_position": m.get("user_lr_position"), "check_user": _brief(user_run),
                     "check_suggested": _brief(sugg_run), "optimizer": m.get("optimizer")}
+        if severity == "info":
+            evidence.update(candidate_only=True, overfit_min_loss=lowest, overfit_tail_loss=tail)
         where = f"past the divergence point {div:.3g}" if past else f"{user / sugg:.0f}x the suggested {sugg:.3g}"
+        if severity == "info":
+            where += f", and the loss on one batch falls to {lowest:.3g} then jumps back to {tail:.3g}"
         return self.finding(confidence, evidence, severity=severity, plots=r.plots,
                             title=f"The learning rate {user:.3g} is {where}",
                             fix=f"Lower the learning rate to about {sugg:.2g} (the LR sweep's suggestion); "
