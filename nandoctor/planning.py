@@ -151,8 +151,11 @@ def replan(current: Plan, needs: dict[str, StepNeed], priority: list[str], step_
     when their minimum does not.
     """
     remaining = {n: needs[n] for n in needs if n in current.steps}
-    fresh = plan(remaining, priority, max(step_time, current.step_time), available,
-                 max_tiers=dict(current.tiers), full_seconds=current.needed_seconds)
+    slower = max(step_time, current.step_time)
+    # the budget suggested for the whole battery scales with the step time it is now measured at (a machine that
+    # slowed down needs more than the first plan said)
+    fresh = plan(remaining, priority, slower, available, max_tiers=dict(current.tiers),
+                 full_seconds=current.needed_seconds * slower / max(current.step_time, 1e-6))
     fresh.dropped = {**current.dropped, **fresh.dropped}
     return fresh
 

@@ -167,3 +167,14 @@ def test_evidence_is_typed_a_misspelt_field_is_an_error():
     with pytest.raises(TypeError):
         OverfitMetrics(inital_loss=2.0)
     assert m.to_json()["accuracy"] is None   # unmeasured fields stay in report.json as null
+
+
+def test_a_replan_on_a_slower_machine_suggests_a_budget_that_fits_its_step_time():
+    """A machine that slows down 50x mid-run: the probes dropped then say which budget the whole battery needs
+    at the step time now measured, not the first plan's (which would be less than the budget already given)."""
+    first = planning.plan(NEEDS, PRIORITY, step_time=0.01, available=60)
+    slower = planning.replan(first, NEEDS, PRIORITY, step_time=0.5, available=20)
+    assert slower.needed_seconds == pytest.approx(first.needed_seconds * 50)
+    assert slower.dropped
+    for reason in slower.dropped.values():
+        assert int(reason.rsplit("--budget ", 1)[1]) >= first.needed_seconds * 50
