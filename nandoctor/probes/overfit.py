@@ -52,6 +52,24 @@ def balanced_accuracy(predicted: torch.Tensor, actual: torch.Tensor) -> float:
     return sum(shares) / len(shares)
 
 
+def scored_output(model, inputs, eval_mode: bool = False):
+    """The model's output on ``inputs`` without a gradient (in eval mode when asked; the mode put back after),
+    its first element for ``(logits, extras...)``; None when the forward pass raises."""
+    was_training = model.training
+    if eval_mode:
+        model.eval()
+    try:
+        with torch.no_grad():
+            out = model(inputs)
+    except Exception:
+        return None
+    finally:
+        model.train(was_training)
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        out = out[0]  # (logits, extras...): the first output is the one scored
+    return out
+
+
 def batch_accuracy(patient, model, batch) -> float | None:
     """Share of the batch classified right, for ``[N, C]`` outputs with ``[N]`` integer targets (and their
     ``[N, T, V]`` / ``[N, C, H, W]`` kin); for 0/1 float targets of the output's shape (masks, multi-label)
@@ -68,16 +86,7 @@ def batch_accuracy(patient, model, batch) -> float | None:
     threshold = BINARY_THRESHOLDS.get(patient.loss_name) if targets.is_floating_point() else None
     if targets.is_floating_point() and (threshold is None or not _binary(targets)):
         return None
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            out = model(inputs)
-    except Exception:
-        return None
-    finally:
-        model.train(was_training)
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-        out = out[0]  # (logits, extras...): the first output is the one scored
+    out = scored_output(model, inputs)
     if threshold is not None:   # 0/1 masks or multi-label targets: every element is a binary decision
         if not isinstance(out, torch.Tensor) or out.shape != targets.shape:
             return None

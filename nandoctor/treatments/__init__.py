@@ -229,18 +229,8 @@ def class_predictions(patient, model: nn.Module, inputs, n: int):
     """The class the model predicts for each of ``n`` samples (eval mode, no gradient): the arg-max of ``[n, C]``
     scores, or one score per sample thresholded as the loss reads it (0 for logits, 0.5 for probabilities);
     None for outputs of another shape."""
-    from nandoctor.probes.overfit import BINARY_THRESHOLDS
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(inputs)
-    except Exception:
-        return None
-    finally:
-        model.train(was_training)
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-        out = out[0]
+    from nandoctor.probes.overfit import BINARY_THRESHOLDS, scored_output
+    out = scored_output(model, inputs, eval_mode=True)
     if not isinstance(out, torch.Tensor) or out.shape[0] != n:
         return None
     if out.dim() == 2 and out.shape[1] >= 2:
