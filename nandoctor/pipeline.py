@@ -547,6 +547,17 @@ class Battery:
                 if self.opts.out is not None and f.treatment.get("curves"):
                     f.treatment["plot"] = f"plots/treatment-{f.code}.png"  # drawn by the report from its curves
                 f.treatment_note = f"confirmed on the copy cured of {top.code}"
+        # 2b. refuted here while the top cause was in the way, only suspected on the cured copy (its cure found
+        #     nothing left to cure there): the refutation says nothing, the cured copy's suspicion stands
+        suspected = {g.code: g for g in sub.findings if g.confirmed is None and g.severity != "info"}
+        for f in others:
+            g = suspected.get(f.code)
+            if g is not None and f.confirmed is False and f.treatment is not None:
+                f.evidence = {**f.evidence, "refuted_before": {k: f.treatment.get(k) for k in ("tried", "judged_by")},
+                              "suspected_on": f"the copy cured of {top.code}"}
+                f.treatment, f.severity = None, g.severity
+                f.treatment_note = (f"its cure was tried with {top.code} still in the way; on the copy cured of "
+                                    f"{top.code} it is still found, untried there")
         # 3. what only the cured copy shows
         known = {f.code for f in findings}
         new = []

@@ -40,3 +40,25 @@ def test_additivity_decides_where_the_doubling_ratio_is_noisy():
     assert looks_summed({"scale_ratios": [1.58, 2.02], "scale_additivity": [1.0, 1.0]})
     assert not looks_summed({"scale_ratios": [1.9, 2.1], "scale_additivity": [0.5, 0.5]})
     assert looks_summed({"scale_ratios": [2.0, 2.0]})   # older records: the ratios alone
+
+
+def summed_step_without_zero_grad(model, batch, loss_fn, optimizer):
+    inputs, targets = batch
+    loss = F.mse_loss(model(inputs), targets, reduction="sum")
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
+def test_a_cure_refuted_while_another_fault_was_in_the_way_is_not_a_refutation():
+    """The sum and no zero_grad: zeroing is confirmed first; the sum's own cure had failed beside the missing
+    zero_grad, and on the zeroed copy the sum is still found (it trains there at this LR): suspected, not
+    refuted."""
+    torch.manual_seed(0)
+    patient = make_patient(model=net, data=regression(), loss=nn.MSELoss(), optimizer=torch.optim.SGD, lr=0.003,
+                           batch_size=32, train_step=summed_step_without_zero_grad)
+    report = battery(patient, budget=25)
+    assert report.findings[0].code == "missing-zero-grad" and report.findings[0].confirmed
+    summed = next(f for f in report.findings if f.code == "loss-reduction-sum")
+    assert summed.status == "suspected" and summed.severity == "warning", (summed.status, summed.treatment)
+    assert "refuted_before" in summed.evidence and "still in the way" in summed.treatment_note
