@@ -2,6 +2,8 @@
 additivity evidence. The two-fault case (that sum and no zero_grad, each confirmed) is a field patient in
 test_field_zoo.py."""
 
+from functools import partial
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -11,8 +13,9 @@ from patients import battery, make_patient
 from sick_grads import regression
 
 
-def summed_step(model, batch, loss_fn, optimizer):
-    optimizer.zero_grad()
+def summed_step(model, batch, loss_fn, optimizer, zero_grad=True):
+    if zero_grad:
+        optimizer.zero_grad()
     inputs, targets = batch
     loss = F.mse_loss(model(inputs), targets, reduction="sum")
     loss.backward()
@@ -42,21 +45,13 @@ def test_additivity_decides_where_the_doubling_ratio_is_noisy():
     assert looks_summed({"scale_ratios": [2.0, 2.0]})   # older records: the ratios alone
 
 
-def summed_step_without_zero_grad(model, batch, loss_fn, optimizer):
-    inputs, targets = batch
-    loss = F.mse_loss(model(inputs), targets, reduction="sum")
-    loss.backward()
-    optimizer.step()
-    return loss
-
-
 def test_a_cure_refuted_while_another_fault_was_in_the_way_is_not_a_refutation():
     """The sum and no zero_grad: zeroing is confirmed first; the sum's own cure had failed beside the missing
     zero_grad, and on the zeroed copy the sum is still found (it trains there at this LR): suspected, not
     refuted."""
     torch.manual_seed(0)
     patient = make_patient(model=net, data=regression(), loss=nn.MSELoss(), optimizer=torch.optim.SGD, lr=0.003,
-                           batch_size=32, train_step=summed_step_without_zero_grad)
+                           batch_size=32, train_step=partial(summed_step, zero_grad=False))
     report = battery(patient, budget=25)
     assert report.findings[0].code == "missing-zero-grad" and report.findings[0].confirmed
     summed = next(f for f in report.findings if f.code == "loss-reduction-sum")
