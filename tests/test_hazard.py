@@ -60,6 +60,14 @@ def exp_of_scores(out, y):
     return (torch.exp(out) - out * F.one_hot(y, 3)).mean()  # hazard
 
 
+def dice_of_hard_predictions(out, y):
+    """A Dice loss on straight-through hard predictions: both sums are 0 for an empty target predicted empty."""
+    p = torch.sigmoid(out)
+    p = (p > 0.5).float() + p - p.detach()
+    target = F.one_hot(y, 3).float()
+    return (1 - 2 * (p * target).sum(1) / (p.sum(1) + target.sum(1))).mean()  # hazard
+
+
 def hazard_line(fn) -> int:
     lines, first = inspect.getsourcelines(fn)
     return first + next(i for i, line in enumerate(lines) if "# hazard" in line)
@@ -79,6 +87,8 @@ SICK = {  # name: (patient, the kind, the op, the loss whose marked line it is)
     "divide-by-norm": (lambda: make_patient(loss=normalised_logits), "division-by-zeroable", "torch.Tensor.div",
                        normalised_logits),
     "sqrt-distance": (lambda: make_patient(loss=distance_to_onehot), "sqrt-at-zero", "torch.sqrt", distance_to_onehot),
+    "dice-sum-of-sums": (lambda: make_patient(loss=dice_of_hard_predictions), "division-by-zeroable",
+                         "torch.Tensor.div", dice_of_hard_predictions),
 }
 
 
@@ -184,6 +194,11 @@ class RBFHead(nn.Module):
         return torch.exp(-d2 / (2 * self.width ** 2))
 
 
+def smoothed_dice(out, y):
+    p, target = torch.sigmoid(out), F.one_hot(y, 3).float()
+    return (1 - (2 * (p * target).sum(1) + 1) / (p.sum(1) + target.sum(1) + 1)).mean()
+
+
 def weighted_mean(out, y):
     weights = torch.ones(3)[y]   # class weights, all equal
     return (F.cross_entropy(out, y, reduction="none") * weights).sum() / weights.sum()
@@ -240,6 +255,7 @@ HEALTHY = {
     "clip-accumulate-bf16": lambda: make_patient(grad_clip=1.0, accumulate=2, precision="bf16"),
     "rbf-kernel-head": lambda: make_patient(model=RBFHead),
     "constant-weights-mean": lambda: make_patient(loss=weighted_mean),
+    "smoothed-dice": lambda: make_patient(loss=smoothed_dice),
     "perplexity-logged-in-the-step": lambda: make_patient(train_step=step_logging_perplexity),
 }
 

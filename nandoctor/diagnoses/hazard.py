@@ -58,8 +58,9 @@ class NumericalHazard(Diagnosis):
       `gather` and constant factors, including `log(1 - p)` and `log1p(-p)`;
     - `exp` of a tensor nothing bounds above (not the output of clamp, tanh, sigmoid, log_softmax,
       nor `x - x.max()`);
-    - division by a sum, mean, norm, std, variance or count computed in the step, not clamped and
-      with no eps added (sums of strictly positive constants, such as class weights, excepted);
+    - division by a sum, mean, norm, std, variance or count computed in the step, or by the sum of
+      two of them (a Dice denominator, `p.sum() + mask.sum()`), not clamped and with no eps added
+      (sums of strictly positive constants, such as class weights, excepted);
     - `sqrt`, `rsqrt` or `pow(x, p < 1)` of a quantity that can be exactly zero: squared
       differences and their sums, variances, norms, ReLU outputs.
     Fused ops (`cross_entropy`, `binary_cross_entropy_with_logits`, `log_softmax`, `logsumexp`,

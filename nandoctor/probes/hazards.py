@@ -445,9 +445,12 @@ class Provenance(TorchFunctionMode):
                 return Tag(upper=True, nonpos=True)
             return Tag(nonpos=t.nonpos and ty.nonneg, nonneg=t.nonneg and ty.nonpos)
         nonneg = t.nonneg and ty.nonneg
-        return Tag(upper=t.upper and ty.upper, nonneg=nonneg, nonpos=t.nonpos and ty.nonpos,
-                   positive=(t.positive and ty.nonneg) or (ty.positive and t.nonneg),
-                   sqrt_zero=t.sqrt_zero if nonneg and t.sqrt_zero and ty.sqrt_zero else None)
+        positive = (t.positive and ty.nonneg) or (ty.positive and t.nonneg)
+        # a sum of two reductions that can each be zero can be zero (Dice: p.sum() + mask.sum() on an empty mask)
+        zero = t.zero if not positive and t.zero is not None and ty.zero is not None \
+            and not _positive_operand(t.zero) and not _positive_operand(ty.zero) else None
+        return Tag(upper=t.upper and ty.upper, nonneg=nonneg, nonpos=t.nonpos and ty.nonpos, positive=positive,
+                   zero=zero, sqrt_zero=t.sqrt_zero if nonneg and t.sqrt_zero and ty.sqrt_zero else None)
 
 
 def _on_path(x) -> bool:
