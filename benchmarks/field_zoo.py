@@ -1489,7 +1489,7 @@ FIELD_ZOO: list[FieldPatient] = [
     FP("lstm-layernorm-over-one-channel", S({"cannot-overfit-batch"}),
        lambda: P(ChannelNormLSTM, TensorDataset(*forecasting()), nn.MSELoss()),
        "https://github.com/bclarkson-code/Tricycle/issues/45"),  # the overfit-one-batch check that finds it
-    FP("encoder-batch-first-false", S({"cannot-overfit-batch", "no-generalisation"}),
+    FP("encoder-batch-first-false", S({"batch-mixing", "cannot-overfit-batch", "no-generalisation"}),
        lambda: P(lambda: TinyEncoder(batch_first=False), TensorDataset(*topic_tokens()), lr=3e-4),
        "https://github.com/Exorust/TorchLeet/issues/5"),
     # --- numerical hazards (0.2) -------------------------------------------------------------------------

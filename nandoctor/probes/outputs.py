@@ -14,6 +14,7 @@ the fixed batch it measures:
   and any broadcast between outputs and targets that grows the tensor;
 - the loss at init and its expected value for a correct pairing (ln C, ln 2);
 - the loss on nested batches of about B/2, B and 2B samples (a summed loss doubles);
+- whether a sample's output depends on the other samples in its batch (``batch_mixing``);
 - the user's exception, when the loss raises, with the phase it came from.
 """
 
@@ -29,6 +30,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from nandoctor.patient import split_batch
+from nandoctor.probes.batch_mixing import batch_mixing, rows as _rows
 from nandoctor.probes import Probe, ProbeContext
 from nandoctor.probes.training import error_record
 from nandoctor.records import Metrics, ProbeResult
@@ -370,17 +372,6 @@ def batch_scaling(patient, model) -> dict:
     return out
 
 
-def _rows(batch, lo: int, hi: int):
-    """Samples ``lo:hi`` of a batch (tensors, or tuples/lists/dicts of them, sliced on dim 0); None otherwise."""
-    if isinstance(batch, torch.Tensor):
-        return batch[lo:hi]
-    if isinstance(batch, (tuple, list)) and all(isinstance(t, torch.Tensor) for t in batch):
-        return type(batch)(t[lo:hi] for t in batch)
-    if isinstance(batch, dict) and all(isinstance(t, torch.Tensor) for t in batch.values()):
-        return {k: t[lo:hi] for k, t in batch.items()}
-    return None
-
-
 def additivity(patient, model, quarter: int, losses: list) -> list | None:
     """For each doubling (q -> 2q -> 4q), the loss of the doubled batch over the sum of the losses of its two
     disjoint halves: 1 for a loss summed over the samples, 1/2 for a mean, whatever the samples' own losses
@@ -425,6 +416,7 @@ class OutputsMetrics(Metrics):
     scale_additivity: list | None = None     # loss(2n) / (loss(first n) + loss(other n)): 1 summed, 1/2 mean
     forward_error: dict | None = None
     unsupported_output: str | None = None
+    batch_mixing: dict | None = None         # the second half's outputs with and without the first half beside it
 
 
 class Outputs(Probe):
@@ -458,6 +450,7 @@ class Outputs(Probe):
                          "loss_inputs_from": "train_step" if seen is not None else "model(inputs)"}
         # 3. the loss, traced from the outputs and the targets
         metrics.update(self._trace_loss(patient, out, first, targets))
+        metrics["batch_mixing"] = batch_mixing(model, inputs)
         ctx.progress(1, 3)
         # 4. the expected loss at init for this pairing, and the batch-size scaling
         pairing = metrics.get("loss_trace") or {}

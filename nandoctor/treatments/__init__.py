@@ -314,8 +314,18 @@ def call_to_call_change(patient) -> dict:
     return {"call_to_call_change": call_drift(patient.new_model(), patient.fixed_batch())}
 
 
+def batch_mixing(patient) -> dict:
+    """How much the second half of the fixed batch's outputs move when the first half is beside them (eval mode,
+    a fresh model; 0: each sample's output is its own); None when it cannot be measured."""
+    from nandoctor.patient import split_batch
+    from nandoctor.probes.batch_mixing import batch_mixing as measure
+    found = measure(patient.new_model(), split_batch(patient.fixed_batch())[0])
+    return {"batch_mixing": found["difference"] if found else None}
+
+
 MEASURES: dict[str, Callable[[Any], dict]] = {"gradient_ratio": gradient_ratio,
-                                               "call_to_call_change": call_to_call_change}
+                                               "call_to_call_change": call_to_call_change,
+                                               "batch_mixing": batch_mixing}
 
 
 def _arm(ctx, cure: Cure, patient, steps: int, *, treated: bool) -> Outcome:

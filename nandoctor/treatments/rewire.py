@@ -210,6 +210,20 @@ def relu_stack(patient) -> Callable[[], nn.Module]:
     return build
 
 
+def batch_first_flipped(patient, layers: list[str]) -> Callable[[], nn.Module]:
+    """A model factory: the user's model with ``batch_first=True`` on the attention and recurrent layers named
+    (built with ``batch_first=False`` and fed ``[batch, time, features]``): each then reads dim 0 as the batch,
+    as the data has it. Weights and everything else as the user's factory makes them."""
+    factory = patient.model_factory
+
+    def build() -> nn.Module:
+        model = factory()
+        for name in layers:
+            model.get_submodule(name).batch_first = True
+        return model
+    return build
+
+
 def _output_weights(model: nn.Module, module_name: str, inputs, classes: int) -> tuple | None:
     """(weight, bias or None, fan_in) of the raw parameters that make the output of ``module_name`` (the model
     itself for ""), found by what they do: with the bias zeroed, halving the weight halves the output. Among
