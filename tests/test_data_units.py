@@ -303,3 +303,24 @@ def test_a_code_for_unknown_stored_as_a_number_is_named_from_the_moments():
                                                        median=[f["median"], 0.0], robust_scale=[1.0, 1.0])))
     finding = check("data-unnormalized", ev)
     assert finding.evidence["sentinels"][0]["value"] == -10000.0 and "a code for a missing value" in finding.title
+
+
+def test_a_rescaling_cure_that_brings_a_huge_first_loss_back_to_its_expected_value_proves_itself():
+    """Huge inputs, huge logits: the loss at init 50x its expected ln 3. A cure that starts near ln 3 and trains no
+    worse is proven by that, though both arms end alike on the stream; without the huge start it is not."""
+    from nandoctor.diagnoses.data_scale import starts_repaired
+    from nandoctor.probes.training import Run
+    from nandoctor.treatments import Outcome
+
+    def arm(losses):
+        return Outcome(Run(losses=losses))
+
+    def outputs(first):
+        return Evidence(outputs=ProbeResult("outputs", "ok", metrics={"initial_loss": first,
+                                                                       "expected_initial_loss": 1.0986}))
+    untreated, treated = arm([50.0] + [0.95] * 20), arm([1.11] + [0.96] * 20)
+    (judge,) = starts_repaired(outputs(50.0))
+    assert judge(untreated, treated)
+    assert not judge(untreated, arm([1.11] + [1.2] * 20))     # it trains worse
+    assert not judge(untreated, arm([4.0] + [0.9] * 20))      # it still starts far off
+    assert starts_repaired(outputs(1.3)) == ()                # a start that was fine proves nothing

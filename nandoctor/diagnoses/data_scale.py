@@ -183,7 +183,9 @@ class DataUnnormalized(Diagnosis):
     The worst columns with their median, robust spread, min and max; the ratio of largest to smallest
     spread; whether a probe that trained saw trouble (non-finite loss, cannot memorise a batch), which
     makes the finding critical; and the feature scale plot. When training is in trouble nandoctor tries
-    the cure on a copy: a fixed standardisation layer in front of the model.
+    the cure on a copy: a fixed standardisation layer in front of the model. Where the loss at
+    initialisation is 3x its expected value or more (huge inputs make huge logits), a cured copy
+    that starts within 2x the expected loss and trains no worse proves the cause too.
 
     ## Fix
     Standardise with the training set's mean and std (store them; use the same for validation).
@@ -248,6 +250,7 @@ class DataUnnormalized(Diagnosis):
         if layout not in ("features", "channels") or r.metrics.get("features_truncated") or not f.get("mean"):
             return []
         factory = ctx.patient.model_factory
+        start = starts_repaired(ctx.evidence)
         codes = finding.evidence.get("sentinels")
         if codes and layout == "features":
             fix = {int(c["position"]): (float(c["value"]), float(c["median"])) for c in codes}
@@ -258,7 +261,8 @@ class DataUnnormalized(Diagnosis):
             variant = ctx.patient.variant("sentinel replaced", model_factory=lambda: nn.Sequential(front, factory()))
             steps = 2 * (ctx.planned_steps or 0) or None
             return [Cure(tried, variant, train="lr_check", steps=steps, severity="critical", refuted_severity="info",
-                         judge=judges.either(judges.fixes(judges.trains_on_stream), judges.ends_lower(STREAM_CURED)),
+                         judge=judges.either(judges.fixes(judges.trains_on_stream), judges.ends_lower(STREAM_CURED),
+                                             *start),
                          fix=("Treat the code as missing: replace it (and add a was-missing indicator column) before "
                               "standardising, e.g. df[col].replace(CODE, np.nan) then an imputer; a code for "
                               "'unknown' stored as a number is read by the model as a real, extreme value."))]
@@ -266,12 +270,29 @@ class DataUnnormalized(Diagnosis):
         variant = ctx.patient.variant("inputs standardised", model_factory=lambda: nn.Sequential(norm, factory()))
         tried = "inputs standardised with the training set's mean and std"
         if str(finding.evidence.get("training_trouble") or "").startswith("overfit"):
-            return [Cure(tried, variant, severity="critical", refuted_severity="info")]
+            return [Cure(tried, variant, severity="critical", refuted_severity="info",
+                         judge=judges.either(judges.beats_control, *start))]
         # the trouble showed on the data stream (the warm-up, the scan's training): train the cure there
         steps = 2 * (ctx.planned_steps or 0) or None
         return [Cure(tried + " (on the data stream, against the same run without)", variant, train="lr_check",
                      steps=steps, severity="critical", refuted_severity="info",
-                     judge=judges.either(judges.fixes(judges.trains_on_stream), judges.ends_lower(STREAM_CURED)))]
+                     judge=judges.either(judges.fixes(judges.trains_on_stream), judges.ends_lower(STREAM_CURED),
+                                         *start))]
+
+
+START_FAR = 3.0   # the loss at initialisation this many times its expected value: the inputs' scale shows there
+
+
+def starts_repaired(ev: Evidence) -> tuple:
+    """Where the loss at initialisation is ``START_FAR`` times its expected value or more (huge inputs make huge
+    logits), one more way a rescaling cure proves itself: the treated run starts near the expected loss and
+    trains no worse. Empty where the start was fine or is unknown."""
+    out = ev.ok("outputs")
+    first = out.metrics.get("initial_loss") if out is not None else None
+    expected = out.metrics.get("expected_initial_loss") if out is not None else None
+    if not (finite(first) and finite(expected)) or expected <= 0 or first < START_FAR * expected:
+        return ()
+    return (judges.both(judges.starts_near(expected, 2.0), judges.not_worse(1.05)),)
 
 
 STREAM_CURED = 0.9  # standardised inputs cure a stalled stream when the run ends at most 0.9x the untreated loss
