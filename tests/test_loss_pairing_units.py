@@ -92,6 +92,21 @@ def test_initial_loss_mismatch_needs_a_big_excess_and_a_mean_loss():
     assert fired(outputs_probe(initial=9.0, ratios=(2.0, 2.0))) == ["loss-reduction-sum"]
 
 
+def test_an_initial_loss_carried_by_a_few_samples_is_a_note_without_a_cure():
+    """The batch's loss at init 9.0 (8x ln 3): with the median sample at 1.12 the samples carry it (a code
+    such as -10000 in some rows), not the output layer; with the median sample far off too, the model does."""
+    def scan(median):
+        return ProbeResult(name="data_scan", metrics={"loss": {"init": {"median": median}}})
+    registry = diagnoses.load_all()
+    few = registry["initial-loss-mismatch"].check(Evidence({"outputs": outputs_probe(initial=9.0),
+                                                            "data_scan": scan(1.12)}))
+    assert few.severity == "info" and few.evidence["carried_by_few"] and "median sample starts at 1.12" in few.title
+    assert registry["initial-loss-mismatch"].cures(None, few) == []
+    every = registry["initial-loss-mismatch"].check(Evidence({"outputs": outputs_probe(initial=9.0),
+                                                              "data_scan": scan(8.0)}))
+    assert every.severity == "warning" and "carried_by_few" not in every.evidence
+
+
 def test_loss_reduction_sum_needs_both_doublings():
     assert fired(outputs_probe(ratios=(2.0, 1.1))) == []
     assert fired(outputs_probe(ratios=(1.98, 2.01))) == ["loss-reduction-sum"]

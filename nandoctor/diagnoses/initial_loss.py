@@ -22,6 +22,8 @@ class InitialLossMismatch(Diagnosis):
         "ratio_min": 2.0,     # the loss at init is at least this many times the expected value ...
         "excess_min": 1.0,    # ... and at least this much above it (nats)
         "max_confidence": 0.75,
+        "typical_ratio": 1.5,  # ... while the median sample's loss at init (the data scan) is below this many times
+                               #   the expected value: a few samples carry it, the model's start is fine
     }
     fix = ("Make the initial predictions near-uniform: scale down the last layer's weights (or zero them), "
            "normalise the inputs, and set the output bias to the class log-frequencies.")
@@ -31,6 +33,11 @@ class InitialLossMismatch(Diagnosis):
     uniformly would get: `ln(C)` for `CrossEntropyLoss` with C classes (or `NLLLoss` on
     log-probabilities), `ln(2)` for `BCEWithLogitsLoss`/`BCELoss`. Only evaluated when the
     output/loss pairing is right (otherwise the pairing diagnoses speak) and the loss is a mean.
+
+    When the data scan's median per-sample loss at init is below `typical_ratio` times the
+    expected value, the excess is carried by a few samples (a code such as -10000 in some rows, a
+    handful of huge inputs): the finding is then an `info` note and its cure is not tried; the
+    samples are the finding (`sample-loss-outlier`, `data-unnormalized`).
 
     ## Why it breaks training
     A loss far above `ln(C)` at init means the model is confidently wrong before it has seen any
@@ -69,6 +76,13 @@ class InitialLossMismatch(Diagnosis):
                     "loss": p.loss_name, "classes": o.get("classes"), "outputs_std": o.get("std"),
                     "outputs_max_abs": max(abs(o.get("min") or 0), abs(o.get("max") or 0)),
                     "output_layer": last.get("name"), "output_layer_type": last.get("type")}
+        typical = median_sample_loss(ev)
+        if finite(typical) and typical < self.thresholds["typical_ratio"] * expected:
+            evidence.update(median_sample_loss=typical, carried_by_few=True)
+            return self.finding(confidence, evidence, severity="info",
+                                title=f"The loss at initialisation is {measured:.3g}, {ratio:.1f}x its expected "
+                                      f"{expected:.3g}, carried by a few samples: the median sample starts at "
+                                      f"{typical:.3g}")
         return self.finding(confidence, evidence,
                             title=f"The loss at initialisation is {measured:.3g}, {ratio:.1f}x its expected "
                                   f"{expected:.3g}: the model starts confidently wrong")
@@ -79,8 +93,8 @@ class InitialLossMismatch(Diagnosis):
         an earlier layer makes the logits large, this does not bring the loss down, and the finding stays."""
         e = finding.evidence
         name = e.get("output_layer")
-        if name is None:
-            return []
+        if name is None or e.get("carried_by_few"):
+            return []   # the median sample starts where it should: the samples, not the output layer
         name = "" if name == "(model)" else name
         try:
             layer = ctx.patient.new_model().get_submodule(name) if name else ctx.patient.new_model()
@@ -116,3 +130,10 @@ class InitialLossMismatch(Diagnosis):
                      fix=(f"Initialise `{name}` with PyTorch's default (or smaller) weights instead of the current "
                           f"init: its outputs make the loss start at {e['initial_loss']:.3g} where "
                           f"{e['expected_initial_loss']:.3g} is expected."))]
+
+
+def median_sample_loss(ev: Evidence) -> float | None:
+    """The data scan's median per-sample loss of a fresh model (eval mode), or None."""
+    r = ev.ok("data_scan")
+    init = ((r.metrics.get("loss") or {}).get("init") or {}) if r is not None else {}
+    return init.get("median")
