@@ -318,9 +318,11 @@ def test_a_rescaling_cure_that_brings_a_huge_first_loss_back_to_its_expected_val
     def outputs(first):
         return Evidence(outputs=ProbeResult("outputs", "ok", metrics={"initial_loss": first,
                                                                        "expected_initial_loss": 1.0986}))
-    untreated, treated = arm([50.0] + [0.95] * 20), arm([1.11] + [0.96] * 20)
+    untreated, treated = arm([50.0] + [0.45] * 20), arm([1.11] + [0.46] * 20)
     (judge,) = starts_repaired(outputs(50.0))
     assert judge(untreated, treated)
-    assert not judge(untreated, arm([1.11] + [1.2] * 20))     # it trains worse
-    assert not judge(untreated, arm([4.0] + [0.9] * 20))      # it still starts far off
+    assert not judge(untreated, arm([1.11] + [0.6] * 20))     # it trains worse
+    assert not judge(untreated, arm([4.0] + [0.4] * 20))      # it still starts far off
+    # two runs stuck at the same loss (every ReLU dead at a far too high LR) prove nothing
+    assert not judge(arm([7.7] + [1.75] * 20), arm([1.78] + [1.75] * 20))
     assert starts_repaired(outputs(1.3)) == ()                # a start that was fine proves nothing

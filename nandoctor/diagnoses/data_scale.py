@@ -185,7 +185,8 @@ class DataUnnormalized(Diagnosis):
     makes the finding critical; and the feature scale plot. When training is in trouble nandoctor tries
     the cure on a copy: a fixed standardisation layer in front of the model. Where the loss at
     initialisation is 3x its expected value or more (huge inputs make huge logits), a cured copy
-    that starts within 2x the expected loss and trains no worse proves the cause too.
+    that starts within 2x the expected loss, trains (memorised, or 25% off its loss) and ends no
+    worse proves the cause too; two runs stuck at one loss prove nothing.
 
     ## Fix
     Standardise with the training set's mean and std (store them; use the same for validation).
@@ -250,7 +251,7 @@ class DataUnnormalized(Diagnosis):
         if layout not in ("features", "channels") or r.metrics.get("features_truncated") or not f.get("mean"):
             return []
         factory = ctx.patient.model_factory
-        start = starts_repaired(ctx.evidence)
+        start, on_stream = starts_repaired(ctx.evidence), starts_repaired(ctx.evidence, judges.trains_on_stream)
         codes = finding.evidence.get("sentinels")
         if codes and layout == "features":
             fix = {int(c["position"]): (float(c["value"]), float(c["median"])) for c in codes}
@@ -262,7 +263,7 @@ class DataUnnormalized(Diagnosis):
             steps = 2 * (ctx.planned_steps or 0) or None
             return [Cure(tried, variant, train="lr_check", steps=steps, severity="critical", refuted_severity="info",
                          judge=judges.either(judges.fixes(judges.trains_on_stream), judges.ends_lower(STREAM_CURED),
-                                             *start),
+                                             *on_stream),
                          fix=("Treat the code as missing: replace it (and add a was-missing indicator column) before "
                               "standardising, e.g. df[col].replace(CODE, np.nan) then an imputer; a code for "
                               "'unknown' stored as a number is read by the model as a real, extreme value."))]
@@ -277,22 +278,26 @@ class DataUnnormalized(Diagnosis):
         return [Cure(tried + " (on the data stream, against the same run without)", variant, train="lr_check",
                      steps=steps, severity="critical", refuted_severity="info",
                      judge=judges.either(judges.fixes(judges.trains_on_stream), judges.ends_lower(STREAM_CURED),
-                                         *start))]
+                                         *on_stream))]
 
 
 START_FAR = 3.0   # the loss at initialisation this many times its expected value: the inputs' scale shows there
 
 
-def starts_repaired(ev: Evidence) -> tuple:
+def starts_repaired(ev: Evidence, trained=judges.trains) -> tuple:
     """Where the loss at initialisation is ``START_FAR`` times its expected value or more (huge inputs make huge
-    logits), one more way a rescaling cure proves itself: the treated run starts near the expected loss and
-    trains no worse. Empty where the start was fine or is unknown."""
+    logits), one more way a rescaling cure proves itself: the treated run starts near the expected loss, trains
+    (``trained``: the overfit run's test, or the data stream's) and ends no worse; two runs stuck at the same
+    loss prove nothing. Empty where the start was fine or is unknown."""
     out = ev.ok("outputs")
     first = out.metrics.get("initial_loss") if out is not None else None
     expected = out.metrics.get("expected_initial_loss") if out is not None else None
     if not (finite(first) and finite(expected)) or expected <= 0 or first < START_FAR * expected:
         return ()
-    return (judges.both(judges.starts_near(expected, 2.0), judges.not_worse(1.05)),)
+    @judges.judge(f"the treated run {trained.text}")
+    def treated_trains(before, after) -> bool:
+        return bool(trained(after))
+    return (judges.both(judges.starts_near(expected, 2.0), treated_trains, judges.not_worse(1.05)),)
 
 
 STREAM_CURED = 0.9  # standardised inputs cure a stalled stream when the run ends at most 0.9x the untreated loss
