@@ -14,6 +14,8 @@ Each total is given over every patient and without the known gaps (``known_gap``
 
     OMP_NUM_THREADS=1 python benchmarks/bench_field.py --json field.json
     python benchmarks/bench_field.py --only unet lstm --budget 30
+    python benchmarks/bench_field.py --shard 0/2 --json a.json & python benchmarks/bench_field.py --shard 1/2 \
+        --json b.json; wait; python benchmarks/bench_field.py --merge a.json b.json
 """
 
 from __future__ import annotations
@@ -116,9 +118,25 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None, help="run the patients whose name contains one of these")
     parser.add_argument("--json", type=Path, default=None, help="write every row (with the findings' evidence) here")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as the test suite)")
+    parser.add_argument("--shard", default=None, metavar="K/N",
+                        help="run every N-th patient from the K-th (0-based), to run N processes side by side")
+    parser.add_argument("--merge", nargs="+", type=Path, default=None, metavar="JSON",
+                        help="print the rows and totals of runs written by --json (the shards of one run)")
     args = parser.parse_args()
+    if args.merge:
+        rows = [row for path in args.merge for row in json.loads(path.read_text())]
+        order = {p.name: i for i, p in enumerate(FIELD_ZOO)}
+        rows.sort(key=lambda r: order.get(r["name"], len(order)))
+        print(f"field zoo: {len(rows)} patients from {len(args.merge)} run(s)\n")
+        for row in rows:
+            print_row(row)
+        totals(rows, "all patients")
+        return
     torch.set_num_threads(args.threads)
     chosen = [p for p in FIELD_ZOO if not args.only or any(s in p.name for s in args.only)]
+    if args.shard:
+        k, n = (int(v) for v in args.shard.split("/"))
+        chosen = chosen[k::n]
     print(f"field zoo: {len(chosen)} patients, budget {args.budget:g} s each, {args.threads} torch thread(s)\n")
     rows, t0 = [], time.perf_counter()
     for patient in chosen:
