@@ -95,8 +95,8 @@ def test_initial_loss_mismatch_needs_a_big_excess_and_a_mean_loss():
 def test_an_initial_loss_carried_by_a_few_samples_is_a_note_without_a_cure():
     """The batch's loss at init 9.0 (8x ln 3): with the median sample at 1.12 the samples carry it (a code
     such as -10000 in some rows), not the output layer; with the median sample far off too, the model does."""
-    def scan(median):
-        return ProbeResult(name="data_scan", metrics={"loss": {"init": {"median": median}}})
+    def scan(median, mad=0.1):
+        return ProbeResult(name="data_scan", metrics={"loss": {"init": {"median": median, "mad": mad}}})
     registry = diagnoses.load_all()
     few = registry["initial-loss-mismatch"].check(Evidence({"outputs": outputs_probe(initial=9.0),
                                                             "data_scan": scan(1.12)}))
@@ -105,6 +105,10 @@ def test_an_initial_loss_carried_by_a_few_samples_is_a_note_without_a_cure():
     every = registry["initial-loss-mismatch"].check(Evidence({"outputs": outputs_probe(initial=9.0),
                                                               "data_scan": scan(8.0)}))
     assert every.severity == "warning" and "carried_by_few" not in every.evidence
+    # a median near ln 3 with the samples' losses spread from ~0 to far above: a confidently wrong model
+    spread = registry["initial-loss-mismatch"].check(Evidence({"outputs": outputs_probe(initial=9.0),
+                                                               "data_scan": scan(1.12, mad=3.0)}))
+    assert spread.severity == "warning"
 
 
 def test_loss_reduction_sum_needs_both_doublings():

@@ -23,7 +23,9 @@ class InitialLossMismatch(Diagnosis):
         "excess_min": 1.0,    # ... and at least this much above it (nats)
         "max_confidence": 0.75,
         "typical_ratio": 1.5,  # ... while the median sample's loss at init (the data scan) is below this many times
-                               #   the expected value: a few samples carry it, the model's start is fine
+                               #   the expected value: a few samples carry it, the model's start is fine ...
+        "typical_spread": 0.5,  # ... with the samples' losses gathered there (MAD at most this share of the expected
+                                #   value; a confidently wrong model spreads them from ~0 to far above)
     }
     fix = ("Make the initial predictions near-uniform: scale down the last layer's weights (or zero them), "
            "normalise the inputs, and set the output bias to the class log-frequencies.")
@@ -35,7 +37,8 @@ class InitialLossMismatch(Diagnosis):
     output/loss pairing is right (otherwise the pairing diagnoses speak) and the loss is a mean.
 
     When the data scan's median per-sample loss at init is below `typical_ratio` times the
-    expected value, the excess is carried by a few samples (a code such as -10000 in some rows, a
+    expected value and the samples' losses gather there (their MAD at most `typical_spread` of
+    it; a confidently wrong model spreads them from about 0 to far above), the excess is carried by a few samples (a code such as -10000 in some rows, a
     handful of huge inputs): the finding is then an `info` note and its cure is not tried; the
     samples are the finding (`sample-loss-outlier`, `data-unnormalized`).
 
@@ -76,8 +79,9 @@ class InitialLossMismatch(Diagnosis):
                     "loss": p.loss_name, "classes": o.get("classes"), "outputs_std": o.get("std"),
                     "outputs_max_abs": max(abs(o.get("min") or 0), abs(o.get("max") or 0)),
                     "output_layer": last.get("name"), "output_layer_type": last.get("type")}
-        typical = median_sample_loss(ev)
-        if finite(typical) and typical < self.thresholds["typical_ratio"] * expected:
+        typical, spread = median_sample_loss(ev)
+        if finite(typical) and finite(spread) and typical < self.thresholds["typical_ratio"] * expected \
+                and spread <= self.thresholds["typical_spread"] * expected:
             evidence.update(median_sample_loss=typical, carried_by_few=True)
             return self.finding(confidence, evidence, severity="info",
                                 title=f"The loss at initialisation is {measured:.3g}, {ratio:.1f}x its expected "
@@ -132,8 +136,8 @@ class InitialLossMismatch(Diagnosis):
                           f"{e['expected_initial_loss']:.3g} is expected."))]
 
 
-def median_sample_loss(ev: Evidence) -> float | None:
-    """The data scan's median per-sample loss of a fresh model (eval mode), or None."""
+def median_sample_loss(ev: Evidence) -> tuple:
+    """The data scan's median per-sample loss of a fresh model (eval mode) and its MAD, or Nones."""
     r = ev.ok("data_scan")
     init = ((r.metrics.get("loss") or {}).get("init") or {}) if r is not None else {}
-    return init.get("median")
+    return init.get("median"), init.get("mad")
