@@ -924,6 +924,24 @@ class TanhFrontLSTM(nn.Module):
         return self.fc(self.lstm(self.front(x))[0][:, -1])
 
 
+class RowLSTM(nn.Module):
+    """yunjey/pytorch-tutorial #196: an image read row by row by an LSTM, the last step classified. Built with
+    ``batch_first=False`` and fed ``[B, rows, width]``: the LSTM runs along the batch. ``transpose=True`` is the
+    same model done right for a sequence-first LSTM: ``[rows, B, width]`` in, the last row's output out."""
+
+    def __init__(self, width=16, hidden=64, classes=6, batch_first=False, transpose=False):
+        super().__init__()
+        self.lstm = nn.LSTM(width, hidden, batch_first=batch_first)
+        self.fc = nn.Linear(hidden, classes)
+        self.transpose = transpose
+
+    def forward(self, x):
+        x = x.squeeze(1)                                   # [B, rows, width]
+        if self.transpose:
+            return self.fc(self.lstm(x.transpose(0, 1))[0][-1])
+        return self.fc(self.lstm(x)[0][:, -1, :])
+
+
 def bag_of_words(n=512, vocab=200, classes=4, seed=0):
     """Topic-model style word-count vectors ``[n, vocab]`` (counts 0..~6) and the document's topic."""
     x, y = topic_tokens(n=n, length=40, vocab=vocab, classes=classes, seed=seed)
@@ -1492,6 +1510,9 @@ FIELD_ZOO: list[FieldPatient] = [
     FP("encoder-batch-first-false", S({"batch-mixing", "cannot-overfit-batch", "no-generalisation"}),
        lambda: P(lambda: TinyEncoder(batch_first=False), TensorDataset(*topic_tokens()), lr=3e-4),
        "https://github.com/Exorust/TorchLeet/issues/5"),
+    FP("mnist-rows-lstm-batch-first-false", S({"batch-mixing"}),
+       lambda: P(RowLSTM, TensorDataset(*pattern_images()), lr=0.01, batch_size=64),
+       "https://github.com/yunjey/pytorch-tutorial/issues/196"),
     # --- numerical hazards (0.2) -------------------------------------------------------------------------
     FP("reward-model-log-sigmoid", S({"numerical-hazard"}),
        lambda: P(RewardModel, preference_pairs(), pairwise_log_sigmoid),
@@ -1556,6 +1577,9 @@ FIELD_ZOO: list[FieldPatient] = [
        lambda: P(EncoderLinearInForward, TensorDataset(*topic_tokens()), lr=1e-7),
        "https://github.com/graykode/nlp-tutorial/issues/29", also_expected=S({"unregistered-module", "lr-too-low"})),
     # --- healthy, though they look sick -------------------------------------------------------------------
+    FP("healthy-rows-lstm-sequence-first-transposed", HEALTHY,
+       lambda: P(lambda: RowLSTM(transpose=True), TensorDataset(*pattern_images()), lr=0.01, batch_size=64),
+       "https://github.com/pytorch/pytorch/issues/1538"),
     FP("healthy-sine-fit-on-linspace-grid", HEALTHY,
        lambda: P(lambda: mlp(1, 1, hidden=32, depth=2, act=nn.Tanh),
                  TensorDataset(torch.linspace(-math.pi, math.pi, 2000).unsqueeze(1),
