@@ -285,6 +285,36 @@ def outlier_targets():
 DEVICE = os.environ.get("NANDOCTOR_ZOO_DEVICE", "cpu")  # e.g. cuda, to run the zoo on a GPU
 
 
+class SequenceGRU(nn.Module):
+    """A GRU over ``[B, T, F]`` sequences, the last step classified; ``batch_first=False`` runs it along the batch."""
+
+    def __init__(self, batch_first=True, features=12, classes=3):
+        super().__init__()
+        self.gru, self.fc = nn.GRU(features, 32, batch_first=batch_first), nn.Linear(32, classes)
+
+    def forward(self, x):
+        return self.fc(self.gru(x)[0][:, -1])
+
+
+class ViewedGRU(nn.Module):
+    """A sequence-first GRU fed ``x.view(T, B, F)`` where ``x.transpose(0, 1)`` was meant: samples interleaved."""
+
+    def __init__(self, features=12, classes=3):
+        super().__init__()
+        self.gru, self.fc = nn.GRU(features, 32), nn.Linear(32, classes)
+
+    def forward(self, x):
+        b, t, f = x.shape
+        return self.fc(self.gru(x.reshape(t, b, f))[0][-1])
+
+
+def sequences(n=384, steps=6, seed=0):
+    """Blobs repeated along ``steps`` time steps with noise: ``[n, steps, 12]``."""
+    x, y = blobs(n=n, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    return x[:, None, :] + 0.3 * torch.randn(n, steps, x.shape[1], generator=g), y
+
+
 def P(model, data, loss=None, opt=torch.optim.Adam, lr=1e-3, **kw) -> Patient:
     return Patient.from_objects(model, data, loss if loss is not None else nn.CrossEntropyLoss(), opt, lr=lr,
                                 device=DEVICE, **kw)
@@ -353,6 +383,9 @@ ZOO = [
     ("healthy-bce-with-logits", HEALTHY,
      lambda: P(lambda: mlp(classes=1), ds(blobs()[0], (blobs()[1] == 0).float().unsqueeze(1)), nn.BCEWithLogitsLoss())),
     ("healthy-huber", HEALTHY, lambda: P(lambda: mlp(8, 1), ds(*regression()), nn.HuberLoss())),
+    ("batch-first-false-gru", {"batch-mixing"}, lambda: P(lambda: SequenceGRU(batch_first=False), ds(*sequences()))),
+    ("view-instead-of-transpose", {"batch-mixing"}, lambda: P(ViewedGRU, ds(*sequences()))),
+    ("healthy-sequence-gru", HEALTHY, lambda: P(SequenceGRU, ds(*sequences()))),
     ("shuffled-labels", {"no-generalisation"}, lambda: P(mlp, shuffled(*blobs(n=512)))),
     ("shuffled-labels-cnn", {"no-generalisation"}, lambda: P(CNN, shuffled(*images()), batch_size=16)),
     # the training set-ups (0.2): precision and LR schedules

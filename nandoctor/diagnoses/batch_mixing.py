@@ -57,9 +57,11 @@ class BatchMixing(Diagnosis):
     whose outputs still agreed).
 
     ## Cure
-    When the model has `batch_first=False` attention or recurrent layers: a copy with
-    `batch_first=True` on them, trained on the same batch as the untreated model. Confirmed when the
-    copy's samples no longer depend on each other and it trains no worse; then critical.
+    When the first module that mixes is a `batch_first=False` attention or recurrent layer given
+    the batch on dim 0: a copy with `batch_first=True` on the model's `batch_first=False` layers,
+    trained on the same batch as the untreated model. Confirmed when the copy's samples no longer
+    depend on each other and it trains no worse; then critical. Mixing elsewhere (a `view` that
+    interleaves samples, a softmax over dim 0) has no cure to try: the finding stays a warning.
 
     ## Fix
     `batch_first=True` on the layers (or `x.transpose(0, 1)` before and after them); `permute`, not
@@ -93,8 +95,8 @@ class BatchMixing(Diagnosis):
 
     def cures(self, ctx, finding):
         layers = finding.evidence.get("batch_first_layers") or []
-        if not layers or finding.evidence.get("by_design"):
-            return []
+        if not layers or not finding.evidence.get("batch_first_mismatch"):
+            return []   # no batch_first=False layer given the batch on dim 0: nothing this cure can mend
         tried = f"batch_first=True on {', '.join(f'`{n}`' for n in layers)}"
         variant = ctx.patient.variant(tried, model_factory=batch_first_flipped(ctx.patient, layers))
         tolerance = self.thresholds["tolerance"]
