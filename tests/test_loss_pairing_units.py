@@ -109,6 +109,10 @@ def test_an_initial_loss_carried_by_a_few_samples_is_a_note_without_a_cure():
     spread = registry["initial-loss-mismatch"].check(Evidence({"outputs": outputs_probe(initial=9.0),
                                                                "data_scan": scan(1.12, mad=3.0)}))
     assert spread.severity == "warning"
+    # with BatchNorm the scan (eval mode) and the batch loss (train mode) do not measure the same model
+    bn = registry["initial-loss-mismatch"].check(Evidence({"outputs": outputs_probe(initial=9.0, mode_dependent=True),
+                                                           "data_scan": scan(1.12)}))
+    assert bn.severity == "warning"
 
 
 def test_loss_reduction_sum_needs_both_doublings():

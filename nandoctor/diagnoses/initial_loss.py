@@ -38,9 +38,11 @@ class InitialLossMismatch(Diagnosis):
 
     When the data scan's median per-sample loss at init is below `typical_ratio` times the
     expected value and the samples' losses gather there (their MAD at most `typical_spread` of
-    it; a confidently wrong model spreads them from about 0 to far above), the excess is carried by a few samples (a code such as -10000 in some rows, a
-    handful of huge inputs): the finding is then an `info` note and its cure is not tried; the
-    samples are the finding (`sample-loss-outlier`, `data-unnormalized`).
+    it; a confidently wrong model spreads them from about 0 to far above), and the model has no
+    BatchNorm or dropout (the scan scores in eval mode, the batch loss is the training mode's),
+    the excess is carried by a few samples (a code such as -10000 in some rows, a handful of huge
+    inputs): the finding is then an `info` note and its cure is not tried; the samples are the
+    finding (`sample-loss-outlier`, `data-unnormalized`).
 
     ## Why it breaks training
     A loss far above `ln(C)` at init means the model is confidently wrong before it has seen any
@@ -80,7 +82,8 @@ class InitialLossMismatch(Diagnosis):
                     "outputs_max_abs": max(abs(o.get("min") or 0), abs(o.get("max") or 0)),
                     "output_layer": last.get("name"), "output_layer_type": last.get("type")}
         typical, spread = median_sample_loss(ev)
-        if finite(typical) and finite(spread) and typical < self.thresholds["typical_ratio"] * expected \
+        if not p.metrics.get("mode_dependent") and finite(typical) and finite(spread) \
+                and typical < self.thresholds["typical_ratio"] * expected \
                 and spread <= self.thresholds["typical_spread"] * expected:
             evidence.update(median_sample_loss=typical, carried_by_few=True)
             return self.finding(confidence, evidence, severity="info",

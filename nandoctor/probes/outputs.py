@@ -417,6 +417,7 @@ class OutputsMetrics(Metrics):
     forward_error: dict | None = None
     unsupported_output: str | None = None
     batch_mixing: dict | None = None         # the second half's outputs with and without the first half beside it
+    mode_dependent: bool | None = None       # BatchNorm or dropout: train() and eval() compute different things
 
 
 class Outputs(Probe):
@@ -451,6 +452,8 @@ class Outputs(Probe):
         # 3. the loss, traced from the outputs and the targets
         metrics.update(self._trace_loss(patient, out, first, targets))
         metrics["batch_mixing"] = batch_mixing(model, inputs)
+        metrics["mode_dependent"] = any(isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd))
+                                        for m in model.modules())
         ctx.progress(1, 3)
         # 4. the expected loss at init for this pairing, and the batch-size scaling
         pairing = metrics.get("loss_trace") or {}
