@@ -121,47 +121,45 @@ def batch_mixing(model: nn.Module, inputs: Any) -> dict | None:
 def first_mixing_module(model: nn.Module, inputs, rest, n: int, k: int) -> dict:
     """The first module to finish whose output on the shared samples changes with their batch-mates (a child
     finishes before its parent: the innermost one), and whether it is a ``batch_first=False`` layer fed the
-    batch on dim 0."""
-    seen: list[tuple[str, Any]] = []
-    record = [lambda name, out, given: seen.append((name, _first_tensor(out).clone()
-                                                    if _first_tensor(out) is not None else None))]
+    batch on dim 0. The part's module outputs are recorded in call order, then compared as the whole batch
+    makes them."""
+    recorded: list[tuple[str, torch.Tensor | None]] = []
+    pending = None               # while the whole batch runs: the part's outputs still to compare
     found: dict = {}
-    agreed: list = [None]   # the last module whose outputs still agreed
-    calls = iter(())
+    agreed = None                # the last module whose outputs still agreed
 
     def hook(name):
         def run(module, args, out):
-            record[0](name, out, args)
-        return run
-
-    def compare(name, out, args):
-        if found:
-            return
-        ref = next(calls, None)
-        if ref is None or ref[0] != name:
-            return
-        moved = difference(_first_tensor(out), ref[1], n, k)
-        if moved is not None and moved <= RESOLUTION:
-            agreed[0] = name
-        if moved is not None and moved > RESOLUTION:
-            module = model.get_submodule(name) if name else model
+            nonlocal agreed
+            t = _first_tensor(out)
+            if pending is None:
+                recorded.append((name, t.clone() if t is not None else None))
+                return
+            ref = next(pending, None)
+            if found or ref is None or ref[0] != name:
+                return
+            moved = difference(t, ref[1], n, k)
+            if moved is None:
+                return
+            if moved <= RESOLUTION:
+                agreed = name
+                return
             given = _first_tensor(args)
-            found.update(module=name or "(the model)", module_type=type(module).__name__,
-                         module_difference=round(moved, 6),
+            found.update(module=name, module_type=type(module).__name__, module_difference=round(moved, 6),
                          batch_first_mismatch=isinstance(module, BATCH_FIRST_TYPES)
                          and not getattr(module, "batch_first", True)
                          and given is not None and given.dim() == 3 and given.shape[0] == n)
+        return run
 
     handles = [m.register_forward_hook(hook(name)) for name, m in model.named_modules() if name]
     try:
         _forward(model, rest)
-        calls = iter(seen)
-        record[0] = compare
+        pending = iter(recorded)
         _forward(model, inputs)
     finally:
         for h in handles:
             h.remove()
-    return found or {"module": None, "after": agreed[0]}
+    return found or {"module": None, "after": agreed}
 
 
 def batch_first_layers(model: nn.Module) -> list[str]:
