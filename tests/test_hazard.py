@@ -415,3 +415,19 @@ def test_a_nan_already_born_at_the_hazard_folds_the_nan_findings_under_it():
     assert f.evidence["where"].endswith(f"test_hazard.py:{hazard_line(with_pairwise_spread)} in with_pairwise_spread")
     folded = {g.code for g in report.findings if g.explained_by == "numerical-hazard"}
     assert "loss-nonfinite" in folded
+
+
+def test_a_division_that_already_makes_single_samples_nan_is_critical_and_explains_their_outliers():
+    """A Dice denominator: the batch's sums are not 0, but scored one by one (the data scan) the empty masks
+    predicted empty give 0/0 at init. With NaN in the samples themselves, the data is the source instead."""
+    def scan(nan_losses, nan_inputs=0):
+        return ProbeResult(name="data_scan", metrics={"loss": {"nonfinite": {"count": nan_losses}},
+                                                      "nonfinite": {"count": nan_inputs}})
+    ev = evidence(division_hazard())
+    ev["data_scan"] = scan(40)
+    fires = DIAG.check(ev)
+    assert fires.severity == "critical" and fires.evidence["state"] == "fires on samples"
+    assert "sample-loss-outlier" in fires.explains
+    ev["data_scan"] = scan(40, nan_inputs=5)
+    dirty = DIAG.check(ev)
+    assert dirty.severity == "warning" and dirty.explains == ()

@@ -8,7 +8,8 @@ from nandoctor.treatments import Cure, judges
 from nandoctor.treatments.hazards import (DIV_EPS, EXP_MAX, SQRT_EPS, STRESS_LR_FACTOR, STRESS_STEPS,
                                           hazard_count, rewritten, stress_run)
 
-NONFINITE_SYMPTOMS = ("loss-nonfinite", "nonfinite-source", "cannot-overfit-batch", "training-crashed")
+NONFINITE_SYMPTOMS = ("loss-nonfinite", "nonfinite-source", "cannot-overfit-batch", "training-crashed",
+                      "sample-loss-outlier")   # samples with finite inputs whose loss the op made NaN
 FIRING_KINDS = ("log-of-probability", "sqrt-at-zero")   # the kinds that are critical near their edge
 KIND_WORDS = {"log-of-probability": "log of a probability", "exp-unbounded": "exp of an unbounded value",
               "division-by-zeroable": "division by a value that can be zero",
@@ -84,7 +85,9 @@ class NumericalHazard(Diagnosis):
     distance in logits); for exp, its largest argument and the margin before overflow; for a
     division, the divisor's smallest value and zeros; for a square root, the argument's smallest
     value and how many entries are exactly zero. When the overfit probe's first NaN was born at the
-    same line, `fired_in_training` says so. The cure rewrites the hazards on the fly on a copy
+    same line, `fired_in_training` says so; when the data scan found samples with finite inputs whose
+    loss at init is already NaN/Inf, a hazard in the loss is `fires on samples` (critical: scored one
+    by one, a Dice denominator of an empty mask predicted empty is 0 now). The cure rewrites the hazards on the fly on a copy
     (`log(sigmoid(x))` -> `logsigmoid(x)`, `log(softmax(x))` -> `log_softmax(x)`, an eps under
     divisions and square roots, a clamp before exp), checks that a traced step of the copy shows
     none and that it still trains; for a log or a square root it first trains both copies at
@@ -117,8 +120,13 @@ class NumericalHazard(Diagnosis):
             return None
         # 1. did one of them already fire in the overfit run (its first NaN born at the same line)?
         birth = _birth(ev)
+        on_samples = _nonfinite_sample_losses(ev)
         for h in hazards:
             self._grade(h, birth)
+            if on_samples and h.get("in") == "loss" and h.get("state") == "not yet":
+                # single samples with finite inputs already get a NaN/Inf loss at init (the data scan): the op fires
+                h.update(severity="critical", confidence=self.thresholds["confidence_fired"],
+                         state="fires on samples", samples=on_samples)
         ranked = sorted(hazards, key=lambda h: (-severity_rank(h["severity"]), -h["confidence"], _margin(h)))
         top = ranked[0]
         fired = [h for h in ranked if h.get("state") == "fired in training"]
@@ -162,7 +170,7 @@ class NumericalHazard(Diagnosis):
     def _explains(hazards: list[dict], birth: dict | None, ev: Evidence) -> bool:
         """A hazard accounts for the NaN symptoms when it fired, or when a NaN came from a place nobody
         located and a hazard that makes NaN (a log, a square root) sits on the path."""
-        if any(h.get("state") in ("fired in training", "fires now") for h in hazards):
+        if any(h.get("state") in ("fired in training", "fires now", "fires on samples") for h in hazards):
             return True
         if _overfit_nonfinite(ev) is None:
             return False
@@ -194,6 +202,15 @@ def _birth(ev: Evidence) -> dict | None:
         return None
     return {"op": birth.get("op"), "where": birth.get("where"), "phase": birth.get("phase"),
             "step": nf.metrics.get("step")}
+
+
+def _nonfinite_sample_losses(ev: Evidence) -> int:
+    """How many samples with finite inputs and targets the data scan found with a NaN/Inf loss at init (0 when
+    none, or when the samples themselves hold NaN: then the data is the source)."""
+    r = ev.ok("data_scan")
+    if r is None or (r.metrics.get("nonfinite") or {}).get("count"):
+        return 0
+    return int(((r.metrics.get("loss") or {}).get("nonfinite") or {}).get("count") or 0)
 
 
 def _overfit_nonfinite(ev: Evidence) -> int | None:
