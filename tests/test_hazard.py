@@ -431,3 +431,14 @@ def test_a_division_that_already_makes_single_samples_nan_is_critical_and_explai
     ev["data_scan"] = scan(40, nan_inputs=5)
     dirty = DIAG.check(ev)
     assert dirty.severity == "warning" and dirty.explains == ()
+
+
+def test_the_cured_copy_is_cured_without_a_gradient_too():
+    """The data scan and eval-mode scores run without a gradient: the rewritten loss must guard its division
+    there as well (a batch whose every label is masked out divides 0 by 0)."""
+    patient = make_patient(loss=masked_mean)
+    cured = rewritten(patient, "an eps under the division")
+    out, y = torch.randn(4, 3), torch.full((4,), 2)
+    with torch.no_grad():
+        assert torch.isnan(patient.loss_fn(out, y))
+        assert torch.isfinite(cured.loss_fn(out, y))

@@ -87,9 +87,10 @@ class NumericalHazard(Diagnosis):
     value and how many entries are exactly zero. When the overfit probe's first NaN was born at the
     same line, `fired_in_training` says so; when the data scan found samples with finite inputs whose
     loss at init is already NaN/Inf, a hazard in the loss is `fires on samples` (critical: scored one
-    by one, a Dice denominator of an empty mask predicted empty is 0 now). The cure rewrites the hazards on the fly on a copy
-    (`log(sigmoid(x))` -> `logsigmoid(x)`, `log(softmax(x))` -> `log_softmax(x)`, an eps under
-    divisions and square roots, a clamp before exp), checks that a traced step of the copy shows
+    by one, a Dice denominator of an empty mask predicted empty is 0 now). The cure rewrites the
+    hazards on the fly on a copy (`log(sigmoid(x))` -> `logsigmoid(x)`, `log(softmax(x))` -> `log_softmax(x)`, an eps under
+    divisions and square roots, a clamp before exp; with or without a gradient, so the copy's
+    eval-mode and per-sample scores are rewritten too), checks that a traced step of the copy shows
     none and that it still trains; for a log or a square root it first trains both copies at
     {factor:g}x the learning rate for {steps} steps, where the untreated one reaches its NaN and the
     treated one does not (no more steps than the plan gives a cure).

@@ -185,6 +185,8 @@ class Provenance(TorchFunctionMode):
     """
 
     locate = True   # name the user's line of each producer (a rewriter needs no names)
+    on_path_only = True   # only ops whose operands are on the autograd path (a rewriter: every such op, in any
+                          # mode, so an eval-mode or no-grad score of the cured copy is cured too)
 
     def __init__(self) -> None:
         super().__init__()
@@ -242,18 +244,19 @@ class Provenance(TorchFunctionMode):
 
     # --- the four patterns -----------------------------------------------------------------------
     def _hazard(self, name: str, func, args: tuple, kwargs: dict, frame) -> Found | None:
-        if not args or not torch.is_grad_enabled():
+        if not args or (self.on_path_only and not torch.is_grad_enabled()):
             return None
         x = args[0]
+        path = _on_path if self.on_path_only else (lambda t: isinstance(t, torch.Tensor))
         kind, operand = None, None
         if name in LOGS or name in LOG1P:
             tag = self.tag(x)
             if tag is not None and tag.prob is not None and tag.prob.negated == (name in LOG1P) \
-                    and _on_path(x):
+                    and path(x):
                 kind, operand = "log-of-probability", x
         elif name in EXPS:
             tag = self.tag(x)
-            if isinstance(x, torch.Tensor) and x.requires_grad and x.is_floating_point() \
+            if path(x) and x.is_floating_point() \
                     and not (tag is not None and (tag.upper or tag.nonpos)):
                 kind, operand = "exp-unbounded", x
         elif name in DIVS or name in RDIVS:
@@ -262,14 +265,14 @@ class Provenance(TorchFunctionMode):
                 return None
             tag = self.tag(d)
             if tag is not None and tag.zero is not None and not _positive_operand(tag.zero) \
-                    and any(isinstance(t, torch.Tensor) and t.requires_grad for t in (x, d)):
+                    and any(path(t) for t in (x, d)):
                 kind, operand = "division-by-zeroable", d
         elif name in SQRTS or name in POWS:
             tag = self.tag(x)
             p = _arg(args, kwargs, 1, "exponent") if name in POWS else None
             fractional = name in SQRTS or (_number(p) and p < 1 and p != 0 and not float(p).is_integer())
             zeroable = tag is not None and (tag.sqrt_zero is not None or (tag.zero is not None and tag.nonneg))
-            if fractional and zeroable and isinstance(x, torch.Tensor) and x.requires_grad:
+            if fractional and zeroable and path(x):
                 kind, operand = "sqrt-at-zero", x
         if kind is None:
             return None

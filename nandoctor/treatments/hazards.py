@@ -52,6 +52,7 @@ class Rewriter(Scoped, Provenance):
     """
 
     locate = False
+    on_path_only = False   # the cured copy scored without a gradient (the data scan, eval) is rewritten too
 
     def __init__(self) -> None:
         super().__init__()
