@@ -209,7 +209,9 @@ class BoundedOutputActivation(PairingDiagnosis):
     severity = "critical"
     requires = ()           # also judged from a crash alone
     accepts_failed = True
-    explains = COMMON_SYMPTOMS + ("dead-relu", "saturated-activation", "vanishing-gradients")
+    # a ReLU output's row sum is 0, its log -inf: the op that turns NaN (numerical-hazard) is where the bounded
+    # output meets the loss, not a second cause
+    explains = COMMON_SYMPTOMS + ("dead-relu", "saturated-activation", "vanishing-gradients", "numerical-hazard")
     fix = "Remove the final activation and use a loss that takes raw scores (CrossEntropyLoss, BCEWithLogitsLoss)."
     titles = {
         "relu-into-log": "ReLU output layer feeds a loss that takes the log of the outputs: log(0) turns the loss NaN",
