@@ -35,7 +35,7 @@ class BatchMixing(Diagnosis):
     samples apart gives those samples the same outputs both times (up to rounding: a kernel picked
     for another batch size differs by about 1e-6). The finding fires when they move by more than
     `tolerance` of the outputs' scale. A model that samples at random in eval mode (two calls on the
-    same batch from the same RNG state differ) is not judged. A fourth pass with a hook on every
+    same batch from two RNG states differ) is not judged. A fourth pass with a hook on every
     module names the first one whose output on those samples changed with their batch-mates.
 
     ## Why it breaks training

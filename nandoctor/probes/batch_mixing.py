@@ -146,8 +146,7 @@ def first_mixing_module(model: nn.Module, inputs, rest, n: int, k: int) -> dict:
                 return
             given = _first_tensor(args)
             found.update(module=name, module_type=type(module).__name__, module_difference=round(moved, 6),
-                         batch_first_mismatch=isinstance(module, BATCH_FIRST_TYPES)
-                         and not getattr(module, "batch_first", True)
+                         batch_first_mismatch=_batch_first_false(module)
                          and given is not None and given.dim() == 3 and given.shape[0] == n)
         return run
 
@@ -162,7 +161,10 @@ def first_mixing_module(model: nn.Module, inputs, rest, n: int, k: int) -> dict:
     return found or {"module": None, "after": agreed}
 
 
+def _batch_first_false(module: nn.Module) -> bool:
+    return isinstance(module, BATCH_FIRST_TYPES) and not getattr(module, "batch_first", True)
+
+
 def batch_first_layers(model: nn.Module) -> list[str]:
     """The attention and recurrent layers built with ``batch_first=False``."""
-    return [name for name, m in model.named_modules()
-            if isinstance(m, BATCH_FIRST_TYPES) and not getattr(m, "batch_first", True)]
+    return [name for name, m in model.named_modules() if _batch_first_false(m)]
