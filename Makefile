@@ -21,8 +21,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/nandoctor diagnose sample_runs/demo/config.yaml --out nandoctor-report --budget 60
 
+# two workers, one per core: every test runs torch on one thread (tests/conftest.py)
 test: $(STAMP) chromium
-	$(BIN)/python -m pytest -p no:cacheprovider
+	$(BIN)/python -m pytest -p no:cacheprovider -n 2
 
 # the browser test of the letter (tests/test_letter_browser.py) needs Chromium: Debian's package when we are
 # root and apt works, else the test skips and says so

@@ -29,8 +29,6 @@ SUBSET = [
     "shuffled-frame-saved-index",                # csv-index-column: the row numbers once each, in shuffled order
     "seven-sigmoid-layer-dnn",                   # vanishing-gradients: confirmed by ReLU with its init
     "audio-cnn-summed-loss-and-no-zero-grad",    # two faults: a sum inside the step and no zero_grad, both cured
-    "pointnet-slow-bn-momentum-eval-drop",       # train-eval-gap: BatchNorm momentum 0.001, cured by 0.1
-    "mnist-rows-lstm-batch-first-false",         # batch-mixing: an LSTM run along the batch, cured by batch_first
     "healthy-sine-fit-on-linspace-grid",         # healthy: x = linspace is not a saved row index
     "healthy-imbalance-3-to-1",                  # healthy: 3:1 classes train fine
 ]
