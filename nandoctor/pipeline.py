@@ -37,6 +37,7 @@ MIN_REPORT_RESERVE = 2.5     # ... and at least this many seconds
 MAX_TREATMENTS = 3           # cures tried per run, best-ranked findings first; the plan keeps room for all of them
 CURE_COST = 1.1              # one cure re-runs the overfit training (its untreated run is the overfit probe's)
 TREATMENTS = "treatments"    # the cures' entry in the plan
+REFUTE_TIER = 3              # a cure that fails refutes only at the overfit probe's steps at this tier (240)
 COMPOSE_PROBES = ("overfit", "lr_sweep")  # run again on the cured copy, with the probes the other candidates read
 COMPOSE_MIN_SHARE = 0.15     # ... only while this share of the budget is left
 COMPOSE_MIN_SECONDS = 8.0    # ... and at least this many seconds
@@ -415,6 +416,7 @@ class Battery:
             name = f"treat:{finding.code}"
             ctx = self._context(patient, evidence, plots_dir, 0.0, name)
             ctx.planned_steps, ctx.min_steps = steps, (overfit.min if overfit is not None else 0)
+            ctx.refute_steps = overfit.steps_at(REFUTE_TIER) if overfit is not None else None
             try:
                 cures = registry[finding.code].cures(ctx, finding)
             except Exception as exc:  # a diagnosis bug must not kill the report

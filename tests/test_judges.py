@@ -94,6 +94,40 @@ def test_run_cure_judges_a_comparison_a_probe_already_made():
     assert record["curves"]["before"] == FLAT and len(record["curves"]["after"]) == 40
 
 
+def _short_cure_ctx(planned, refute=240):
+    from nandoctor.probes import ProbeContext
+    from nandoctor.records import Evidence
+    return ProbeContext(make_patient(), seconds=60.0, step_time=0.001, evidence=Evidence(),
+                        planned_steps=planned, refute_steps=refute)
+
+
+def _failing_protocol(patient, steps, deadline, lr):
+    return arm(FLAT)   # the treated arm stays as flat as the control: the cure did not cure
+
+
+@pytest.mark.parametrize("follows_plan", [True, False])
+def test_a_cure_that_fails_short_of_the_refutation_steps_is_inconclusive_not_refuted(follows_plan):
+    from nandoctor.records import Finding
+    cure = Cure("a cure", train=_failing_protocol, control=arm(FLAT), follows_plan=follows_plan)
+    record = run_cure(_short_cure_ctx(planned=60), cure)
+    finding = Finding(code="x", severity="critical", confidence=0.5, title="x", evidence={}, fix="",
+                      treatment=record)
+    if follows_plan:   # 60 planned steps of the 240 a refutation is defined at: not proof of anything yet
+        assert record["judged"] is False and record["short_of_refutation"]["refutation_steps"] == 240
+        assert "--budget" in record["note"] and finding.status == "inconclusive"
+    else:              # its steps are fixed by the evidence (the step a schedule broke at): refuted
+        assert "judged" not in record and finding.status == "refuted"
+
+
+def test_a_cure_that_fails_at_the_refutation_steps_refutes_and_one_that_cures_early_confirms():
+    from nandoctor.records import Finding
+    refuted = run_cure(_short_cure_ctx(planned=240), Cure("a cure", train=_failing_protocol, control=arm(FLAT)))
+    assert Finding(code="x", severity="critical", confidence=0.5, title="x", evidence={}, fix="",
+                   treatment=refuted).status == "refuted"
+    cured = run_cure(_short_cure_ctx(planned=30), Cure("a cure", train=lambda *a: arm(falling()), control=arm(FLAT)))
+    assert cured["cured"] is True and "short_of_refutation" not in cured
+
+
 def test_the_cured_copy_is_the_variant_with_the_cure_s_lr():
     p = make_patient(lr=1.0)
     cured = cured_patient(p, Cure("lower LR", lr=0.01))

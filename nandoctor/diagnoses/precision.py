@@ -158,6 +158,7 @@ class FP16Overflow(Diagnosis):
             cures.append(("bf16 autocast instead of fp16", patient.variant("bf16 autocast", precision="bf16"),
                           "precision: bf16"))
         return [Cure(label, variant, judge=judge, train="precision", steps=steps, control=precision_outcome(before),
+                     follows_plan=False,
                      extra=reference, fix=f"Use {label} ({key} in the config): the same training then stays finite "
                                           f"and trains. " + self.fix)
                 for label, variant, key in cures]

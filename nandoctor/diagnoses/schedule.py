@@ -205,4 +205,4 @@ class LRScheduleCollapse(Diagnosis):
         tried = f"the same training without {ev.get('scheduler') or 'the scheduler'}{constant}"
         # 3. clearly better without: it trains where the scheduled run broke, or its loss falls much further
         return [Cure(tried, patient.variant("no scheduler", scheduler=None), steps=steps * patient.accumulate,
-                     control_hooks=_as_users_loop, judge=judges.improves(t["clearly_better"]))]
+                     control_hooks=_as_users_loop, judge=judges.improves(t["clearly_better"]), follows_plan=False)]

@@ -44,6 +44,7 @@ class ProbeContext:
     planned_steps: int | None = None    # the planner's steps for this probe (None: not a step-planned probe)
     selected: tuple[str, ...] = ()      # the probes of this run (a probe may reuse another's evidence)
     min_steps: int = 0                  # the fewest steps its verdict needs
+    refute_steps: int | None = None     # a cure: the planned steps a failure must reach to refute (None: any)
     hard_stop: float | None = None      # where the watchdog stops code that does not come back (a clock reading)
 
     @property

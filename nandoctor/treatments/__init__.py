@@ -80,6 +80,8 @@ class Cure:
     refuted_severity: str | None = None          # the finding's severity when this (its last) cure refutes it
     fix: str | None = None
     extra: dict = field(default_factory=dict)   # more numbers for the record (the probe's reference run ...)
+    follows_plan: bool = True   # its steps follow the plan's; False when the evidence fixes them (the step a
+                                # schedule broke at): then a failure at those steps refutes at any budget
 
 
 def overfit_run(ctx: ProbeContext, patient, steps: int, *, lr: float | None = None,
@@ -382,8 +384,23 @@ def run_cure(ctx: ProbeContext, cure: Cure) -> dict:
     elif not cured and cure.judge is judges.beats_control and judges.memorised(before):
         record["nothing_to_cure"] = True
         record["note"] = "the untreated run already memorised the batch: nothing here to cure"
+    elif not cured and short_of_refutation(ctx, cure):
+        # a cure that did not cure in fewer steps than a refutation is defined at proves nothing yet: the
+        # same set-up given the steps may cure, so the verdict would depend on the budget and the machine
+        record["judged"] = False
+        record["short_of_refutation"] = {"planned_steps": int(ctx.planned_steps),
+                                         "refutation_steps": int(ctx.refute_steps)}
+        record["note"] = (f"not refuted: the cure ran at {ctx.planned_steps} planned steps and a refutation "
+                          f"needs {ctx.refute_steps}; a larger --budget gives it them")
     record.update(cure.extra)
     return record
+
+
+def short_of_refutation(ctx: ProbeContext, cure: Cure) -> bool:
+    """Whether a cure that failed ran shorter than a refutation needs: its steps follow the plan and the plan
+    gave the cures fewer than ``ctx.refute_steps`` (the overfit probe's steps at the refutation tier)."""
+    return (cure.done is None and cure.follows_plan and ctx.refute_steps is not None
+            and ctx.planned_steps is not None and ctx.planned_steps < ctx.refute_steps)
 
 
 def treat(ctx: ProbeContext, cures: list[Cure]) -> tuple[dict | None, Cure | None]:
