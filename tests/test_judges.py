@@ -128,6 +128,22 @@ def test_a_cure_that_fails_at_the_refutation_steps_refutes_and_one_that_cures_ea
     assert cured["cured"] is True and "short_of_refutation" not in cured
 
 
+@pytest.mark.parametrize("probe_steps", [40, 300])
+def test_the_treated_arm_trains_as_long_as_the_overfit_run_it_is_compared_with(probe_steps):
+    """The overfit probe's run is the control: the treated copy trains exactly its steps, whether the plan gave
+    the probe more steps than the cures (a quiet machine: 300 against 240) or fewer."""
+    from nandoctor.probes import ProbeContext
+    from nandoctor.records import Evidence, ProbeResult
+    control = Run(losses=falling(1.1, 0.3, probe_steps), stopped="done")
+    evidence = Evidence({"overfit": ProbeResult(name="overfit", metrics={"planned_steps": probe_steps,
+                                                                          "accuracy": 0.9},
+                                                data={"run": control})})
+    ctx = ProbeContext(make_patient(), seconds=60.0, step_time=0.001, evidence=evidence, planned_steps=240,
+                       refute_steps=240)
+    record = run_cure(ctx, Cure("a cure", hooks=lambda model, optimizer: None))
+    assert record["before"]["steps"] == probe_steps and record["after"]["steps"] == probe_steps
+
+
 def test_the_cured_copy_is_the_variant_with_the_cure_s_lr():
     p = make_patient(lr=1.0)
     cured = cured_patient(p, Cure("lower LR", lr=0.01))

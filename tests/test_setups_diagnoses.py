@@ -137,11 +137,26 @@ def test_fp16_gradient_overflow_without_a_scaler():
     assert finding.severity == "critical" and "gradients are non-finite at step 3" in finding.title
 
 
-def test_grad_scaler_skipping_most_steps_is_an_overflow_a_few_skips_are_not():
-    broken = run_metrics(grad_scaler=True, grad_nonfinite_step=0, skipped_steps=30)
-    assert FP16.check(fp16_evidence(mine=broken)).severity == "critical"
-    warming_up = run_metrics(grad_scaler=True, grad_nonfinite_step=0, skipped_steps=3)  # the scaler's normal start
-    assert FP16.check(fp16_evidence(mine=warming_up)) is None
+def test_grad_scaler_skipping_most_steps_after_its_calibration_is_an_overflow_its_calibration_is_not():
+    def scaled(steps, calibration, after, scale_min=64.0):
+        return run_metrics(grad_scaler=True, grad_nonfinite_step=0, steps=steps, skipped_steps=calibration + after,
+                           calibration_steps=calibration, skipped_after_calibration=after, scale_min=scale_min)
+    # every GradScaler halves its scale from 2**16 at the start: 9 skips, then it trains; however long the run
+    for steps in (20, 27, 60):
+        assert FP16.check(fp16_evidence(mine=scaled(steps, calibration=9, after=0))) is None
+    # it settled, then skipped most of what followed: the gradients keep leaving fp16
+    assert FP16.check(fp16_evidence(mine=scaled(40, calibration=9, after=20))).severity == "critical"
+    # the scale fell below 1: the gradients overflow fp16 unscaled (NaN activations skip every step)
+    assert FP16.check(fp16_evidence(mine=scaled(27, calibration=27, after=0, scale_min=0.5))).severity == "critical"
+
+
+def test_the_precision_probe_plans_a_grad_scaler_s_calibration_on_top_of_its_minimum():
+    from nandoctor.probes.precision import CALIBRATION, MIN_STEPS
+    scaled = Precision().need(ProbeContext(make_patient(precision="fp16"), 10.0, 0.01, Evidence()))
+    plain = Precision().need(ProbeContext(make_patient(precision="fp16", grad_scaler=False), 10.0, 0.01,
+                                          Evidence()))
+    assert scaled.min == MIN_STEPS + CALIBRATION and plain.min == MIN_STEPS
+    assert 2.0 ** 16 / 2.0 ** CALIBRATION < 1.0   # that many skips take the default init_scale below 1
 
 
 def test_not_fp16_overflow_when_fp32_breaks_too_or_in_bf16():

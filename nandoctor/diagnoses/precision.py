@@ -8,7 +8,7 @@ from nandoctor.diagnoses import Diagnosis
 from nandoctor.patient import FP16_MAX
 from nandoctor.records import Evidence
 from nandoctor.treatments import Cure, judges, precision_outcome
-from nandoctor.treatments.setups import IDEAL_STEPS, MIN_STEPS, bf16_available
+from nandoctor.treatments.setups import CALIBRATION, IDEAL_STEPS, MIN_STEPS, bf16_available
 
 PROBE = "precision"
 
@@ -19,13 +19,19 @@ def _finite(x) -> bool:
 
 def broke(run: dict, t: dict) -> bool:
     """The run as configured failed: a non-finite loss, non-finite gradients without a GradScaler, or (with
-    one) most steps skipped for inf/NaN gradients: the scaler never found a scale that fits."""
+    one) a scaler that never found a scale that fits: its scale fell below 1 (the gradients overflow fp16
+    unscaled), or it skipped most of the steps after its calibration (the leading skips every GradScaler
+    takes while it halves its scale from 2**16 to one the gradients fit in, which depend on the gradients'
+    size, not on how long the run is)."""
     if run.get("nonfinite_step") is not None or run.get("error"):
         return True
     if not run.get("grad_scaler"):
         return run.get("grad_nonfinite_step") is not None
-    steps = run.get("steps") or 0
-    return steps > 0 and (run.get("skipped_steps") or 0) >= t["skipped_share"] * steps
+    scale_min = run.get("scale_min")
+    if isinstance(scale_min, (int, float)) and scale_min < 1.0:
+        return True
+    after = (run.get("steps") or 0) - (run.get("calibration_steps") or 0)
+    return after > 0 and (run.get("skipped_after_calibration") or 0) >= t["skipped_share"] * after
 
 
 def clean(run: dict) -> bool:
@@ -57,8 +63,9 @@ class FP16Overflow(Diagnosis):
     ## What it detects
     The config trains under fp16 autocast. The `precision` probe trains a fresh model on one
     batch twice, from the same seed: as configured and in fp32. The run as configured goes
-    non-finite (the loss, or the gradients without a GradScaler; with one, the scaler skips most
-    steps) while the fp32 run stays finite. The evidence names the first module whose output
+    non-finite (the loss, or the gradients without a GradScaler; with one, its scale falls below 1
+    or it skips most steps after its calibration, the leading skips every GradScaler takes while
+    it halves its scale from 2^16) while the fp32 run stays finite. The evidence names the first module whose output
     became inf while its input was finite, the largest activation the fp32 run reached against
     the fp16 maximum 65504, and the GradScaler's scale trajectory. A warning when the fp16 run
     stays finite but the fp32 run's activations already reach half of 65504.
@@ -157,7 +164,9 @@ class FP16Overflow(Diagnosis):
         if bf16_available(patient.device):
             cures.append(("bf16 autocast instead of fp16", patient.variant("bf16 autocast", precision="bf16"),
                           "precision: bf16"))
-        return [Cure(label, variant, judge=judge, train="precision", steps=steps, control=precision_outcome(before),
+        # a GradScaler variant calibrates first (its leading skips): those steps come on top
+        return [Cure(label, variant, judge=judge, train="precision", control=precision_outcome(before),
+                     steps=steps + (CALIBRATION if variant.uses_grad_scaler and not patient.uses_grad_scaler else 0),
                      follows_plan=False,
                      extra=reference, fix=f"Use {label} ({key} in the config): the same training then stays finite "
                                           f"and trains. " + self.fix)

@@ -31,6 +31,8 @@ from nandoctor.probes.training import Run, train
 from nandoctor.records import Metrics, ProbeResult
 
 MIN_STEPS = 10      # fewer steps cannot tell "overflows at once" from "overflows after some growth"
+CALIBRATION = 17    # a GradScaler starts at 2**16 and halves on every step it skips: 17 skips take it below 1,
+                    # so a run with one is planned this much longer and its leading skips are not counted
 IDEAL_STEPS = 60    # growth-driven overflows show within this many steps of a fixed batch
 STEP_COST = 2.3     # two runs per planned step, plus the activation hooks
 TAIL_SHARE = 0.25   # a run's end loss is the mean of its last quarter of steps
@@ -101,6 +103,16 @@ class PrecisionRun:
     scaler: bool = False
     scales: list[float] = field(default_factory=list)   # the GradScaler's scale after each step
     skipped_steps: int = 0                              # steps the scaler skipped (inf/NaN gradients)
+    skipped: list[bool] = field(default_factory=list)   # per step: the scaler skipped it
+
+    @property
+    def calibration_steps(self) -> int:
+        """The leading skipped steps: the scaler halving its scale down to one the gradients fit in (what every
+        GradScaler does at the start of a run), not a failure of the run."""
+        n = 0
+        while n < len(self.skipped) and self.skipped[n]:
+            n += 1
+        return n
 
     @property
     def relative_drop(self) -> float | None:
@@ -133,7 +145,8 @@ class PrecisionRun:
                 "scale_initial": self.scales[0] if self.scales else None,
                 "scale_final": self.scales[-1] if self.scales else None,
                 "scale_min": min(self.scales) if self.scales else None,
-                "skipped_steps": self.skipped_steps, "scales": scales}
+                "skipped_steps": self.skipped_steps, "calibration_steps": self.calibration_steps,
+                "skipped_after_calibration": sum(self.skipped[self.calibration_steps:]), "scales": scales}
 
 
 def _grads_finite(model: nn.Module) -> bool:
@@ -155,6 +168,7 @@ def precision_run(patient, batch, steps: int, deadline: float | None = None) -> 
         scaler = state.scaler if state is not None else None
         watch = ActivationWatch(model)
         out = PrecisionRun(precision=patient.precision, run=Run(), watch=watch, scaler=scaler is not None)
+        initial_scale = float(scaler.get_scale()) if scaler is not None else 0.0   # its init_scale, before a step
 
         def on_step(i: int, value: float) -> None:
             # 1. gradients as the step left them (unscaled by scaler.step, or inf where it skipped)
@@ -163,8 +177,9 @@ def precision_run(patient, batch, steps: int, deadline: float | None = None) -> 
             # 2. the scaler halves its scale on every step it skips
             if scaler is not None:
                 scale = float(scaler.get_scale())
-                if out.scales and scale < out.scales[-1]:
-                    out.skipped_steps += 1
+                skipped = scale < (out.scales[-1] if out.scales else initial_scale)
+                out.skipped_steps += skipped
+                out.skipped.append(skipped)
                 out.scales.append(scale)
             watch.step = i + 1
 
@@ -173,6 +188,11 @@ def precision_run(patient, batch, steps: int, deadline: float | None = None) -> 
         finally:
             watch.detach()
     return out
+
+
+def scaled_need() -> StepNeed:
+    """The probe's steps under a GradScaler: its calibration on top of the minimum and the ideal."""
+    return StepNeed(min=MIN_STEPS + CALIBRATION, ideal=IDEAL_STEPS + CALIBRATION, cost=STEP_COST)
 
 
 @dataclass
@@ -194,15 +214,19 @@ class Precision(Probe):
     steps = StepNeed(min=MIN_STEPS, ideal=IDEAL_STEPS, cost=STEP_COST)
 
     def need(self, ctx: ProbeContext) -> StepNeed | None:
-        """Two short trainings (the user's precision, fp32); nothing to plan in fp32."""
-        return None if ctx.patient.precision == "fp32" else self.steps
+        """Two short trainings (the user's precision, fp32); nothing to plan in fp32. Under a GradScaler the
+        minimum holds its calibration too: the verdict is read on the steps after it."""
+        if ctx.patient.precision == "fp32":
+            return None
+        return scaled_need() if ctx.patient.uses_grad_scaler else self.steps
 
     def run(self, ctx: ProbeContext) -> ProbeResult:
         patient = ctx.patient
         # 1. nothing to compare when the user trains in fp32
         if patient.precision == "fp32":
             return self.result(status="skipped", reason="the config trains in fp32 (no autocast): nothing to compare")
-        steps = ctx.steps(lo=MIN_STEPS, hi=IDEAL_STEPS, per_step=ctx.step_time * STEP_COST)
+        need = self.need(ctx)
+        steps = ctx.steps(lo=need.min, hi=need.ideal, per_step=ctx.step_time * STEP_COST)
         ctx.progress(0, 2 * steps)
         batch = patient.fixed_batch()
         # 2. as configured, then fp32 (same seed, same batch); each may use what the other left

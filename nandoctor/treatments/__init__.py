@@ -113,8 +113,13 @@ def _control(ctx: ProbeContext, cure: Cure, steps: int) -> tuple[Outcome | None,
         return None, steps
     broke = run.stopped in ("nonfinite", "error")
     planned = over.metrics.get("planned_steps") or run.steps
-    if broke or run.steps >= min(steps, planned):
-        return Outcome(run, over.metrics.get("accuracy")), (min(steps, planned) if not broke else steps)
+    if broke:
+        return Outcome(run, over.metrics.get("accuracy")), steps
+    if run.steps >= min(steps, planned):
+        # the treated arm trains exactly as long as the control did (its accuracy is read at its end): shorter
+        # when the overfit probe was planned shorter, longer when it was planned longer (one arm of the
+        # probe's length costs less than two of the cures')
+        return Outcome(run, over.metrics.get("accuracy")), run.steps
     return None, steps
 
 
@@ -359,6 +364,7 @@ def protocol_of(cure: Cure) -> str:
 
 def run_cure(ctx: ProbeContext, cure: Cure) -> dict:
     """Train (or take) both arms of ``cure``, judge them, and return the SPEC ``treatment`` record."""
+    steps = None
     if cure.done is not None:
         before, after = cure.done
     else:
@@ -384,23 +390,32 @@ def run_cure(ctx: ProbeContext, cure: Cure) -> dict:
     elif not cured and cure.judge is judges.beats_control and judges.memorised(before):
         record["nothing_to_cure"] = True
         record["note"] = "the untreated run already memorised the batch: nothing here to cure"
-    elif not cured and short_of_refutation(ctx, cure):
+    elif not cured and short_of_refutation(ctx, cure, steps):
         # a cure that did not cure in fewer steps than a refutation is defined at proves nothing yet: the
         # same set-up given the steps may cure, so the verdict would depend on the budget and the machine
         record["judged"] = False
-        record["short_of_refutation"] = {"planned_steps": int(ctx.planned_steps),
-                                         "refutation_steps": int(ctx.refute_steps)}
-        record["note"] = (f"not refuted: the cure ran at {ctx.planned_steps} planned steps and a refutation "
+        length = cure_length(ctx, cure, steps)
+        record["short_of_refutation"] = {"planned_steps": length, "refutation_steps": int(ctx.refute_steps)}
+        record["note"] = (f"not refuted: the cure ran at {length} planned steps and a refutation "
                           f"needs {ctx.refute_steps}; a larger --budget gives it them")
     record.update(cure.extra)
     return record
 
 
-def short_of_refutation(ctx: ProbeContext, cure: Cure) -> bool:
-    """Whether a cure that failed ran shorter than a refutation needs: its steps follow the plan and the plan
-    gave the cures fewer than ``ctx.refute_steps`` (the overfit probe's steps at the refutation tier)."""
-    return (cure.done is None and cure.follows_plan and ctx.refute_steps is not None
-            and ctx.planned_steps is not None and ctx.planned_steps < ctx.refute_steps)
+def cure_length(ctx: ProbeContext, cure: Cure, steps: int | None) -> int | None:
+    """A cure's length in the plan's steps: the steps both arms trained, or, for a cure that sets its own from
+    the plan's (twice them on the data stream), the plan's."""
+    length = ctx.planned_steps if cure.steps is not None else steps
+    return int(length) if length is not None else None
+
+
+def short_of_refutation(ctx: ProbeContext, cure: Cure, steps: int | None) -> bool:
+    """Whether a cure that failed ran shorter than a refutation needs: its steps follow the plan and it ran
+    fewer than ``ctx.refute_steps`` of them (the overfit probe's steps at the refutation tier)."""
+    if cure.done is not None or not cure.follows_plan or ctx.refute_steps is None or ctx.planned_steps is None:
+        return False
+    length = cure_length(ctx, cure, steps)
+    return length is not None and length < ctx.refute_steps
 
 
 def treat(ctx: ProbeContext, cures: list[Cure]) -> tuple[dict | None, Cure | None]:
