@@ -136,6 +136,8 @@ def main() -> None:
     chosen = [p for p in FIELD_ZOO if not args.only or any(s in p.name for s in args.only)]
     if args.shard:
         k, n = (int(v) for v in args.shard.split("/"))
+        if not 0 <= k < n:
+            parser.error(f"--shard {args.shard}: K counts from 0 and must be below N (0/{n} ... {n - 1}/{n})")
         chosen = chosen[k::n]
     print(f"field zoo: {len(chosen)} patients, budget {args.budget:g} s each, {args.threads} torch thread(s)\n")
     rows, t0 = [], time.perf_counter()
