@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from patients import make_patient
+from patients import blobs, make_patient
 
 from nandoctor.probes.training import Run
 from nandoctor.treatments import Cure, Outcome, cured_patient, judges, run_cure
@@ -142,6 +142,32 @@ def test_the_treated_arm_trains_as_long_as_the_overfit_run_it_is_compared_with(p
                        refute_steps=240)
     record = run_cure(ctx, Cure("a cure", hooks=lambda model, optimizer: None))
     assert record["before"]["steps"] == probe_steps and record["after"]["steps"] == probe_steps
+
+
+def stream_arm(end, at_init=1.1, drop=None, **kw):
+    return arm(falling(at_init, end), end_loss=end, end_loss_at_init=at_init,
+               relative_drop=drop if drop is not None else 1 - end / at_init, **kw)
+
+
+def test_ends_lower_by_wants_a_gap_that_matters_not_a_ratio_of_two_losses_near_zero():
+    judge = judges.ends_lower_by(0.9, 0.1)
+    assert not judge(stream_arm(3e-4), stream_arm(1e-5))       # both memorised the stream: the ratio is noise
+    assert judge(stream_arm(0.9), stream_arm(0.3))             # a gap of half the untrained loss
+    assert not judge(stream_arm(0.9), stream_arm(0.85))        # 0.94x: not lower enough
+    broke = arm([1.1, float("nan")], stopped="nonfinite", end_loss=None, end_loss_at_init=1.1)
+    assert judge(broke, stream_arm(0.3))                       # the untreated run broke, the treated one trains
+    # a sentinel -10000 makes the untrained loss 50; repaired it is 1.1: the margin is read on the lower one
+    assert judge(stream_arm(0.97, at_init=50.5), stream_arm(0.47, at_init=1.13))
+    assert not judge(stream_arm(0.97, at_init=50.5), stream_arm(0.9, at_init=1.13))
+
+
+def test_the_lr_matched_protocol_trains_each_arm_at_the_lr_its_own_sweep_suggests():
+    from nandoctor.treatments import lr_matched_run
+    raw, standard = make_patient(data=blobs(scale=300.0)), make_patient()
+    a, b = lr_matched_run(raw, 60, None, None), lr_matched_run(standard, 60, None, None)
+    for out in (a, b):
+        assert out.measures["lr_from"].startswith("its own LR sweep") and out.measures["end_loss"] is not None
+    assert a.measures["lr"] < b.measures["lr"]    # inputs 300x larger: a lower LR of their own
 
 
 def test_the_cured_copy_is_the_variant_with_the_cure_s_lr():

@@ -261,24 +261,40 @@ class DataUnnormalized(Diagnosis):
                      "the same run without)")
             variant = ctx.patient.variant("sentinel replaced", model_factory=lambda: nn.Sequential(front, factory()))
             steps = 2 * (ctx.planned_steps or 0) or None
+            fix = ("Treat the code as missing: replace it (and add a was-missing indicator column) before "
+                   "standardising, e.g. df[col].replace(CODE, np.nan) then an imputer; a code for "
+                   "'unknown' stored as a number is read by the model as a real, extreme value.")
+            matched = matched_cure(tried.replace(" (on the data stream, against the same run without)", ""), variant,
+                                   steps)
+            matched.fix = fix
             return [Cure(tried, variant, train="lr_check", steps=steps, severity="critical", refuted_severity="info",
                          judge=judges.either(judges.fixes(judges.trains_on_stream), judges.ends_lower(STREAM_CURED),
-                                             *on_stream),
-                         fix=("Treat the code as missing: replace it (and add a was-missing indicator column) before "
-                              "standardising, e.g. df[col].replace(CODE, np.nan) then an imputer; a code for "
-                              "'unknown' stored as a number is read by the model as a real, extreme value."))]
+                                             *on_stream), fix=fix), matched]
         norm = Standardize(f["mean"], f["std"], layout)
         variant = ctx.patient.variant("inputs standardised", model_factory=lambda: nn.Sequential(norm, factory()))
         tried = "inputs standardised with the training set's mean and std"
         if str(finding.evidence.get("training_trouble") or "").startswith("overfit"):
             return [Cure(tried, variant, severity="critical", refuted_severity="info",
-                         judge=judges.either(judges.beats_control, *start))]
+                         judge=judges.either(judges.beats_control, *start)),
+                    matched_cure(tried, variant, 2 * (ctx.planned_steps or 0) or None)]
         # the trouble showed on the data stream (the warm-up, the scan's training): train the cure there
         steps = 2 * (ctx.planned_steps or 0) or None
         return [Cure(tried + " (on the data stream, against the same run without)", variant, train="lr_check",
                      steps=steps, severity="critical", refuted_severity="info",
                      judge=judges.either(judges.fixes(judges.trains_on_stream), judges.ends_lower(STREAM_CURED),
-                                         *on_stream))]
+                                         *on_stream)),
+                matched_cure(tried, variant, steps)]
+
+
+
+def matched_cure(tried: str, variant, steps: int | None) -> Cure:
+    """The second try of a rescaling cure: both arms at their own LR. Rescaled inputs change the gradients'
+    size, so at the configured LR the two arms differ by an LR as well (an LR too high for both hides what the
+    scale does; one tuned to the raw scale is too low for the rescaled copy). Each arm runs its own LR range
+    test and trains at its suggestion on the same batches; the rescaled one must end clearly lower."""
+    return Cure(tried + " (each arm at the LR its own sweep suggests, on the data stream)", variant,
+                train="lr_matched", steps=steps, severity="critical", refuted_severity="info",
+                judge=judges.ends_lower_by(STREAM_CURED, MATCHED_MARGIN))
 
 
 START_FAR = 3.0   # the loss at initialisation this many times its expected value: the inputs' scale shows there
@@ -301,6 +317,7 @@ def starts_repaired(ev: Evidence, trained=judges.trains) -> tuple:
 
 
 STREAM_CURED = 0.9  # standardised inputs cure a stalled stream when the run ends at most 0.9x the untreated loss
+MATCHED_MARGIN = 0.1  # ... and, each arm at its own LR, lower by a tenth of the untrained model's loss
 
 
 class Standardize(nn.Module):

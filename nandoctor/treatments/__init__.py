@@ -130,11 +130,42 @@ def lr_check_run(patient, steps: int, deadline: float | None, lr: float | None) 
     from nandoctor.probes.lr_sweep import CHECK_MIN_STEPS, check_lrs
     check = check_lrs(patient, {"run": lr if lr is not None else patient.lr}, max(CHECK_MIN_STEPS, steps // 3),
                       deadline=deadline)
-    summary = check.get("run")
+    return _check_outcome(check.get("run"))
+
+
+def _check_outcome(summary: dict | None) -> Outcome:
+    """One LR check run (``lr_sweep.check_lrs``'s summary) as an arm of a cure."""
     if summary is None:  # cut short by the clock
         return Outcome(Run(stopped="deadline"), measures={"relative_drop": None})
     run = Run(losses=list(summary.get("losses") or []))
     return Outcome(run, measures={k: v for k, v in summary.items() if k != "losses"})
+
+
+MATCHED_SWEEP_STEPS = 60   # ``lr_matched``: the LR range test each arm runs to find its own LR
+
+
+def lr_matched_run(patient, steps: int, deadline: float | None, lr: float | None) -> Outcome:
+    """The LR check at the arm's own LR: an LR range test on this arm (a fresh model, the user's optimizer and
+    stream), then the LR check's constant-LR run at its suggestion (the user's LR when the sweep suggests none).
+    For cures that change how large the gradients are (inputs rescaled): at one LR the two arms are not the same
+    training, each at its own best they are, and the one that then trains better has the better set-up."""
+    from nandoctor import curves
+    from nandoctor.probes.lr_sweep import CHECK_MIN_STEPS, check_lrs, sweep, verify_suggestion
+    found = sweep(patient, steps=MATCHED_SWEEP_STEPS, deadline=deadline)
+    if found.stopped == "deadline":
+        return Outcome(Run(stopped="deadline"), measures={"relative_drop": None})
+    reading = curves.read_sweep(found.lrs, found.losses) if len(found.losses) >= 2 else None
+    n = max(CHECK_MIN_STEPS, steps // 3)
+    if reading is None or not reading.suggested_lr:
+        out = _check_outcome(check_lrs(patient, {"suggested": lr or patient.lr}, n, deadline).get("suggested"))
+        out.measures["lr_from"] = "the configured LR (its sweep suggested none)"
+        return out
+    # as the LR sweep probe does: a suggestion that does not train from scratch gives way to the most cautious rule
+    check = check_lrs(patient, {"suggested": reading.suggested_lr}, n, deadline)
+    check = verify_suggestion(patient, reading, check, n, deadline)
+    out = _check_outcome(check.get("suggested"))
+    out.measures["lr_from"] = f"its own LR sweep ({reading.suggested_by})"
+    return out
 
 
 def precision_run(patient, steps: int, deadline: float | None, lr: float | None) -> Outcome:
@@ -303,7 +334,8 @@ def class_recall_run(patient, steps: int, deadline: float | None, lr: float | No
     return Outcome(run, measures=measures)
 
 
-PROTOCOLS: dict[str, Callable[..., Outcome]] = {"lr_check": lr_check_run, "precision": precision_run,
+PROTOCOLS: dict[str, Callable[..., Outcome]] = {"lr_check": lr_check_run, "lr_matched": lr_matched_run,
+                                                "precision": precision_run,
                                                 "held_out": held_out_run, "class_recall": class_recall_run}
 
 

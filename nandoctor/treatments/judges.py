@@ -142,6 +142,26 @@ def ends_lower(ratio: float) -> Callable:
     return j
 
 
+def ends_lower_by(ratio: float, share: float) -> Callable:
+    """``ends_lower(ratio)``, and by a margin that matters: the gap between the two end losses is at least
+    ``share`` of the untrained model's loss on those batches (the lower of the two arms': a cure of huge inputs
+    starts far lower than the model without it). Two arms that both memorise the stream end near zero, where
+    any ratio is noise."""
+    lower = ends_lower(ratio)
+
+    @judge(f"{lower.text}, lower by at least {share:.0%} of the untrained model's loss")
+    def j(before, after) -> bool:
+        if not lower(before, after):
+            return False
+        a, b = after.measures.get("end_loss"), before.measures.get("end_loss")
+        if not clean(before) or not isinstance(b, (int, float)) or not math.isfinite(b):
+            return True   # the untreated run broke and the treated one trains: ends_lower's own reading
+        scales = [o.measures.get("end_loss_at_init") for o in (before, after)]
+        scales = [x for x in scales if isinstance(x, (int, float)) and math.isfinite(x) and x > 0]
+        return bool(scales) and b - a >= share * min(scales)
+    return j
+
+
 def when_broken(test: Callable) -> Callable:
     """Cured when the untreated run broke (non-finite, an exception) and the treated one passes ``test``; no
     verdict (None: the finding stays inconclusive) when the untreated run never met the symptom."""
