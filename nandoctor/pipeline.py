@@ -403,7 +403,7 @@ class Battery:
         overfit = self.needs.get("overfit") if self.plan is not None else None
         steps = (self.plan.steps.get(TREATMENTS) or overfit.min) if overfit is not None else None
         if steps is not None:
-            steps = self._cure_tier(steps, overfit, findings, registry)
+            steps = self._cure_tier(steps, overfit, findings, registry, patient, evidence, plots_dir)
         confirmed: list[Finding] = []
         for finding in ranking.rank(list(findings)):
             if finding.severity == "info" and not finding.evidence.get("candidate_only"):
@@ -474,14 +474,30 @@ class Battery:
         arms = 2 if (cure.train is not None or cure.control_hooks is not None or cure.steps is not None) else 1
         return planning.step_seconds(CURE_COST * arms * (cure.steps or steps or 0), self.step_time)
 
-    def _cure_tier(self, steps: int, overfit: planning.StepNeed, findings, registry) -> int:
+    def _cure_tier(self, steps: int, overfit: planning.StepNeed, findings, registry, patient, evidence,
+                   plots_dir) -> int:
         """The cures' steps: the plan's tier, raised (in the planner's doubling tiers, up to the overfit
-        probe's ideal) while every candidate's cure still fits what is left, as when probes crashed early."""
-        n = sum(1 for f in findings if f.severity != "info"
-                and type(registry[f.code]).cures is not diagnoses.Diagnosis.cures)
+        probe's ideal) while every candidate's first cure still fits what is left, as when probes crashed
+        early. Each is costed as described at those steps (a cure on the data stream trains longer than one
+        on the fixed batch), and at least as two overfit-length arms."""
+        candidates = [f for f in findings if f.severity != "info"
+                      and type(registry[f.code]).cures is not diagnoses.Diagnosis.cures]
         left = self.end - time.perf_counter()
-        while n and steps * 2 <= overfit.ideal and \
-                n * planning.step_seconds(CURE_COST * steps * 2, self.step_time) <= left:
+
+        def cost(s: int) -> float:
+            total = 0.0
+            for f in candidates:
+                ctx = self._context(patient, evidence, plots_dir, 0.0, f"treat:{f.code}")
+                ctx.planned_steps, ctx.min_steps = s, overfit.min
+                try:
+                    cures = registry[f.code].cures(ctx, f)
+                except Exception:   # a diagnosis bug: its cure is reported where it is tried
+                    cures = []
+                floor = planning.step_seconds(CURE_COST * s * 2, self.step_time)
+                total += max([floor] + [self._cure_seconds(c, s) for c in cures[:1]])
+            return total
+
+        while candidates and steps * 2 <= overfit.ideal and cost(steps * 2) <= left:
             steps *= 2
         return steps
 

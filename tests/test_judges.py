@@ -170,6 +170,19 @@ def test_the_lr_matched_protocol_trains_each_arm_at_the_lr_its_own_sweep_suggest
     assert a.measures["lr"] < b.measures["lr"]    # inputs 300x larger: a lower LR of their own
 
 
+def test_a_cure_whose_alternative_the_budget_left_out_is_not_refuted():
+    from nandoctor.treatments import treat
+    ctx = _short_cure_ctx(planned=240)
+    first = Cure("at the configured LR", train=_failing_protocol, control=arm(FLAT))
+    second = Cure("each arm at its own LR", train=_failing_protocol, control=arm(FLAT))
+    ctx.seconds = 0.0   # the first one spent the budget
+    record, cure = treat(ctx, [first, second])
+    assert cure is None and record["judged"] is False and record["untried"] == ["each arm at its own LR"]
+    ctx.seconds = 60.0  # with the time for both, both fail: refuted
+    record, _ = treat(ctx, [first, second])
+    assert "judged" not in record and [a["tried"] for a in record["attempts"]] == [first.tried, second.tried]
+
+
 def test_the_cured_copy_is_the_variant_with_the_cure_s_lr():
     p = make_patient(lr=1.0)
     cured = cured_patient(p, Cure("lower LR", lr=0.01))

@@ -178,3 +178,31 @@ def test_a_replan_on_a_slower_machine_suggests_a_budget_that_fits_its_step_time(
     assert slower.dropped
     for reason in slower.dropped.values():
         assert int(reason.rsplit("--budget ", 1)[1]) >= first.needed_seconds * 50
+
+
+def test_the_cures_are_sized_by_what_their_cures_cost_at_those_steps():
+    """The cure tier doubles only while every candidate's first cure fits: one on the data stream at twice
+    the plan's steps costs more than an overfit-length arm, and holds the tier down where the other would not."""
+    import time as _time
+    from nandoctor import diagnoses, pipeline, planning
+    from nandoctor.records import Evidence, Finding
+    from nandoctor.treatments import Cure
+
+    class Costly(diagnoses.Diagnosis):   # no code of its own: not registered, looked up by the finding's
+        def cures(self, ctx, finding):
+            return [Cure("a long stream cure", train="lr_check", steps=8 * (ctx.planned_steps or 0))]
+
+    class Cheap(Costly):
+        def cures(self, ctx, finding):
+            return [Cure("an overfit-length cure")]
+
+    battery = pipeline.Battery(pipeline.Options(budget=60.0), pipeline.Progress())
+    battery.opts, battery.selected, battery.step_time = pipeline.Options(budget=60.0), (), 0.01
+    battery.end = _time.perf_counter() + 20.0
+    need = planning.StepNeed(30, 300)
+    finding = Finding(code="lr-too-high", severity="critical", confidence=0.9, title="", evidence={}, fix="")
+    tiers = {}
+    for name, cls in (("cheap", Cheap), ("costly", Costly)):
+        registry = {"lr-too-high": cls()}
+        tiers[name] = battery._cure_tier(30, need, [finding], registry, make_patient(), Evidence(), None)
+    assert tiers["cheap"] == 240 and tiers["costly"] < tiers["cheap"]

@@ -467,6 +467,13 @@ def treat(ctx: ProbeContext, cures: list[Cure]) -> tuple[dict | None, Cure | Non
             break
     if record is not None and len(attempts) > 1:
         record["attempts"] = attempts
+    untried = cures[len(attempts):]
+    if record is not None and untried and record.get("judged") is not False:
+        # refuted only when every alternative was tried: the one the clock left out may be the cure
+        record["judged"] = False
+        record["untried"] = [c.tried for c in untried]
+        record["note"] = (f"not refuted: {len(untried)} alternative(s) not tried, the budget was spent "
+                          f"({untried[0].tried})")
     return record, None
 
 
