@@ -414,9 +414,7 @@ class Battery:
                 confirm_with_cause(registry[finding.code], finding, cause)
                 continue
             name = f"treat:{finding.code}"
-            ctx = self._context(patient, evidence, plots_dir, 0.0, name)
-            ctx.planned_steps, ctx.min_steps = steps, (overfit.min if overfit is not None else 0)
-            ctx.refute_steps = overfit.steps_at(REFUTE_TIER) if overfit is not None else None
+            ctx = self._cure_context(patient, evidence, plots_dir, name, steps, overfit)
             try:
                 cures = registry[finding.code].cures(ctx, finding)
             except Exception as exc:  # a diagnosis bug must not kill the report
@@ -467,6 +465,14 @@ class Battery:
                     finding.treatment_note = f"not tried: explained by {cause.code}, confirmed by its cure"
                     confirm_with_cause(registry[finding.code], finding, cause)
 
+    def _cure_context(self, patient, evidence, plots_dir, name: str, steps: int | None,
+                      overfit: planning.StepNeed | None) -> ProbeContext:
+        """A cure's context: the cures' planned steps, the overfit probe's minimum and its refutation length."""
+        ctx = self._context(patient, evidence, plots_dir, 0.0, name)
+        ctx.planned_steps, ctx.min_steps = steps, (overfit.min if overfit is not None else 0)
+        ctx.refute_steps = overfit.steps_at(REFUTE_TIER) if overfit is not None else None
+        return ctx
+
     def _cure_seconds(self, cure, steps: int | None) -> float:
         """What one cure costs at the measured step time: both arms when the control is trained too."""
         if cure.done is not None:
@@ -487,8 +493,7 @@ class Battery:
         def cost(s: int) -> float:
             total = 0.0
             for f in candidates:
-                ctx = self._context(patient, evidence, plots_dir, 0.0, f"treat:{f.code}")
-                ctx.planned_steps, ctx.min_steps = s, overfit.min
+                ctx = self._cure_context(patient, evidence, plots_dir, f"treat:{f.code}", s, overfit)
                 try:
                     cures = registry[f.code].cures(ctx, f)
                 except Exception:   # a diagnosis bug: its cure is reported where it is tried

@@ -252,48 +252,44 @@ class DataUnnormalized(Diagnosis):
             return []
         factory = ctx.patient.model_factory
         start, on_stream = starts_repaired(ctx.evidence), starts_repaired(ctx.evidence, judges.trains_on_stream)
+        steps = 2 * (ctx.planned_steps or 0) or None   # the data-stream cures: twice the plan's steps
+        on_stream_judge = judges.either(judges.fixes(judges.trains_on_stream), judges.ends_lower(STREAM_CURED),
+                                        *on_stream)
         codes = finding.evidence.get("sentinels")
         if codes and layout == "features":
             fix = {int(c["position"]): (float(c["value"]), float(c["median"])) for c in codes}
             front = ReplaceSentinel(fix)
-            tried = ("the code " + ", ".join(f"{c['value']:.6g} in '{c['name']}'" for c in codes[:SHOWN]) +
-                     " replaced by the column's median in front of a copy of the model (on the data stream, against "
-                     "the same run without)")
+            what = ("the code " + ", ".join(f"{c['value']:.6g} in '{c['name']}'" for c in codes[:SHOWN]) +
+                    " replaced by the column's median in front of a copy of the model")
             variant = ctx.patient.variant("sentinel replaced", model_factory=lambda: nn.Sequential(front, factory()))
-            steps = 2 * (ctx.planned_steps or 0) or None
-            fix = ("Treat the code as missing: replace it (and add a was-missing indicator column) before "
-                   "standardising, e.g. df[col].replace(CODE, np.nan) then an imputer; a code for "
-                   "'unknown' stored as a number is read by the model as a real, extreme value.")
-            matched = matched_cure(tried.replace(" (on the data stream, against the same run without)", ""), variant,
-                                   steps)
-            matched.fix = fix
-            return [Cure(tried, variant, train="lr_check", steps=steps, severity="critical", refuted_severity="info",
-                         judge=judges.either(judges.fixes(judges.trains_on_stream), judges.ends_lower(STREAM_CURED),
-                                             *on_stream), fix=fix), matched]
+            advice = ("Treat the code as missing: replace it (and add a was-missing indicator column) before "
+                      "standardising, e.g. df[col].replace(CODE, np.nan) then an imputer; a code for "
+                      "'unknown' stored as a number is read by the model as a real, extreme value.")
+            return [Cure(what + ON_STREAM, variant, train="lr_check", steps=steps, severity="critical",
+                         refuted_severity="info", judge=on_stream_judge, fix=advice),
+                    matched_cure(what, variant, steps, fix=advice)]
         norm = Standardize(f["mean"], f["std"], layout)
         variant = ctx.patient.variant("inputs standardised", model_factory=lambda: nn.Sequential(norm, factory()))
-        tried = "inputs standardised with the training set's mean and std"
+        what = "inputs standardised with the training set's mean and std"
         if str(finding.evidence.get("training_trouble") or "").startswith("overfit"):
-            return [Cure(tried, variant, severity="critical", refuted_severity="info",
-                         judge=judges.either(judges.beats_control, *start)),
-                    matched_cure(tried, variant, 2 * (ctx.planned_steps or 0) or None)]
-        # the trouble showed on the data stream (the warm-up, the scan's training): train the cure there
-        steps = 2 * (ctx.planned_steps or 0) or None
-        return [Cure(tried + " (on the data stream, against the same run without)", variant, train="lr_check",
-                     steps=steps, severity="critical", refuted_severity="info",
-                     judge=judges.either(judges.fixes(judges.trains_on_stream), judges.ends_lower(STREAM_CURED),
-                                         *on_stream)),
-                matched_cure(tried, variant, steps)]
+            first = Cure(what, variant, severity="critical", refuted_severity="info",
+                         judge=judges.either(judges.beats_control, *start))
+        else:  # the trouble showed on the data stream (the warm-up, the scan's training): train the cure there
+            first = Cure(what + ON_STREAM, variant, train="lr_check", steps=steps, severity="critical",
+                         refuted_severity="info", judge=on_stream_judge)
+        return [first, matched_cure(what, variant, steps)]
 
 
+ON_STREAM = " (on the data stream, against the same run without)"
 
-def matched_cure(tried: str, variant, steps: int | None) -> Cure:
+
+def matched_cure(tried: str, variant, steps: int | None, fix: str | None = None) -> Cure:
     """The second try of a rescaling cure: both arms at their own LR. Rescaled inputs change the gradients'
     size, so at the configured LR the two arms differ by an LR as well (an LR too high for both hides what the
     scale does; one tuned to the raw scale is too low for the rescaled copy). Each arm runs its own LR range
     test and trains at its suggestion on the same batches; the rescaled one must end clearly lower."""
     return Cure(tried + " (each arm at the LR its own sweep suggests, on the data stream)", variant,
-                train="lr_matched", steps=steps, severity="critical", refuted_severity="info",
+                train="lr_matched", steps=steps, severity="critical", refuted_severity="info", fix=fix,
                 judge=judges.ends_lower_by(STREAM_CURED, MATCHED_MARGIN))
 
 

@@ -102,8 +102,11 @@ class PrecisionRun:
     grad_nonfinite_step: int | None = None
     scaler: bool = False
     scales: list[float] = field(default_factory=list)   # the GradScaler's scale after each step
-    skipped_steps: int = 0                              # steps the scaler skipped (inf/NaN gradients)
-    skipped: list[bool] = field(default_factory=list)   # per step: the scaler skipped it
+    skipped: list[bool] = field(default_factory=list)   # per step: the scaler skipped it (inf/NaN gradients)
+
+    @property
+    def skipped_steps(self) -> int:
+        return sum(self.skipped)
 
     @property
     def calibration_steps(self) -> int:
@@ -178,7 +181,6 @@ def precision_run(patient, batch, steps: int, deadline: float | None = None) -> 
             if scaler is not None:
                 scale = float(scaler.get_scale())
                 skipped = scale < (out.scales[-1] if out.scales else initial_scale)
-                out.skipped_steps += skipped
                 out.skipped.append(skipped)
                 out.scales.append(scale)
             watch.step = i + 1

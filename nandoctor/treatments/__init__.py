@@ -153,18 +153,16 @@ def lr_matched_run(patient, steps: int, deadline: float | None, lr: float | None
     from nandoctor.probes.lr_sweep import CHECK_MIN_STEPS, check_lrs, sweep, verify_suggestion
     found = sweep(patient, steps=MATCHED_SWEEP_STEPS, deadline=deadline)
     if found.stopped == "deadline":
-        return Outcome(Run(stopped="deadline"), measures={"relative_drop": None})
+        return _check_outcome(None)
     reading = curves.read_sweep(found.lrs, found.losses) if len(found.losses) >= 2 else None
+    suggested = reading.suggested_lr if reading is not None else None
     n = max(CHECK_MIN_STEPS, steps // 3)
-    if reading is None or not reading.suggested_lr:
-        out = _check_outcome(check_lrs(patient, {"suggested": lr or patient.lr}, n, deadline).get("suggested"))
-        out.measures["lr_from"] = "the configured LR (its sweep suggested none)"
-        return out
-    # as the LR sweep probe does: a suggestion that does not train from scratch gives way to the most cautious rule
-    check = check_lrs(patient, {"suggested": reading.suggested_lr}, n, deadline)
-    check = verify_suggestion(patient, reading, check, n, deadline)
+    check = check_lrs(patient, {"suggested": suggested or lr or patient.lr}, n, deadline)
+    if suggested:  # as the LR sweep probe does: one that does not train from scratch gives way to the most cautious
+        check = verify_suggestion(patient, reading, check, n, deadline)
     out = _check_outcome(check.get("suggested"))
-    out.measures["lr_from"] = f"its own LR sweep ({reading.suggested_by})"
+    out.measures["lr_from"] = f"its own LR sweep ({reading.suggested_by})" if suggested else \
+        "the configured LR (its sweep suggested none)"
     return out
 
 
