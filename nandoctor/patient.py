@@ -314,12 +314,17 @@ class Patient:
         """``size``, or the largest batch that fits in memory when a probe ran out of it."""
         return min(size, self.max_batch) if self.max_batch else size
 
-    def fixed_batch(self, size: int | None = None, offset: int = 0) -> Any:
-        """The same ``size`` samples every time (a seeded draw), collated and on the device."""
+    def fixed_indices(self, size: int | None = None, offset: int = 0) -> list[int]:
+        """The dataset indices ``fixed_batch`` holds (a seeded draw)."""
         n = len(self.train_data)
         size = self.capped(min(size or self.batch_size, n))
         gen = torch.Generator().manual_seed(self.seed + 7919 * offset)
-        idx = torch.randperm(n, generator=gen)[:size].tolist()
+        return torch.randperm(n, generator=gen)[:size].tolist()
+
+    def fixed_batch(self, size: int | None = None, offset: int = 0) -> Any:
+        """The same ``size`` samples every time (a seeded draw), collated and on the device."""
+        idx = self.fixed_indices(size, offset)
+        size = len(idx)
         loader = DataLoader(Subset(watched(self.train_data), idx), batch_size=size, shuffle=False, num_workers=0,
                             collate_fn=self.collate_fn)
         return to_device(next(iter(loader)), self.device)

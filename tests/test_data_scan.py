@@ -307,3 +307,63 @@ def test_a_slow_step_time_does_not_shrink_a_scan_that_fits():
     ctx = ProbeContext(patient=make_patient(data=blobs(n=20_000)), seconds=20.0, step_time=5.0, evidence=Evidence())
     m = DataScan().run(ctx).metrics
     assert m["samples_scanned"] == 20_000 and m["sampling"] == "every sample" and m["per_sample"]["losses"] == 20_000
+
+
+# --- sequences whose features are on the last dim ------------------------------------------------------
+class WindowConv(nn.Module):
+    """[N, T, F] windows of F sensor features, transposed for a Conv1d over time (a channels-last store)."""
+
+    def __init__(self, features=6, out=3):
+        super().__init__()
+        self.conv = nn.Conv1d(features, 8, 3, padding=1)
+        self.head = nn.Linear(8, out)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.conv(x.transpose(1, 2))).mean(2))
+
+
+def sensor_windows(n=192, steps=10, features=6, dead=None, seed=0):
+    """Windows whose class sets one feature's level; ``dead``: a feature that is 0/0 = NaN everywhere (a zero
+    column divided by its zero max or std)."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 3, (n,), generator=g)
+    x = torch.randn(n, steps, features, generator=g)
+    x[:, :, 0] += y[:, None].float()
+    if dead is not None:
+        x[:, :, dead] = float("nan")
+    return TensorDataset(x, y)
+
+
+def test_a_sequence_whose_first_layer_reads_the_last_dim_is_scanned_per_feature():
+    from nandoctor.probes.data_scan import input_width, layout_of
+    x = sensor_windows()[:4][0]
+    assert input_width(WindowConv()) == 6 and layout_of(x, WindowConv()) == "sequence"
+    assert layout_of(x) == "channels" and layout_of(torch.zeros(4, 6, 6), WindowConv()) == "channels"
+    report = scan(make_patient(data=sensor_windows(), model=WindowConv))
+    assert report.probes["data_scan"].metrics["inputs"] == {**report.probes["data_scan"].metrics["inputs"],
+                                                            "layout": "sequence", "features": 6}
+
+
+def test_a_feature_nan_in_every_window_is_one_constant_column_and_zeroing_it_cures_the_run():
+    """Read along dim 1 the dead feature would be one NaN in each of 10 "channels" (data-nonfinite); read along
+    the last dim it is one column NaN everywhere: a constant feature divided by zero, cured by zeroing it."""
+    report = battery(make_patient(data=sensor_windows(dead=4), model=WindowConv), probes=["data_scan", "overfit"],
+                     budget=20)
+    top = report.findings[0]
+    assert top.code == "data-constant-feature" and top.evidence["nonfinite_columns"] == {"feature 4": 192 * 10}
+    assert top.status == "confirmed", top.treatment
+
+
+def test_outliers_a_robust_loss_tolerates_are_confirmed_by_the_batch_they_keep_from_training():
+    """SmoothL1 bounds the corrupted targets' gradients, so the other samples are fitted as well with them as
+    without (the stream cure fails); but two of them in the overfit probe's batch rule its loss, which does
+    not move, and a batch of the data without them trains: that cure confirms them."""
+    base = make_patient(data=dp.regression(n=192), model=dp.reg_mlp, loss=nn.SmoothL1Loss(),
+                        optimizer=torch.optim.SGD, lr=1e-3, momentum=0.9, batch_size=16)
+    held = base.fixed_indices()[:2]
+    patient = base.variant("corrupted", train_data=dp.regression(n=192, corrupt=tuple(held) + (5, 77)))
+    report = battery(patient, probes=["data_scan", "overfit"], budget=20)
+    top = report.findings[0]
+    assert top.code == "sample-loss-outlier" and top.status == "confirmed", top.treatment
+    assert top.evidence["many_outliers"] is False and sorted(top.evidence["sample_indices"]) == sorted(held + [5, 77])
+    assert "overfit run on a batch of the data without" in top.treatment["tried"]

@@ -148,6 +148,17 @@ def test_many_far_out_samples_are_not_a_few_outliers():
     assert found.severity == "warning" and found.evidence["sample_indices"][0] == 0
 
 
+def test_a_few_samples_set_apart_by_a_jump_are_named_even_when_they_reach_p99():
+    """Four wrapped boxes among 192 samples: p99 is one of them (over 1% of the set is 100x the median), but
+    a jump of ~1900x separates them from the next sample: a few bad samples, not a heavy tail."""
+    worst = [{"index": i, "loss": 512.0 - i} for i in (7, 50, 91, 130)] + \
+        [{"index": 200 + i, "loss": 0.266 - 0.01 * i} for i in range(6)]
+    dist = {"median": 0.106, "mad": 0.05, "p99": 509.0, "max": 512.0, "next": 0.2, "worst": worst}
+    found = check("sample-loss-outlier", Evidence(data_scan=scan_result(loss={"init": dist, "nonfinite": {"count": 0}})))
+    assert found.severity == "warning" and found.evidence["many_outliers"] is False
+    assert found.evidence["sample_indices"][:4] == [7, 50, 91, 130] and len(found.evidence["worst_at_init"]) == 4
+
+
 def test_every_data_code_has_a_full_doc_page():
     for code in ("data-nonfinite", "target-out-of-range", "data-unnormalized", "data-constant-feature",
                  "csv-index-column", "class-imbalance", "sample-loss-outlier", "sample-load-error"):

@@ -79,6 +79,8 @@ class DataNonfinite(Diagnosis):
         if not nf.get("listed_all") or r.metrics.get("samples_scanned") != r.metrics.get("samples_total"):
             return []
         drop = nf.get("indices") or []
+        if len(ctx.patient.train_data) - len(drop) < ctx.patient.batch_size:
+            return []   # not a batch left without them: a column NaN everywhere is a feature's fault, not samples'
         shown = ", ".join(str(i) for i in drop[:5]) + (" ..." if len(drop) > 5 else "")
         tried = f"dropped the {len(drop)} sample(s) with NaN/Inf ({shown}) and trained on the data stream"
         variant = ctx.patient.variant(f"without samples {shown}", train_data=without_samples(ctx.patient, drop))

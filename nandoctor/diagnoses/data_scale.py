@@ -133,15 +133,20 @@ class CsvIndexColumn(Diagnosis):
 
 
 class DropColumns(nn.Module):
-    """Zero the given feature columns of ``[N, F]`` inputs (the column is there, it says nothing)."""
+    """Zero the given feature columns of ``[N, F]`` inputs (the column is there, it says nothing): dim 1, or the
+    last dim for a ``sequence`` ``[N, T, F]``."""
 
-    def __init__(self, columns: list[int]):
+    def __init__(self, columns: list[int], layout: str = "features"):
         super().__init__()
         self.columns = list(columns)
+        self.last_dim = layout == "sequence"
 
     def forward(self, x):
         x = x.clone()
-        x[:, self.columns] = 0
+        if self.last_dim:
+            x[..., self.columns] = 0
+        else:
+            x[:, self.columns] = 0
         return x
 
 
@@ -248,7 +253,8 @@ class DataUnnormalized(Diagnosis):
             return []
         layout = (r.metrics.get("inputs") or {}).get("layout")
         f = r.metrics.get("features") or {}
-        if layout not in ("features", "channels") or r.metrics.get("features_truncated") or not f.get("mean"):
+        if layout not in ("features", "channels", "sequence") or r.metrics.get("features_truncated") or \
+                not f.get("mean"):
             return []
         factory = ctx.patient.model_factory
         start, on_stream = starts_repaired(ctx.evidence), starts_repaired(ctx.evidence, judges.trains_on_stream)
@@ -317,16 +323,19 @@ MATCHED_MARGIN = 0.1  # ... and, each arm at its own LR, lower by a tenth of the
 
 
 class Standardize(nn.Module):
-    """(x - mean) / std per feature ([N, F]) or per channel ([N, C, ...]); constant columns are only centred."""
+    """(x - mean) / std per feature ([N, F], or [N, T, F] for a sequence) or per channel ([N, C, ...]);
+    constant columns are only centred."""
 
     def __init__(self, mean: list[float], std: list[float], layout: str):
         super().__init__()
         std = [s if finite(s) and s > 0 else 1.0 for s in std]
+        self.last_dim = layout == "sequence"
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))  # [F] or [C]
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
 
     def forward(self, x):
-        shape = (1, -1) + (1,) * (x.dim() - 2)  # [1, F] or [1, C, 1, 1, ...]
+        # [1, 1, F] for a sequence; [1, F] or [1, C, 1, 1, ...]
+        shape = (1,) * (x.dim() - 1) + (-1,) if self.last_dim else (1, -1) + (1,) * (x.dim() - 2)
         return (x - self.mean.reshape(shape)) / self.std.reshape(shape)
 
 
@@ -447,7 +456,8 @@ class DataConstantFeature(Diagnosis):
         """Columns with no finite value at all: a constant column standardised by its zero std (0/0), or empty."""
         names = [column_name(m, f["j"]) for f in cols]
         evidence = {"nonfinite_columns": {n: f.get("nonfinite") for n, f in zip(names, cols)}, "count": len(cols),
-                    "of_columns": len(features(m)), "layout": (m.get("inputs") or {}).get("layout"), **coverage(m)}
+                    "positions": [f["j"] for f in cols], "of_columns": len(features(m)),
+                    "layout": (m.get("inputs") or {}).get("layout"), **coverage(m)}
         found = self.finding(0.85, evidence, severity="critical", plots=plot(r, "data-features"),
                              title=f"{len(cols)} input column(s) are NaN/Inf in every sample "
                                    f"({', '.join(repr(n) for n in names[:3])}): a constant column divided by "
@@ -458,6 +468,46 @@ class DataConstantFeature(Diagnosis):
                           "exploding-gradients", "initial-loss-mismatch", "sample-loss-outlier")
         return found
 
+    def cures(self, ctx, finding):
+        """Columns NaN in every sample: zeroed in each sample (what dropping them, or (x - mean) / (std + eps), gives
+        a constant column), in the target too where it is the input's shape (an autoencoder's target is its
+        input); the overfit run must then run clean where the untreated one broke."""
+        e = finding.evidence
+        if not e.get("positions") or e.get("layout") not in ("features", "sequence", "channels"):
+            return []
+        names = ", ".join(repr(n) for n in list(e.get("nonfinite_columns") or {})[:3])
+        data = ZeroedColumns(ctx.patient.train_data, e["positions"], channels=e["layout"] == "channels")
+        variant = ctx.patient.variant(f"{names} zeroed", train_data=data)
+        return [Cure(f"zeroed {names} in every sample (a constant column, as (x - mean) / (std + eps) leaves it)",
+                     variant, judge=judges.fixes(judges.clean))]
+
+
+class ZeroedColumns(torch.utils.data.Dataset):
+    """The user's samples with some columns set to 0 (the last dim of a sample, or its dim 0 for ``channels``),
+    in the target too when it has the input's shape; the user's dataset is read, never changed."""
+
+    def __init__(self, dataset, columns: list[int], channels: bool = False):
+        self.dataset, self.columns, self.channels = dataset, list(columns), channels
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def _zeroed(self, t):
+        t = t.clone()
+        if self.channels:
+            t[self.columns] = 0
+        else:
+            t[..., self.columns] = 0
+        return t
+
+    def __getitem__(self, i):
+        item = self.dataset[i]
+        if not isinstance(item, (tuple, list)) or not item or not isinstance(item[0], torch.Tensor):
+            return item
+        x = item[0]
+        out = [self._zeroed(x)] + [self._zeroed(t) if isinstance(t, torch.Tensor) and t.shape == x.shape and
+                                   t.is_floating_point() else t for t in item[1:]]
+        return tuple(out) if isinstance(item, tuple) else out
 
 def fmt(x) -> str:
     return f"{x:.4g}" if finite(x) else str(x)

@@ -50,7 +50,10 @@ class SampleLossOutlier(Diagnosis):
     medians and IQR spreads) is `magnitude` or more and `magnitude_gap` times the next sample's.
     Scores are robust (median, MAD, IQR), so the outliers do not hide themselves by inflating the spread,
     and the samples named must stand apart: the last one's loss (gradient norm) at least `jump` times
-    the next sample's, where the top of a heavy tail rises smoothly.
+    the next sample's, where the top of a heavy tail rises smoothly. When more than `max_share` of the
+    samples is `ratio` times the median (the 99th percentile is), the far-out losses are a property of
+    the data (an `info` note), unless such a jump still sets the listed samples apart from the next
+    one: four corrupted boxes among 192 samples put the 99th percentile among them.
 
     ## Why it breaks training
     A sample whose loss is 1000x the others' produces a gradient that dominates every batch it is in:
@@ -99,11 +102,13 @@ class SampleLossOutlier(Diagnosis):
         ginit = (m.get("grad_norms") or {}).get("init") or {}
         flagged_grads = [g for g in ginit.get("worst") or []
                          if finite(g.get("ratio")) and g["ratio"] >= th["grad_ratio"]]
-        # many samples that far out is a property of the data's distribution, not a few bad samples
-        many = any(finite(d.get("p99")) and finite(d.get("median")) and d["median"] > 0
-                   and d["p99"] >= th["ratio"] * d["median"] for d in (init,))
+        # many samples that far out is a property of the data's distribution, not a few bad samples, unless a
+        # jump sets the listed ones apart from the next sample (two corrupted samples in 192 put p99 among them)
+        apart_init = set_apart(flagged_init, "loss", init, th["jump"])
+        many = not apart_init and any(finite(d.get("p99")) and finite(d.get("median")) and d["median"] > 0
+                                      and d["p99"] >= th["ratio"] * d["median"] for d in (init,))
         if not many:  # a few samples set apart from the rest, not the top of a heavy tail that rises smoothly
-            flagged_init = set_apart(flagged_init, "loss", init, th["jump"])
+            flagged_init = apart_init
             flagged_trained = set_apart(flagged_trained, "loss", trained, th["jump"])
             flagged_grads = set_apart(flagged_grads, "grad_norm", ginit, th["jump"])
         flagged_inputs = extreme_inputs(m.get("magnitude") or {}, th, scanned, init.get("median"))
@@ -150,8 +155,17 @@ class SampleLossOutlier(Diagnosis):
         others = variant.fixed_batch(size=SCORED, offset=97)   # the same samples, none of them dropped, both arms
         judge = judges.either(judges.fixes(judges.clean),
                               judges.measure_lower("others_loss", self.thresholds["cure_ratio"]))
-        return [Cure(tried, variant, train=scored_on(others, "others_loss"),
-                     steps=2 * (ctx.planned_steps or 0) or None, judge=judge)]
+        cures = [Cure(tried, variant, train=scored_on(others, "others_loss"),
+                      steps=2 * (ctx.planned_steps or 0) or None, judge=judge)]
+        over = ctx.evidence.ok("overfit")
+        held = sorted(set(drop) & set(ctx.patient.fixed_indices()))
+        if over is not None and over.metrics.get("memorised") is False and held:
+            # the overfit probe's batch holds some of them and was not memorised: a batch of the data without
+            # them is (a robust loss keeps them from spoiling the others' fit, not from ruling the batch's loss)
+            cures.append(Cure(f"the overfit run on a batch of the data without the {len(drop)} sample(s) named (its "
+                              f"batch held {', '.join(str(i) for i in held[:5])})", variant,
+                              judge=judges.fixes(judges.trains)))
+        return cures
 
     @staticmethod
     def _title(e: dict, ratio: float, magnitude: float) -> str:

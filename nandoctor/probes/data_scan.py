@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
+from torch import nn
 
 from nandoctor.patient import split_batch, to_device
 from nandoctor.probes import Probe, ProbeContext
@@ -226,13 +227,14 @@ class Scan:
 
     def setup_accumulators(self, inputs, targets, outputs) -> None:
         x = first_tensor(inputs)
-        self.layout = layout_of(x)
+        self.layout = layout_of(x, self.model0)
         self.fstats = FeatureStats(with_index=self.layout == "features")
         self.feature_res = Reservoir(RESERVOIR_ROWS, seed=self.patient.seed + 1)
         rows = feature_rows(x, self.layout, self.gen)
-        if rows is not None and self.layout == "channels":
+        if rows is not None and self.layout in ("channels", "sequence"):
             rows = rows[torch.randperm(rows.shape[0], generator=self.gen)[:REFERENCE_PIXELS]]
-        self.magnitude = Magnitude(rows) if rows is not None and rows.shape[0] >= 2 else None
+        self.magnitude = Magnitude(rows, last_dim=self.layout == "sequence") \
+            if rows is not None and rows.shape[0] >= 2 else None
         kind, ignore = target_kind(self.patient.loss_fn, outputs, targets, self.n_outputs)
         self.target_kind = kind
         self.tstats = TargetStats(self.n_outputs if kind == "class" else None, kind, ignore)
@@ -614,21 +616,50 @@ def next_value(ranked: list[tuple[int, float]], listed: int) -> float | None:
     return ranked[listed][1] if len(ranked) > listed else None
 
 
-def layout_of(x: torch.Tensor | None) -> str:
-    """How the inputs are read: ``features`` [B, F], ``channels`` [B, C, ...], ``scalar`` [B], or ``none``."""
+def layout_of(x: torch.Tensor | None, model: nn.Module | None = None) -> str:
+    """How the inputs are read: ``features`` [B, F], ``channels`` [B, C, ...], ``sequence`` [B, T, F] (the
+    features on the last dim: the width the model's first layer takes is the last dim's size, and not dim
+    1's), ``scalar`` [B], or ``none``."""
     if x is None or not x.is_floating_point() or x.dim() == 0:
         return "none"
+    if x.dim() == 3 and model is not None:
+        width = input_width(model)
+        if width is not None and x.shape[2] == width != x.shape[1]:
+            return "sequence"
     return {1: "scalar", 2: "features"}.get(x.dim(), "channels")
 
 
+WIDTH_ATTRIBUTES = ("in_features", "in_channels", "input_size", "embed_dim", "num_features", "normalized_shape")
+
+
+def input_width(model: nn.Module) -> int | None:
+    """The input width of the first layer that holds parameters, in the order the model declares its layers
+    (``in_features`` of a Linear, ``in_channels`` of a convolution, ``input_size`` of an RNN, ...); None when
+    that layer tells no width."""
+    for module in model.modules():
+        if not any(True for _ in module.parameters(recurse=False)):
+            continue
+        for name in WIDTH_ATTRIBUTES:
+            width = getattr(module, name, None)
+            if isinstance(width, (tuple, list)) and width:
+                width = width[-1]
+            if isinstance(width, int) and not isinstance(width, bool):
+                return width
+        return None
+    return None
+
+
 def feature_rows(x: torch.Tensor | None, layout: str, gen: torch.Generator) -> torch.Tensor | None:
-    """Rows for per-column statistics: [B, F] features, [B*L, C] channel values, or [B, 1] scalars."""
+    """Rows for per-column statistics: [B, F] features, [B*L, C] channel values, [B*T, F] the feature vectors
+    of a sequence, or [B, 1] scalars."""
     if layout == "features":
         return x
     if layout == "scalar":
         return x[:, None]
     if layout == "channels":
         return x.flatten(2).transpose(1, 2).reshape(-1, x.shape[1])  # [B, C, L] -> [B*L, C]
+    if layout == "sequence":
+        return x.reshape(-1, x.shape[2])  # [B, T, F] -> [B*T, F]
     return None
 
 

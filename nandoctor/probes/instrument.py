@@ -601,15 +601,16 @@ class Recorder:
 
     def _queue_norms(self) -> tuple:
         """Every parameter's weight and gradient norm as pending device scalars, batched per kind."""
-        owners, weights, grads, grad_owner = [], [], [], []
+        plist = self._parameters()
         with_weights = self.updates or self.step % self.every == 0   # weights change slowly: measured steps only
-        for key, p in self._parameters():
-            if with_weights:
-                owners.append(key)
-                weights.append(p.detach())
-            if p.grad is not None:
-                grads.append(p.grad.detach())
-                grad_owner.append(key)
+        grads = [p.grad for _, p in plist]
+        if any(g is None for g in grads):   # some parameters got no gradient this step (never `None in`: tensor ==)
+            grad_owner = [key for (key, _), g in zip(plist, grads) if g is not None]
+            grads = [g for g in grads if g is not None]
+        else:
+            grad_owner = self._keys   # every parameter: the owners listed once
+        owners = self._keys if with_weights else []
+        weights = [p.detach() for _, p in plist] if with_weights else []
         if self.updates:
             self._before = [w.clone() for w in weights]
         start = self._pending.sumsq_each(weights + grads)
@@ -620,6 +621,8 @@ class Recorder:
         if self._param_list is None:
             self._param_list = [(name or "(model)", p) for name, layer in self.layers.items()
                                 for p in layer.parameters(recurse=False)]
+            self._keys = [key for key, _ in self._param_list]
+            self._layer_keys = [name or "(model)" for name in self.layers]
         return self._param_list
 
     def flush(self, grads: tuple | None = None) -> None:
@@ -684,31 +687,35 @@ class Recorder:
 
     def _resolve_grads(self, grads: tuple, v: list[float]) -> None:
         owners, grad_owner, tensors, start, mid = grads
-        w_sq, g_sq = v[start:mid], v[mid:mid + len(grad_owner)]
+        g_sq = v[mid:mid + len(grad_owner)]
         # 1. per layer: sqrt of the summed squares; a non-finite sum means a non-finite gradient (or an overflow)
-        wsq: dict[str, float] = {}
         gsq: dict[str, float] = {}
-        for key, x in zip(owners, w_sq):
-            wsq[key] = wsq.get(key, 0.0) + x
         for key, x in zip(grad_owner, g_sq):
-            gsq[key] = gsq.get(key, 0.0) + x
+            gsq[key] = gsq[key] + x if key in gsq else x
+        wsq: dict[str, float] = {}
+        for key, x in zip(owners, v[start:mid]):
+            wsq[key] = wsq[key] + x if key in wsq else x
         # 2. the first parameter whose gradient holds a NaN/Inf: its norm says maybe, the tensor says for sure
-        if self.nonfinite_grad is None:
+        total = sum(gsq.values())
+        if self.nonfinite_grad is None and not math.isfinite(total):
             suspects = [(key, g) for key, x, g in zip(grad_owner, g_sq, tensors) if not math.isfinite(x)]
             if suspects:  # a second transfer, only on a step whose gradient norms are not finite
                 bad = torch.stack([torch.isfinite(g).all().to(suspects[0][1].device) for _, g in suspects])
                 first = next((key for (key, _), ok in zip(suspects, bad.tolist()) if not ok), None)
                 if first is not None:
                     self.nonfinite_grad = {"module": first, "type": self.layer_types.get(first, "?"), "step": self.step}
-        total = 0.0
-        for name in self.layers:
-            key = name or "(model)"
-            (self.grads_seen if key in gsq else self.grads_none).add(key)
-            self.grad_norms.setdefault(key, []).append(math.sqrt(gsq[key]) if key in gsq else float("nan"))
+        series, weight_series, nan = self.grad_norms, self.weight_norms, float("nan")
+        for key in self._layer_keys:
+            x = gsq.get(key)
+            if x is None:
+                self.grads_none.add(key)
+                series.setdefault(key, []).append(nan)
+            else:
+                self.grads_seen.add(key)
+                series.setdefault(key, []).append(math.sqrt(x))
             if owners:
-                self.weight_norms.setdefault(key, []).append(math.sqrt(wsq.get(key, 0.0)))
-            total += gsq.get(key, 0.0)
-        self.total_grad_norms.append(math.sqrt(total) if gsq else float("nan"))
+                weight_series.setdefault(key, []).append(math.sqrt(wsq.get(key, 0.0)))
+        self.total_grad_norms.append(math.sqrt(total) if gsq else nan)
 
     def after_step(self, optimizer=None, *args, **kwargs) -> None:
         if self.updates and self._before:

@@ -254,8 +254,10 @@ class Magnitude:
     the mean absolute deviation x 1.2533 when more than half the values are the median, else
     ``max(|median|, 1)``; non-finite values are left out (they are data-nonfinite's)."""
 
-    def __init__(self, rows: torch.Tensor):
-        # rows: [R, F] reference rows (features, or pixels per channel)
+    def __init__(self, rows: torch.Tensor, last_dim: bool = False):
+        # rows: [R, F] reference rows (features, or pixels per channel); ``last_dim``: the features of a sample
+        # [B, T, F] are on its last dim (a sequence), not on dim 1
+        self.last_dim = last_dim
         v = rows.detach().to("cpu", torch.float64)
         v = torch.where(torch.isfinite(v), v, torch.full((), float("nan"), dtype=torch.float64))
         q = torch.nanquantile(v, torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64), dim=0)  # [3, F]
@@ -272,14 +274,15 @@ class Magnitude:
     def _params(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         key = (x.device, x.dtype, x.dim())
         if key not in self._cache:
-            shape = (1, -1) + (1,) * max(0, x.dim() - 2)  # [1, F] or [1, C, 1, 1, ...]
+            shape = (1,) * (x.dim() - 1) + (-1,) if self.last_dim else \
+                (1, -1) + (1,) * max(0, x.dim() - 2)  # [1, 1, F]; [1, F] or [1, C, 1, 1, ...]
             inv = self.inv.to(x.device, x.dtype).reshape(shape)
             self._cache[key] = (-(self.center.to(x.device, x.dtype).reshape(shape) * inv), inv)
         return self._cache[key]
 
     def score(self, x: torch.Tensor, finite: bool = True) -> torch.Tensor:
-        """``[B]`` float32 on the CPU: the largest robust z-score of each sample of ``x`` ([B], [B, F] or
-        [B, C, ...]); ``finite`` False when x may hold NaN/Inf (they are then left out)."""
+        """``[B]`` float32 on the CPU: the largest robust z-score of each sample of ``x`` ([B], [B, F],
+        [B, C, ...] or, ``last_dim``, [B, T, F]); ``finite`` False when x may hold NaN/Inf (they are then left out)."""
         x = x.detach()
         x = x[:, None] if x.dim() == 1 else x
         if x.dtype not in (torch.float32, torch.float64):
