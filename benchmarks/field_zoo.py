@@ -1367,6 +1367,912 @@ class GeMNet(nn.Module):
         return self.fc(f.pow(self.p).mean((2, 3)).pow(1.0 / self.p))
 
 
+# === a second batch of ports (more shapes per code) ===================================================
+
+# --- no-generalisation: a validation split that is one class the training part never saw -------------
+
+
+def class_ordered_images(per_class=64, classes=5, size=16, seed=31):
+    """keras #8346: 2900 images per class for 5 classes, loaded folder by folder (class 0 first). Keras's
+    ``validation_split=0.2`` takes the *last* 20% of the arrays, before any shuffling: exactly class 4.
+    Returns (training part, validation part) as the split hands them over."""
+    x, y = pattern_images(n=per_class * classes * 3, channels=3, size=size, classes=classes, seed=seed)
+    keep = torch.cat([torch.nonzero(y == c).flatten()[:per_class] for c in range(classes)])  # folder order
+    x, y = x[keep], y[keep]
+    cut = int(len(x) * 0.8)
+    return TensorDataset(x[:cut], y[:cut]), TensorDataset(x[cut:], y[cut:])
+
+
+class VGGLike(nn.Module):
+    """The Keras docs' "VGG-like convnet": two conv-conv-pool blocks with dropout, a dense layer, dropout
+    0.5 and a softmax head (here the logits, for CrossEntropyLoss)."""
+
+    def __init__(self, channels=3, classes=5, size=16):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+            nn.MaxPool2d(2), nn.Dropout(0.25),
+            nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+            nn.MaxPool2d(2), nn.Dropout(0.25))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(16 * (size // 4) ** 2, 32), nn.ReLU(), nn.Dropout(0.5),
+                                  nn.Linear(32, classes))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def vgg_last_class_as_validation():
+    train, val = class_ordered_images()
+    return P(VGGLike, train, opt=torch.optim.SGD, lr=0.01, momentum=0.9, nesterov=True, batch_size=32, val_data=val)
+
+
+# --- no-generalisation: the test inputs shuffled, their labels not ---------------------------------------
+
+
+class KimTextCNN(nn.Module):
+    """dennybritz/cnn-text-classification-tf: embeddings, filters of widths 3, 4 and 5 with max-over-time
+    pooling, dropout 0.5 and a linear layer over the two classes."""
+
+    def __init__(self, vocab=120, embed=32, filters=16, classes=2):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, embed)
+        self.convs = nn.ModuleList([nn.Conv1d(embed, filters, k) for k in (3, 4, 5)])
+        self.drop = nn.Dropout(0.5)
+        self.fc = nn.Linear(3 * filters, classes)
+
+    def forward(self, x):
+        h = self.embed(x).transpose(1, 2)                       # [B, E, T]
+        pooled = torch.cat([F.relu(conv(h)).amax(2) for conv in self.convs], 1)
+        return self.fc(self.drop(pooled))
+
+
+def polarity_with_shuffled_test():
+    """cnn-text-classification-tf #136: the evaluation script permutes the test sentences
+    (``x_test[shuffle_indices]``) and compares the predictions with ``y_test`` in its original order."""
+    x, y = topic_tokens(n=768, classes=2, seed=33)
+    train = TensorDataset(x[:512], y[:512])
+    perm = torch.randperm(256, generator=_gen(34))
+    test = TensorDataset(x[512:][perm], y[512:])  # inputs shuffled, labels left as they were
+    return train, test
+
+
+def text_cnn_shuffled_test_set():
+    train, test = polarity_with_shuffled_test()
+    return P(KimTextCNN, train, lr=1e-3, batch_size=64, val_data=test)
+
+
+# --- data-constant-feature: a feature that is 0 in every function, divided by its max ----------------------
+
+
+BLOCK_FEATURES = 18  # per basic block: instruction counts by kind, calls, constants, degree, ...
+
+
+def basic_block_features(n=192, blocks=32, seed=35):
+    """deepreflect #11: each function is a sequence of basic blocks with 18 count features each, stored
+    channels-last ``[N, blocks, 18]`` as the Keras model reads them, and normalised by dividing every
+    feature by its maximum over the training set. One feature (index 11) is 0 in every function of this
+    extract: its maximum is 0 and the division gives 0/0 = NaN in every sample ("loss: nan - mse: nan")."""
+    g = _gen(seed)
+    rates = torch.rand(BLOCK_FEATURES, generator=g) * 6 + 0.5
+    counts = torch.poisson(rates.expand(n, blocks, BLOCK_FEATURES).contiguous(), generator=g)
+    lengths = torch.randint(blocks // 2, blocks + 1, (n,), generator=g)
+    counts = counts.masked_fill((torch.arange(blocks)[None, :] >= lengths[:, None]).unsqueeze(2), 0.0)  # padding
+    counts[:, :, 11] = 0.0
+    x = counts / counts.amax(dim=(0, 1))
+    return TensorDataset(x, x.clone())  # an autoencoder: the target is the input
+
+
+def conv_block(cin, cout, k=5):
+    return nn.Sequential(nn.Conv1d(cin, cout, k, padding=k // 2), nn.ReLU(), nn.Conv1d(cout, cout, k, padding=k // 2),
+                         nn.ReLU())
+
+
+class BlockUNet1d(nn.Module):
+    """deepreflect's autoencoder: a 1-D U-Net over the basic-block axis (conv pairs, max pooling, upsampling
+    with skip concatenations, he_normal init), a 1x1 convolution back to the 18 features and tanh."""
+
+    def __init__(self, features=BLOCK_FEATURES, width=8):
+        super().__init__()
+        self.d1, self.d2 = conv_block(features, width), conv_block(width, 2 * width)
+        self.mid = conv_block(2 * width, 4 * width)
+        self.u2, self.m2 = nn.Conv1d(4 * width, 2 * width, 3, padding=1), conv_block(4 * width, 2 * width)
+        self.u1, self.m1 = nn.Conv1d(2 * width, width, 3, padding=1), conv_block(2 * width, width)
+        self.out = nn.Conv1d(width, features, 1)
+        for m in self.modules():
+            if isinstance(m, nn.Conv1d) and m is not self.out:
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+
+    def forward(self, x):                                # x: [B, blocks, features], channels last
+        h = x.transpose(1, 2)
+        s1 = self.d1(h)
+        s2 = self.d2(F.max_pool1d(s1, 2))
+        m = self.mid(F.max_pool1d(s2, 2))
+        h = self.m2(torch.cat([F.relu(self.u2(F.interpolate(m, scale_factor=2))), s2], 1))
+        h = self.m1(torch.cat([F.relu(self.u1(F.interpolate(h, scale_factor=2))), s1], 1))
+        return torch.tanh(self.out(h)).transpose(1, 2)
+
+
+# --- csv-index-column: the series id carried into the feature table ---------------------------------------
+
+
+def tsfresh_table_with_id(series=256, length=50, seed=37):
+    """tsfresh #162 ("100% classification accuracy regardless of actual time series"): the long-format frame
+    handed to ``extract_features`` still had the series id as a value column, so the table got features
+    of the id itself (its mean, median, minimum, maximum, sum). The series are stored class by class, so
+    the id counts up with the row and tells the class. The frame is standardised column by column before
+    the network (a StandardScaler), the id features with it."""
+    g = _gen(seed)
+    y = (torch.arange(series) >= series // 2).long()                   # files read folder by folder
+    values = torch.randn(series, length, generator=g).cumsum(1) * 0.3 + torch.randn(series, 1, generator=g)
+    diffs = values.diff(dim=1)
+    real = torch.stack([values.mean(1), values.std(1), values.amax(1), values.amin(1), values.median(1).values,
+                        (values ** 2).sum(1), diffs.abs().mean(1), (diffs > 0).float().mean(1),
+                        values[:, -1] - values[:, 0]], 1)
+    ids = torch.arange(series).float()
+    leaked = torch.stack([ids, ids, ids, ids, ids * length], 1)   # id__mean, __median, __minimum, __maximum, __sum
+    table = torch.cat([real, leaked], 1)
+    return TensorDataset((table - table.mean(0)) / table.std(0), y)
+
+
+def ts_feature_mlp():
+    return nn.Sequential(nn.Linear(14, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 2))
+
+
+# --- sample-loss-outlier: box coordinates wrapped round an unsigned 16-bit integer -------------------------
+
+
+def boxes_with_wrapped_coordinates(n=192, size=32, seed=39):
+    """tf-faster-rcnn #284 (``rpn_loss_box: nan``): a 0-based dataset read by a 1-based loader; the loader's
+    ``x1 - 1`` on an object touching the left (or top) border gives -1, stored as uint16: 65535. One bright
+    square per image; the target is its box (x1, y1, x2, y2) divided by the image size. Four of the
+    objects touch the border."""
+    g = _gen(seed)
+    images = 0.5 * torch.randn(n, 1, size, size, generator=g)
+    boxes = torch.zeros(n, 4)
+    for i in range(n):
+        w, h = torch.randint(6, 14, (2,), generator=g).tolist()
+        x1 = int(torch.randint(1, size - w, (1,), generator=g))
+        y1 = int(torch.randint(1, size - h, (1,), generator=g))
+        if i in (23, 71, 118, 160):
+            x1 = 0 if i % 2 else x1
+            y1 = 0 if not i % 2 else y1
+        images[i, 0, y1:y1 + h, x1:x1 + w] += 2.0
+        boxes[i] = torch.tensor([x1, y1, x1 + w - 1, y1 + h - 1], dtype=torch.float)
+    stored = (boxes.long() - 1).remainder(65536).float()   # the loader's "- 1" on every coordinate, as uint16
+    return TensorDataset(images, stored / size)
+
+
+class VGGBoxRegressor(nn.Module):
+    """A VGG-16-style trunk (3x3 convolutions and max pooling, no normalisation) and a box head."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(32 * 16, 64), nn.ReLU(), nn.Linear(64, 4))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+# --- probability-loss-on-logits: a focal loss that expects probabilities ----------------------------------
+
+
+class FocalLossOnProbabilities(nn.Module):
+    """Loss_ToolBox-PyTorch #7: the multi-class focal loss after the softmax was taken out of it (it now
+    expects probabilities); the network's raw scores go in, ``log(p_t)`` of a negative score is NaN and
+    ``(1 - p_t) ** gamma`` of a score above 1 flips the sign of the term."""
+
+    def __init__(self, alpha=0.25, gamma=2.0):
+        super().__init__()
+        self.alpha, self.gamma = alpha, gamma
+
+    def forward(self, probs, target):
+        pt = probs.gather(1, target.unsqueeze(1)).squeeze(1)
+        return (-self.alpha * (1 - pt) ** self.gamma * torch.log(pt)).mean()
+
+
+def focal_loss_table():
+    """The test's 1-D case: 100 non-negative inputs scaled by random integers into a Linear layer over 5
+    classes; here a small MLP over 20 standardised features and 5 teacher classes."""
+    return TensorDataset(*teacher_table(n=512, features=20, classes=5, seed=41))
+
+
+# --- initial-loss-mismatch: a T5-style language-model head drawn with variance 1 ---------------------------
+
+
+def markov_text(n=384, length=16, vocab=27, seed=43):
+    """Character sequences from a sparse Markov chain: inputs ``[n, T]``, next-character targets ``[n, T]``."""
+    g = _gen(seed)
+    trans = torch.softmax(3.0 * torch.randn(vocab, vocab, generator=g), dim=1)
+    seq = torch.empty(n * (length + 1), dtype=torch.long)
+    seq[0] = 0
+    for i in range(1, len(seq)):
+        seq[i] = torch.multinomial(trans[seq[i - 1]], 1, generator=g)
+    windows = seq.view(n, length + 1)
+    return TensorDataset(windows[:, :-1].contiguous(), windows[:, 1:].contiguous())
+
+
+class TinyT5LM(nn.Module):
+    """transformers #26441: T5's final RMSNorm and an untied ``lm_head`` whose weights are drawn from
+    N(0, 1) ("variance of 1"): the logits have a variance of about the hidden width, and the first
+    cross-entropy is ~110 where ~11 (ln of the vocabulary) is expected. Returns ``[B, vocab, T]``."""
+
+    def __init__(self, vocab=27, width=32, length=16, heads=4):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        nn.init.normal_(self.embed.weight, std=1.0)
+        self.pos = nn.Parameter(0.02 * torch.randn(1, length, width))
+        layer = nn.TransformerEncoderLayer(width, heads, 2 * width, dropout=0.0, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.final_norm = nn.RMSNorm(width)
+        self.lm_head = nn.Linear(width, vocab, bias=False)
+        nn.init.normal_(self.lm_head.weight, mean=0.0, std=1.0)
+        mask = torch.triu(torch.full((length, length), float("-inf")), diagonal=1)
+        self.register_buffer("causal", mask)
+
+    def forward(self, x):
+        t = x.shape[1]
+        h = self.encoder(self.embed(x) + self.pos[:, :t], mask=self.causal[:t, :t])
+        return self.lm_head(self.final_norm(h)).transpose(1, 2)
+
+
+# --- train-eval-gap: both halves of a ranking pair through BatchNorm in separate passes -------------------
+
+
+def alignment_pairs(n=192, size=8, seed=45):
+    """miss-alignment #6: tomogram patches reconstructed from aligned and from misaligned tilt series; the
+    misaligned reconstruction is the same density smeared over a few shifts. Every pair is stored
+    (aligned, misaligned) with target -1 ("the second one scores higher"), never the other way round."""
+    g = _gen(seed)
+    grid = torch.stack(torch.meshgrid(*[torch.arange(size).float()] * 3, indexing="ij"))  # [3, D, H, W]
+    aligned = torch.zeros(n, 1, size, size, size)
+    for i in range(n):
+        for _ in range(3):
+            c = torch.rand(3, 1, 1, 1, generator=g) * (size - 3) + 1.5
+            aligned[i, 0] += torch.exp(-((grid - c) ** 2).sum(0) / 1.5)
+    shifts = [(0, 1), (0, -1), (1, 1), (1, -1), (2, 1)]
+    smeared = sum(torch.roll(aligned, s, dims=2 + d) for d, s in shifts) / len(shifts)
+    misaligned = 0.6 * aligned + 0.4 * smeared
+    noise = lambda: 0.15 * torch.randn(n, 1, size, size, size, generator=g)  # noqa: E731
+    pairs = torch.stack([aligned + noise(), misaligned + noise()], 1)           # [n, 2, 1, D, H, W]
+    return TensorDataset(pairs, -torch.ones(n))
+
+
+class ResBlock3d(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.c1, self.b1 = nn.Conv3d(width, width, 3, padding=1, bias=False), nn.BatchNorm3d(width)
+        self.c2, self.b2 = nn.Conv3d(width, width, 3, padding=1, bias=False), nn.BatchNorm3d(width)
+
+    def forward(self, x):
+        return F.relu(x + self.b2(self.c2(F.relu(self.b1(self.c1(x))))))
+
+
+class MisalignmentScorer(nn.Module):
+    """A small 3-D ResNet that gives a volume a misalignment score; the pair model scores ``img1`` and then
+    ``img2`` in two separate calls, as the report's ``score1 = self(img1); score2 = self(img2)``: every
+    BatchNorm pass in train() mode sees a batch of only aligned or only misaligned volumes."""
+
+    def __init__(self, width=8):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv3d(1, width, 3, padding=1, bias=False), nn.BatchNorm3d(width), nn.ReLU(),
+                                 ResBlock3d(width), nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(width, 1))
+
+    def forward(self, pair):
+        return torch.cat([self.net(pair[:, 0]), self.net(pair[:, 1])], 1)   # [B, 2]
+
+
+def margin_ranking(scores, target):
+    """``nn.MarginRankingLoss(margin=1.0)(score1, score2, target)``."""
+    return F.margin_ranking_loss(scores[:, 0], scores[:, 1], target, margin=1.0)
+
+
+# --- batch-mixing: attention weights softmaxed over the batch ----------------------------------------------
+
+
+def word_prefixes(n=512, vocab=27, seed=47):
+    """nlp_study's word task: the first three letters of a word, predict the fourth."""
+    g = _gen(seed)
+    trans = torch.softmax(2.5 * torch.randn(vocab, vocab, generator=g), dim=1)
+    x = torch.empty(n, 4, dtype=torch.long)
+    x[:, 0] = torch.randint(0, vocab, (n,), generator=g)
+    for t in range(1, 4):
+        x[:, t] = torch.multinomial(trans[x[:, t - 1]], 1, generator=g).squeeze(1)
+    return TensorDataset(x[:, :3].contiguous(), x[:, 3].contiguous())
+
+
+class AttentionLSTM(nn.Module):
+    """nlp_study (``lstm_with_attention.py``, fixed by PR #2): a sequence-first LSTM, dot-product attention of
+    its outputs against the last hidden state, the scores laid out ``[T, B]`` and softmaxed over dim 1:
+    over the batch, not over the letters."""
+
+    def __init__(self, vocab=27, embed=16, hidden=16):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, embed)
+        self.lstm = nn.LSTM(embed, hidden)                 # sequence first: [T, B, H]
+        self.fc = nn.Linear(hidden, vocab)
+
+    def attn(self, out, h_t):
+        out = out.permute(1, 0, 2)                          # [B, T, H]
+        scores = torch.bmm(out, h_t.unsqueeze(2))           # [B, T, 1]
+        scores = scores.permute(1, 0, 2).squeeze(2)         # [T, B]
+        weights = F.softmax(scores, 1)                      # the bug: dim 1 is the batch
+        return torch.bmm(out.transpose(1, 2), weights.unsqueeze(-1).transpose(1, 0)).squeeze(2)
+
+    def forward(self, x):
+        out, (h, _) = self.lstm(self.emb(x).transpose(0, 1))
+        return self.fc(self.attn(out, h[-1]))
+
+
+# --- healthy: a Gaussian negative log-likelihood that goes below zero --------------------------------------
+
+
+def trajectories(n=512, past=8, seed=49):
+    """Agent tracks: 8 past 2-D positions (a heading, a speed and a gentle turn, with noise), standardised;
+    the target is the next position."""
+    g = _gen(seed)
+    heading = torch.rand(n, 1, generator=g) * 2 * math.pi
+    speed = 0.5 + torch.rand(n, 1, generator=g)
+    turn = 0.15 * torch.randn(n, 1, generator=g)
+    t = torch.arange(past + 1).float()
+    angle = heading + turn * t
+    steps = torch.stack([speed * torch.cos(angle), speed * torch.sin(angle)], 2)   # [n, past+1, 2]
+    pos = steps.cumsum(1) + 0.05 * torch.randn(n, past + 1, 2, generator=g)
+    pos = pos - pos[:, past - 1:past]                                               # centred on the last seen
+    return TensorDataset(pos[:, :past] / 3.0, pos[:, past] / 3.0)
+
+
+class TrajectoryEncoder(nn.Module):
+    """AutoBots-style: a transformer encoder over the past positions; the last token predicts the mean and
+    the log standard deviation of a Gaussian over the next position."""
+
+    def __init__(self, past=8, width=32):
+        super().__init__()
+        self.inp = nn.Linear(2, width)
+        self.pos = nn.Parameter(0.02 * torch.randn(1, past, width))
+        layer = nn.TransformerEncoderLayer(width, 4, 2 * width, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.out = nn.Linear(width, 4)
+
+    def forward(self, x):
+        h = self.encoder(self.inp(x) + self.pos)
+        return self.out(h[:, -1])                           # [B, 4]: mean (2), log sigma (2)
+
+
+def gaussian_nll(params, target):
+    """The negative log-likelihood of the next position under the predicted Gaussian (torch.distributions):
+    below zero once the predicted spread is small, as the maintainers answered in AutoBots #7."""
+    mean, log_sigma = params[:, :2], params[:, 2:].clamp(-6, 3)
+    return -torch.distributions.Normal(mean, log_sigma.exp()).log_prob(target).sum(1).mean()
+
+
+# --- the patients ------------------------------------------------------------------------------------------
+
+
+# --- params-not-in-optimizer: MMVAE #39 ---------------------------------------------------------------
+
+
+def cell_expression(n=384, genes=64, programs=6, seed=0):
+    """Single-cell expression: counts drawn from a mixture of gene programs, normalised to the library size
+    and ``log1p``-transformed (the usual scanpy preprocessing). Input and target are the same cell."""
+    g = _gen(seed)
+    profile = torch.rand(programs, genes, generator=g) ** 3 * 6
+    mix = torch.softmax(2.5 * torch.randn(n, programs, generator=g), dim=1)
+    counts = torch.poisson(4 * (mix @ profile + 0.05), generator=g)
+    x = torch.log1p(1e2 * counts / counts.sum(1, keepdim=True).clamp(min=1))
+    return TensorDataset(x, x.clone())
+
+
+def fc_block(sizes, batch_norm=False):
+    layers = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(a, b)] + ([nn.BatchNorm1d(b)] if batch_norm else []) + [nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+class SharedVAEEncoder(nn.Module):
+    def __init__(self, hidden=32, latent=8):
+        super().__init__()
+        self.body = fc_block([hidden, 32, 16], batch_norm=True)
+        self.mean, self.log_var = nn.Linear(16, latent), nn.Linear(16, latent)
+
+    def forward(self, h):
+        h = self.body(h)
+        return self.mean(h), self.log_var(h)
+
+
+class ExpertSharedVAE(nn.Module):
+    """MMVAE's layout for one species: an expert encoder, a shared VAE (encoder with mean and log-variance
+    heads, decoder), an expert decoder. The output holds the reconstruction and, in its last column, each
+    cell's KL term, which the ELBO below adds."""
+
+    def __init__(self, genes=64, hidden=32, latent=8):
+        super().__init__()
+        self.expert_encoder = fc_block([genes, 64, hidden], batch_norm=True)
+        self.vae_encoder = SharedVAEEncoder(hidden, latent)
+        self.vae_decoder = fc_block([latent, 16, 32, hidden])
+        self.expert_decoder = nn.Sequential(nn.Linear(hidden, 64), nn.ReLU(), nn.Linear(64, genes))
+
+    def forward(self, x):
+        mean, log_var = self.vae_encoder(self.expert_encoder(x))
+        z = mean + torch.randn_like(mean) * (0.5 * log_var).exp() if self.training else mean
+        xhat = self.expert_decoder(self.vae_decoder(z))
+        kl = -0.5 * (1 + log_var - mean ** 2 - log_var.exp()).sum(1, keepdim=True)
+        return torch.cat([xhat, kl], dim=1)
+
+
+def elbo(out, x, kl_weight=1.0):
+    """Reconstruction error per cell (summed over genes) plus the KL term, averaged over the cells."""
+    return ((out[:, :-1] - x) ** 2).sum(1).mean() + kl_weight * out[:, -1].mean()
+
+
+def adam_vae_encoder_only(params, lr=1e-3, weight_decay=1e-6):
+    """MMVAE before its fix: the experts' parameters and ``vae.encoder.parameters()`` reach Adam, the shared
+    VAE's decoder never does (it comes third in ``parameters()``)."""
+    params = list(params)
+    ref = ExpertSharedVAE()
+    counts = [len(list(m.parameters())) for m in (ref.expert_encoder, ref.vae_encoder, ref.vae_decoder)]
+    if len(params) != len(list(ref.parameters())):
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    start, stop = counts[0] + counts[1], counts[0] + counts[1] + counts[2]
+    return torch.optim.Adam(params[:start] + params[stop:], lr=lr, weight_decay=weight_decay)
+
+
+# --- no-trainable-params: BOP19_CDPN #4 ------------------------------------------------------------------
+
+
+def textured_sphere_crops(n=160, size=16, seed=0):
+    """Object crops for dense 3-D coordinate regression: a textured sphere under a random rotation; the
+    target is every visible pixel's object coordinate in [-1, 1] (0 on the background)."""
+    g = _gen(seed)
+    r = torch.linspace(-1, 1, size)
+    yy, xx = torch.meshgrid(r, r, indexing="ij")
+    inside = (xx ** 2 + yy ** 2) <= 0.85
+    zz = torch.sqrt((1 - xx ** 2 - yy ** 2).clamp(min=0))
+    cam = torch.stack([xx, yy, zz], 0)                                   # [3, S, S] camera-frame points
+    images, coords = torch.zeros(n, 3, size, size), torch.zeros(n, 3, size, size)
+    for i in range(n):
+        q, _ = torch.linalg.qr(torch.randn(3, 3, generator=g))
+        obj = torch.einsum("ij,jhw->ihw", q.T, cam)                      # object coordinates
+        texture = 0.5 + 0.5 * torch.sin(3.0 * obj + torch.tensor([0.0, 1.0, 2.0]).view(3, 1, 1))
+        images[i] = torch.where(inside, texture * (0.4 + 0.6 * zz), torch.zeros(()))
+        coords[i] = torch.where(inside, obj, torch.zeros(()))
+    images = images + 0.05 * torch.randn(n, 3, size, size, generator=g)
+    return TensorDataset(images, coords)
+
+
+class CoordinateBinNet(nn.Module):
+    """CDPN's rotation head on a small residual FCN: per pixel, ``coor_bin + 1`` logits for each of x, y, z
+    (the last bin is background). The reporter moved test.py's decoding into training: the predicted
+    coordinate is the argmax bin mapped to [-1, 1], and the loss is taken on that."""
+
+    def __init__(self, bins=16, width=16):
+        super().__init__()
+        self.bins = bins
+        self.backbone = nn.Sequential(conv_bn(3, width), ResBlock(width, 2 * width, 2),
+                                      ResBlock(2 * width, 2 * width, 1))
+        self.head = nn.Sequential(nn.ConvTranspose2d(2 * width, width, 2, 2), nn.BatchNorm2d(width), nn.ReLU(),
+                                  nn.Conv2d(width, 3 * (bins + 1), 1))
+
+    def forward(self, x):
+        logits = self.head(self.backbone(x))
+        b, _, h, w = logits.shape
+        idx = logits.view(b, 3, self.bins + 1, h, w).argmax(dim=2)      # the bug: argmax before the loss
+        idx = torch.where(idx == self.bins, torch.zeros_like(idx), idx)
+        return 2.0 * idx.float() / (self.bins - 1) - 1.0
+
+
+# --- pool-stride-gt-kernel: XNNPACK #472 -----------------------------------------------------------------
+
+
+class MaxPool1x1Net(nn.Module):
+    """A small Keras-style image classifier exported to tf.js whose pooling layers have a 1x1 window and a
+    2x2 stride: each "pooling" keeps one pixel of four."""
+
+    def __init__(self, channels=3, classes=6):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(channels, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(1, stride=2),
+                                      nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(1, stride=2))
+        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, classes))
+
+    def forward(self, x):
+        return self.fc(self.features(x))
+
+
+# --- exploding-gradients: VesselTrajectoryPrediction #4 ----------------------------------------------------
+
+
+def vessel_tracks(n=256, enc_len=120, dec_len=60, seed=0):
+    """AIS-like tracks: per point (delta_time, delta_lng, delta_lat, sog, cog), min-max normalised over the
+    set as the repository's loader does. Input: the encoder window and the first decoder point; target:
+    the next ``dec_len`` points."""
+    g = _gen(seed)
+    steps = enc_len + dec_len + 1
+    dt = 10 + 50 * torch.rand(n, steps, generator=g)                     # seconds between reports
+    sog = (8 + 8 * torch.rand(n, 1, generator=g) + 0.5 * torch.randn(n, steps, generator=g).cumsum(1) * 0.1)
+    turn = 0.02 * torch.randn(n, 1, generator=g)
+    cog = (2 * math.pi * torch.rand(n, 1, generator=g) + turn * torch.arange(steps) +
+           0.02 * torch.randn(n, steps, generator=g).cumsum(1)) % (2 * math.pi)
+    dist = sog * dt / 3600.0                                            # nautical miles
+    points = torch.stack([dt, dist * torch.sin(cog), dist * torch.cos(cog), sog, cog], dim=2)
+    lo, hi = points.amin((0, 1)), points.amax((0, 1))
+    points = (points - lo) / (hi - lo)
+    return TensorDataset(points[:, :enc_len + 1], points[:, enc_len + 1:])
+
+
+class ReluLSTMLayer(nn.Module):
+    """Keras ``LSTM(activation='relu')``: the candidate and output activations are ReLU, the gates sigmoid."""
+
+    def __init__(self, inputs, hidden):
+        super().__init__()
+        self.hidden = hidden
+        self.ih, self.hh = nn.Linear(inputs, 4 * hidden), nn.Linear(hidden, 4 * hidden, bias=False)
+
+    def step(self, x, state):
+        h, c = state
+        i, f, g, o = (self.ih(x) + self.hh(h)).chunk(4, dim=-1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * F.relu(g)
+        return torch.sigmoid(o) * F.relu(c), c
+
+    def forward(self, seq, state=None):
+        if state is None:
+            zeros = seq.new_zeros(seq.shape[0], self.hidden)
+            state = (zeros, zeros)
+        for t in range(seq.shape[1]):
+            state = self.step(seq[:, t], state)
+        return state
+
+
+class TrajectorySeq2Seq(nn.Module):
+    """The repository's Seq2Seq (encoder_length 120, decoder_length 60): a ReLU-LSTM encoder over the window,
+    a ReLU-LSTM decoder fed its own last prediction (the scheduled-sampling coin ``randint(0, 1) == 2`` never
+    picks the true point after t=0), input dropout 0.1 as in the Keras layers; no gradient clipping."""
+
+    def __init__(self, hidden=32, dec_len=60):
+        super().__init__()
+        self.dec_len = dec_len
+        self.drop = nn.Dropout(0.1)
+        self.encoder, self.decoder = ReluLSTMLayer(5, hidden), ReluLSTMLayer(5, hidden)
+        self.out = nn.Linear(hidden, 5)
+
+    def forward(self, x):
+        state = self.encoder(self.drop(x[:, :-1]))
+        point, preds = x[:, -1], []
+        for _ in range(self.dec_len):
+            state = self.decoder.step(self.drop(point), state)
+            point = self.out(state[0])
+            preds.append(point)
+        return torch.stack(preds, dim=1)
+
+
+def summed_step_rmse(pred, target):
+    """The repository's loss: per decoder step the RMSE of (delta_lng, delta_lat), summed over the steps."""
+    return sum(torch.sqrt(F.mse_loss(pred[:, t, 1:3], target[:, t, 1:3])) for t in range(pred.shape[1]))
+
+
+# --- dead-relu: dlrm #358 / pytorch/benchmark #1927 ------------------------------------------------------
+
+
+def click_logs(n=768, dense=8, tables=(40, 60, 30, 50), seed=0):
+    """Criteo-like rows: dense features in [0, 1), one categorical id per table, and a click drawn from
+    latent factors. The inputs travel as one float tensor ``[dense | ids]``."""
+    g = _gen(seed)
+    x = torch.rand(n, dense, generator=g)
+    ids = torch.stack([torch.randint(0, t, (n,), generator=g) for t in tables], 1)
+    factors = [torch.randn(t, 4, generator=g) for t in tables]
+    w = torch.randn(dense, 4, generator=g)
+    u = x @ w
+    score = sum((u * f[ids[:, k]]).sum(1) for k, f in enumerate(factors)) / len(tables)
+    click = (torch.rand(n, generator=g) < torch.sigmoid(score)).float().unsqueeze(1)
+    return TensorDataset(torch.cat([x, ids.float()], 1), click)
+
+
+def dlrm_mlp(sizes, gen):
+    """DLRM's ``create_mlp``: W ~ N(0, sqrt(2/(m+n))), b ~ N(0, sqrt(1/m)), a ReLU after every layer (the
+    benchmark runs with ``sigmoid_top=-1``, so the last layer gets a ReLU too)."""
+    layers = []
+    for n, m in zip(sizes[:-1], sizes[1:]):
+        lin = nn.Linear(n, m)
+        with torch.no_grad():
+            lin.weight.copy_(torch.randn(m, n, generator=gen) * math.sqrt(2 / (m + n)))
+            lin.bias.copy_(torch.randn(m, generator=gen) * math.sqrt(1 / m))
+        layers += [lin, nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+class TinyDLRM(nn.Module):
+    """DLRM: a bottom MLP over the dense features, one embedding per table, pairwise dot interactions, a top
+    MLP. The script seeds its own generator for the init (``numpy_rand_seed``); under this seed the one
+    output unit's bias, drawn with std sqrt(1/1) = 1, is -0.98, below every row's pre-activation: the final
+    ReLU is 0 for every row and no gradient reaches any layer."""
+
+    def __init__(self, dense=8, tables=(40, 60, 30, 50), dim=8, seed=4):
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.dense = dense
+        self.bottom = dlrm_mlp([dense, 32, dim], gen)
+        self.embeddings = nn.ModuleList()
+        for t in tables:
+            emb = nn.Embedding(t, dim)
+            with torch.no_grad():
+                emb.weight.copy_((torch.rand(t, dim, generator=gen) * 2 - 1) * math.sqrt(1 / t))
+            self.embeddings.append(emb)
+        features = len(tables) + 1
+        self.top = dlrm_mlp([dim + features * (features - 1) // 2, 64, 64, 1], gen)
+        li, lj = torch.tril_indices(features, features, offset=-1)
+        self.register_buffer("li", li)
+        self.register_buffer("lj", lj)
+
+    def forward(self, x):
+        dense, ids = x[:, :self.dense], x[:, self.dense:].long()
+        d = self.bottom(dense)
+        t = torch.stack([d] + [emb(ids[:, k]) for k, emb in enumerate(self.embeddings)], 1)
+        z = torch.bmm(t, t.transpose(1, 2))[:, self.li, self.lj]
+        return self.top(torch.cat([d, z], 1))
+
+
+# --- saturated-activation: nn-zero-to-hero #66 (makemore part 3) -------------------------------------------
+
+
+class MakemoreMLP(nn.Module):
+    """makemore part 3 before the fix: embeddings, a 200-unit tanh layer whose weights are ``torch.randn``
+    unscaled (pre-activations of std ~5, most units at +-1), an output layer already scaled by 0.01. The tanh
+    is an ``nn.Tanh`` module where the lecture calls ``torch.tanh``; the raw-tensor layers are as written."""
+
+    def __init__(self, vocab=27, context=3, embed=10, hidden=200):
+        super().__init__()
+        self.C = nn.Parameter(torch.randn(vocab, embed))
+        self.W1 = nn.Parameter(torch.randn(context * embed, hidden))
+        self.b1 = nn.Parameter(torch.randn(hidden))
+        self.tanh = nn.Tanh()
+        self.W2 = nn.Parameter(torch.randn(hidden, vocab) * 0.01)
+        self.b2 = nn.Parameter(torch.zeros(vocab))
+
+    def forward(self, idx):
+        h = self.tanh(self.C[idx].flatten(1) @ self.W1 + self.b1)
+        return h @ self.W2 + self.b2
+
+
+# --- nonfinite-source: Zero-DCE_extension #2 ----------------------------------------------------------------
+
+
+def exposure_brackets(scenes=24, exposures=6, size=16, seed=0):
+    """SICE-style multi-exposure brackets of low-light scenes in [0, 1]: each scene at six exposures, the
+    darkest of which the sensor read as all zeros. Input and target are the same image (no reference:
+    Zero-DCE's losses are computed from the input and the enhanced image)."""
+    g = _gen(seed)
+    base = F.interpolate(torch.rand(scenes, 3, 4, 4, generator=g), size=size, mode="bilinear", align_corners=False)
+    base = base * (0.6 + 0.4 * torch.rand(scenes, 3, 1, 1, generator=g))
+    gains = torch.tensor([0.0, 0.04, 0.08, 0.15, 0.25, 0.4])[:exposures]
+    images = (base.unsqueeze(1) * gains.view(1, -1, 1, 1, 1)).flatten(0, 1)
+    noise = 0.01 * torch.rand(images.shape, generator=g) * (images > 0)
+    images = (images + noise).clamp(0, 1)
+    return TensorDataset(images, images.clone())
+
+
+class DepthwiseSeparable(nn.Module):
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.depth = nn.Conv2d(cin, cin, 3, padding=1, groups=cin)
+        self.point = nn.Conv2d(cin, cout, 1)
+
+    def forward(self, x):
+        return self.point(self.depth(x))
+
+
+class ZeroDCEpp(nn.Module):
+    """Zero-DCE++'s curve estimator: seven depthwise-separable convolutions with skip concatenations, a tanh
+    curve map applied eight times (LE(x) = x + a x (1 - x)). Returns the enhanced image and the curve map."""
+
+    def __init__(self, width=8):
+        super().__init__()
+        self.relu = nn.ReLU()
+        self.c1, self.c2 = DepthwiseSeparable(3, width), DepthwiseSeparable(width, width)
+        self.c3, self.c4 = DepthwiseSeparable(width, width), DepthwiseSeparable(width, width)
+        self.c5, self.c6 = DepthwiseSeparable(2 * width, width), DepthwiseSeparable(2 * width, width)
+        self.c7 = DepthwiseSeparable(2 * width, 3)
+
+    def forward(self, x):
+        x1 = self.relu(self.c1(x))
+        x2 = self.relu(self.c2(x1))
+        x3 = self.relu(self.c3(x2))
+        x4 = self.relu(self.c4(x3))
+        x5 = self.relu(self.c5(torch.cat([x3, x4], 1)))
+        x6 = self.relu(self.c6(torch.cat([x2, x5], 1)))
+        a = torch.tanh(self.c7(torch.cat([x1, x6], 1)))
+        y = x
+        for _ in range(8):
+            y = y + a * (y ** 2 - y)
+        return torch.cat([y, a], 1)
+
+
+def spatial_consistency(org, enh):
+    """L_spa: the differences to the four neighbours of 4x4-pooled brightness keep their size."""
+    o, e = F.avg_pool2d(org.mean(1, keepdim=True), 4), F.avg_pool2d(enh.mean(1, keepdim=True), 4)
+    loss = 0.0
+    for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0)):
+        do = o - torch.roll(o, shifts=(dy, dx), dims=(2, 3))
+        de = e - torch.roll(e, shifts=(dy, dx), dims=(2, 3))
+        loss = loss + (do - de) ** 2
+    return loss.mean()
+
+
+def color_constancy(enh):
+    """L_color as written: k = ((Drg^2 + Drb^2 + Dgb^2) ** 0.5) of the channel means' squared differences."""
+    mr, mg, mb = enh.mean((2, 3), keepdim=True).split(1, dim=1)
+    drg, drb, dgb = (mr - mg) ** 2, (mr - mb) ** 2, (mb - mg) ** 2
+    return torch.pow(drg ** 2 + drb ** 2 + dgb ** 2, 0.5).mean()
+
+
+def zero_dce_loss(out, org, exposure=0.6):
+    """The training script's sum: 1600 * L_TV(curve) + L_spa + 5 * L_color + 10 * L_exp."""
+    enh, a = out[:, :3], out[:, 3:]
+    tv = ((a[:, :, 1:] - a[:, :, :-1]) ** 2).mean() + ((a[:, :, :, 1:] - a[:, :, :, :-1]) ** 2).mean()
+    exp = ((F.avg_pool2d(enh.mean(1, keepdim=True), 4) - exposure) ** 2).mean()
+    return 1600 * tv + spatial_consistency(org, enh) + 5 * color_constancy(enh) + 10 * exp
+
+
+# --- cannot-overfit-batch: keras #4994 -----------------------------------------------------------------------
+
+
+def newsgroup_tokens(n=640, classes=20, vocab=300, length=20, seed=0):
+    """20-Newsgroups-like posts: token ids and the one-hot group (the Keras example's categorical labels)."""
+    x, y = topic_tokens(n=n, length=length, vocab=vocab, classes=classes, seed=seed)
+    return TensorDataset(x, F.one_hot(y, classes).float())
+
+
+class OneUnitLSTMClassifier(nn.Module):
+    """keras #4994: the pretrained-embeddings example with its convolutions replaced by ``LSTM(128)``, then
+    ``Dense(1)`` + sigmoid, then ``Dense(20, softmax)``: every post is squeezed through one number in (0, 1).
+    The embedding stands in for the frozen GloVe matrix (``trainable=False``)."""
+
+    def __init__(self, vocab=300, embed=32, hidden=32, classes=20):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, embed)
+        self.embed.weight.requires_grad_(False)
+        self.lstm = nn.LSTM(embed, hidden, batch_first=True)
+        self.squeeze = nn.Sequential(nn.Linear(hidden, 1), nn.Sigmoid())
+        self.classify = nn.Sequential(nn.Linear(1, classes), nn.Softmax(dim=-1))
+
+    def forward(self, x):
+        _, (h, _) = self.lstm(self.embed(x))
+        return self.classify(self.squeeze(h[-1]))
+
+
+# --- fp16-overflow: darts #3081 -----------------------------------------------------------------------------
+
+
+def covariate_windows(n=384, past=24, future=6, seed=0):
+    """Hourly demand with a daily cycle, a known temperature covariate and calendar features. Input: ``past``
+    steps of (target, temperature, hour sin/cos) and ``future`` steps of the known covariates (the target
+    zeroed there); target: the next ``future`` values."""
+    g = _gen(seed)
+    start = torch.randint(0, 24 * 60, (n, 1), generator=g).float()
+    t = start + torch.arange(past + future).float()
+    hour = 2 * math.pi * (t % 24) / 24
+    temp = torch.sin(hour - 1.0) + 0.3 * torch.randn(n, past + future, generator=g)
+    demand = 1.0 + 0.6 * torch.sin(hour) + 0.3 * temp + 0.1 * torch.randn(n, past + future, generator=g)
+    known = torch.stack([temp, torch.sin(hour), torch.cos(hour)], 2)
+    observed = torch.cat([demand[:, :past], torch.zeros(n, future)], 1).unsqueeze(2)
+    return TensorDataset(torch.cat([observed, known], 2), demand[:, past:])
+
+
+class GRN(nn.Module):
+    """TFT's gated residual network: Linear-ELU-Linear, a GLU gate, add and LayerNorm."""
+
+    def __init__(self, size, dropout=0.1):
+        super().__init__()
+        self.fc1, self.elu, self.fc2 = nn.Linear(size, size), nn.ELU(), nn.Linear(size, size)
+        self.drop, self.gate, self.norm = nn.Dropout(dropout), nn.Linear(size, 2 * size), nn.LayerNorm(size)
+
+    def forward(self, x):
+        return self.norm(x + F.glu(self.gate(self.drop(self.fc2(self.elu(self.fc1(x))))), dim=-1))
+
+
+class MaskedScaledDotProduct(nn.Module):
+    """darts' ``_ScaledDotProductAttention`` as reported: ``bmm`` (fp16 under autocast), divided by a float32
+    0-dim tensor (which does not promote the fp16 scores back), and the causal mask filled with -1e9."""
+
+    def __init__(self):
+        super().__init__()
+        self.softmax = nn.Softmax(dim=2)
+
+    def forward(self, q, k, v, mask):
+        attn = torch.bmm(q, k.transpose(1, 2))
+        attn = attn / torch.sqrt(torch.tensor(k.shape[-1]).to(torch.float32))
+        attn = attn.masked_fill(mask, -1e9)
+        return torch.bmm(self.softmax(attn), v)
+
+
+class InterpretableAttention(nn.Module):
+    """TFT's interpretable multi-head attention: per-head queries and keys, one shared value projection,
+    the heads averaged."""
+
+    def __init__(self, d_model=16, heads=4):
+        super().__init__()
+        d = d_model // heads
+        self.q = nn.ModuleList([nn.Linear(d_model, d) for _ in range(heads)])
+        self.k = nn.ModuleList([nn.Linear(d_model, d) for _ in range(heads)])
+        self.v, self.w_h = nn.Linear(d_model, d), nn.Linear(d, d_model, bias=False)
+        self.attention = MaskedScaledDotProduct()
+
+    def forward(self, q, kv, mask):
+        v = self.v(kv)
+        heads = [self.attention(qi(q), ki(kv), v, mask) for qi, ki in zip(self.q, self.k)]
+        return self.w_h(torch.stack(heads, 2).mean(2))
+
+
+class TinyTFT(nn.Module):
+    """A Temporal Fusion Transformer in miniature: input projection and GRN (for the variable selection), LSTM
+    encoder over the past and decoder over the future, gated skip, static-free enrichment GRN, causal
+    interpretable attention of the future steps over all steps, position-wise GRN, one output per quantile."""
+
+    def __init__(self, inputs=4, hidden=16, past=24, future=6, quantiles=17):
+        super().__init__()
+        self.past, self.future = past, future
+        self.embed, self.select = nn.Linear(inputs, hidden), GRN(hidden)
+        self.encoder = nn.LSTM(hidden, hidden, batch_first=True)
+        self.decoder = nn.LSTM(hidden, hidden, batch_first=True)
+        self.lstm_gate, self.lstm_norm = nn.Linear(hidden, 2 * hidden), nn.LayerNorm(hidden)
+        self.enrich, self.attention = GRN(hidden), InterpretableAttention(hidden)
+        self.attn_gate, self.attn_norm = nn.Linear(hidden, 2 * hidden), nn.LayerNorm(hidden)
+        self.position, self.out = GRN(hidden), nn.Linear(hidden, quantiles)
+        steps = past + future
+        causal = torch.triu(torch.ones(steps, steps, dtype=torch.bool), diagonal=1)[past:]
+        self.register_buffer("mask", causal)                             # [future, past + future]
+
+    def forward(self, x):
+        e = self.select(self.embed(x))
+        enc, state = self.encoder(e[:, :self.past])
+        dec, _ = self.decoder(e[:, self.past:], state)
+        h = self.lstm_norm(e + F.glu(self.lstm_gate(torch.cat([enc, dec], 1)), dim=-1))
+        h = self.enrich(h)
+        mask = self.mask.expand(x.shape[0], -1, -1)
+        a = self.attention(h[:, self.past:], h, mask)
+        a = self.attn_norm(h[:, self.past:] + F.glu(self.attn_gate(a), dim=-1))
+        return self.out(self.position(a))                                # [B, future, quantiles]
+
+
+DARTS_QUANTILES = (0.01, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.99)
+
+
+def quantile_loss(pred, target):
+    """darts' ``QuantileRegression`` likelihood: the pinball loss over its default quantiles."""
+    q = torch.tensor(DARTS_QUANTILES, device=pred.device)
+    err = target.unsqueeze(-1) - pred
+    return torch.maximum(q * err, (q - 1) * err).sum(-1).mean()
+
+
+# --- two faults: brain.js #850 ---------------------------------------------------------------------------------
+
+
+def yearly_emissions(seed=0):
+    """brain.js #850: the input is the calendar year (quarterly readings 2004-2021, raw), the eight outputs are
+    emission figures in their raw units (0 to ~25 000) that a sigmoid output can never reach."""
+    g = _gen(seed)
+    year = 2004 + torch.arange(72).float() / 4
+    base = torch.tensor([11500.0, 2070.0, 2415.0, 0.0, 0.0, 4255.0, 690.0, 2070.0])
+    trend = torch.tensor([900.0, 140.0, 160.0, 0.0, 0.0, 520.0, 50.0, -10.0])
+    t = (year - 2004).unsqueeze(1)
+    y = (base + trend * t) * (1 + 0.05 * torch.randn(72, 8, generator=g))
+    return TensorDataset(year.unsqueeze(1), y.clamp(min=0))
+
+
+def brainjs_default_net(inputs=1, outputs=8):
+    """``new brain.NeuralNetwork()``: one hidden layer of max(3, floor(inputs/2)) = 3 units, sigmoid on every
+    layer including the output, weights and biases uniform in [-0.2, 0.2]."""
+    net = nn.Sequential(nn.Linear(inputs, 3), nn.Sigmoid(), nn.Linear(3, outputs), nn.Sigmoid())
+    for p in net.parameters():
+        nn.init.uniform_(p, -0.2, 0.2)
+    return net
+
+
+# --- the patients -----------------------------------------------------------------------------------------------
+
+
 # --- the zoo ----------------------------------------------------------------------------------------
 
 FP = FieldPatient
@@ -1711,6 +2617,75 @@ FIELD_ZOO: list[FieldPatient] = [
     FP("healthy-realnvp-flow-batchnorm-modes", HEALTHY,
        lambda: P(RealNVP, two_moons(), MeanNLL(), batch_size=100, lr=1e-4),
        "https://github.com/kamenbliznashki/normalizing_flows/issues/13"),
+    # --- a second batch of ports ---------------------------------------------------------------------------
+    FP("vgg-keras-validation-split-is-last-class", S({"no-generalisation"}),
+       vgg_last_class_as_validation,
+       "https://github.com/keras-team/keras/issues/8346"),
+    FP("text-cnn-test-inputs-shuffled-labels-not", S({"no-generalisation"}),
+       text_cnn_shuffled_test_set,
+       "https://github.com/dennybritz/cnn-text-classification-tf/issues/136"),
+    FP("unet1d-autoencoder-zero-feature-max-normalised", S({"data-constant-feature"}),
+       lambda: P(BlockUNet1d, basic_block_features(), nn.MSELoss(), lr=1e-4, batch_size=10),
+       "https://github.com/evandowning/deepreflect/issues/11"),
+    FP("tsfresh-table-with-series-id-features", S({"csv-index-column"}),
+       lambda: P(ts_feature_mlp, tsfresh_table_with_id(), batch_size=32),
+       "https://github.com/blue-yonder/tsfresh/issues/162"),
+    FP("vgg-box-regressor-uint16-wrapped-x1", S({"sample-loss-outlier"}),
+       lambda: P(VGGBoxRegressor, boxes_with_wrapped_coordinates(), nn.SmoothL1Loss(), torch.optim.SGD, lr=1e-3,
+                 momentum=0.9, weight_decay=1e-4, batch_size=16),
+       "https://github.com/endernewton/tf-faster-rcnn/issues/284"),
+    FP("mlp-focal-loss-on-raw-scores", S({"probability-loss-on-logits"}),
+       lambda: P(lambda: nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 5)), focal_loss_table(),
+                 FocalLossOnProbabilities(), batch_size=32),
+       "https://github.com/Hsuxu/Loss_ToolBox-PyTorch/issues/7"),
+    FP("t5-lm-head-init-variance-1", S({"initial-loss-mismatch", "bad-init"}),
+       lambda: P(TinyT5LM, markov_text(), opt=torch.optim.Adafactor, lr=1e-2, batch_size=32),
+       "https://github.com/huggingface/transformers/pull/26441"),
+    FP("resnet3d-ranking-pair-halves-in-separate-bn-passes", S({"train-eval-gap"}),
+       lambda: P(MisalignmentScorer, alignment_pairs(), margin_ranking, lr=1e-3, batch_size=16),
+       "https://github.com/warpem/miss-alignment/issues/6",
+       known_gap="train-eval-gap: the leak of the pair halves' batch statistics opens the gap only after ~400 steps "
+                 "(eval/train 1.25x at 100, 3.4x at 600); the train_eval probe trains at most 100"),
+    FP("attention-lstm-softmax-over-batch", S({"batch-mixing"}),
+       lambda: P(AttentionLSTM, word_prefixes(), lr=1e-3, batch_size=64),
+       "https://github.com/ssw-nlp-study-group/nlp_study/pull/2"),
+    FP("healthy-trajectory-gaussian-nll-goes-negative", HEALTHY,
+       lambda: P(TrajectoryEncoder, trajectories(), gaussian_nll, lr=7.5e-4, batch_size=64),
+       "https://github.com/roggirg/AutoBots/issues/7"),
+    FP("vae-shared-decoder-not-in-optimizer", S({"params-not-in-optimizer"}),
+       lambda: with_optimizer(P(ExpertSharedVAE, cell_expression(), elbo, batch_size=64), adam_vae_encoder_only,
+                              "ExpertSharedVAE", lr=1e-3, weight_decay=1e-6),
+       "https://github.com/zdebruine/MMVAE/issues/39"),
+    FP("pose-coordinates-decoded-by-argmax", S({"no-trainable-params"}),
+       lambda: P(CoordinateBinNet, textured_sphere_crops(), nn.L1Loss(), torch.optim.RMSprop, lr=1e-4, batch_size=16),
+       "https://github.com/LZGMatrix/BOP19_CDPN_2019ICCV/issues/4"),
+    FP("cnn-maxpool-1x1-stride-2", S({"pool-stride-gt-kernel"}),
+       lambda: P(MaxPool1x1Net, TensorDataset(*pattern_images(channels=3))),
+       "https://github.com/google/XNNPACK/issues/472"),
+    FP("relu-lstm-seq2seq-trajectories", S({"exploding-gradients"}),
+       lambda: P(TrajectorySeq2Seq, vessel_tracks(), summed_step_rmse, lr=1e-3, batch_size=64),
+       "https://github.com/An-Yuhang-ace/VesselTrajectoryPrediction/issues/4"),
+    FP("dlrm-output-relu-negative-bias", S({"dead-relu", "bad-init", "bounded-output-activation"}),
+       lambda: P(TinyDLRM, click_logs(), nn.MSELoss(), torch.optim.SGD, lr=0.01, batch_size=128),
+       "https://github.com/pytorch/benchmark/pull/1927"),
+    FP("makemore-mlp-tanh-unscaled-w1", S({"saturated-activation"}),
+       lambda: P(MakemoreMLP, TensorDataset(*char_windows(n=1024)), opt=torch.optim.SGD, lr=0.1),
+       "https://github.com/karpathy/nn-zero-to-hero/issues/66"),
+    FP("zero-dce-color-loss-black-frames", S({"nonfinite-source", "numerical-hazard"}),
+       lambda: P(ZeroDCEpp, exposure_brackets(), zero_dce_loss, lr=1e-4, weight_decay=1e-4, batch_size=8,
+                 grad_clip=0.1),
+       "https://github.com/Li-Chongyi/Zero-DCE_extension/issues/2"),
+    FP("lstm-newsgroups-through-one-sigmoid-unit", S({"cannot-overfit-batch"}),
+       lambda: P(OneUnitLSTMClassifier, newsgroup_tokens(), nn.BCELoss()),
+       "https://github.com/keras-team/keras/issues/4994"),
+    FP("tft-causal-mask-minus-1e9-fp16", S({"fp16-overflow"}),
+       lambda: P(TinyTFT, covariate_windows(), quantile_loss, lr=1e-3, batch_size=32, precision="fp16"),
+       "https://github.com/unit8co/darts/issues/3081"),
+    FP("brainjs-year-input-sigmoid-output", S({"data-unnormalized", "bounded-output-activation"}),
+       lambda: P(brainjs_default_net, yearly_emissions(), nn.MSELoss(), torch.optim.SGD, lr=0.3, momentum=0.1,
+                 batch_size=1),
+       "https://github.com/BrainJS/brain.js/issues/850",
+       also_expected=S({"data-unnormalized", "bounded-output-activation"})),
 ]
 
 

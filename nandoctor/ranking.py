@@ -7,7 +7,8 @@
    did not help (``refuted``) drops below them. ``info`` findings stay last. A finding that is
    a direct observation of the set-up (``observed``: a layer built in ``forward()``, a
    parameter the optimizer lacks, NaN in the data) ranks with the confirmed ones until a cure
-   refutes it, and may lead the symptoms it explains.
+   refutes it, and may lead the symptoms it explains; refuted, it ranks with the suspected ones (the
+   cure showed that the defect is not what breaks this training, not that it is not there).
 3. Within each of those tiers, catch-all symptoms (``generic``: cannot-overfit-batch,
    loss-nonfinite, training-crashed) go below every specific finding of warning or above:
    they are what is left when nothing more specific explains the failure.
@@ -43,6 +44,8 @@ def tier(f: Finding) -> int:
         return 3
     if f.observed and f.confirmed is None:
         return 0  # seen in the set-up itself (no threshold to doubt): with the confirmed, until a cure refutes it
+    if f.observed and f.confirmed is False:
+        return 1  # a refuted cure shows it is not what breaks this training, not that the defect is not there
     return TIER[f.confirmed]
 
 

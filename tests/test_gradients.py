@@ -121,3 +121,18 @@ def test_a_nan_after_one_step_larger_than_the_weights_is_an_explosion():
     assert "10.9x the size of the weights" in found.title
     small = gradients_evidence(total_grad_norms=[1.2, math.nan], nonfinite_grad_step=1, first_update_ratio=0.01)
     assert diag.check(small) is None   # a NaN after a small step: the data's or an op's doing, not a blow-up
+
+
+def test_a_spike_the_run_survived_is_reported_and_a_rise_to_a_plateau_is_not():
+    """A ReLU LSTM's gradient leaps from ~55 to 1e8 for one step and Adam carries on (the loss still halves):
+    a blow-up all the same. A zero-initialised head's gradient rising from 1e-4 to where it settles while the
+    loss halves is not."""
+    spike = [55.0] * 40 + [1.3e8] + [60.0] * 79
+    found = ExplodingGradients().check(gradients_evidence(
+        total_grad_norms=spike, growth=1.3e8 / 55.0, grad_norm_initial=55.0, grad_norm_peak=1.3e8,
+        initial_loss=28.8, final_loss=13.6, steps=120))
+    assert found is not None and found.severity == "critical" and found.evidence["spike_over_settled"] > 1e6
+    rise = [1e-4 * 10 ** (4 * min(1.0, i / 60)) for i in range(120)]
+    assert ExplodingGradients().check(gradients_evidence(
+        total_grad_norms=rise, growth=1e4, grad_norm_initial=1e-4, grad_norm_peak=max(rise),
+        initial_loss=2.0, final_loss=0.5, steps=120)) is None

@@ -442,3 +442,24 @@ def test_the_cured_copy_is_cured_without_a_gradient_too():
     with torch.no_grad():
         assert torch.isnan(patient.loss_fn(out, y))
         assert torch.isfinite(cured.loss_fn(out, y))
+
+
+def hazard_evidence(*hazards):
+    return Evidence({"hazards": ProbeResult(name="hazards", metrics={"hazards": list(hazards),
+                                                                     "hazard_count": len(hazards)})})
+
+
+def exp_hazard(arg_max, overflow_at=88.72):
+    return {"kind": "exp-unbounded", "op": "torch.exp", "pattern": "exp(x)", "where": "model.py:12 in forward",
+            "in": "model", "arg_max": arg_max, "overflow_at": overflow_at, "margin": overflow_at - arg_max,
+            "fires_now": False}
+
+
+def test_an_exp_far_below_its_overflow_point_is_a_note_and_near_it_a_warning():
+    """A VAE's log_var.exp() at 1.3 in float32 (edge 88.7) is a note; at 30, or at 3 in float16 (edge 11.1), it
+    is a warning: training reaches those values."""
+    diagnosis = get("numerical-hazard")
+    far = diagnosis.check(hazard_evidence(exp_hazard(1.34)))
+    assert far.severity == "info" and far.evidence["state"] == "far from its edge"
+    assert diagnosis.check(hazard_evidence(exp_hazard(30.0))).severity == "warning"
+    assert diagnosis.check(hazard_evidence(exp_hazard(3.0, overflow_at=11.09))).severity == "warning"

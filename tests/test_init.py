@@ -95,3 +95,48 @@ def test_bad_init_reads_training_and_held_out_losses():
     stuck = diag.check(init_evidence({"tail_loss": 1.05, "held_out_loss": 1.1}))
     assert "training loss" in stuck.evidence["worse_on"]
     assert diag.check(init_evidence({"tail_loss": 1.05, "held_out_loss": 1.1}, default_is_user=True)) is None
+
+
+def dead_output_mlp():
+    """A click-rate regressor whose output ReLU sits behind a bias of -5 drawn by a custom init: the output is 0
+    for every sample and every gradient is exactly zero (DLRM's bias drawn with std sqrt(1 / fan_out))."""
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1), nn.ReLU())
+    with torch.no_grad():
+        model[2].bias.fill_(-5.0)
+    return model
+
+
+def clicks(n=256, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 8, generator=gen)
+    return torch.utils.data.TensorDataset(x, (x[:, :1] + 0.5 * torch.randn(n, 1, generator=gen) > 0.8).float())
+
+
+def test_an_init_that_does_not_train_is_bad_init_and_training_at_all_confirms_it():
+    """MSE on 0/1 clicks: the dead model's loss does not move at all; re-initialised it trains (a third off its
+    loss in the overfit run, not 3x lower), which confirms the init. Every gradient is zero (not missing), which
+    no structure explains: a warning, below the confirmed init."""
+    patient = make_patient(model=dead_output_mlp, data=clicks(), loss=nn.MSELoss(), optimizer=torch.optim.SGD, lr=0.05)
+    report = battery(patient, probes=["structure", "overfit", "init"], budget=30)
+    top = report.findings[0]
+    assert top.code == "bad-init" and top.status == "confirmed", (codes(report), top.treatment)
+    assert report.probes["init"].metrics["user_bias_off_default"] == {"2": 5.0}
+    assert "the untreated run took under 10% off its loss" in top.treatment["judged_by"]
+    zero = next(f for f in report.findings if f.code == "no-trainable-params")
+    assert zero.severity == "warning" and zero.evidence["grads_all_zero"] is True and not zero.observed
+
+
+def test_a_stalled_init_close_in_loss_to_the_standard_one_is_still_bad_init():
+    """The configured init ends 2.2x above the default's (under the 3x a finding asks for), but it did not move
+    (1.5% off) where the default took 41% off: a warning whose cure must make it train."""
+    from nandoctor.diagnoses.init import BadInit
+    from nandoctor.records import Evidence, ProbeResult
+    schemes = {"as configured": {"initial_loss": 0.539, "tail_loss": 0.531, "held_out_loss": 0.516},
+               "pytorch default": {"initial_loss": 0.417, "tail_loss": 0.244, "held_out_loss": 0.244}}
+    ev = Evidence({"init": ProbeResult(name="init", metrics={"schemes": schemes, "best_standard": "pytorch default",
+                                                            "user_is_default": False, "steps": 120})})
+    found = BadInit().check(ev)
+    assert found.severity == "warning" and found.evidence["worse_on"] == ["training: stalls"]
+    assert found.evidence["user_drop"] < 0.1 and found.evidence["best_drop"] > 0.25
+    schemes["as configured"]["tail_loss"] = 0.40   # 26% off: it trains, slowly; no finding
+    assert BadInit().check(ev) is None

@@ -386,7 +386,8 @@ def test_unmeasured_steps_run_without_module_hooks():
         optimizer.step()
     rec.detach()
     leaves = sum(1 for m in model.modules() if not list(m.children()))
-    assert seen == [leaves, 0, 0, leaves, 0, 0] and hooked(model) == 0
+    # the first measured step also holds the root's hook that finds the output layer (once)
+    assert seen == [leaves + 1, 0, 0, leaves, 0, 0] and hooked(model) == 0
     assert rec.activation_steps == [0, 3] and len(rec.total_grad_norms) == 6
 
 
@@ -421,3 +422,43 @@ def test_a_nonfinite_unmeasured_step_is_replayed_without_changing_the_run():
     assert torch.equal(after, twin_after)   # the RNG as if nothing had been replayed
     for (name, b), t in zip(model.named_buffers(), twin.buffers()):
         assert torch.equal(b, t), name       # BatchNorm's running statistics too
+
+
+class TanhThenMatmul(nn.Module):
+    """makemore's MLP: the only module is the hidden tanh; the output is ``h @ W2 + b2``."""
+
+    def __init__(self):
+        super().__init__()
+        self.W1, self.W2 = nn.Parameter(torch.randn(6, 8)), nn.Parameter(torch.randn(8, 3))
+        self.tanh = nn.Tanh()
+
+    def forward(self, x):
+        return self.tanh(x @ self.W1) @ self.W2
+
+
+class SqueezedHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body, self.head = nn.Sequential(nn.Linear(6, 8), nn.ReLU()), nn.Linear(8, 1)
+
+    def forward(self, x):
+        return self.head(self.body(x)).squeeze(1)
+
+
+@pytest.mark.parametrize("model, expected", [
+    (TanhThenMatmul, None),
+    (SqueezedHead, "head"),
+    (lambda: nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3), nn.ReLU()), "3"),
+])
+def test_the_output_layer_is_the_leaf_whose_output_the_model_returns(model, expected):
+    """Not the last module called: a tanh module followed by a matmul is a hidden layer."""
+    from nandoctor.diagnoses.module_tree import output_layer
+    torch.manual_seed(0)
+    m = model()
+    rec = Recorder(m, every=2)
+    m(torch.randn(4, 6)).sum().backward()
+    rec.before_step()
+    rec.after_step()
+    m(torch.randn(4, 6))
+    rec.detach()
+    assert rec.output_known and rec.output_module == expected and output_layer(rec) == expected

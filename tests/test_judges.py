@@ -209,3 +209,18 @@ def test_a_reset_init_trains_no_worse_when_it_classifies_the_batch_as_well():
     assert no_worse(big, reset)                          # it classifies more of the batch right
     assert not no_worse(big, arm(falling(1.1, 0.58) + [0.58] * 20, accuracy=0.7))   # worse on both
     assert no_worse(arm(falling(3.9, 0.001), accuracy=1.0), arm(falling(1.1, 0.004), accuracy=1.0))  # both memorised
+
+
+def test_no_worse_between_two_runs_that_stay_where_they_started_is_no_verdict():
+    """Dropping a year column that the only model cannot use anyway: both flat, "no worse" says nothing."""
+    judge = judges.when_either_trains(judges.not_worse(1.05))
+    assert judge(arm(FLAT), arm(FLAT)) is None
+    assert judge(arm(falling()), arm(falling())) is True            # both train, the treated no worse
+    assert judge(arm(falling(1.1, 0.01)), arm(falling(1.1, 0.6))) is False  # the column helped: refuted
+
+
+def test_a_stalled_init_is_cured_by_a_run_that_trains_at_all():
+    from nandoctor.diagnoses.init import untreated_stalls
+    judge = judges.both(judges.fixes(judges.trains), untreated_stalls(0.1))
+    assert judge(arm(FLAT), arm(falling(1.1, 0.7)))                  # 36% off where the configured init did not move
+    assert not judge(arm(falling(1.1, 0.95)), arm(falling(1.1, 0.7)))   # it moved 14%: a slow init, not a stalled one

@@ -131,3 +131,18 @@ def test_a_symptom_still_found_after_the_cure_is_not_folded_under_it():
               treatment={"cured": True, "remaining": ["cannot-overfit-batch"]})
     symptom = f("cannot-overfit-batch", "critical", 0.95, role="symptom")
     assert rank([symptom, cause])[1].explained_by is None
+
+
+def test_an_observed_defect_whose_cure_is_refuted_ranks_with_the_suspected_not_below_them():
+    """Six parameters missing from the optimizer are there whatever a one-batch cure shows; refuted, the finding
+    still outranks a suspected warning (and a catch-all symptom), not a confirmed finding."""
+    missing = f("params-not-in-optimizer", severity="critical", confidence=0.9, treatment={"cured": False})
+    missing.observed = True
+    guess = f("dead-relu", severity="warning", confidence=0.9)
+    catch_all = f("cannot-overfit-batch", severity="warning", confidence=0.9, role="symptom")
+    catch_all.generic = True
+    cured = f("numerical-hazard", severity="warning", confidence=0.6, treatment={"cured": True})
+    assert [x.code for x in rank([catch_all, guess, missing, cured])] == \
+        ["numerical-hazard", "params-not-in-optimizer", "dead-relu", "cannot-overfit-batch"]
+    plain = f("lr-too-low", severity="critical", confidence=0.9, treatment={"cured": False})
+    assert [x.code for x in rank([plain, guess])] == ["dead-relu", "lr-too-low"]

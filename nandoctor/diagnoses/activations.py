@@ -11,9 +11,10 @@ from __future__ import annotations
 from statistics import fmean
 
 from nandoctor.diagnoses import Diagnosis
-from nandoctor.diagnoses.module_tree import not_memorised
+from nandoctor.diagnoses.module_tree import not_memorised, output_layer
 from nandoctor.probes.instrument import INACTIVE_BELOW, SATURATION_MARGIN
 from nandoctor.records import Evidence
+from nandoctor.treatments import Cure, judges
 
 DEAD_TYPES = ("ReLU", "ReLU6")            # units that can die for good (leaky variants cannot)
 SATURATING_TYPES = ("Sigmoid", "Tanh", "Hardtanh", "Hardsigmoid")
@@ -31,10 +32,6 @@ def window(series: list[float], share: float, last: bool) -> float | None:
 def recorder_of(ev: Evidence):
     r = ev.ok("overfit")
     return (r, r.data.get("recorder")) if r is not None else (None, None)
-
-
-def output_layer(rec) -> str | None:
-    return rec.forward_order[-1] if getattr(rec, "forward_order", None) else None
 
 
 class DeadRelu(Diagnosis):
@@ -112,9 +109,42 @@ class DeadRelu(Diagnosis):
             finding.evidence["zero_initialised_layers"] = zeroed
         elif at_init:  # dead from the first call: the init is the mechanism, this names the layer
             finding.explains = tuple(dict.fromkeys(finding.explains + ("bad-init",)))
+            finding.evidence["feeding_layer"] = feeding_layer(rec, worst["layer"])
         else:  # dying during training is usually the learning rate's doing: a symptom
             finding.role, finding.explains = "symptom", ()
         return finding
+
+    def cures(self, ctx, finding):
+        """Dead from initialisation: the layer that feeds the dead ReLU re-drawn by its own reset_parameters() (the
+        weights and biases PyTorch's default gives it) on a copy; the overfit run must train where it did not, or
+        memorise where it was 25% off."""
+        layer = finding.evidence.get("feeding_layer")
+        if not layer or not finding.evidence.get("layers"):
+            return []
+        factory = ctx.patient.model_factory
+
+        def build():
+            model = factory()
+            module = dict(model.named_modules()).get("" if layer == "(model)" else layer)
+            if module is not None and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+            return model
+        tried = f"re-drew `{layer}` (the layer feeding the dead ReLU) with its default reset_parameters()"
+        variant = ctx.patient.variant(tried, model_factory=build)
+        return [Cure(tried, variant, judge=judges.either(judges.fixes(judges.trains), judges.fixes(judges.memorised)))]
+
+
+def feeding_layer(rec, relu: str) -> str | None:
+    """The module with parameters the forward pass ran last before ``relu`` (what makes its units), if it can be
+    reset (``reset_parameters``)."""
+    order = list(getattr(rec, "forward_order", []) or [])
+    if relu not in order:
+        return None
+    for name in reversed(order[:order.index(relu)]):
+        module = rec.layers.get("" if name == "(model)" else name)
+        if module is not None:
+            return name if hasattr(module, "reset_parameters") else None
+    return None
 
 
 class SaturatedActivation(Diagnosis):

@@ -128,8 +128,8 @@ class CsvIndexColumn(Diagnosis):
         factory = ctx.patient.model_factory
         variant = ctx.patient.variant(f"without {names}",
                                       model_factory=lambda: nn.Sequential(DropColumns(columns), factory()))
-        return [Cure(f"trained without {names} (zeroed before the model)", variant, judge=judges.not_worse(1.05),
-                     refuted_severity="info")]
+        return [Cure(f"trained without {names} (zeroed before the model)", variant,
+                     judge=judges.when_either_trains(judges.not_worse(1.05)), refuted_severity="info")]
 
 
 class DropColumns(nn.Module):
@@ -207,7 +207,8 @@ class DataUnnormalized(Diagnosis):
         if r is None:
             return None
         m = r.metrics
-        skip = {f["j"] for f in index_features(m)}
+        skip = {f["j"] for f in index_features(m) if f["strong"]}   # a column that only counts up with the rows (a
+        # year in a time-ordered file) may be a real quantity: its scale is judged too
         cols = [c for c in (scaled(f) for f in features(m) if f["j"] not in skip) if c is not None]
         if not cols:
             return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import torch
 
@@ -43,7 +44,9 @@ class ExplodingGradients(Diagnosis):
         "nonfinite_min_growth": 10.0,  # a non-finite gradient counts when the norm had grown this much before it
         "min_finite_steps": 3,     # ... after at least this many finite steps (else it was born non-finite)
         "first_update_ratio": 1.0, # ... or fewer, after a first SGD step (lr x |g|) larger than the weights' norm
-        "harmless_loss_ratio": 0.5,  # growth alone does not count when the loss still halved meanwhile
+        "harmless_loss_ratio": 0.5,  # growth alone does not count when the loss still halved meanwhile ...
+        "spike": 10.0,               # ... and the peak is within this factor of where the norm settled (the median
+                                     # of the run's second half): a rise to a plateau, not a spike the run survived
     }
     fix = ("Clip the gradient norm (torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm) between "
            "backward() and step()); lower the learning rate; check the initialisation and add normalisation "
@@ -77,7 +80,11 @@ class ExplodingGradients(Diagnosis):
     ## Known false positives
     A short early transient (e.g. the first steps of a warm-up) that settles by itself; losses
     whose scale grows by design (sum reduction over growing batches). Growth from a tiny start
-    (zero-initialised last layers) while the loss keeps falling is not reported.
+    (zero-initialised last layers) while the loss keeps falling is not reported, as long as the peak
+    is within `spike` times the median norm of the run's second half (a rise to where the norm
+    settles); a peak far above it is a spike the run survived this time (Adam's moments absorb one
+    step of 1e6x the usual gradient; the next one, or plain SGD, does not), reported whatever the
+    loss did.
     """
 
     def check(self, ev: Evidence):
@@ -96,9 +103,12 @@ class ExplodingGradients(Diagnosis):
             and pre_growth is not None and pre_growth >= t["nonfinite_min_growth"]
         grew = _finite(growth) and growth >= t["growth_warning"]
         first, last = m.get("initial_loss"), m.get("final_loss")
+        settled = [v for v in norms[len(norms) // 2:] if _finite(v)]
+        spike = m.get("grad_norm_peak") / statistics.median(settled) \
+            if settled and _finite(m.get("grad_norm_peak")) and statistics.median(settled) > 0 else None
         if grew and not went_nonfinite and _finite(first) and _finite(last) and first > 0 \
-                and last <= t["harmless_loss_ratio"] * first:
-            grew = False  # the norm grew from a tiny start while the loss kept falling: not a blow-up
+                and last <= t["harmless_loss_ratio"] * first and (spike is None or spike < t["spike"]):
+            grew = False  # the norm rose from a tiny start to where it settled while the loss kept falling
         # 1b. too few finite steps to see growth: a first SGD step larger than the weights themselves, then NaN
         leap = m.get("first_update_ratio")
         leapt = not went_nonfinite and bad_step is not None and 1 <= bad_step < t["min_finite_steps"] \
@@ -120,7 +130,7 @@ class ExplodingGradients(Diagnosis):
                     "growth": growth, "growth_before_nonfinite": pre_growth, "nonfinite_grad_step": bad_step,
                     "nonfinite_grad_layer": (m.get("nonfinite_grad") or {}).get("module"),
                     "initial_loss": m.get("initial_loss"), "final_loss": m.get("final_loss"),
-                    "steps": m.get("steps"), "lr": ev.facts.get("lr")}
+                    "spike_over_settled": spike, "steps": m.get("steps"), "lr": ev.facts.get("lr")}
         what = f"turn non-finite at step {bad_step}" if went_nonfinite else f"grow {growth:.3g}x"
         return self.finding(confidence, evidence, severity="critical" if critical else "warning", plots=r.plots,
                             title=f"Gradient norms {what} (from {m.get('grad_norm_initial'):.3g})")

@@ -28,6 +28,8 @@ class BadInit(Diagnosis):
         "critical_ratio": 10.0,   # 10x worse (or non-finite while a standard init stays finite): critical
         "start_ratio": 2.0,       # the configured init's first loss at least 2x the best standard init's ...
         "start_excess": 1.0,      # ... and 1 nat above it, ending no lower: a warning, confirmed by its cure
+        "stall_drop": 0.1,        # the configured init takes less than 10% off its first loss where the best
+                                  # standard init trains (25% off): a warning, confirmed by its cure
     }
     fix = ("Remove the custom initialisation (PyTorch's default reset_parameters() is sound) or use the standard "
            "init named in the evidence: nn.init.kaiming_normal_(w, nonlinearity='relu') for ReLU nets, "
@@ -38,13 +40,17 @@ class BadInit(Diagnosis):
     steps on the same batches: once as the user's factory initialises it, and once each with
     PyTorch's default (`reset_parameters()` on every module), Kaiming, Xavier and orthogonal
     weights (biases zero), then scores each on held-out samples in eval mode. The finding fires
-    when the user's init is a custom one (its weight scale differs from the default's) and ends
+    when the user's init is a custom one (its weight scale differs from the default's, or a bias lies outside
+    the range the default draws it from) and ends
     far above the best standard init on the training batches or on the held-out samples (an init
     that memorises but does not generalise), or goes non-finite while that one stays finite. As a
     warning, also when it starts far above where every standard init starts (`start_ratio` times
     the best one's first loss and `start_excess` nats above: over-confident outputs) and ends no
     lower; its cure (the standard init, starting near that first loss and training no worse)
-    confirms it.
+    confirms it. As a warning too when the configured init does not train at all (less than
+    `stall_drop` off its first loss) where the best standard init trains (25% off), however close
+    their losses are (a 0/1 target under MSE ends near 0.25 from anywhere): a negative output bias
+    under a ReLU zeroes every gradient. Its cure must then train where the configured init did not.
 
     ## Why it breaks training
     Weights too large make activations and gradients grow layer after layer (overflow, NaN,
@@ -92,6 +98,27 @@ class BadInit(Diagnosis):
         starts = (_finite(u0) and scale > 0 and u0 >= self.thresholds["start_ratio"] * scale
                   and u0 - scale >= self.thresholds["start_excess"] and _finite(u_end) and _finite(b_end)
                   and u_end >= b_end)
+        # 4. the configured init does not train at all where the best standard init does (a negative output bias
+        #    under a ReLU: every gradient zero), however close the two losses (a 0/1 target under MSE)
+        u_drop = 1 - u_end / u0 if _finite(u0) and u0 > 0 and _finite(u_end) else None
+        b_drop = 1 - b_end / scale if scale > 0 and _finite(b_end) else None
+        stalls = u_drop is not None and b_drop is not None and u_drop < self.thresholds["stall_drop"] \
+            and b_drop >= judges.TRAINS_DROP and u_end > b_end
+        if m.get("user_weights_default"):   # only biases differ from the default: blamed only where the model does
+            if not stalls:                  # not train at all (a bias that sets a loss or kills a layer has a more
+                return None                 # specific name: initial-loss-mismatch, dead-relu)
+            trained = general = None
+            starts = False
+        if trained is None and general is None and stalls and not starts:
+            evidence = {"best_standard_init": best, "worse_on": ["training: stalls"], "user_initial_loss": u0,
+                        "user_final_loss": u_end, "best_initial_loss": scale, "best_final_loss": b_end,
+                        "user_drop": u_drop, "best_drop": b_drop, "ratio": u_end / max(b_end, 1e-12),
+                        "final_loss_by_scheme": {s: v.get("tail_loss") for s, v in schemes.items()},
+                        "weight_std_vs_default": m.get("user_std_over_default"), "steps": m.get("steps"),
+                        "mode": m.get("mode")}
+            return self.finding(0.6, evidence, severity="warning", plots=r.plots,
+                                title=f"With the configured init the loss does not move ({_fmt(u0)} -> {_fmt(u_end)} "
+                                      f"in {m.get('steps')} steps) where the {best} init takes {b_drop:.0%} off it")
         if trained is None and general is None:
             if not starts:
                 return None
@@ -165,7 +192,21 @@ class BadInit(Diagnosis):
             return [Cure(tried + " (the init probe's run: same steps, same batches)", done=arms,
                          judge=judges.decided(True, by))]
         variant = ctx.patient.variant(tried, model_factory=reinitialised(ctx.patient, scheme))
-        return [Cure(tried, variant, judge=judges.tail_ratio(self.thresholds["tail_ratio"]))]
+        # where the configured init does not move at all, training at all is the cure's proof
+        starts_training = judges.both(judges.fixes(judges.trains), untreated_stalls(self.thresholds["stall_drop"]))
+        if finding.evidence["worse_on"] == ["training: stalls"]:
+            return [Cure(tried, variant, judge=starts_training)]
+        return [Cure(tried, variant, judge=judges.either(judges.tail_ratio(self.thresholds["tail_ratio"]),
+                                                         starts_training))]
+
+
+def untreated_stalls(share: float):
+    """The untreated run takes less than ``share`` off its first loss (it does not move)."""
+    @judges.judge(f"the untreated run took under {share:.0%} off its loss")
+    def j(before, after) -> bool:
+        drop = judges.relative_drop(before)
+        return drop is not None and drop < share
+    return j
 
 
 def _fmt(x) -> str:

@@ -17,6 +17,15 @@ DRIFT_SAME = 1e-6      # ... and at most this after the cure
 SYMPTOMS = ("cannot-overfit-batch", "training-crashed", "exploding-gradients", "train-eval-gap", "lr-too-low", "lr-too-high")
 
 
+def output_layer(rec) -> str | None:
+    """The leaf module whose output the model returns; None when the output comes from no module (``h @ W2 +
+    b2`` after a tanh module): then every module's units are hidden ones. The last module called when the
+    recorder could not tell."""
+    if getattr(rec, "output_known", False):
+        return rec.output_module
+    return rec.forward_order[-1] if getattr(rec, "forward_order", None) else None
+
+
 def not_memorised(ev: Evidence) -> bool:
     """True when the overfit probe ran (or crashed) without memorising its batch."""
     r = ev.get("overfit")
@@ -51,7 +60,7 @@ def zero_grad_layers(ev: Evidence) -> list[dict]:
     rec = r.data.get("recorder") if r is not None else None
     if rec is None or ("dead-relu" in REGISTRY and REGISTRY["dead-relu"].check(ev) is not None):
         return []
-    output = rec.forward_order[-1] if getattr(rec, "forward_order", None) else None
+    output = output_layer(rec)
     if output is not None and rec.layer_types.get(output) in ("ReLU", "ReLU6"):
         return []
     out = []
@@ -339,5 +348,15 @@ class NoTrainableParams(Diagnosis):
         if m.get("loss_requires_grad") is False:
             return self.finding(0.95, evidence, title="The loss is not connected to any trainable parameter "
                                                       "(detached outputs, .item(), numpy, torch.no_grad())")
+        if m.get("grads_all_zero"):
+            # the gradients are there and exactly zero: no structural fact says why (zero_grad(set_to_none=False)
+            # between backward() and step(), or an output ReLU that is 0 for every sample), a warning to explain
+            evidence["grads_all_zero"] = True
+            found = self.finding(0.6, evidence, severity="warning",
+                                 title="Every gradient is exactly zero when optimizer.step() runs (zeroed between "
+                                       "backward() and step(), or an output that does not move with the weights, such "
+                                       "as a ReLU output that is 0 for every sample)")
+            found.observed = False
+            return found
         return self.finding(0.9, evidence, title="No gradient is present when optimizer.step() runs "
                                                  "(zero_grad() between backward() and step()?)")

@@ -113,6 +113,21 @@ def std_ratios(user: nn.Module, default: nn.Module) -> dict[str, tuple[float, in
     return out
 
 
+def biases_off_default(user: nn.Module) -> dict[str, float]:
+    """Per weight layer whose bias leaves the range PyTorch's default draws it from (U(-1/sqrt(fan_in),
+    1/sqrt(fan_in)) for Linear and convolutions): its largest |bias|. Zero biases are in range."""
+    out = {}
+    for name, m in user.named_modules():
+        w, b = getattr(m, "weight", None), getattr(m, "bias", None)
+        if isinstance(m, INIT_LAYERS) and isinstance(w, torch.Tensor) and isinstance(b, torch.Tensor) \
+                and b.numel() and w.dim() >= 2 and w[0].numel():
+            fan_in, _ = nn.init._calculate_fan_in_and_fan_out(w)   # as reset_parameters() bounds the bias
+            largest = float(b.detach().abs().max())
+            if fan_in and largest > 1.0001 / math.sqrt(fan_in):
+                out[name or "(model)"] = largest
+    return out
+
+
 def is_default(ratios: dict[str, tuple[float, int]]) -> bool:
     """Every layer's std matches the default's within sampling noise (two samples of n weights: ~1/sqrt(n))."""
     return all(abs(r - 1.0) <= max(DEFAULT_STD_TOLERANCE, SAMPLING_SIGMAS / math.sqrt(n)) for r, n in ratios.values())
@@ -147,6 +162,8 @@ class InitMetrics(Metrics):
     steps: int | None = None
     user_is_default: bool | None = None
     user_std_over_default: dict | None = None
+    user_bias_off_default: dict | None = None  # layers whose bias leaves the default's range: its largest |bias|
+    user_weights_default: bool | None = None   # the weights' scale is the default's (only biases may differ)
     profiles: dict | None = None         # activation std and RMS gradient by depth at init, per scheme
     errors: dict | None = None
 
@@ -184,6 +201,7 @@ class InitCompare(Probe):
             return self.result(status="skipped", reason="no standard init applies to this model")
         ratios = std_ratios(models["as configured"], models["pytorch default"]) \
             if "pytorch default" in models else {}  # unknown: treated as the default, never blamed
+        off_bias = biases_off_default(models["as configured"]) if "pytorch default" in models else {}
         batches = [patient.fixed_batch(offset=i) for i in range(N_BATCHES)]
         # 2. profiles by depth at initialisation (one step each, on copies: the weights stay as they are)
         profiles = {s: profile(patient, m, batches[0]) for s, m in models.items()}
@@ -210,8 +228,10 @@ class InitCompare(Probe):
         best = min(trained,
                    key=lambda s: summary[s]["tail_loss"], default=None)
         metrics = {"schemes": summary, "best_standard": best, "mode": mode, "steps": steps,
-                   "user_is_default": is_default(ratios),
+                   "user_is_default": is_default(ratios) and not off_bias,
+                   "user_weights_default": is_default(ratios),
                    "user_std_over_default": {k: r for k, (r, _) in ratios.items()},
+                   "user_bias_off_default": off_bias or None,
                    "profiles": profiles, "errors": errors or None}
         rels = self._plot(ctx, runs, profiles)
         return self.result(metrics=metrics, data={"runs": runs}, plots=rels)

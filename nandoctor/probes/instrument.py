@@ -333,6 +333,7 @@ class _Output:
     stats: tuple | None  # (sum index, sum-of-squares index, element count) of what the statistics covered
     axis: int | None
     shape: tuple[int, ...]
+    name: str = ""    # the leaf module that produced it
 
 
 @dataclass(frozen=True)
@@ -421,8 +422,12 @@ class Recorder:
                 self._leaf_hooks.append((m, self._forward_hook(key, m)))
             else:  # the forward order only (depth profiles): dropped after the first step
                 self._order_handles.append(m.register_forward_hook(self._order_hook(key)))
+        self.output_module: str | None = None   # the leaf whose output the model returns (None: no leaf's)
+        self.output_known = False                # ... once a measured forward pass has told
+        self._end_handle = None
         if self.activations:
             self._handles.append(self.model.register_forward_pre_hook(self._forward_start, with_kwargs=True))
+            self._end_handle = self.model.register_forward_hook(self._forward_end)
             self._sync_hooks()
 
     def _sync_hooks(self) -> None:
@@ -462,6 +467,24 @@ class Recorder:
         if not self._armed and len(self._inputs) < MAX_REPLAYED:
             self._inputs.append((args, kwargs))   # references only: replayed if this step's gradients are not finite
         return None
+
+    def _forward_end(self, mod, args, output) -> None:
+        """On the first measured forward pass: which leaf produced the model's output (the output layer), that
+        output itself or a view of it (a squeeze, a reshape); None when it was computed outside any leaf (``h @
+        W2 + b2``). The hook then goes: it runs once."""
+        if not self._armed:
+            return
+        out = output if isinstance(output, torch.Tensor) else _first_tensor(output)
+        if out is not None:
+            e = self._outputs.get(id(out))
+            if e is None or e.ref() is not out:
+                e = next((o for o in self._outputs.values() if (t := o.ref()) is not None and t.numel() == out.numel()
+                          and t.numel() and t.data_ptr() == out.data_ptr()), None)
+            self.output_module = e.name if e is not None else None
+            self.output_known = True
+        if self._end_handle is not None:
+            self._end_handle.remove()
+            self._end_handle = None
 
     @property
     def _armed(self) -> bool:
@@ -537,7 +560,7 @@ class Recorder:
                             tuple(inp.shape) if in_total is not None else None,
                             inp.numel() if in_total is not None else 0, extra))
         # 6. what the modules it feeds need to know
-        self._outputs[id(out)] = _Output(weakref.ref(out), _version(out), total, stats, axis, shape)
+        self._outputs[id(out)] = _Output(weakref.ref(out), _version(out), total, stats, axis, shape, name)
         self._prev = (axis, shape)
         if pending.n > MAX_PENDING:
             self.flush()
@@ -745,6 +768,9 @@ class Recorder:
     def detach(self) -> None:
         for h in self._handles + self._order_handles + self._leaf_handles:
             h.remove()
+        if self._end_handle is not None:
+            self._end_handle.remove()
+            self._end_handle = None
         self._leaf_hooks, self._leaf_handles = [], []
         self._handles.clear()
         self._order_handles.clear()

@@ -239,6 +239,7 @@ class StructureMetrics(Metrics):
     no_grad_path: list | None = None           # trainable parameters the loss does not reach
     no_grad_path_numel: int | None = None
     grads_at_step: dict | None = None
+    grads_all_zero: bool | None = None    # every gradient there at the step and exactly zero (not missing)
     zero_grad_at_step: list | None = None
     strided: list | None = None                # pool/conv strides larger than their kernels
     accumulation: dict | None = None           # gradients that grow step over step (user train_step)
@@ -407,10 +408,14 @@ def gradient_reach(trace: StepTrace, trainable: set[int], params: dict, names: d
             zero.append(names[i])  # in the graph, yet None or all zeros when optimizer.step() runs
     seen = [g for g in trace.grads.values()  # a non-finite gradient is a gradient too
             if g is not None and g.numel() and not bool((g.abs() <= ZERO_GRAD_ATOL).all())]
+    present = [g for g in trace.grads.values() if g is not None and g.numel()]
     return {"no_grad_path": list(no_path.values())[:MAX_LISTED],
             "no_grad_path_numel": sum(e["numel"] for e in no_path.values()),
             "zero_grad_at_step": zero[:MAX_LISTED],
-            "grads_at_step": bool(seen) if trace.grads and not trace.error else None}
+            "grads_at_step": bool(seen) if trace.grads and not trace.error else None,
+            # gradients there at the step, every one exactly zero (not missing): zeroed in place between backward()
+            # and step(), or a loss that does not move with the weights here (an output ReLU 0 on every sample)
+            "grads_all_zero": bool(present) and not seen if trace.grads and not trace.error else None}
 
 
 def strided_gaps(trace: StepTrace, model: nn.Module) -> list[dict]:

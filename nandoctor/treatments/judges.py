@@ -173,6 +173,17 @@ def when_broken(test: Callable) -> Callable:
     return j
 
 
+def when_either_trains(test: Callable) -> Callable:
+    """``test``, where at least one arm trains (memorised, or 25% off its loss); no verdict (None) when neither
+    does: "no worse" between two runs that both stay where they started says nothing."""
+    @judge(f"where either run trains: {test.text}")
+    def j(before, after) -> bool | None:
+        if not trains(before) and not trains(after):
+            return None
+        return bool(test(before, after))
+    return j
+
+
 def fixes(test: Callable) -> Callable:
     """Cured when the treated run passes ``test`` and the control does not."""
     @judge(f"the treated run {test.text} and the untreated one did not")
