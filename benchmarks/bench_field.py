@@ -130,7 +130,7 @@ def main() -> None:
         print(f"field zoo: {len(rows)} patients from {len(args.merge)} run(s)\n")
         for row in rows:
             print_row(row)
-        totals(rows, "all patients")
+        all_totals(rows)
         return
     torch.set_num_threads(args.threads)
     chosen = [p for p in FIELD_ZOO if not args.only or any(s in p.name for s in args.only)]
@@ -144,14 +144,19 @@ def main() -> None:
     for patient in chosen:
         rows.append(run_one(patient, args.budget))
         print_row(rows[-1])
-    totals(rows, "all patients")
-    gaps = [r for r in rows if r["known_gap"]]
-    if gaps:
-        totals([r for r in rows if not r["known_gap"]], f"without the {len(gaps)} known gaps "
-                                                       f"({', '.join(sorted({r['known_gap'].split(' ')[0] for r in gaps}))})")
+    all_totals(rows)
     print(f"\n{len(rows)} patients in {time.perf_counter() - t0:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1, default=str))
+
+
+def all_totals(rows: list[dict]) -> None:
+    """The totals over every patient, then without the known gaps (when there are any)."""
+    totals(rows, "all patients")
+    gaps = [r for r in rows if r["known_gap"]]
+    if gaps:
+        totals([r for r in rows if not r["known_gap"]], f"without the {len(gaps)} known gap(s) "
+                                                       f"({', '.join(sorted({r['known_gap'].split(' ')[0] for r in gaps}))})")
 
 
 if __name__ == "__main__":
