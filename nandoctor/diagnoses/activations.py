@@ -205,8 +205,12 @@ class SaturatedActivation(Diagnosis):
         flagged.sort(key=lambda f: -max(f["saturated_at_start"] or 0, f["saturated_at_end"] or 0))
         worst = flagged[0]
         peak = max(worst["saturated_at_start"] or 0, worst["saturated_at_end"] or 0)
-        confidence = (0.85 if (worst["saturated_at_start"] or 0) >= limit else 0.7) * (0.8 + 0.2 * peak)
-        return self.finding(confidence, {"layers": flagged, "output_layer_skipped": out_layer},
-                            severity="critical" if peak >= 0.9 and stuck else "warning", plots=r.plots,
-                            title=f"{peak:.0%} of the outputs of {worst['type']} layer `{worst['layer']}` are "
-                                  f"pinned at its bounds")
+        at_start = (worst["saturated_at_start"] or 0) >= limit
+        confidence = (0.85 if at_start else 0.7) * (0.8 + 0.2 * peak)
+        finding = self.finding(confidence, {"layers": flagged, "output_layer_skipped": out_layer},
+                               severity="critical" if peak >= 0.9 and stuck and at_start else "warning", plots=r.plots,
+                               title=f"{peak:.0%} of the outputs of {worst['type']} layer `{worst['layer']}` are "
+                                     f"pinned at its bounds{'' if at_start else ' (they saturated during training)'}")
+        if not at_start:   # saturated by training, not by the init or the inputs: what a failing fit does, a symptom
+            finding.role, finding.explains = "symptom", ()
+        return finding
