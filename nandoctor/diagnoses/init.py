@@ -109,26 +109,22 @@ class BadInit(Diagnosis):
                 return None                 # specific name: initial-loss-mismatch, dead-relu)
             trained = general = None
             starts = False
+        # the warnings (a stalled init, an over-confident start): what both arms did, then the scheme's losses
+        common = {"best_standard_init": best, "user_initial_loss": u0, "best_initial_loss": scale,
+                  "user_final_loss": u_end, "best_final_loss": b_end,
+                  "final_loss_by_scheme": {s: v.get("tail_loss") for s, v in schemes.items()},
+                  "weight_std_vs_default": m.get("user_std_over_default"), "steps": m.get("steps"), "mode": m.get("mode")}
         if trained is None and general is None and stalls and not starts:
-            evidence = {"best_standard_init": best, "worse_on": ["training: stalls"], "user_initial_loss": u0,
-                        "user_final_loss": u_end, "best_initial_loss": scale, "best_final_loss": b_end,
-                        "user_drop": u_drop, "best_drop": b_drop, "ratio": u_end / max(b_end, 1e-12),
-                        "final_loss_by_scheme": {s: v.get("tail_loss") for s, v in schemes.items()},
-                        "weight_std_vs_default": m.get("user_std_over_default"), "steps": m.get("steps"),
-                        "mode": m.get("mode")}
+            evidence = {**common, "worse_on": ["training: stalls"], "user_drop": u_drop, "best_drop": b_drop,
+                        "ratio": u_end / max(b_end, 1e-12)}
             return self.finding(0.6, evidence, severity="warning", plots=r.plots,
                                 title=f"With the configured init the loss does not move ({_fmt(u0)} -> {_fmt(u_end)} "
                                       f"in {m.get('steps')} steps) where the {best} init takes {b_drop:.0%} off it")
         if trained is None and general is None:
             if not starts:
                 return None
-            evidence = {"best_standard_init": best, "worse_on": ["initial loss"], "user_initial_loss": u0,
-                        "best_initial_loss": scale, "ratio": u0 / scale, "user_final_loss": u_end,
-                        "best_final_loss": b_end,
-                        "initial_loss_by_scheme": {s: v.get("initial_loss") for s, v in schemes.items()},
-                        "final_loss_by_scheme": {s: v.get("tail_loss") for s, v in schemes.items()},
-                        "weight_std_vs_default": m.get("user_std_over_default"), "steps": m.get("steps"),
-                        "mode": m.get("mode")}
+            evidence = {**common, "worse_on": ["initial loss"], "ratio": u0 / scale,
+                        "initial_loss_by_scheme": {s: v.get("initial_loss") for s, v in schemes.items()}}
             return self.finding(0.6, evidence, severity="warning", plots=r.plots,
                                 title=f"The configured init starts at a loss of {_fmt(u0)}, {u0 / scale:.1f}x where "
                                       f"the {best} init starts ({_fmt(scale)}), and ends no better")
