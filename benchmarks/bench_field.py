@@ -110,6 +110,11 @@ def totals(rows: list[dict], label: str) -> None:
     print(f"  critical findings confirmed by their cure {share(confirmed, len(criticals))}")
     if crashes:
         print(f"  the tool crashed on {len(crashes)}: {', '.join(r['name'] for r in crashes)}")
+    raised = {r["name"]: sorted({n.get("code") for n in r.get("not_evaluated") or []
+                                 if str(n.get("reason", "")).startswith("diagnosis error")}) for r in rows}
+    raised = {name: codes for name, codes in raised.items() if codes}
+    print(f"  patients where a diagnosis raised (reported under not_evaluated) {share(len(raised), len(rows))}"
+          + (f"  ({'; '.join(f'{n}: {chr(44).join(c)}' for n, c in raised.items())})" if raised else ""))
 
 
 def main() -> None:
