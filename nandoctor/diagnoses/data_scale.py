@@ -10,6 +10,7 @@ from torch import nn
 from nandoctor.diagnoses import Diagnosis
 from nandoctor.diagnoses.data_common import (SCAN, SHOWN, column_name, coverage, features, finite, plot, scan,
                                              training_trouble)
+from nandoctor.probes.scan_stats import column_shape
 from nandoctor.records import Evidence
 from nandoctor.treatments import Cure, judges
 
@@ -133,20 +134,15 @@ class CsvIndexColumn(Diagnosis):
 
 
 class DropColumns(nn.Module):
-    """Zero the given feature columns of ``[N, F]`` inputs (the column is there, it says nothing): dim 1, or the
-    last dim for a ``sequence`` ``[N, T, F]``."""
+    """Zero the given feature columns of ``[N, F]`` inputs (the column is there, it says nothing)."""
 
-    def __init__(self, columns: list[int], layout: str = "features"):
+    def __init__(self, columns: list[int]):
         super().__init__()
         self.columns = list(columns)
-        self.last_dim = layout == "sequence"
 
     def forward(self, x):
         x = x.clone()
-        if self.last_dim:
-            x[..., self.columns] = 0
-        else:
-            x[:, self.columns] = 0
+        x[:, self.columns] = 0
         return x
 
 
@@ -335,8 +331,7 @@ class Standardize(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
 
     def forward(self, x):
-        # [1, 1, F] for a sequence; [1, F] or [1, C, 1, 1, ...]
-        shape = (1,) * (x.dim() - 1) + (-1,) if self.last_dim else (1, -1) + (1,) * (x.dim() - 2)
+        shape = column_shape(x.dim(), self.last_dim)
         return (x - self.mean.reshape(shape)) / self.std.reshape(shape)
 
 
@@ -509,6 +504,7 @@ class ZeroedColumns(torch.utils.data.Dataset):
         out = [self._zeroed(x)] + [self._zeroed(t) if isinstance(t, torch.Tensor) and t.shape == x.shape and
                                    t.is_floating_point() else t for t in item[1:]]
         return tuple(out) if isinstance(item, tuple) else out
+
 
 def fmt(x) -> str:
     return f"{x:.4g}" if finite(x) else str(x)

@@ -104,8 +104,8 @@ class ExplodingGradients(Diagnosis):
         grew = _finite(growth) and growth >= t["growth_warning"]
         first, last = m.get("initial_loss"), m.get("final_loss")
         settled = [v for v in norms[len(norms) // 2:] if _finite(v)]
-        spike = m.get("grad_norm_peak") / statistics.median(settled) \
-            if settled and _finite(m.get("grad_norm_peak")) and statistics.median(settled) > 0 else None
+        level = statistics.median(settled) if settled else None
+        spike = m["grad_norm_peak"] / level if level and _finite(m.get("grad_norm_peak")) else None
         if grew and not went_nonfinite and _finite(first) and _finite(last) and first > 0 \
                 and last <= t["harmless_loss_ratio"] * first and (spike is None or spike < t["spike"]):
             grew = False  # the norm rose from a tiny start to where it settled while the loss kept falling

@@ -113,7 +113,8 @@ class NumericalHazard(Diagnosis):
     `exp_far_share` of its dtype's overflow point (a VAE's `log_var.exp()` at 1.3, a flow's scale at
     0.5, against 88.7 in float32) is only a note: such a value reaches the edge once training has
     diverged for other reasons, where a log of a probability reaches it as the model sharpens. In
-    float16 the edge is 11: the same exp is a warning from 2.8 up. Library code under `site-packages` is not traced
+    float16 the edge is 11: the same exp is a warning from 2.8 up.
+    Library code under `site-packages` is not traced
     as the user's, and a hazard written inside a custom `train_step` (outside the model and the
     loss) is reported but its cure is not tried.
     """.format(factor=STRESS_LR_FACTOR, steps=STRESS_STEPS)

@@ -120,7 +120,7 @@ def biases_off_default(user: nn.Module) -> dict[str, float]:
     for name, m in user.named_modules():
         w, b = getattr(m, "weight", None), getattr(m, "bias", None)
         if isinstance(m, INIT_LAYERS) and isinstance(w, torch.Tensor) and isinstance(b, torch.Tensor) \
-                and b.numel() and w.dim() >= 2 and w[0].numel():
+                and b.numel() and w.dim() >= 2:
             fan_in, _ = nn.init._calculate_fan_in_and_fan_out(w)   # as reset_parameters() bounds the bias
             largest = float(b.detach().abs().max())
             if fan_in and largest > 1.0001 / math.sqrt(fan_in):

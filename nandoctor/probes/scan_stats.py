@@ -247,6 +247,12 @@ class PerSample:
         return v[torch.isfinite(v)]
 
 
+def column_shape(ndim: int, last_dim: bool = False) -> tuple[int, ...]:
+    """The shape that broadcasts one value per column over a batch of ``ndim`` dims: ``[1, 1, F]`` for a sequence
+    (``last_dim``), else ``[1, F]`` or ``[1, C, 1, 1, ...]``."""
+    return (1,) * (ndim - 1) + (-1,) if last_dim else (1, -1) + (1,) * max(0, ndim - 2)
+
+
 class Magnitude:
     """How far each sample's inputs lie from the bulk of the data: the largest robust z-score over the
     sample's values, ``max |x - median| / spread``, with a median and a spread per feature (or channel)
@@ -274,8 +280,7 @@ class Magnitude:
     def _params(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         key = (x.device, x.dtype, x.dim())
         if key not in self._cache:
-            shape = (1,) * (x.dim() - 1) + (-1,) if self.last_dim else \
-                (1, -1) + (1,) * max(0, x.dim() - 2)  # [1, 1, F]; [1, F] or [1, C, 1, 1, ...]
+            shape = column_shape(x.dim(), self.last_dim)
             inv = self.inv.to(x.device, x.dtype).reshape(shape)
             self._cache[key] = (-(self.center.to(x.device, x.dtype).reshape(shape) * inv), inv)
         return self._cache[key]
