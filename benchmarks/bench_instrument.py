@@ -138,7 +138,8 @@ BLOCK = activation_every(MAX_STEPS)   # steps per turn: one measured step in eac
 # the floor of any per-step gradient instrument, timed beside the Recorder on the smallest model: optimizer step
 # hooks that do nothing, and hooks that only read every gradient's norm onto the host (one batched norm, one read)
 FLOOR_CASE = "tabular mlp 64 batch 64"
-FLOOR_MODES = {"floor: empty step hooks": {"floor": "empty"}, "floor: grad norms only": {"floor": "norms"}}
+FLOOR_MODES = {"floor: empty step hooks": {"floor": "empty"}, "floor: grad norms only": {"floor": "norms"},
+               "recorder: gradients only": {"activations": False, "every": activation_every(MAX_STEPS)}}
 
 
 def loss_of(outputs, targets):
@@ -214,7 +215,7 @@ def compare(factory, batch, modes: dict[str, dict]) -> tuple[float, dict[str, fl
     for t in trainers.values():
         if t.rec is not None:
             t.rec.detach()
-            assert t.rec.activation_steps and t.rec.activation_steps[0] == 0
+            assert not t.rec.activations or (t.rec.activation_steps and t.rec.activation_steps[0] == 0)
             assert t.rec.total_grad_norms and all(map(math.isfinite, t.rec.total_grad_norms))
     bare = statistics.median(times["bare"])
     return bare, {mode: statistics.median(times[mode]) / bare for mode in modes}, rounds

@@ -7,7 +7,7 @@ overfit probe memorised its batch, the elapsed time against the budget (the prom
 budget + 5 s), the probes that did not finish ``ok`` with their reasons, and the model's bare
 step time with the instrumented/bare ratio: the ``Recorder`` as the overfit probe attached it in
 that run (activations on every k-th step for the steps it was planned), and with every step
-measured (alternating blocks of 2k steps, median).
+measured (alternating blocks of 2k steps, or of the probe's whole run where it is fast; median).
 Then a summary: passed N of M, the worst overrun of the budget.
 
 ``--stability NAME`` runs one patient three times, the third beside two busy CPU processes,
@@ -42,6 +42,7 @@ PROMISE = 5.0       # seconds a run may exceed its budget
 TIMING_REPEATS = 3  # alternating bare/instrumented blocks
 TIMING_BLOCKS = 2   # a timed block holds this many activation periods (k steps each), at least 3 steps
 TIMING_WARMUP = 2   # untimed steps before the first block
+BLOCK_SECONDS = 0.25  # a block of a fast model's steps holds up to the probe's run, this long at most
 
 
 # --- step time ------------------------------------------------------------------------------
@@ -55,15 +56,21 @@ def _block(patient, model, optimizer, batch, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def step_times(patient, every: int) -> tuple[float, float, float]:
+def step_times(patient, every: int, planned: int) -> tuple[float, float, float]:
     """(median bare step seconds, instrumented / bare with activations on every ``every``-th step,
-    instrumented / bare with every step measured), from alternating blocks."""
+    instrumented / bare with every step measured), from alternating blocks.
+
+    A block holds at least 2k steps; on a model whose step is short it holds what the probe ran,
+    ``planned`` steps (up to ``BLOCK_SECONDS`` of them): the probe attaches one Recorder for its whole
+    run, and a block of a few milliseconds would time the attaching more than the steps."""
     model = patient.new_model()
     optimizer = patient.make_optimizer(model)
     batch = patient.fixed_batch()
-    steps = max(3, TIMING_BLOCKS * every)
+    start = time.perf_counter()
     for _ in range(TIMING_WARMUP):
         patient.step(model, optimizer, batch)
+    warm = (time.perf_counter() - start) / TIMING_WARMUP
+    steps = max(3, TIMING_BLOCKS * every, min(planned, int(BLOCK_SECONDS / max(warm, 1e-6))) // every * every)
     times: dict[int | None, list[float]] = {None: [], every: [], 1: []}
     for _ in range(TIMING_REPEATS):
         for k in times:
@@ -152,8 +159,9 @@ def run_all(names: list[str], budget: float, repeat: int, folder: Path | None) -
             ok, line = describe(name, accepted, report, elapsed, budget)
             passed, runs, worst = passed + ok, runs + 1, max(worst, elapsed - budget)
             if k == 0:
-                every = activation_every(metric(report, "overfit", "planned_steps") or MAX_STEPS)
-                bare, ratio, full = step_times(factory(), every)
+                planned = metric(report, "overfit", "planned_steps") or MAX_STEPS
+                every = activation_every(planned)
+                bare, ratio, full = step_times(factory(), every, planned)
             print(f"{line} | step {bare:.3f}s, instrumented {ratio:.2f}x as the overfit probe "
                   f"(every={every}), {full:.2f}x every step", flush=True)
             dump(report, folder, name if repeat == 1 else f"{name}.{k}")

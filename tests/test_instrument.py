@@ -311,6 +311,43 @@ def test_every_k_records_the_same_statistics_on_its_steps():
         for name in f:
             assert s[name] == pytest.approx(f[name][::3], rel=1e-6, abs=1e-9), (series, name)
     assert sparse.total_grad_norms == pytest.approx(full.total_grad_norms)  # gradients: every step
+    assert set(sparse.grad_norms) == set(full.grad_norms) and sparse.grads_seen == full.grads_seen
+    for name, norms in full.grad_norms.items():   # unmeasured steps take the short path: the same norms
+        assert sparse.grad_norms[name] == pytest.approx(norms, rel=1e-6), name
+
+
+@pytest.mark.parametrize("step", [0, 2])   # a measured step and an unmeasured one (the short path declines)
+def test_nonfinite_gradient_on_any_step_names_the_parameter_layer(step):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    rec = Recorder(model, every=4)
+    rec.attach_optimizer(optimizer)
+    for i in range(4):
+        optimizer.zero_grad()
+        model(torch.randn(2, 4)).sum().backward()
+        if i == step:
+            model[2].bias.grad[0] = float("nan")
+        optimizer.step()
+    rec.detach()
+    assert rec.nonfinite_grad == {"module": "2", "type": "Linear", "step": step}
+    assert len(rec.grad_norms["2"]) == 4 and not math.isfinite(rec.grad_norms["2"][step])
+    assert all(math.isfinite(x) for i, x in enumerate(rec.total_grad_norms) if i != step)
+
+
+def test_a_parameter_without_a_gradient_is_recorded_as_such_on_unmeasured_steps():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 1), nn.Linear(1, 1))   # the last one never called
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    rec = Recorder(model, every=3)
+    rec.attach_optimizer(optimizer)
+    for _ in range(5):
+        optimizer.zero_grad(set_to_none=True)
+        model[1](model[0](torch.randn(2, 4))).sum().backward()
+        optimizer.step()
+    rec.detach()
+    assert rec.grads_none == {"2"} and rec.grads_seen == {"0", "1"}
+    assert len(rec.grad_norms["2"]) == 5 and all(math.isnan(x) for x in rec.grad_norms["2"])
+    assert len(rec.grad_norms["0"]) == 5 and all(math.isfinite(x) for x in rec.grad_norms["0"])
 
 
 def test_sub_batch_records_the_same_statistics_when_the_batch_repeats_it():
