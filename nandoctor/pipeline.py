@@ -219,8 +219,13 @@ class Battery:
             # 2. probes: the warm-up measures the step time, the planner sizes the rest in steps
             try:
                 for name, probe in selected.items():
-                    if name != "warmup" and self.plan is None:
-                        self._make_plan(selected, patient, evidence, plots_dir)
+                    if name != "warmup" and self.plan is None and (
+                            probe.need(self._context(patient, evidence, plots_dir, 0.0, name)) is not None or
+                            name == list(selected)[-1]):
+                        # the plan is made before the first training probe: the static checks and the data scan
+                        # have then taken what they took, not their allowance
+                        self._make_plan({n: p for n, p in selected.items() if n not in evidence},
+                                        patient, evidence, plots_dir)
                     result = self._run_probe(probe, patient, evidence, plots_dir)
                     evidence[name] = result
                     if name == "warmup" and result.ok and result.metrics.get("step_seconds"):
@@ -279,7 +284,8 @@ class Battery:
         return needs
 
     def _make_plan(self, selected: dict, patient, evidence, plots_dir) -> None:
-        """After the warm-up: one tier for every training probe (and the cures), from the measured step time."""
+        """Before the first training probe: one tier for every training probe (and the cures), from the step time
+        the warm-up measured and the seconds left once the static checks and the data scan have run."""
         later = {n: p for n, p in selected.items() if n != "warmup"}
         needs = self._needs(later, patient, evidence, plots_dir)
         if self.opts.treatments and "overfit" in needs:
@@ -438,6 +444,8 @@ class Battery:
                 if cure is not None:
                     finding.severity = cure.severity or finding.severity
                     finding.fix = cure.fix or finding.fix
+                    for key, value in cure.becomes.items():
+                        setattr(finding, key, value)
                     finding.cure = cure
                     confirmed.append(finding)
                 elif record is not None and record.get("nothing_to_cure") and finding.severity == "warning":
@@ -581,6 +589,18 @@ class Battery:
                 f.treatment, f.severity = None, g.severity
                 f.treatment_note = (f"its cure was tried with {top.code} still in the way; on the copy cured of "
                                     f"{top.code} it is still found, untried there")
+        # 2c. tried here without a verdict (neither run trained while the top cause was in the way) and refuted on
+        #     the cured copy, where its cure could be judged: the refutation stands
+        refuted = {g.code: g for g in sub.findings if g.confirmed is False and g.treatment}
+        for f in others:
+            g = refuted.get(f.code)
+            if g is not None and f.status == "inconclusive":
+                f.evidence = {**f.evidence, "inconclusive_before": {k: f.treatment.get(k) for k in ("tried", "judged_by")}}
+                f.treatment = {**g.treatment, "tried": f"{top.treatment.get('tried')}, then {g.treatment.get('tried')}",
+                               "on_cured_copy": top.code}
+                f.treatment.pop("plot", None)
+                f.severity = g.severity
+                f.treatment_note = f"refuted on the copy cured of {top.code}"
         # 3. what only the cured copy shows
         known = {f.code for f in findings}
         new = []

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from patients import battery, codes, make_patient, mlp
+from patients import battery, blobs, codes, make_patient, mlp
 
 
 def test_healthy_classifier_memorises_and_is_healthy():
@@ -85,3 +85,49 @@ def test_a_mask_batch_is_scored_by_its_pixels_under_bce_with_logits():
     soft = torch.utils.data.TensorDataset(x, masks * 0.7)  # soft targets: not a binary decision
     assert batch_accuracy(Patient.from_objects(lambda: model, soft, nn.BCEWithLogitsLoss(), torch.optim.Adam,
                                                lr=1e-3), model, (x, masks * 0.7)) is None
+
+
+# --- a one-unit squeeze: the capacity test widens it -------------------------------------------------------
+def squeezed(classes=12):
+    return nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 1), nn.Sigmoid(), nn.Linear(1, classes))
+
+
+class Gated(nn.Module):
+    """A one-unit gate that scales the features (attention pooling, gating): no squeeze, nothing reads it."""
+
+    def __init__(self):
+        super().__init__()
+        self.body, self.gate, self.head = nn.Linear(10, 32), nn.Linear(32, 1), nn.Linear(32, 12)
+
+    def forward(self, x):
+        h = torch.relu(self.body(x))
+        return self.head(h * torch.sigmoid(self.gate(h)))
+
+
+@pytest.mark.parametrize("factory,expected", [
+    (squeezed, {"layer": "2", "units": 1, "reader": "4", "widened_to": 12}),
+    (lambda: nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 1)), None),   # a regression output
+    (Gated, None),
+    (lambda: nn.Sequential(nn.Linear(10, 6), nn.ReLU(), nn.Linear(6, 2), nn.Linear(2, 12)), None),  # not 4x narrower
+])
+def test_a_bottleneck_is_a_narrow_hidden_linear_read_by_a_wider_one(factory, expected):
+    from nandoctor.diagnoses.overfit import bottleneck
+    from nandoctor.probes.instrument import Recorder
+    model = factory()
+    rec = Recorder(model)
+    model(torch.randn(4, 10))
+    rec.detach()
+    found = bottleneck(rec)
+    assert (found is None) == (expected is None), found
+    if expected is not None:
+        assert {k: found[k] for k in expected} == expected
+
+
+def test_a_one_unit_squeeze_is_confirmed_by_widening_it_and_ranks_first():
+    report = battery(make_patient(model=squeezed, data=blobs(classes=12)), budget=30.0)
+    top = report.findings[0]
+    assert top.code == "cannot-overfit-batch" and top.confirmed, [(f.code, f.status) for f in report.findings]
+    assert top.evidence["bottleneck"]["layer"] == "2" and "squeezed through 1 unit" in top.title
+    assert top.role == "cause" and "widened" in top.treatment["tried"]
+    assert "Widen `2`" in top.fix
+

@@ -302,3 +302,19 @@ def test_a_step_that_applies_the_summed_gradient_is_told_from_accumulation_on_pu
     found = [f for f in deliberate.findings if f.code == "missing-zero-grad"]
     assert found and found[0].evidence["stepped_every_call"] is False
     assert found[0].status != "confirmed", found[0].treatment
+
+
+def pinned_first_layer():
+    """Pre-activations near 40 into a sigmoid (a bias far off): every unit pinned at 1, its gradient exactly zero."""
+    model = nn.Sequential(nn.Linear(10, 16), nn.Sigmoid(), nn.Linear(16, 3))
+    with torch.no_grad():
+        model[0].bias.fill_(40.0)
+    return model
+
+
+def test_a_zero_gradient_under_a_pinned_sigmoid_is_left_to_saturated_activation():
+    report = battery(make_patient(model=pinned_first_layer), probes=PROBES)
+    stuck = [f for f in report.findings if f.code == "no-trainable-params"]
+    assert not stuck, [(f.code, f.title) for f in report.findings]
+    rec = report.probes["overfit"].data["recorder"]
+    assert rec.grad_norms["0"] and all(v == 0.0 for v in rec.grad_norms["0"])   # the gradient is exactly zero

@@ -18,6 +18,7 @@ from nandoctor.treatments import Cure, judges
 INDEX_CORR = 0.999       # |correlation| of a feature with the row index at or above this: it counts up with it
 INDEX_SLOPE_TOL = 0.01   # slope within 1 +- this (and integer values): it IS the row number (plus an offset)
 INDEX_MIN_ROWS = 20      # fewer finite values say nothing about a trend
+WEAK_INDEX_CURED = 1.25  # a column that only counts up with the rows: without it the tail loss 1.25x lower
 
 
 def each_row_once(f: dict, m: dict) -> bool:
@@ -65,7 +66,8 @@ class CsvIndexColumn(Diagnosis):
     requires = (SCAN,)
     explains = ("data-unnormalized", "exploding-gradients", "cannot-overfit-batch", "lr-too-high",
                 "nonfinite-source", "sample-loss-outlier", "initial-loss-mismatch", "saturated-activation")
-    thresholds = {"index_corr": INDEX_CORR, "index_slope_tol": INDEX_SLOPE_TOL, "min_rows": INDEX_MIN_ROWS}
+    thresholds = {"index_corr": INDEX_CORR, "index_slope_tol": INDEX_SLOPE_TOL, "min_rows": INDEX_MIN_ROWS,
+                  "weak_cured_ratio": WEAK_INDEX_CURED}
     fix = ("Drop the index column: save with df.to_csv(path, index=False), read with pd.read_csv(path, index_col=0), "
            "or list the real inputs under 'feature_columns:' for nandoctor.datasets.CSVDataset.")
     doc = """
@@ -86,7 +88,11 @@ class CsvIndexColumn(Diagnosis):
 
     ## Evidence
     The column's name and position, its range, its correlation and slope against the sample index,
-    and the feature scale plot.
+    and the feature scale plot. The cure trains a copy without the column (zeroed in front of the
+    model): a critical finding (the row number itself) is confirmed when the copy trains no worse; a
+    warning (a column that only counts up with the rows, like a year in a time-ordered file) only
+    when the copy ends clearly lower (a tail loss `weak_cured_ratio` times lower): a model that can
+    use no input at all ends the same either way, which proves nothing.
 
     ## Fix
     `df.to_csv(path, index=False)` when saving; `pd.read_csv(path, index_col=0)` when reading a file
@@ -129,8 +135,14 @@ class CsvIndexColumn(Diagnosis):
         factory = ctx.patient.model_factory
         variant = ctx.patient.variant(f"without {names}",
                                       model_factory=lambda: nn.Sequential(DropColumns(columns), factory()))
+        # a column that is the row number (critical: named so, or the index plus an offset, or each row number
+        # once) is proven by a copy that trains no worse without it; one that only counts up with the rows (a
+        # year in a time-ordered file) must be in the way: without it the copy ends clearly lower. A model that
+        # can use no input at all (its hidden units pinned) ends the same either way, which proves nothing
+        strong = finding.severity == "critical"
+        test = judges.not_worse(1.05) if strong else judges.tail_ratio(WEAK_INDEX_CURED)
         return [Cure(f"trained without {names} (zeroed before the model)", variant,
-                     judge=judges.when_either_trains(judges.not_worse(1.05)), refuted_severity="info")]
+                     judge=judges.when_either_trains(test), refuted_severity="info")]
 
 
 class DropColumns(nn.Module):

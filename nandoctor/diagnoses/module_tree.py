@@ -47,13 +47,16 @@ def describe(group: dict) -> str:
 
 
 MIN_ZERO_STEPS = 10   # a gradient must stay exactly zero for at least this many steps to count
+PINNED_SHARE = 0.9    # ... unless the sigmoid/tanh its output feeds has this share of its outputs at a bound
 
 
 def zero_grad_layers(ev: Evidence) -> list[dict]:
     """Layers (with trainable parameters) whose gradient norm was exactly 0 at every step of the overfit probe.
 
     Not reported when some ReLU layer is dead, or the output layer is a ReLU: those are the likelier
-    reasons (``dead-relu``, ``bounded-output-activation``).
+    reasons (``dead-relu``, ``bounded-output-activation``); nor for a layer whose output goes straight into a
+    sigmoid/tanh pinned at its bounds (``PINNED_SHARE`` of its outputs on average: a saturated unit passes back
+    a gradient that underflows to exactly 0, and ``saturated-activation`` names that).
     """
     from nandoctor.diagnoses import REGISTRY
     r = ev.ok("overfit")
@@ -63,10 +66,17 @@ def zero_grad_layers(ev: Evidence) -> list[dict]:
     output = output_layer(rec)
     if output is not None and rec.layer_types.get(output) in ("ReLU", "ReLU6"):
         return []
+    order = rec.forward_order
+    after = {a: b for a, b in zip(order, order[1:])}   # the leaf each leaf's output went to next
+
+    def pinned(layer: str) -> bool:
+        shares = rec.saturated.get(after.get(layer, ""))
+        return bool(shares) and sum(shares) / len(shares) >= PINNED_SHARE
     out = []
     for name, norms in rec.grad_norms.items():
         finite = [v for v in norms if v == v]  # NaN: no gradient at all that step (judged elsewhere)
-        if len(finite) >= MIN_ZERO_STEPS and len(finite) == len(norms) and all(v == 0.0 for v in finite):
+        if len(finite) >= MIN_ZERO_STEPS and len(finite) == len(norms) and all(v == 0.0 for v in finite) \
+                and not pinned(name):
             layer = rec.layers.get("" if name == "(model)" else name)
             numel = sum(p.numel() for p in layer.parameters(recurse=False) if p.requires_grad) if layer is not None else 0
             if numel:
@@ -260,7 +270,9 @@ class NoTrainableParams(Diagnosis):
     `optimizer.step()`; or layers that forward() does call get no gradient (their output is detached,
     computed under `torch.no_grad()`, or goes through numpy), covering a large share of the model.
     Also, as warnings, layers whose gradient stays exactly zero for the whole overfit probe (when no
-    ReLU layer is dead, which would explain it) and a model that is almost entirely frozen (under 1%
+    ReLU layer is dead and the sigmoid/tanh the layer feeds is not pinned at its bounds, 90% of its
+    outputs, either of which would explain it; measured in training, such a finding ranks as
+    suspected, not as a defect seen in the set-up) and a model that is almost entirely frozen (under 1%
     trainable) that cannot fit one batch; and, as info, layers forward() never calls.
 
     ## Why it breaks training
@@ -308,9 +320,11 @@ class NoTrainableParams(Diagnosis):
         stuck = zero_grad_layers(ev)
         if stuck:
             share = sum(e["numel"] for e in stuck) / trainable
-            return self.finding(0.7, {"zero_gradient": stuck, "zero_gradient_share": share}, severity="warning",
-                                title=f"The gradient of {', '.join(e['module'] for e in stuck[:4])} stays exactly zero "
-                                      f"for the whole probe ({share:.0%} of the trainable values)")
+            f = self.finding(0.7, {"zero_gradient": stuck, "zero_gradient_share": share}, severity="warning",
+                             title=f"The gradient of {', '.join(e['module'] for e in stuck[:4])} stays exactly zero "
+                                   f"for the whole probe ({share:.0%} of the trainable values)")
+            f.observed = False   # measured in a training run, not seen in the set-up: it ranks as suspected
+            return f
         # 5. almost everything frozen and the batch is not memorised
         share = (m.get("trainable_parameters") or 0) / max(1, m.get("parameters") or 1)
         if share < self.thresholds["tiny_trainable_share"] and not_memorised(ev):

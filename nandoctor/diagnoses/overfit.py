@@ -4,9 +4,48 @@ from __future__ import annotations
 
 import math
 
+from torch import nn
+
 from nandoctor.diagnoses import Diagnosis
+from nandoctor.diagnoses.module_tree import output_layer
 from nandoctor.records import Evidence
+from nandoctor.treatments import Cure, judges
 from nandoctor.treatments.judges import arm_clean, arm_memorised, arms_of
+from nandoctor.treatments.rewire import REWIRED, bottleneck_widened
+
+NARROW_UNITS = 2      # a hidden nn.Linear of at most this many outputs ...
+NARROW_FAN = 4        # ... between layers at least this many times wider (its input, its reader's output)
+WIDENED_UNITS = 64    # the capacity test widens it to min(this, its input, its reader's output)
+SQUEEZED = ("saturated-activation", "vanishing-gradients", "lr-too-low", "lr-too-high", "initial-loss-mismatch",
+            "dead-relu", "no-trainable-params")   # what a confirmed bottleneck explains
+PASS_THROUGH = ("Sigmoid", "Tanh", "ReLU", "LeakyReLU", "GELU", "SiLU", "ELU", "Hardtanh", "Softplus", "Dropout",
+                "Identity", "ReLU6", "Mish", "PReLU")
+
+
+def bottleneck(rec) -> dict | None:
+    """A hidden nn.Linear of ``NARROW_UNITS`` outputs or fewer whose output reaches another nn.Linear through
+    elementwise layers only, both neighbours ``NARROW_FAN`` times wider (``LSTM -> Linear(128, 1) -> sigmoid ->
+    Linear(1, 20)``): every sample squeezed through one or two numbers. From the overfit run's recorder (the
+    forward order of the leaf modules); None when there is none."""
+    if rec is None:
+        return None
+    order, output = rec.forward_order, output_layer(rec)
+    for i, name in enumerate(order):
+        m = rec.layers.get(name)
+        if not isinstance(m, nn.Linear) or name == output or m.out_features > NARROW_UNITS or \
+                m.in_features < NARROW_FAN * m.out_features:
+            continue
+        for nxt in order[i + 1:]:
+            reader = rec.layers.get(nxt)
+            if reader is None and rec.layer_types.get(nxt) in PASS_THROUGH:
+                continue
+            if isinstance(reader, nn.Linear) and reader.in_features == m.out_features and \
+                    reader.out_features >= NARROW_FAN * m.out_features:
+                width = min(WIDENED_UNITS, m.in_features, reader.out_features)
+                return {"layer": name, "units": m.out_features, "in_features": m.in_features, "reader": nxt,
+                        "reader_out_features": reader.out_features, "widened_to": width}
+            break
+    return None
 
 
 class CannotOverfitBatch(Diagnosis):
@@ -45,9 +84,17 @@ class CannotOverfitBatch(Diagnosis):
     only a loss that does not move (`stuck_below_drop`) is reported: a run that took 5% or more off
     in a short probe is "not yet", not "never".
 
+    Where the model squeezes every sample through a hidden nn.Linear of one or two units read by a
+    layer at least 4x wider (`LSTM -> Linear(128, 1) -> sigmoid -> Linear(1, 20)`), a capacity test
+    is tried on a copy: that layer and its reader widened (to 64 units, or the narrower neighbour),
+    freshly initialised, on the same batch. When the widened copy memorises where the model did not,
+    the finding is confirmed, names the squeeze, and becomes the cause of the symptoms it explains
+    (a sigmoid pinned behind the squeeze).
+
     ## Fix
     Look at the findings ranked above this one: they usually name the cause. Otherwise check the
-    learning rate with `nandoctor lr-sweep`, make the model bigger, and verify the labels.
+    learning rate with `nandoctor lr-sweep`, make the model bigger, and verify the labels. A
+    confirmed squeeze: widen that layer.
 
     ## Known false positives
     Very small budgets (few steps) on slow models; heavy regularisation (dropout, weight decay) or
@@ -82,6 +129,26 @@ class CannotOverfitBatch(Diagnosis):
                             title=f"The model cannot memorise a single batch (loss {initial:.4g} -> {tail:.4g} "
                                   f"in {m.get('steps')} steps)")
 
+
+    def cures(self, ctx, finding):
+        """A capacity test where the model squeezes every sample through a hidden layer of one or two units: the
+        same model with that layer (and the one reading it) widened, trained on the same batch."""
+        r = ctx.evidence.ok("overfit") if ctx.evidence is not None else None
+        b = bottleneck(r.data.get("recorder")) if r is not None else None
+        if b is None:
+            return []
+        finding.evidence["bottleneck"] = b
+        variant = ctx.patient.variant(f"{b['layer']} widened to {b['widened_to']} units",
+                                      model_factory=bottleneck_widened(ctx.patient, b["layer"], b["reader"],
+                                                                       b["widened_to"]))
+        fix = (f"Widen `{b['layer']}`: every sample passes through its {b['units']} unit(s) between a "
+               f"{b['in_features']}-wide input and a {b['reader_out_features']}-wide output; give it (and "
+               f"`{b['reader']}`'s input) {b['widened_to']} or more units, or drop the squeeze.")
+        becomes = {"role": "cause", "generic": False, "explains": SQUEEZED,
+                   "title": f"Every sample is squeezed through {b['units']} unit(s) of `{b['layer']}`: "
+                            f"{finding.title[0].lower()}{finding.title[1:]}"}
+        return [Cure(f"`{b['layer']}` ({b['units']} unit(s)) and `{b['reader']}` widened to {b['widened_to']} units",
+                     variant, judge=judges.either(judges.beats_control, REWIRED), fix=fix, becomes=becomes)]
 
     def gone_with(self, finding, cause_treatment):
         """The cause's cure trained on the same fixed batch (the overfit protocol) and memorised it, where
@@ -136,6 +203,26 @@ class LossNonfinite(Diagnosis):
                     "lr": r.metrics.get("lr")}
         return self.finding(0.95, evidence, plots=r.plots,
                             title=f"The loss becomes non-finite at step {r.metrics['nonfinite_step']} of the overfit probe")
+
+    def cures(self, ctx, finding):
+        """A capacity test where the model squeezes every sample through a hidden layer of one or two units: the
+        same model with that layer (and the one reading it) widened, trained on the same batch."""
+        r = ctx.evidence.ok("overfit") if ctx.evidence is not None else None
+        b = bottleneck(r.data.get("recorder")) if r is not None else None
+        if b is None:
+            return []
+        finding.evidence["bottleneck"] = b
+        variant = ctx.patient.variant(f"{b['layer']} widened to {b['widened_to']} units",
+                                      model_factory=bottleneck_widened(ctx.patient, b["layer"], b["reader"],
+                                                                       b["widened_to"]))
+        fix = (f"Widen `{b['layer']}`: every sample passes through its {b['units']} unit(s) between a "
+               f"{b['in_features']}-wide input and a {b['reader_out_features']}-wide output; give it (and "
+               f"`{b['reader']}`'s input) {b['widened_to']} or more units, or drop the squeeze.")
+        becomes = {"role": "cause", "generic": False, "explains": SQUEEZED,
+                   "title": f"Every sample is squeezed through {b['units']} unit(s) of `{b['layer']}`: "
+                            f"{finding.title[0].lower()}{finding.title[1:]}"}
+        return [Cure(f"`{b['layer']}` ({b['units']} unit(s)) and `{b['reader']}` widened to {b['widened_to']} units",
+                     variant, judge=judges.either(judges.beats_control, REWIRED), fix=fix, becomes=becomes)]
 
     def gone_with(self, finding, cause_treatment):
         """The cause's untreated run turned non-finite and its cured run stayed finite to the end."""

@@ -62,7 +62,8 @@ class Cure:
     ``Outcome``s. ``measure`` (a name in ``MEASURES``) is measured on both arms' patients, a cheap
     check beside the loss (gradient accumulation, call-to-call drift). ``train`` (a name in
     ``PROTOCOLS``: the LR check, the precision run) replaces the overfit training for both arms. ``done`` holds both arms when a probe already trained them: the runner
-    only judges. ``severity`` and ``fix``, when given, replace the finding's once the cure confirms it.
+    only judges. ``severity`` and ``fix``, when given, replace the finding's once the cure confirms it, and so do
+    the attributes in ``becomes``.
     """
 
     tried: str
@@ -79,6 +80,8 @@ class Cure:
     severity: str | None = None
     refuted_severity: str | None = None          # the finding's severity when this (its last) cure refutes it
     fix: str | None = None
+    becomes: dict = field(default_factory=dict)  # more of the finding replaced once the cure confirms it (its title,
+                                                 # role, explains: a catch-all symptom whose cure names the cause)
     extra: dict = field(default_factory=dict)   # more numbers for the record (the probe's reference run ...)
     follows_plan: bool = True   # its steps follow the plan's; False when the evidence fixes them (the step a
                                 # schedule broke at): then a failure at those steps refutes at any budget

@@ -283,3 +283,22 @@ def raw_output_reset(patient, module_name: str, classes: int) -> Callable[[], nn
                     b.uniform_(-bound, bound)
         return model
     return build
+
+
+def bottleneck_widened(patient, narrow: str, consumer: str, width: int) -> Callable[[], nn.Module]:
+    """A model factory: the user's model with the ``narrow`` nn.Linear (a layer of one or two units between wider
+    ones) given ``width`` output units and the nn.Linear that reads it (``consumer``, through elementwise layers
+    only) as many inputs, both freshly initialised the PyTorch way; every other weight as the user's factory
+    makes it. What a capacity test needs: the same model with room for the information to get through."""
+    factory = patient.model_factory
+
+    def build() -> nn.Module:
+        model = factory()
+        for name, make in ((narrow, lambda m: nn.Linear(m.in_features, width, bias=m.bias is not None)),
+                           (consumer, lambda m: nn.Linear(width, m.out_features, bias=m.bias is not None))):
+            parent_name, _, key = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            old = getattr(parent, key)
+            setattr(parent, key, make(old).to(device=old.weight.device, dtype=old.weight.dtype))
+        return model
+    return build
