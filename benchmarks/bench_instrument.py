@@ -132,7 +132,8 @@ CASES = {  # name: (model factory, batch factory)
     "unet 64x64 batch 8": (UNet, lambda: (torch.randn(8, 3, 64, 64), torch.randint(0, 2, (8, 64, 64)))),
 }
 PROBE = f"overfit probe (every={activation_every(MAX_STEPS)})"
-MODES = {PROBE: {"every": activation_every(MAX_STEPS)}, "every step": {}}
+MODES = {PROBE: {"every": activation_every(MAX_STEPS), "moments": False}, "every step": {}}  # the probe's
+# options (``overfit.probe_recorder``), then every statistic on every step
 EXTRA_MODES = {"sub_batch=4": {"sub_batch": 4}, "updates": {"updates": True}}
 BLOCK = activation_every(MAX_STEPS)   # steps per turn: one measured step in each sparse block
 # the floor of any per-step gradient instrument, timed beside the Recorder on the smallest model: optimizer step

@@ -34,7 +34,7 @@ import torch  # noqa: E402
 import nandoctor  # noqa: E402
 from nandoctor.pipeline import DEFAULT_BUDGET  # noqa: E402
 from nandoctor.probes.instrument import Recorder  # noqa: E402
-from nandoctor.probes.overfit import MAX_STEPS, activation_every  # noqa: E402
+from nandoctor.probes.overfit import MAX_STEPS, activation_every, probe_recorder  # noqa: E402
 from realistic_patients import BY_NAME, REALISTIC  # noqa: E402
 from zoo import judge  # noqa: E402
 
@@ -71,10 +71,11 @@ def step_times(patient, every: int, planned: int) -> tuple[float, float, float]:
         patient.step(model, optimizer, batch)
     warm = (time.perf_counter() - start) / TIMING_WARMUP
     steps = max(3, TIMING_BLOCKS * every, min(planned, int(BLOCK_SECONDS / max(warm, 1e-6))) // every * every)
-    times: dict[int | None, list[float]] = {None: [], every: [], 1: []}
+    makers = {"bare": lambda: None, "probe": lambda: probe_recorder(model, planned), "full": lambda: Recorder(model)}
+    times: dict[str, list[float]] = {k: [] for k in makers}
     for _ in range(TIMING_REPEATS):
-        for k in times:
-            recorder = None if k is None else Recorder(model, every=k)
+        for k, make in makers.items():
+            recorder = make()
             if recorder is not None:
                 recorder.attach_optimizer(optimizer)
             try:
@@ -82,8 +83,8 @@ def step_times(patient, every: int, planned: int) -> tuple[float, float, float]:
             finally:
                 if recorder is not None:
                     recorder.detach()
-    base = statistics.median(times[None])
-    return base, statistics.median(times[every]) / base, statistics.median(times[1]) / base
+    base = statistics.median(times["bare"])
+    return base, statistics.median(times["probe"]) / base, statistics.median(times["full"]) / base
 
 
 # --- reading a report -------------------------------------------------------------------------

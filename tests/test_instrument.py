@@ -499,3 +499,28 @@ def test_the_output_layer_is_the_leaf_whose_output_the_model_returns(model, expe
     m(torch.randn(4, 6))
     rec.detach()
     assert rec.output_known and rec.output_module == expected and output_layer(rec) == expected
+
+
+def test_without_moments_the_dead_and_pinned_shares_are_the_same_and_cheaper():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 8), nn.Tanh(), nn.Linear(8, 3))
+    with torch.no_grad():
+        model[0].bias[:5] = -100.0     # five units that never fire
+        model[2].weight.mul_(20.0)     # a tanh pinned on part of its outputs
+    twin = copy.deepcopy(model)
+    data = (torch.randn(32, 6) * 3, torch.randint(0, 3, (32,)))
+    full, lean = Recorder(model, every=2), Recorder(twin, every=2, moments=False)
+    train(model, data, 6, full, lr=0.05)
+    train(twin, data, 6, lean, lr=0.05)
+    full.detach()
+    lean.detach()
+    assert lean.act_mean == {} and lean.act_std == {} and full.act_mean
+    assert lean.activation_steps == full.activation_steps == [0, 2, 4]
+    for series in ("dead_per_call", "saturated"):
+        f, g = getattr(full, series), getattr(lean, series)
+        assert set(f) == set(g) and f, series
+        for name in f:
+            assert g[name] == pytest.approx(f[name]), (series, name)
+    assert min(lean.dead_per_call["1"]) >= 5 / 16 and max(lean.saturated["3"]) > 0.1
+    assert lean.dead_share() == pytest.approx(full.dead_share())
+    assert lean.forward_order == full.forward_order and lean.total_grad_norms == pytest.approx(full.total_grad_norms)

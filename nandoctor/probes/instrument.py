@@ -16,7 +16,9 @@ activation costs a sum and a sum of squares (a ReLU also one indicator pass and 
 per unit); a training-mode BatchNorm's come from the batch statistics it saved for backward.
 ``every=k`` computes the activation statistics (and the weight norms) on every k-th step only and
 ``sub_batch=k`` on the first k samples (rows of dim 0) of each output: they change the cost, not
-how a statistic is computed; gradient norms are recorded on every step. Between measured steps the
+how a statistic is computed; gradient norms are recorded on every step. ``moments=False`` leaves out
+the activation mean and std (a sum of squares per output; what remains is what the overfit probe's
+diagnoses read: the dead and pinned shares, the forward order, the non-finite check). Between measured steps the
 leaf hooks are off (a hooked module takes torch's slower call path) and the model's calls are
 only remembered; when a step's gradients come out non-finite, its forward calls are run again
 with the hooks on before the optimizer steps (``_replay``), so the module where the non-finite
@@ -369,6 +371,7 @@ class Recorder:
     grads: bool = True         # gradient and weight norms (and the first non-finite gradient) at each step
     every: int = 1             # activation statistics on every k-th optimizer step (0, k, 2k, ...)
     sub_batch: int | None = None  # activation statistics on the first k samples of the batch only
+    moments: bool = True       # activation mean/std (False: the dead and pinned shares, the non-finite check only)
     step: int = 0
     grad_norms: dict[str, list[float]] = field(default_factory=dict)
     weight_norms: dict[str, list[float]] = field(default_factory=dict)   # on the measured steps (every one with updates)
@@ -535,9 +538,9 @@ class Recorder:
         measured = self.step % self.every == 0
         k = self.sub_batch
         o = out[:k] if k is not None and shape and shape[0] > k else out
-        total, stats = self._sums(leaf, mod, out, o, inp, producer, in_total, measured)
+        total, stats = self._sums(leaf, mod, out, o, inp, producer, in_total, measured and self.moments)
         extra = None
-        if stats is not None and leaf.relu and axis is not None and o.dim() >= 2:
+        if measured and leaf.relu and axis is not None and o.dim() >= 2:
             # 4. ReLU family: per unit, the positions where it is > 0; dead below 1% of them
             counts = _unit_counts(o, axis, leaf.non_negative, self._scratch(o))
             ever = self._active_counts.get(name)
@@ -547,7 +550,7 @@ class Recorder:
                 ever.add_(counts)
             positions = max(1, o.numel() // o.shape[axis])
             extra = ("dead", pending.sum(counts.lt(INACTIVE_BELOW * positions)), counts.numel())
-        elif stats is not None and leaf.bounds is not None:
+        elif measured and leaf.bounds is not None:
             # 5. bounded: the share within the margin of a bound, |x - centre| >= reach; without a bool
             # temporary, sign(|x - centre| - reach) sums to (pinned - not pinned)
             lo, hi = leaf.bounds
@@ -559,7 +562,7 @@ class Recorder:
             producer.stats[2] == inp.numel() else None   # the input's sum of squares, when its producer has it
         self._calls.append((name, leaf.type_name, self.step, shape, total, stats, in_total, in_sq,
                             tuple(inp.shape) if in_total is not None else None,
-                            inp.numel() if in_total is not None else 0, extra))
+                            inp.numel() if in_total is not None else 0, extra, measured))
         # 6. what the modules it feeds need to know
         self._outputs[id(out)] = _Output(weakref.ref(out), _version(out), total, stats, axis, shape, name)
         self._prev = (axis, shape)
@@ -712,7 +715,7 @@ class Recorder:
 
     def _resolve_calls(self, calls: list[tuple], v: list[float]) -> None:
         steps = set()
-        for name, type_name, step, shape, total, stats, in_total, in_sq, in_shape, in_numel, extra in calls:
+        for name, type_name, step, shape, total, stats, in_total, in_sq, in_shape, in_numel, extra, measured in calls:
             finite = math.isfinite(v[total])
             # 1. the first module whose output is non-finite while its input was finite, in forward order
             if not finite and self.nonfinite_forward is None and (in_total is None or math.isfinite(v[in_total])):
@@ -723,18 +726,19 @@ class Recorder:
                         inp["rms"] = math.sqrt(max(0.0, v[in_sq]) / max(1, in_numel))
                 self.nonfinite_forward = {"module": name, "type": type_name, "step": step, "input": inp,
                                           "output": {"shape": list(shape), "finite": False}}
-            if stats is None:
+            if not measured:
                 continue
-            # 2. mean and (population) std from the sum and the sum of squares
             steps.add(step)
-            s, sq, n = v[stats[0]], v[stats[1]], stats[2]
-            mean = s / n
-            if math.isfinite(mean) and math.isfinite(sq):
-                std = math.sqrt(max(0.0, sq / n - mean * mean))
-            else:  # a non-finite element, or squares too large for float32
-                mean, std = (mean if not math.isfinite(mean) else float("nan")), float("nan")
-            self.act_mean.setdefault(name, []).append(mean)
-            self.act_std.setdefault(name, []).append(std)
+            if stats is not None:
+                # 2. mean and (population) std from the sum and the sum of squares
+                s, sq, n = v[stats[0]], v[stats[1]], stats[2]
+                mean = s / n
+                if math.isfinite(mean) and math.isfinite(sq):
+                    std = math.sqrt(max(0.0, sq / n - mean * mean))
+                else:  # a non-finite element, or squares too large for float32
+                    mean, std = (mean if not math.isfinite(mean) else float("nan")), float("nan")
+                self.act_mean.setdefault(name, []).append(mean)
+                self.act_std.setdefault(name, []).append(std)
             if extra is not None and finite:
                 what, i, count = extra
                 if what == "dead":     # dead units / units

@@ -30,6 +30,13 @@ MEMORISED_DROP = 0.9      # loss fell by 90% of its initial value ...
 MEMORISED_ACCURACY = 0.95  # ... or (classification) the batch is classified right
 
 
+def probe_recorder(model, steps: int) -> Recorder:
+    """The Recorder as this probe attaches it to a run of ``steps``: activations on about ``ACTIVATION_SAMPLES``
+    of the steps, without their mean and std (no diagnosis reads them here; the dead and pinned shares, the
+    forward order and the non-finite check are what they read)."""
+    return Recorder(model, every=activation_every(steps), moments=False)
+
+
 def activation_every(steps: int) -> int:
     """The recorder's ``every`` for a run of ``steps``: activations on about ``ACTIVATION_SAMPLES`` of its
     steps (all of them in a short run); gradients and the non-finite check stay on every step."""
@@ -166,7 +173,7 @@ class Overfit(Probe):
         steps = ctx.steps(lo=MIN_STEPS, hi=MAX_STEPS, per_step=ctx.step_time * INSTRUMENT_COST)
         ctx.progress(0, steps)
         # 2. train with the recorder attached
-        rec = Recorder(model, every=activation_every(steps))
+        rec = probe_recorder(model, steps)
         rec.attach_optimizer(optimizer)
         try:
             run = train(patient, model, optimizer, batch, steps, deadline=ctx.deadline,
