@@ -547,6 +547,10 @@ class Battery:
         found = [f for f in sub.findings if f.severity != "info"]
         top.treatment["remaining"] = [f.code for f in found if f.code != top.code]
         top.treatment["remaining_status"] = {f.code: f.status for f in found if f.code != top.code}
+        short = [n for n in names if sub.probes.get(n) is not None and sub.probes[n].status == "inconclusive"]
+        if short:   # what those probes would have found on the cured copy is not known: say so, do not go quiet
+            top.treatment["remaining_note"] = (f"partly checked: not run to the steps their verdicts need in the "
+                                               f"{left:.0f} s left: {', '.join(short)} (a larger --budget checks them)")
         # 1. the candidates the cure removed: their probes ran again and they are gone
         still = {f.code for f in sub.findings}
         for f in others:

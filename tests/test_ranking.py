@@ -146,3 +146,27 @@ def test_an_observed_defect_whose_cure_is_refuted_ranks_with_the_suspected_not_b
         ["numerical-hazard", "params-not-in-optimizer", "dead-relu", "cannot-overfit-batch"]
     plain = f("lr-too-low", severity="critical", confidence=0.9, treatment={"cured": False})
     assert [x.code for x in rank([plain, guess])] == ["dead-relu", "lr-too-low"]
+
+
+def test_a_check_on_the_cured_copy_cut_short_by_the_budget_says_so(monkeypatch):
+    """The battery run again on the cured copy, its training probes unable to reach their minimum (planned as
+    if a step took a thousand times longer): the top cure's record says it was checked only in part."""
+    import dataclasses
+
+    from torch import nn
+
+    from nandoctor import pipeline
+    from patients import battery, make_patient
+
+    real = dataclasses.replace
+
+    def slow_sub(obj, **changes):
+        if isinstance(obj, pipeline.Options) and changes.get("compose") is False:
+            changes["step_time_scale"] = 1000.0
+        return real(obj, **changes)
+    monkeypatch.setattr(pipeline.dataclasses, "replace", slow_sub)
+    report = battery(make_patient(loss=nn.NLLLoss()), budget=30.0)
+    top = report.findings[0]
+    assert top.code == "nll-on-raw-logits" and top.confirmed
+    note = top.treatment.get("remaining_note") or ""
+    assert note.startswith("partly checked: ") and "lr_sweep" in note, top.treatment
