@@ -2270,6 +2270,47 @@ def brainjs_default_net(inputs=1, outputs=8):
     return net
 
 
+# --- sample-load-error: lightweight-gan #109 ---------------------------------------------------------------------
+
+
+class CatsAndDogsFolder(torch.utils.data.Dataset):
+    """lightweight-gan #109 (the Kaggle cats-and-dogs folder): a few files that PIL cannot decode (``Cat/666.jpg``
+    is zero bytes). ``__getitem__`` decodes on the fly, as an ImageFolder does, and raises for those indices."""
+
+    BROKEN = (17, 166, 301)
+
+    def __init__(self, n=384, seed=0):
+        self.x, self.y = pattern_images(n=n, channels=3, size=16, classes=2, seed=seed)
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        if i in self.BROKEN:
+            raise OSError(f"cannot identify image file 'PetImages/Cat/{666 + i}.jpg'")
+        return self.x[i], self.y[i]
+
+
+# --- training-crashed: pytorch_Squeezenet #2 ----------------------------------------------------------------------
+
+
+class SqueezeNetFixedBatchView(nn.Module):
+    """pytorch_Squeezenet #2: ``scores.view(args.batch_size, args.num_classes)`` in the training loop, here inside
+    ``forward``: every batch of 64 trains, the last one of the epoch (50 000 % 64 = 16 images there; 400 % 64 = 16
+    here) raises ``shape '[64, 10]' is invalid for input of size 160``."""
+
+    def __init__(self, batch_size=64, classes=10):
+        super().__init__()
+        self.batch_size, self.classes = batch_size, classes
+        self.features = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                      nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+        self.classifier = nn.Conv2d(32, classes, 1)   # SqueezeNet's final 1x1 conv, global pooling before it
+
+    def forward(self, x):
+        scores = self.classifier(self.features(x))
+        return scores.view(self.batch_size, self.classes)
+
+
 # --- the patients -----------------------------------------------------------------------------------------------
 
 
@@ -2559,6 +2600,14 @@ FIELD_ZOO: list[FieldPatient] = [
     FP("transformer-linear-in-forward-and-lr-1e-7", S({"unregistered-module", "lr-too-low"}),
        lambda: P(EncoderLinearInForward, TensorDataset(*topic_tokens()), lr=1e-7),
        "https://github.com/graykode/nlp-tutorial/issues/29", also_expected=S({"unregistered-module", "lr-too-low"})),
+    # --- crashes: a sample that cannot be loaded, a shape fixed to the batch size ------------------------------
+    FP("cats-and-dogs-undecodable-jpegs", S({"sample-load-error"}),
+       lambda: P(lambda: LeNet(channels=3, classes=2), CatsAndDogsFolder(), batch_size=32),
+       "https://github.com/lucidrains/lightweight-gan/issues/109"),
+    FP("squeezenet-view-with-the-batch-size", S({"training-crashed"}),
+       lambda: P(SqueezeNetFixedBatchView, TensorDataset(*pattern_images(n=400, channels=3, size=16, classes=10)),
+                 batch_size=64),
+       "https://github.com/gsp-27/pytorch_Squeezenet/issues/2"),
     # --- healthy, though they look sick -------------------------------------------------------------------
     FP("healthy-rows-lstm-sequence-first-transposed", HEALTHY,
        lambda: P(lambda: RowLSTM(transpose=True), TensorDataset(*pattern_images()), lr=0.01, batch_size=64),

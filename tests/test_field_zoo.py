@@ -31,6 +31,7 @@ SUBSET = [
     "audio-cnn-summed-loss-and-no-zero-grad",    # two faults: a sum inside the step and no zero_grad, both cured
     "lstm-newsgroups-through-one-sigmoid-unit",  # cannot-overfit-batch: a one-unit squeeze, confirmed by widening it
     "brainjs-year-input-sigmoid-output",         # two faults: a sigmoid output and raw years (not a saved index)
+    "cats-and-dogs-undecodable-jpegs",           # sample-load-error: three files PIL cannot decode, dropped: cured
     "healthy-sine-fit-on-linspace-grid",         # healthy: x = linspace is not a saved row index
     "healthy-imbalance-3-to-1",                  # healthy: 3:1 classes train fine
 ]

@@ -318,3 +318,32 @@ def test_a_zero_gradient_under_a_pinned_sigmoid_is_left_to_saturated_activation(
     assert not stuck, [(f.code, f.title) for f in report.findings]
     rec = report.probes["overfit"].data["recorder"]
     assert rec.grad_norms["0"] and all(v == 0.0 for v in rec.grad_norms["0"])   # the gradient is exactly zero
+
+
+class FixedBatchView(nn.Module):
+    """``scores.view(32, 3)``: the batch size written into forward()."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(10, 3)
+
+    def forward(self, x):
+        return self.fc(x).view(32, 3)
+
+
+def test_a_model_that_fixes_the_batch_size_dies_on_the_last_batch_of_the_epoch():
+    from patients import blobs
+    report = battery(make_patient(model=FixedBatchView, data=blobs(n=200), batch_size=32), probes=PROBES)
+    top = report.findings[0]
+    assert top.code == "training-crashed" and top.severity == "critical", codes(report)
+    assert top.evidence["last_batch_samples"] == 200 % 32 and top.evidence["phase"] == "the last batch of an epoch"
+    assert "test_structure.py" in (top.evidence["where"] or "") and "drop_last=True" in top.fix
+
+
+@pytest.mark.parametrize("n", [200, 256])   # a last batch of 8 samples, and none
+def test_a_model_that_follows_its_batch_trains_the_last_batch_too(n):
+    from patients import blobs
+    report = battery(make_patient(data=blobs(n=n), batch_size=32), probes=PROBES)
+    assert "training-crashed" not in codes(report)
+    last = report.probes["structure"].metrics["last_batch"]
+    assert (last is None) == (n % 32 == 0) and (last is None or "error" not in last)

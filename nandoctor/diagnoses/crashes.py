@@ -24,9 +24,15 @@ class TrainingCrashed(Diagnosis):
     ## Why it breaks training
     Training cannot run at all, or dies part-way (e.g. only on some batches).
 
+    Also the last batch of an epoch: with `len(data) % batch_size` samples left over, the
+    structure probe runs one step (learning rate zero) on exactly those samples, since a
+    DataLoader keeps that smaller batch unless `drop_last=True`. A model that fixes the batch size
+    in a `view` (`scores.view(64, 10)`) or a BatchNorm layer handed one sample trains every full
+    batch and dies at the end of the first epoch, where no probe's run of full batches looks.
+
     ## Evidence
     The exception type and message, the file and line in the user's code where it was raised,
-    the probe and the step.
+    the probe and the step; for the last batch, its size against the dataset and the batch size.
 
     ## Fix
     Read the message and fix the code at the line shown. Specific diagnoses (`target-out-of-range`,
@@ -40,7 +46,7 @@ class TrainingCrashed(Diagnosis):
         crashed = [(name, r) for name, r in ev.items()
                    if r.status == "failed" and r.error and not r.error.get("internal")]
         if not crashed:
-            return None
+            return self._last_batch(ev)
         name, r = crashed[0]
         e = r.error
         evidence = {"exception": e.get("type"), "message": e.get("message"), "where": e.get("where"),
@@ -48,6 +54,26 @@ class TrainingCrashed(Diagnosis):
                     "also_in": [n for n, _ in crashed[1:]]}
         return self.finding(0.95, evidence, probes=[name],
                             title=f"Training raises {e.get('type')}: {e.get('message', '')[:120]}")
+
+    def _last_batch(self, ev: Evidence):
+        """Every full batch trains, the last one of the epoch (fewer samples) raises: the run dies at the end of
+        its first epoch, after the probes' own runs (full batches) saw nothing wrong."""
+        r = ev.ok("structure")
+        last = r.metrics.get("last_batch") if r is not None else None
+        e = (last or {}).get("error")
+        if not e or e.get("internal"):
+            return None
+        k, n, size = last["samples"], last["dataset"], last["batch_size"]
+        evidence = {"exception": e.get("type"), "message": e.get("message"), "where": e.get("where"),
+                    "probe": "structure", "phase": "the last batch of an epoch", "last_batch_samples": k,
+                    "dataset_samples": n, "batch_size": size, "also_in": []}
+        f = self.finding(0.9, evidence, probes=["structure"],
+                         title=f"Training raises {e.get('type')} on the last batch of every epoch ({k} samples: "
+                               f"{n} % {size}), every full batch trains: {e.get('message', '')[:100]}")
+        f.fix = (f"Make the code at {e.get('where') or 'the line shown'} follow the batch it gets (x.size(0), "
+                 f"view(-1, ...), reshape(len(x), ...)) instead of the configured batch size, or give the "
+                 f"DataLoader drop_last=True (a BatchNorm layer cannot train on a batch of one sample).")
+        return f
 
     def gone_with(self, finding, cause_treatment):
         """The cause's untreated run raised the same exception; its cured run trained without one."""

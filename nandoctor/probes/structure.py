@@ -26,7 +26,10 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.nn.modules import module as module_hooks
 
-from nandoctor.patient import preserved_rng, split_batch
+from torch.utils.data import DataLoader, Subset
+
+from nandoctor.patient import preserved_rng, split_batch, to_device
+from nandoctor.watchdog import watched
 from nandoctor.probes import Probe, ProbeContext
 from nandoctor.probes.training import error_record
 from nandoctor.records import Metrics, ProbeResult
@@ -245,6 +248,7 @@ class StructureMetrics(Metrics):
     accumulation: dict | None = None           # gradients that grow step over step (user train_step)
     custom_train_step: bool | None = None
     call_to_call_change: float | None = None   # the same input twice, eval mode: fresh layers differ
+    last_batch: dict | None = None             # the step on the epoch's last, smaller batch: its size, any error
 
 
 class Structure(Probe):
@@ -295,7 +299,35 @@ class Structure(Probe):
         metrics["custom_train_step"] = patient.train_step is not None
         # 7. does the same input give the same output twice (eval mode)? fresh layers say no
         metrics["call_to_call_change"] = call_drift(model, batch)
+        # 8. the last batch of an epoch, smaller than the rest (a DataLoader keeps it unless drop_last=True)
+        metrics["last_batch"] = last_batch_step(patient, model, optimizer)
         return self.result(metrics=metrics)  # the traces hold gradient copies: not kept
+
+
+def last_batch_step(patient, model: nn.Module, optimizer) -> dict | None:
+    """One step (learning rate zero) on the last batch of an epoch: the ``len(data) % batch_size`` samples that
+    end it, which the user's DataLoader keeps by default. A model that hard-codes the batch size (``x.view(64,
+    -1)``) or a BatchNorm handed a single sample trains every batch but that one, and dies at the end of the
+    first epoch. None when every batch is full."""
+    n, size = len(patient.train_data), patient.batch_size
+    rest = n % size if n and size else 0
+    if not rest or n < size:
+        return None
+    out = {"samples": rest, "dataset": n, "batch_size": size}
+    try:
+        loader = DataLoader(Subset(watched(patient.train_data), range(n - rest, n)), batch_size=rest, shuffle=False,
+                            num_workers=0, collate_fn=patient.collate_fn)
+        batch = to_device(next(iter(loader)), patient.device)
+    except Exception:   # loading is the data scan's to judge
+        return None
+    try:
+        with preserved_rng():
+            patient.step(model, optimizer, batch)
+    except Exception as exc:
+        out["error"] = error_record(exc)
+    finally:
+        optimizer.zero_grad(set_to_none=True)
+    return out
 
 
 def accumulation_of(patient) -> dict | None:

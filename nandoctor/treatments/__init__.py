@@ -19,6 +19,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from nandoctor import watchdog
 from nandoctor.probes import ProbeContext
 from nandoctor.probes.overfit import batch_accuracy
 from nandoctor.probes.training import Run, train
@@ -131,8 +132,14 @@ def lr_check_run(patient, steps: int, deadline: float | None, lr: float | None) 
     """The LR sweep's check: a constant-LR run on the data stream from the same fresh init, its drop
     measured against the same run at LR 0 (the untrained model's loss on those batches)."""
     from nandoctor.probes.lr_sweep import CHECK_MIN_STEPS, check_lrs
-    check = check_lrs(patient, {"run": lr if lr is not None else patient.lr}, max(CHECK_MIN_STEPS, steps // 3),
-                      deadline=deadline)
+    from nandoctor.probes.training import error_record
+    try:
+        check = check_lrs(patient, {"run": lr if lr is not None else patient.lr}, max(CHECK_MIN_STEPS, steps // 3),
+                          deadline=deadline)
+    except (KeyboardInterrupt, watchdog.Overrun):
+        raise
+    except Exception as exc:   # the stream itself raised (a sample that cannot be loaded): this arm broke
+        return Outcome(Run(stopped="error", error=error_record(exc)), measures={"relative_drop": None})
     return _check_outcome(check.get("run"))
 
 
