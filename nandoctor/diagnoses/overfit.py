@@ -129,7 +129,6 @@ class CannotOverfitBatch(Diagnosis):
                             title=f"The model cannot memorise a single batch (loss {initial:.4g} -> {tail:.4g} "
                                   f"in {m.get('steps')} steps)")
 
-
     def cures(self, ctx, finding):
         """A capacity test where the model squeezes every sample through a hidden layer of one or two units: the
         same model with that layer (and the one reading it) widened, trained on the same batch."""
@@ -203,26 +202,6 @@ class LossNonfinite(Diagnosis):
                     "lr": r.metrics.get("lr")}
         return self.finding(0.95, evidence, plots=r.plots,
                             title=f"The loss becomes non-finite at step {r.metrics['nonfinite_step']} of the overfit probe")
-
-    def cures(self, ctx, finding):
-        """A capacity test where the model squeezes every sample through a hidden layer of one or two units: the
-        same model with that layer (and the one reading it) widened, trained on the same batch."""
-        r = ctx.evidence.ok("overfit") if ctx.evidence is not None else None
-        b = bottleneck(r.data.get("recorder")) if r is not None else None
-        if b is None:
-            return []
-        finding.evidence["bottleneck"] = b
-        variant = ctx.patient.variant(f"{b['layer']} widened to {b['widened_to']} units",
-                                      model_factory=bottleneck_widened(ctx.patient, b["layer"], b["reader"],
-                                                                       b["widened_to"]))
-        fix = (f"Widen `{b['layer']}`: every sample passes through its {b['units']} unit(s) between a "
-               f"{b['in_features']}-wide input and a {b['reader_out_features']}-wide output; give it (and "
-               f"`{b['reader']}`'s input) {b['widened_to']} or more units, or drop the squeeze.")
-        becomes = {"role": "cause", "generic": False, "explains": SQUEEZED,
-                   "title": f"Every sample is squeezed through {b['units']} unit(s) of `{b['layer']}`: "
-                            f"{finding.title[0].lower()}{finding.title[1:]}"}
-        return [Cure(f"`{b['layer']}` ({b['units']} unit(s)) and `{b['reader']}` widened to {b['widened_to']} units",
-                     variant, judge=judges.either(judges.beats_control, REWIRED), fix=fix, becomes=becomes)]
 
     def gone_with(self, finding, cause_treatment):
         """The cause's untreated run turned non-finite and its cured run stayed finite to the end."""
