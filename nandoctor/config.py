@@ -37,6 +37,7 @@ DATA_KEYS = {
     "val": False,
     "batch_size": False,   # default 32
     "shuffle": False,      # default true
+    "drop_last": False,    # default false: the DataLoader keeps the epoch's last, smaller batch
     "num_workers": False,  # default 0
     "collate_fn": False,   # a function (bound) or class passed to the DataLoader
 }
@@ -64,6 +65,7 @@ class Config:
     train_step_spec: dict | None = None
     batch_size: int = DEFAULT_BATCH_SIZE
     shuffle: bool = True
+    drop_last: bool = False
     num_workers: int = 0
     seed: int = DEFAULT_SEED
     device: str = "auto"
@@ -242,6 +244,9 @@ def load_config(path: str | Path) -> Config:
     batch_size = scalar(data.get("batch_size", DEFAULT_BATCH_SIZE), "data.batch_size", int,
                         lambda v: v >= 1, "use a whole number of samples per batch, 1 or more.")
     shuffle = scalar(data.get("shuffle", True), "data.shuffle", bool, lambda v: True, "use true or false.")
+    drop_last = scalar(data.get("drop_last", False), "data.drop_last", bool, lambda v: True,
+                       "use true when your DataLoader is built with drop_last=True (the epoch's last, smaller "
+                       "batch is skipped), false (the default) when it keeps it.")
     num_workers = scalar(data.get("num_workers", 0), "data.num_workers", int, lambda v: v >= 0,
                          "use 0 (load in the main process) or a positive number of workers.")
     seed = scalar(raw.get("seed", DEFAULT_SEED), "seed", int, lambda v: 0 <= v <= MAX_SEED,
@@ -273,7 +278,8 @@ def load_config(path: str | Path) -> Config:
 
     return Config(path=cfg_path, model_spec=specs["model"], train_spec=train_spec, loss_spec=specs["loss"],
                   optimizer_spec=specs["optimizer"], val_spec=val_spec, train_step_spec=specs.get("train_step"),
-                  batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, seed=seed, device=device,
+                  batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, num_workers=num_workers, seed=seed,
+                  device=device,
                   collate_spec=collate_spec, scheduler_spec=scheduler_spec, scheduler_interval=interval,
                   precision=precision, grad_scaler=grad_scaler, grad_clip=grad_clip, accumulate=accumulate,
                   lines=lines, given=str(path))

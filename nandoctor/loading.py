@@ -378,7 +378,8 @@ def build_patient(cfg, *, device: str | None = None, seed: int | None = None):
 
     return Patient(model_factory=model_factory, train_data=train, val_data=val, loss_fn=loss_fn,
                    optimizer_cls=opt_cls, optimizer_kwargs=opt_kwargs, train_step=step,
-                   batch_size=cfg.batch_size, shuffle=cfg.shuffle, num_workers=cfg.num_workers, seed=seed,
+                   batch_size=cfg.batch_size, shuffle=cfg.shuffle, drop_last=cfg.drop_last,
+                   num_workers=cfg.num_workers, seed=seed,
                    device=resolved_device, name=cfg.path.stem,
                    loss_name=_name_of(loss_fn), model_name=type(probe_model).__name__,
                    collate_fn=collate, scheduler=scheduler, scheduler_interval=cfg.scheduler_interval,

@@ -161,6 +161,7 @@ class Patient:
     train_step: Callable | None = None
     batch_size: int = 32
     shuffle: bool = True
+    drop_last: bool = False        # the user's DataLoader skips the epoch's last, smaller batch (data.drop_last)
     num_workers: int = 0
     seed: int = 0
     device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
@@ -201,7 +202,8 @@ class Patient:
     @classmethod
     def from_objects(cls, model: nn.Module | Callable[[], nn.Module], train_data: Dataset, loss: Callable,
                      optimizer: type | Callable = torch.optim.Adam, lr: float = 1e-3, *, val_data=None,
-                     train_step=None, batch_size: int = 32, shuffle: bool = True, seed: int = 0,
+                     train_step=None, batch_size: int = 32, shuffle: bool = True, drop_last: bool = False,
+                     seed: int = 0,
                      device: str | None = "auto", collate_fn: Callable | None = None,
                      scheduler: Callable | None = None, scheduler_interval: str = "step",
                      precision: str = "fp32", grad_scaler: bool = True, grad_clip: float | None = None,
@@ -223,7 +225,8 @@ class Patient:
             opt_cls, opt_kwargs = optimizer.func, {**optimizer.keywords}
         return cls(model_factory=factory, train_data=train_data, loss_fn=loss, optimizer_cls=opt_cls,
                    optimizer_kwargs=opt_kwargs, val_data=val_data, train_step=train_step,
-                   batch_size=batch_size, shuffle=shuffle, seed=seed, device=resolve_device(device),
+                   batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed,
+                   device=resolve_device(device),
                    loss_name=type(loss).__name__ if isinstance(loss, nn.Module) else getattr(loss, "__name__", "loss"),
                    model_name=model_name, collate_fn=collate_fn, scheduler=scheduler,
                    scheduler_interval=scheduler_interval, precision=precision, grad_scaler=grad_scaler,
@@ -286,8 +289,10 @@ class Patient:
 
     @property
     def epoch_batches(self) -> int:
-        """Batches per pass over the training set: ``ceil(len(train_data) / batch_size)``."""
-        return max(1, math.ceil(len(self.train_data) / self.batch_size))
+        """Batches per pass over the training set: ``ceil(len(train_data) / batch_size)`` (``floor`` with
+        ``drop_last``)."""
+        n = len(self.train_data) / self.batch_size
+        return max(1, math.floor(n) if self.drop_last else math.ceil(n))
 
     @property
     def scheduler_name(self) -> str | None:
@@ -302,12 +307,13 @@ class Patient:
 
     # --- data ------------------------------------------------------------------------
     def loader(self, batch_size: int | None = None, shuffle: bool | None = None, dataset: Dataset | None = None,
-               drop_last: bool = False) -> DataLoader:
+               drop_last: bool | None = None) -> DataLoader:
         gen = torch.Generator().manual_seed(self.seed)
         return DataLoader(watched(dataset if dataset is not None else self.train_data),
                           batch_size=self.capped(batch_size or self.batch_size),
                           shuffle=self.shuffle if shuffle is None else shuffle,
-                          num_workers=self.num_workers, generator=gen, drop_last=drop_last,
+                          num_workers=self.num_workers, generator=gen,
+                          drop_last=self.drop_last if drop_last is None else drop_last,
                           collate_fn=self.collate_fn, timeout=loader_timeout() if self.num_workers else 0)
 
     def capped(self, size: int) -> int:

@@ -215,3 +215,23 @@ def test_bad_collate_fn(tmp_path, extra, needles):
     assert "Traceback" not in text and "What to do" in text and f"line {line_of(cfg, 'collate_fn')}" in text
     for needle in needles:
         assert needle in text, f"{needle!r} not in:\n{text}"
+
+
+# --- data.drop_last: the epoch's last, smaller batch ---------------------------------------------------------
+@pytest.mark.parametrize("value, expected", [(None, False), ("true", True), ("false", False)])
+def test_drop_last_reaches_the_patient_and_its_loaders(tmp_path, value, expected):
+    cfg = write(tmp_path, data_extra=f"drop_last: {value}\n" if value else "")
+    patient = build_patient(load_config(cfg))   # 32 samples, batch 8: no partial batch; one of 5 with 36
+    assert patient.drop_last is expected and patient.loader().drop_last is expected
+    short = type(patient)(**{**patient.__dict__, "train_data": torch.utils.data.TensorDataset(
+        torch.randn(36, 4), torch.randint(0, 3, (36,)))})
+    assert short.epoch_batches == (4 if expected else 5)
+
+
+@pytest.mark.parametrize("value", ["yes please", "1", "[true]"])
+def test_bad_drop_last(tmp_path, value):
+    cfg = write(tmp_path, data_extra=f"drop_last: {value}\n")
+    result, text = cli(cfg)
+    assert result.exit_code == 2, text
+    assert "Traceback" not in text and "'data.drop_last'" in text and "What to do" in text
+    assert f"line {line_of(cfg, 'drop_last')}" in text and "drop_last=True" in text

@@ -347,3 +347,10 @@ def test_a_model_that_follows_its_batch_trains_the_last_batch_too(n):
     assert "training-crashed" not in codes(report)
     last = report.probes["structure"].metrics["last_batch"]
     assert (last is None) == (n % 32 == 0) and (last is None or "error" not in last)
+
+
+def test_a_loader_that_drops_the_last_batch_never_draws_it():
+    from patients import blobs
+    report = battery(make_patient(model=FixedBatchView, data=blobs(n=200), batch_size=32, drop_last=True),
+                     probes=PROBES)
+    assert "training-crashed" not in codes(report) and report.probes["structure"].metrics["last_batch"] is None

@@ -308,10 +308,10 @@ def last_batch_step(patient, model: nn.Module, optimizer) -> dict | None:
     """One step (learning rate zero) on the last batch of an epoch: the ``len(data) % batch_size`` samples that
     end it, which the user's DataLoader keeps by default. A model that hard-codes the batch size (``x.view(64,
     -1)``) or a BatchNorm handed a single sample trains every batch but that one, and dies at the end of the
-    first epoch. None when every batch is full."""
+    first epoch. None when every batch is full, or the user's loader drops the last one (``data.drop_last``)."""
     n, size = len(patient.train_data), patient.batch_size
     rest = n % size if n and size else 0
-    if not rest or n < size:
+    if not rest or n < size or patient.drop_last:
         return None
     out = {"samples": rest, "dataset": n, "batch_size": size}
     try:
