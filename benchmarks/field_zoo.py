@@ -2311,6 +2311,25 @@ class SqueezeNetFixedBatchView(nn.Module):
         return scores.view(self.batch_size, self.classes)
 
 
+# --- training-crashed: nncf #379 ------------------------------------------------------------------------------------
+
+
+class BNHeadCNN(nn.Module):
+    """nncf #379 (CIFAR-10 sanity tests, 1000 samples): a CNN whose classifier head holds a BatchNorm1d over
+    ``[N, features]``; with ``len % batch_size == 1`` the epoch's last batch is one sample, and BatchNorm in
+    training mode raises ``Expected more than 1 value per channel when training``."""
+
+    def __init__(self, classes=10):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+                                      nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Sequential(nn.Linear(32, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, classes))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
 # --- the patients -----------------------------------------------------------------------------------------------
 
 
@@ -2608,7 +2627,14 @@ FIELD_ZOO: list[FieldPatient] = [
        lambda: P(SqueezeNetFixedBatchView, TensorDataset(*pattern_images(n=400, channels=3, size=16, classes=10)),
                  batch_size=64),
        "https://github.com/gsp-27/pytorch_Squeezenet/issues/2"),
+    FP("cnn-bn-head-last-batch-of-one", S({"training-crashed"}),
+       lambda: P(BNHeadCNN, TensorDataset(*pattern_images(n=385, channels=3, size=16, classes=10)), batch_size=32),
+       "https://github.com/openvinotoolkit/nncf/pull/379"),
     # --- healthy, though they look sick -------------------------------------------------------------------
+    FP("healthy-bn-head-drop-last", HEALTHY,
+       lambda: P(BNHeadCNN, TensorDataset(*pattern_images(n=385, channels=3, size=16, classes=10)), batch_size=32,
+                 drop_last=True),
+       "https://github.com/fastai/fastai/issues/1352"),
     FP("healthy-rows-lstm-sequence-first-transposed", HEALTHY,
        lambda: P(lambda: RowLSTM(transpose=True), TensorDataset(*pattern_images()), lr=0.01, batch_size=64),
        "https://github.com/pytorch/pytorch/issues/1538"),

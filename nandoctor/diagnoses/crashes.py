@@ -67,12 +67,13 @@ class TrainingCrashed(Diagnosis):
         evidence = {"exception": e.get("type"), "message": e.get("message"), "where": e.get("where"),
                     "probe": "structure", "phase": "the last batch of an epoch", "last_batch_samples": k,
                     "dataset_samples": n, "batch_size": size, "also_in": []}
-        f = self.finding(0.9, evidence, probes=["structure"],
-                         title=f"Training raises {e.get('type')} on the last batch of every epoch ({k} samples: "
+        f = self.finding(0.9, evidence, probes=["structure"],  # seen: the user's own step raised on that batch
+                         title=f"Training raises {e.get('type')} on the last batch of every epoch ({k} sample{'s' * (k != 1)}: "
                                f"{n} % {size}), every full batch trains: {e.get('message', '')[:100]}")
         f.fix = (f"Make the code at {e.get('where') or 'the line shown'} follow the batch it gets (x.size(0), "
                  f"view(-1, ...), reshape(len(x), ...)) instead of the configured batch size, or give the "
                  f"DataLoader drop_last=True (a BatchNorm layer cannot train on a batch of one sample).")
+        f.observed = True   # the user's own step raised on that batch: seen, not inferred
         return f
 
     def gone_with(self, finding, cause_treatment):
