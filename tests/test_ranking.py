@@ -150,7 +150,7 @@ def test_an_observed_defect_whose_cure_is_refuted_ranks_with_the_suspected_not_b
 
 def test_a_check_on_the_cured_copy_cut_short_by_the_budget_says_so(monkeypatch):
     """The battery run again on the cured copy, its training probes unable to reach their minimum (planned as
-    if a step took a thousand times longer): the top cure's record says it was checked only in part."""
+    if a step took a million times longer): the top cure's record says it was checked only in part."""
     import dataclasses
 
     from torch import nn
@@ -162,7 +162,7 @@ def test_a_check_on_the_cured_copy_cut_short_by_the_budget_says_so(monkeypatch):
 
     def slow_sub(obj, **changes):
         if isinstance(obj, pipeline.Options) and changes.get("compose") is False:
-            changes["step_time_scale"] = 1000.0
+            changes["step_time_scale"] = 1e6   # any machine: no training probe reaches its minimum
         return real(obj, **changes)
     monkeypatch.setattr(pipeline.dataclasses, "replace", slow_sub)
     report = battery(make_patient(loss=nn.NLLLoss()), budget=30.0)
