@@ -134,10 +134,10 @@ class SampleLoadError(Diagnosis):
         indices = [e.get("index") for e in errors]
         evidence = {"samples_failed": failed, "sample_indices": indices[:SHOWN],
                     "exception": first.get("type"), "message": first.get("message"), "where": first.get("where"),
-                    "errors": errors[:5],
-                    # every failing sample is known: the scan went over them all and kept each one's error
-                    "listed_all": r.status != "failed" and failed == len(errors) and
-                    r.metrics.get("samples_scanned") == r.metrics.get("samples_total")}
+                    "errors": errors[:5]}
+        if r.status != "failed" and failed == len(errors) and None not in indices and \
+                r.metrics.get("samples_scanned") == r.metrics.get("samples_total"):
+            evidence["all_indices"] = indices   # the scan went over every sample and kept each failure: all known
         which = (f"sample {first.get('index')}" if failed == 1 else
                  f"{failed} samples ({', '.join(str(i) for i in indices[:5])}{' ...' if failed > 5 else ''})")
         return self.finding(0.9, evidence, title=f"Loading {which} raises {first.get('type')}: "
@@ -147,17 +147,8 @@ class SampleLoadError(Diagnosis):
         """Train on the data stream without the samples that cannot be loaded (every one must be known): the
         stream must then train clean. The untreated stream stops at the first of them it draws, when it draws
         one in the steps the cure has; the scan found them all either way."""
-        ev = finding.evidence
-        if not ev.get("listed_all"):
-            return []
-        drop = [e.get("index") for e in ev.get("errors") or []] if len(ev.get("errors") or []) == ev["samples_failed"] \
-            else None
-        r = scan(ctx.evidence)
-        if drop is None and r is not None:
-            drop = [e.get("index") for e in (r.metrics.get("load_errors") or {}).get("first", [])
-                    if e.get("stage") in ("loading", "collate")]
-        if not drop or None in drop or len(drop) != ev["samples_failed"] or \
-                len(ctx.patient.train_data) - len(drop) < ctx.patient.batch_size:
+        drop = finding.evidence.get("all_indices")
+        if not drop or len(ctx.patient.train_data) - len(drop) < ctx.patient.batch_size:
             return []
         shown = ", ".join(str(i) for i in drop[:5]) + (" ..." if len(drop) > 5 else "")
         tried = f"dropped the {len(drop)} sample(s) that cannot be loaded ({shown}) and trained on the data stream"
