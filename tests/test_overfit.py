@@ -131,3 +131,18 @@ def test_a_one_unit_squeeze_is_confirmed_by_widening_it_and_ranks_first():
     assert top.role == "cause" and "widened" in top.treatment["tried"]
     assert "Widen `2`" in top.fix
 
+
+
+def test_the_overfit_summary_says_memorised_or_how_far_it_got_in_numbers():
+    from nandoctor.probes.overfit import OverfitMetrics, overfit_summary
+    done = OverfitMetrics(steps=120, planned_steps=120, initial_loss=2.3, tail_loss=0.01, memorised=True)
+    assert overfit_summary(done) == "memorised the batch: loss 2.3 -> 0.01 in 120 steps"
+    short = OverfitMetrics(steps=60, planned_steps=60, initial_loss=2.3, tail_loss=1.2, memorised=False, late_drop=0.2)
+    text = overfit_summary(short)
+    assert text.startswith("not memorised: loss 2.3 -> 1.2 in 60 steps, 20% of it off in the second half")
+    assert "60 of its 300 steps" in text and "--budget" in text
+    full = OverfitMetrics(steps=300, planned_steps=300, initial_loss=2.3, tail_loss=2.3, memorised=False, late_drop=0.0)
+    assert overfit_summary(full) == "not memorised: loss 2.3 -> 2.3 in 300 steps"
+    assert overfit_summary(OverfitMetrics(initial_loss=2.3, tail_loss=None)) is None
+    report = battery(make_patient(), probes=["overfit"])
+    assert report.probes["overfit"].metrics["summary"].startswith("memorised the batch: loss ")

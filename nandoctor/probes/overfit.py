@@ -155,6 +155,21 @@ class OverfitMetrics(Metrics):
     nonfinite_forward: dict | None = None  # the first module whose output turned non-finite
     nonfinite_grad: dict | None = None     # the first parameter whose gradient did
     layers_without_grad: list | None = None
+    summary: str | None = None             # one line for the console and the letter
+
+
+def overfit_summary(m: OverfitMetrics) -> str | None:
+    """Whether the batch was memorised, in numbers (the judging is cannot-overfit-batch's); a run the plan held
+    below the probe's ideal says what would give it more."""
+    if m.initial_loss is None or m.tail_loss is None or m.nonfinite_step is not None:
+        return None
+    loss = f"loss {m.initial_loss:.4g} -> {m.tail_loss:.4g} in {m.steps} steps"
+    if m.memorised:
+        return f"memorised the batch: {loss}"
+    late = f", {m.late_drop:.0%} of it off in the second half" if m.late_drop is not None and m.late_drop > 0 else ""
+    short = (f"; the plan gave it {m.planned_steps} of its {MAX_STEPS} steps at this machine's speed (a larger "
+             f"--budget gives it more)" if m.planned_steps and m.planned_steps < MAX_STEPS else "")
+    return f"not memorised: {loss}{late}{short}"
 
 
 class Overfit(Probe):
@@ -189,6 +204,7 @@ class Overfit(Probe):
                                  late_drop=late_drop(run.losses), nonfinite_forward=summary.get("nonfinite_forward"),
                                  nonfinite_grad=summary.get("nonfinite_grad"),
                                  layers_without_grad=summary.get("layers_without_grad"))
+        metrics.summary = overfit_summary(metrics)
         # 4. the plot (loss and gradient norms), named here and drawn by the report from ``data`` (report.figures)
         path, rel = ctx.plot_path("overfit")
         result = self.result(status="failed" if run.error else "ok", metrics=metrics,
