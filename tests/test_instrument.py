@@ -524,3 +524,23 @@ def test_without_moments_the_dead_and_pinned_shares_are_the_same_and_cheaper():
     assert min(lean.dead_per_call["1"]) >= 5 / 16 and max(lean.saturated["3"]) > 0.1
     assert lean.dead_share() == pytest.approx(full.dead_share())
     assert lean.forward_order == full.forward_order and lean.total_grad_norms == pytest.approx(full.total_grad_norms)
+
+
+def test_a_batch_that_holds_nan_is_not_replayed_and_later_steps_take_the_short_path():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    calls = []
+    model.register_forward_pre_hook(lambda m, a: calls.append(1))
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    x[2, 1] = float("nan")
+    rec = Recorder(model, every=4)
+    optimizer = train(model, (x, y), 1, rec, lr=0.0)   # step 0, measured: the general path names the gradient
+    assert rec.nonfinite_grad is not None and rec.nonfinite_grad["step"] == 0
+    for _ in range(3):                                  # unmeasured NaN steps: no replay, the short path
+        optimizer.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    rec.detach()
+    assert len(calls) == 4, "a replay ran: a NaN in the batch names no module"
+    assert len(rec.total_grad_norms) == 4 and not any(math.isfinite(v) for v in rec.total_grad_norms)
+    assert len(rec.grad_norms["0"]) == 4 and rec.nonfinite_forward is None

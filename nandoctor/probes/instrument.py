@@ -22,7 +22,8 @@ diagnoses read: the dead and pinned shares, the forward order, the non-finite ch
 leaf hooks are off (a hooked module takes torch's slower call path) and the model's calls are
 only remembered; when a step's gradients come out non-finite, its forward calls are run again
 with the hooks on before the optimizer steps (``_replay``), so the module where the non-finite
-value was born is still named at its step. (Without ``grads`` there is nothing to tell, so the
+value was born is still named at its step (not for a batch that holds NaN itself: no module is where
+that was born, and the data scan names the samples). (Without ``grads`` there is nothing to tell, so the
 hooks stay on and check every step.) The non-finite check covers the whole output, whatever
 ``sub_batch`` says: a module's output is non-finite when its sum is (so an output whose float32 sum overflows, values of
 order 1e38 / numel, counts as non-finite too), and its input was finite when the output of
@@ -296,6 +297,22 @@ def _batchnorm_sums(module: nn.Module, out: torch.Tensor) -> tuple[torch.Tensor,
     b = b + 0 * (mean + invstd + w)
     sq = w * w * (1 - eps * invstd * invstd) + b * b
     return (b.sum(dtype=torch.float32) * per, sq.sum(dtype=torch.float32) * per)
+
+
+def _finite_inputs(calls: list[tuple]) -> bool:
+    """Every floating-point tensor the model calls were given is finite (one reduction each; only on a step
+    whose gradients came out non-finite)."""
+    def tensors(obj):
+        if isinstance(obj, torch.Tensor):
+            yield obj
+        elif isinstance(obj, (list, tuple)):
+            for o in obj:
+                yield from tensors(o)
+        elif isinstance(obj, dict):
+            for o in obj.values():
+                yield from tensors(o)
+    return all(bool(torch.isfinite(t).all()) for args, kwargs in calls for t in tensors((args, kwargs))
+               if t.is_floating_point())
 
 
 def _same_values(out: torch.Tensor, inp: torch.Tensor) -> bool:
@@ -596,8 +613,8 @@ class Recorder:
             self.flush(grads)
         inputs, self._inputs = self._inputs, []
         if inputs and self.nonfinite_forward is None and self.total_grad_norms and \
-                not math.isfinite(self.total_grad_norms[-1]):
-            self._replay(inputs)
+                not math.isfinite(self.total_grad_norms[-1]) and _finite_inputs(inputs):
+            self._replay(inputs)   # (a batch that holds NaN names no module: the data scan names its samples)
 
     def _replay(self, calls: list[tuple]) -> None:
         """Run an unmeasured step's forward calls again with the hooks on, to name the module where a
@@ -672,8 +689,8 @@ class Recorder:
         total = 0.0
         for x in norms:
             total += x * x
-        if not math.isfinite(total):
-            return False   # the general path records this step and names the parameter
+        if not math.isfinite(total) and self.nonfinite_grad is None:
+            return False   # the general path records this step and names the parameter (once is enough)
         series = self.grad_norms
         for key, idx in groups:
             n = norms[idx] if type(idx) is int else math.sqrt(sum(norms[i] * norms[i] for i in idx))
