@@ -329,10 +329,12 @@ class Patient:
 
     def fixed_batch(self, size: int | None = None, offset: int = 0) -> Any:
         """The same ``size`` samples every time (a seeded draw), collated and on the device."""
-        idx = self.fixed_indices(size, offset)
-        size = len(idx)
-        loader = DataLoader(Subset(watched(self.train_data), idx), batch_size=size, shuffle=False, num_workers=0,
-                            collate_fn=self.collate_fn)
+        return self.batch_of(self.fixed_indices(size, offset))
+
+    def batch_of(self, indices) -> Any:
+        """The training samples at ``indices``, collated into one batch as the user's loader would, on the device."""
+        loader = DataLoader(Subset(watched(self.train_data), list(indices)), batch_size=len(indices), shuffle=False,
+                            num_workers=0, collate_fn=self.collate_fn)
         return to_device(next(iter(loader)), self.device)
 
     # --- one step ----------------------------------------------------------------------

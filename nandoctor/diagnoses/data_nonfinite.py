@@ -81,10 +81,15 @@ class DataNonfinite(Diagnosis):
         drop = nf.get("indices") or []
         if len(ctx.patient.train_data) - len(drop) < ctx.patient.batch_size:
             return []   # not a batch left without them: a column NaN everywhere is a feature's fault, not samples'
-        shown = ", ".join(str(i) for i in drop[:5]) + (" ..." if len(drop) > 5 else "")
+        shown = listed(drop)
         tried = f"dropped the {len(drop)} sample(s) with NaN/Inf ({shown}) and trained on the data stream"
         variant = ctx.patient.variant(f"without samples {shown}", train_data=without_samples(ctx.patient, drop))
         return [Cure(tried, variant, train="lr_check", judge=judges.when_broken(judges.clean))]
+
+
+def listed(indices) -> str:
+    """The first five sample indices, and "..." when there are more."""
+    return ", ".join(str(i) for i in indices[:5]) + (" ..." if len(indices) > 5 else "")
 
 
 class SampleLoadError(Diagnosis):
@@ -138,8 +143,7 @@ class SampleLoadError(Diagnosis):
         if r.status != "failed" and failed == len(errors) and None not in indices and \
                 r.metrics.get("samples_scanned") == r.metrics.get("samples_total"):
             evidence["all_indices"] = indices   # the scan went over every sample and kept each failure: all known
-        which = (f"sample {first.get('index')}" if failed == 1 else
-                 f"{failed} samples ({', '.join(str(i) for i in indices[:5])}{' ...' if failed > 5 else ''})")
+        which = f"sample {first.get('index')}" if failed == 1 else f"{failed} samples ({listed(indices)})"
         return self.finding(0.9, evidence, title=f"Loading {which} raises {first.get('type')}: "
                                                  f"{(first.get('message') or '')[:100]}")
 
@@ -150,7 +154,7 @@ class SampleLoadError(Diagnosis):
         drop = finding.evidence.get("all_indices")
         if not drop or len(ctx.patient.train_data) - len(drop) < ctx.patient.batch_size:
             return []
-        shown = ", ".join(str(i) for i in drop[:5]) + (" ..." if len(drop) > 5 else "")
+        shown = listed(drop)
         tried = f"dropped the {len(drop)} sample(s) that cannot be loaded ({shown}) and trained on the data stream"
         variant = ctx.patient.variant(f"without samples {shown}", train_data=without_samples(ctx.patient, drop))
         return [Cure(tried, variant, train="lr_check", judge=LOADS_AND_TRAINS)]

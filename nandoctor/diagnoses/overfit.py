@@ -8,6 +8,7 @@ from torch import nn
 
 from nandoctor.diagnoses import Diagnosis
 from nandoctor.diagnoses.module_tree import output_layer
+from nandoctor.probes.instrument import FOLLOW, layer_kind
 from nandoctor.records import Evidence
 from nandoctor.treatments import Cure, judges
 from nandoctor.treatments.judges import arm_clean, arm_memorised, arms_of
@@ -18,8 +19,6 @@ NARROW_FAN = 4        # ... between layers at least this many times wider (its i
 WIDENED_UNITS = 64    # the capacity test widens it to min(this, its input, its reader's output)
 SQUEEZED = ("saturated-activation", "vanishing-gradients", "lr-too-low", "lr-too-high", "initial-loss-mismatch",
             "dead-relu", "no-trainable-params")   # what a confirmed bottleneck explains
-PASS_THROUGH = ("Sigmoid", "Tanh", "ReLU", "LeakyReLU", "GELU", "SiLU", "ELU", "Hardtanh", "Softplus", "Dropout",
-                "Identity", "ReLU6", "Mish", "PReLU")
 
 
 def bottleneck(rec) -> dict | None:
@@ -37,8 +36,8 @@ def bottleneck(rec) -> dict | None:
             continue
         for nxt in order[i + 1:]:
             reader = rec.layers.get(nxt)
-            if reader is None and rec.layer_types.get(nxt) in PASS_THROUGH:
-                continue
+            if reader is None and nxt != "(model)" and layer_kind(rec.model.get_submodule(nxt)) == FOLLOW:
+                continue   # an elementwise layer (activation, dropout): the units pass through
             if isinstance(reader, nn.Linear) and reader.in_features == m.out_features and \
                     reader.out_features >= NARROW_FAN * m.out_features:
                 width = min(WIDENED_UNITS, m.in_features, reader.out_features)

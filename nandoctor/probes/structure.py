@@ -26,10 +26,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.nn.modules import module as module_hooks
 
-from torch.utils.data import DataLoader, Subset
-
-from nandoctor.patient import preserved_rng, split_batch, to_device
-from nandoctor.watchdog import watched
+from nandoctor.patient import preserved_rng, split_batch
 from nandoctor.probes import Probe, ProbeContext
 from nandoctor.probes.training import error_record
 from nandoctor.records import Metrics, ProbeResult
@@ -315,9 +312,7 @@ def last_batch_step(patient, model: nn.Module, optimizer) -> dict | None:
         return None
     out = {"samples": rest, "dataset": n, "batch_size": size}
     try:
-        loader = DataLoader(Subset(watched(patient.train_data), range(n - rest, n)), batch_size=rest, shuffle=False,
-                            num_workers=0, collate_fn=patient.collate_fn)
-        batch = to_device(next(iter(loader)), patient.device)
+        batch = patient.batch_of(range(n - rest, n))
     except Exception:   # loading is the data scan's to judge
         return None
     try:
