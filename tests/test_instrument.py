@@ -228,7 +228,8 @@ def blowup_net():
     return nn.Sequential(nn.Linear(10, 16), nn.ReLU(), Blowup(), nn.Linear(16, 3))
 
 
-@pytest.mark.parametrize("options", [{}, {"every": 4}, {"sub_batch": 2}])
+@pytest.mark.parametrize("options", [{}, {"every": 4}, {"sub_batch": 2}, {"moments": False},
+                                     {"every": 2, "moments": False}])
 def test_first_nonfinite_module_is_named_at_its_step(options):
     torch.manual_seed(0)
     model, x, y = blowup_net(), torch.randn(8, 10), torch.randint(0, 3, (8,))
@@ -544,3 +545,47 @@ def test_a_batch_that_holds_nan_is_not_replayed_and_later_steps_take_the_short_p
     assert len(calls) == 4, "a replay ran: a NaN in the batch names no module"
     assert len(rec.total_grad_norms) == 4 and not any(math.isfinite(v) for v in rec.total_grad_norms)
     assert len(rec.grad_norms["0"]) == 4 and rec.nonfinite_forward is None
+
+
+# --- without the moments, a measured step after the first hooks the activation leaves only -------------------
+def test_lean_steps_hook_only_the_activation_leaves_and_keep_their_units_axis():
+    """[N, C, T] out of a Conv1d: the ReLU's units are its channels (dim 1), which the lean steps take from the
+    full one (the rule without a feeder would read the last dim)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(4, 6, 3), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 8, 3), nn.Tanh())
+    with torch.no_grad():
+        model[0].bias[:2] = -100.0   # two channels that never fire
+    twin = copy.deepcopy(model)
+    x, y = torch.randn(16, 4, 10), torch.randint(0, 3, (16,))
+    lean, full = Recorder(model, every=2, moments=False), Recorder(twin, every=2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    lean.attach_optimizer(optimizer)
+    seen = []
+    for _ in range(6):
+        seen.append(hooked(model))
+        optimizer.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    lean.detach()
+    train(twin, (x, y), 6, full)
+    full.detach()
+    leaves = sum(1 for m in model.modules() if not list(m.children()))
+    assert seen == [leaves + 1, 0, 2, 0, 2, 0] and hooked(model) == 0   # the ReLU and the Tanh on steps 2, 4
+    assert lean.units_axis["1"] == full.units_axis["1"] == 1
+    assert lean.activation_steps == full.activation_steps == [0, 2, 4]
+    assert lean.dead_per_call["1"] == pytest.approx(full.dead_per_call["1"]) and min(lean.dead_per_call["1"]) >= 2 / 6
+    assert lean.saturated["4"] == pytest.approx(full.saturated["4"])
+    assert lean.total_grad_norms == pytest.approx(full.total_grad_norms)
+
+
+def test_a_lean_step_whose_gradients_are_not_finite_adds_no_shares():
+    """relu(NaN) counts as not active: a share read off a NaN step would call every unit dead."""
+    torch.manual_seed(0)
+    model, x, y = blowup_net(), torch.randn(8, 10), torch.randint(0, 3, (8,))
+    with torch.no_grad():
+        model[0].bias.fill_(1.0)
+    rec = Recorder(model, every=1, moments=False)
+    train(model, (x, y), 4, rec, lr=0.0)
+    rec.detach()
+    assert rec.nonfinite_forward["module"] == "2" and rec.nonfinite_forward["step"] == 2
+    assert len(rec.dead_per_call["1"]) == 2 and rec.activation_steps == [0, 1]

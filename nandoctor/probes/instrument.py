@@ -18,7 +18,11 @@ per unit); a training-mode BatchNorm's come from the batch statistics it saved f
 ``sub_batch=k`` on the first k samples (rows of dim 0) of each output: they change the cost, not
 how a statistic is computed; gradient norms are recorded on every step. ``moments=False`` leaves out
 the activation mean and std (a sum of squares per output; what remains is what the overfit probe's
-diagnoses read: the dead and pinned shares, the forward order, the non-finite check). Between measured steps the
+diagnoses read: the dead and pinned shares, the forward order, the non-finite check). Without them, every
+measured step after the first is *lean*: only the activation leaves (ReLU and bounded families) are hooked,
+for their shares, on the units axes the full first step found; the other leaves would only sum their outputs
+for the non-finite check, which the gradients and the replay do there as on an unmeasured step; the weight
+norms come from the full step only, and a lean step whose gradients are not finite adds no shares. Between measured steps the
 leaf hooks are off (a hooked module takes torch's slower call path) and the model's calls are
 only remembered; when a step's gradients come out non-finite, its forward calls are run again
 with the hooks on before the optimizer steps (``_replay``), so the module where the non-finite
@@ -429,7 +433,11 @@ class Recorder:
         self._inputs: list[tuple] = []           # an unmeasured step's model calls (args, kwargs), for _replay
         self._replaying = False
         self._leaf_hooks: list[tuple] = []       # (leaf module, its forward hook), registered while _armed
+        self._lean_hooks: list[tuple] = []       # (activation leaf, its lean hook), registered on a lean step
         self._leaf_handles: list = []
+        self._hooked: str = "off"                # which of the two sets is registered: full | lean | off
+        self._lean_axes: dict[tuple, list] = {}  # (leaf, ndim) -> [(units axis, unit count)] from full steps
+        self._lean_ready = False                 # a full measured step has run: the lean steps may follow
         self._seen: set[str] = set()
         self.forward_order: list[str] = []   # leaf modules in the order the forward pass ran them
         self.layers = {name: m for name, m in self.model.named_modules()
@@ -441,6 +449,9 @@ class Recorder:
                 continue
             if self.activations:
                 self._leaf_hooks.append((m, self._forward_hook(key, m)))
+                leaf = _Leaf.of(key, m)
+                if leaf.relu or leaf.bounds is not None:
+                    self._lean_hooks.append((m, self._lean_hook(leaf)))
             else:  # the forward order only (depth profiles): dropped after the first step
                 self._order_handles.append(m.register_forward_hook(self._order_hook(key)))
         self.output_module: str | None = None   # the leaf whose output the model returns (None: no leaf's)
@@ -452,14 +463,17 @@ class Recorder:
             self._sync_hooks()
 
     def _sync_hooks(self) -> None:
-        """The leaf hooks are on exactly while ``_armed``: an unmeasured step runs the modules bare (a module
-        with any forward hook takes torch's slower call path, which costs on small fast models)."""
-        if self._armed and not self._leaf_handles:
-            self._leaf_handles = [m.register_forward_hook(hook) for m, hook in self._leaf_hooks]
-        elif not self._armed and self._leaf_handles:
-            for h in self._leaf_handles:
-                h.remove()
-            self._leaf_handles = []
+        """The leaf hooks are on exactly while ``_armed``, the activation leaves' lean hooks on a ``_lean`` step:
+        an unmeasured step runs the modules bare (a module with any forward hook takes torch's slower call path,
+        which costs on small fast models)."""
+        want = "full" if self._armed else "lean" if self._lean else "off"
+        if want == self._hooked:
+            return
+        for h in self._leaf_handles:
+            h.remove()
+        hooks = self._leaf_hooks if want == "full" else self._lean_hooks if want == "lean" else []
+        self._leaf_handles = [m.register_forward_hook(hook) for m, hook in hooks]
+        self._hooked = want
 
     # --- forward hooks ----------------------------------------------------------------------
     def _scratch(self, like: torch.Tensor) -> torch.Tensor:
@@ -509,9 +523,18 @@ class Recorder:
 
     @property
     def _armed(self) -> bool:
-        """Whether the forward hooks look at this step: always, unless the step is an unmeasured one and the
-        gradients will tell whether it went non-finite (then a non-finite step is replayed, ``_replay``)."""
-        return self.step % self.every == 0 or not self.grads or self._replaying
+        """Whether every leaf hook looks at this step: always, unless the step is an unmeasured (or a lean) one
+        and the gradients will tell whether it went non-finite (then a non-finite step is replayed, ``_replay``)."""
+        return not self.grads or self._replaying or (self.step % self.every == 0 and not self._lean)
+
+    @property
+    def _lean(self) -> bool:
+        """A measured step after the first, without the moments: only the activation leaves are hooked, for their
+        dead and pinned shares (all the other leaves would only sum their outputs for the non-finite check, which
+        the gradients and the replay do here as on an unmeasured step). Their units axes are the ones the full
+        steps found."""
+        return self._lean_ready and not self.moments and self.grads and not self._replaying and \
+            self.step % self.every == 0
 
     def _forward_hook(self, name: str, module: nn.Module):
         leaf = _Leaf.of(name, module)
@@ -527,6 +550,61 @@ class Recorder:
             finally:
                 torch._C._set_grad_enabled(grad)
         return hook
+
+    def _lean_hook(self, leaf: _Leaf):
+        def hook(mod, inputs, output):
+            out = output if isinstance(output, torch.Tensor) else _first_tensor(output)
+            if out is None or not out.is_floating_point() or out.numel() == 0:
+                return
+            grad = torch.is_grad_enabled()
+            torch._C._set_grad_enabled(False)
+            try:
+                self._record_lean(leaf, out)
+            finally:
+                torch._C._set_grad_enabled(grad)
+        return hook
+
+    def _record_lean(self, leaf: _Leaf, out: torch.Tensor) -> None:
+        """An activation leaf's dead or pinned share on a lean step; the units axis is the one a full step found
+        for an output of as many dims with as many units on it (else the layer's own rule, without a feeder)."""
+        name = leaf.name
+        if name not in self._seen:
+            self._seen.add(name)
+            self.forward_order.append(name)
+        shape = tuple(out.shape)
+        axis = next((a for a, units in self._lean_axes.get((name, len(shape)), ()) if shape[a] == units), None)
+        if axis is None:
+            axis = units_axis(leaf.kind, shape, None)
+        self.units_axis[name] = axis
+        k = self.sub_batch
+        o = out[:k] if k is not None and shape and shape[0] > k else out
+        extra = self._shares(leaf, o, axis)
+        if extra is not None:
+            self._calls.append((name, leaf.type_name, self.step, shape, None, None, None, None, None, 0, extra, True))
+
+    def _shares(self, leaf: _Leaf, o: torch.Tensor, axis: int | None) -> tuple | None:
+        """The dead (ReLU family) or pinned (bounded) share of ``o``, queued: ``(what, index, count)``, or None."""
+        pending = self._pending
+        name = leaf.name
+        if leaf.relu and axis is not None and o.dim() >= 2:
+            # ReLU family: per unit, the positions where it is > 0; dead below 1% of them
+            counts = _unit_counts(o, axis, leaf.non_negative, self._scratch(o))
+            ever = self._active_counts.get(name)
+            if ever is None or ever.shape != counts.shape:
+                self._active_counts[name] = counts.clone()
+            else:
+                ever.add_(counts)
+            positions = max(1, o.numel() // o.shape[axis])
+            return ("dead", pending.sum(counts.lt(INACTIVE_BELOW * positions)), counts.numel())
+        if leaf.bounds is not None:
+            # bounded: the share within the margin of a bound, |x - centre| >= reach; without a bool
+            # temporary, sign(|x - centre| - reach) sums to (pinned - not pinned)
+            lo, hi = leaf.bounds
+            centre, reach = (lo + hi) / 2, (hi - lo) / 2 - SATURATION_MARGIN * (hi - lo)
+            dist = torch.abs(o, out=self._scratch(o)) if centre == 0 else \
+                torch.sub(o, centre, out=self._scratch(o)).abs_()
+            return ("saturated", pending.sum(dist.sub_(reach).sign_()), o.numel())
+        return None
 
     def _producer(self, inp: torch.Tensor, out: torch.Tensor) -> _Output | None:
         """The leaf output ``inp`` is, unchanged since (or changed in place by this very module)."""
@@ -551,30 +629,17 @@ class Recorder:
         shape = tuple(out.shape)
         axis = units_axis(leaf.kind, shape, (producer.axis, producer.shape) if producer is not None else self._prev)
         self.units_axis[name] = axis
+        if axis is not None and (leaf.relu or leaf.bounds is not None):
+            known = self._lean_axes.setdefault((name, len(shape)), [])
+            if (axis, shape[axis]) not in known:
+                known.append((axis, shape[axis]))
         # 3. the output's sum on every step (the non-finite check); statistics on measured steps
-        measured = self.step % self.every == 0
+        measured = self.step % self.every == 0 and not self._replaying   # a replay only names the module
         k = self.sub_batch
         o = out[:k] if k is not None and shape and shape[0] > k else out
         total, stats = self._sums(leaf, mod, out, o, inp, producer, in_total, measured and self.moments)
-        extra = None
-        if measured and leaf.relu and axis is not None and o.dim() >= 2:
-            # 4. ReLU family: per unit, the positions where it is > 0; dead below 1% of them
-            counts = _unit_counts(o, axis, leaf.non_negative, self._scratch(o))
-            ever = self._active_counts.get(name)
-            if ever is None or ever.shape != counts.shape:
-                self._active_counts[name] = counts.clone()
-            else:
-                ever.add_(counts)
-            positions = max(1, o.numel() // o.shape[axis])
-            extra = ("dead", pending.sum(counts.lt(INACTIVE_BELOW * positions)), counts.numel())
-        elif measured and leaf.bounds is not None:
-            # 5. bounded: the share within the margin of a bound, |x - centre| >= reach; without a bool
-            # temporary, sign(|x - centre| - reach) sums to (pinned - not pinned)
-            lo, hi = leaf.bounds
-            centre, reach = (lo + hi) / 2, (hi - lo) / 2 - SATURATION_MARGIN * (hi - lo)
-            dist = torch.abs(o, out=self._scratch(o)) if centre == 0 else \
-                torch.sub(o, centre, out=self._scratch(o)).abs_()
-            extra = ("saturated", pending.sum(dist.sub_(reach).sign_()), o.numel())
+        # 4. the ReLU family's dead units, the bounded family's pinned outputs
+        extra = self._shares(leaf, o, axis) if measured else None
         in_sq = producer.stats[1] if producer is not None and producer.stats is not None and \
             producer.stats[2] == inp.numel() else None   # the input's sum of squares, when its producer has it
         self._calls.append((name, leaf.type_name, self.step, shape, total, stats, in_total, in_sq,
@@ -606,11 +671,14 @@ class Recorder:
         """Call between backward and optimizer.step (or let ``attach_optimizer`` do it): records the
         gradients and reads every pending statistic in one transfer."""
         grads = None
-        if self.grads and not (self._pending.n == 0 and not self.updates and self.step % self.every != 0
+        lean = self._lean
+        if self.grads and not ((lean or (self._pending.n == 0 and self.step % self.every != 0)) and not self.updates
                                and self._plain_grads()):
             with torch.no_grad():
                 grads = self._queue_norms()
             self.flush(grads)
+        elif lean:
+            self.flush()   # the activation leaves' shares (kept when the gradients came out finite)
         inputs, self._inputs = self._inputs, []
         if inputs and self.nonfinite_forward is None and self.total_grad_norms and \
                 not math.isfinite(self.total_grad_norms[-1]) and _finite_inputs(inputs):
@@ -662,46 +730,45 @@ class Recorder:
         return owners, grad_owner, grads, start, start + len(weights)
 
     def _plain_grads(self) -> bool:
-        """An unmeasured step's gradient norms the short way, when nothing else is pending and every
-        parameter has a finite dense float32 gradient on one device: one batched norm into a buffer made
-        once, one read, one append per layer. False (nothing recorded) otherwise: the general path runs,
-        which also names a non-finite gradient. On a model whose step takes a few tenths of a millisecond
-        the general path's bookkeeping costs a tenth of a step; this one about what the norms do."""
-        plist = self._parameters()
-        if self._plain is None:   # decided once
+        """An unmeasured (or lean) step's gradient norms the short way, when every parameter has a finite dense
+        float32 gradient on one device: one batched norm into a buffer made once, one read, one append per layer.
+        False (nothing recorded) otherwise: the general path runs, which also names a non-finite gradient. On a
+        model whose step takes a few tenths of a millisecond the general path's bookkeeping costs a tenth of a
+        step; this one about what the norms do (the batched norm and its read are the floor: ~7% of a 0.4 ms
+        step)."""
+        plain = self._plain
+        if plain is None:   # decided once
+            plist = self._parameters()
             devices = {p.device for _, p in plist}
             ok = len(devices) == 1 and hasattr(torch, "_foreach_norm") and \
                 all(p.dtype == torch.float32 for _, p in plist)
             groups: dict[str, list[int]] = {}
             for i, (key, _) in enumerate(plist):
                 groups.setdefault(key, []).append(i)
-            self._plain = (torch.empty(len(plist), device=next(iter(devices))) if ok else None,
-                           [(key, idx[0] if len(idx) == 1 else idx) for key, idx in groups.items()])
-        buf, groups = self._plain
+            plain = self._plain = (torch.empty(len(plist), device=next(iter(devices))) if ok else None,
+                                   [p for _, p in plist],
+                                   [(key, idx[0] if len(idx) == 1 else tuple(idx)) for key, idx in groups.items()],
+                                   [None])   # the layers' series, once they exist
+        buf, params, groups, series = plain
         if buf is None:
             return False
-        grads = [p.grad for _, p in plist]
+        grads = [p.grad for p in params]
         for g in grads:
-            if g is None or g.is_sparse or g.dtype != torch.float32:
+            if g is None or g.layout is not torch.strided or g.dtype is not torch.float32:
                 return False
         torch.stack(torch._foreach_norm(grads), out=buf)
         norms = buf.tolist()
-        total = 0.0
-        for x in norms:
-            total += x * x
+        total = math.hypot(*norms)
         if not math.isfinite(total) and self.nonfinite_grad is None:
             return False   # the general path records this step and names the parameter (once is enough)
-        series = self.grad_norms
-        for key, idx in groups:
-            n = norms[idx] if type(idx) is int else math.sqrt(sum(norms[i] * norms[i] for i in idx))
-            s = series.get(key)
-            if s is None:
-                series[key] = [n]
-            else:
-                s.append(n)
-        if len(self.grads_seen) != len(groups):
+        lists = series[0]
+        if lists is None:   # the first time: every layer's series, made where missing
+            lists = series[0] = [(self.grad_norms.setdefault(key, []), idx) for key, idx in groups]
             self.grads_seen.update(key for key, _ in groups)
-        self.total_grad_norms.append(math.sqrt(total))
+        hypot = math.hypot
+        for s, idx in lists:
+            s.append(norms[idx] if type(idx) is int else hypot(*[norms[i] for i in idx]))
+        self.total_grad_norms.append(total)
         return True
 
     def _parameters(self) -> list[tuple[str, nn.Parameter]]:
@@ -725,17 +792,22 @@ class Recorder:
         calls, updates = self._calls, self._pending_updates
         self._calls, self._pending_updates = [], []
         self._outputs.clear()
+        if grads is not None:   # first: a lean step's shares are kept only when its gradients are finite
+            self._resolve_grads(grads, values)
         self._resolve_calls(calls, values)
         self._resolve_updates(updates, values)
-        if grads is not None:
-            self._resolve_grads(grads, values)
 
     def _resolve_calls(self, calls: list[tuple], v: list[float]) -> None:
         steps = set()
+        step_finite = not self.total_grad_norms or math.isfinite(self.total_grad_norms[-1])
         for name, type_name, step, shape, total, stats, in_total, in_sq, in_shape, in_numel, extra, measured in calls:
-            finite = math.isfinite(v[total])
+            # a lean step's call has no sum of its own: it is kept when the step's gradients came out finite
+            if total is None and not step_finite:
+                continue
+            finite = total is None or math.isfinite(v[total])
             # 1. the first module whose output is non-finite while its input was finite, in forward order
-            if not finite and self.nonfinite_forward is None and (in_total is None or math.isfinite(v[in_total])):
+            if not finite and total is not None and self.nonfinite_forward is None and \
+                    (in_total is None or math.isfinite(v[in_total])):
                 inp = None
                 if in_total is not None:
                     inp = {"shape": list(in_shape), "nan": 0, "inf": 0, "mean": v[in_total] / max(1, in_numel)}
@@ -822,6 +894,8 @@ class Recorder:
         if self._last_time is not None:
             self.step_seconds.append(now - self._last_time)
         self._last_time = now
+        if self._hooked == "full" and self.forward_order:
+            self._lean_ready = True   # the full step found the forward order, the output layer and the units axes
         self.step += 1
         if self._leaf_hooks:
             self._sync_hooks()
