@@ -2338,6 +2338,62 @@ class BNHeadCNN(nn.Module):
 FP = FieldPatient
 S = frozenset
 
+
+class ConstantInitMLP(nn.Module):
+    """NaNmnist #2 and an online course's weight-initialisation exercise: an MNIST MLP (16x16 images here) whose
+    every Linear gets one constant weight and a zero bias, dropout 0.2 between the layers."""
+
+    def __init__(self, constant_weight=0.0, size=16, classes=6):
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(size * size, 256), nn.Linear(256, 128), nn.Linear(128, classes)
+        self.dropout = nn.Dropout(0.2)
+        for m in (self.fc1, self.fc2, self.fc3):
+            nn.init.constant_(m.weight, constant_weight)
+            nn.init.constant_(m.bias, 0)
+
+    def forward(self, x):
+        x = x.flatten(1)
+        x = self.dropout(torch.relu(self.fc1(x)))
+        x = self.dropout(torch.relu(self.fc2(x)))
+        return self.fc3(x)
+
+
+class ZeroInitLinear(nn.Module):
+    """pytorch_musicnet #4: one Linear from the features to the labels, its weights initialised to zero, which
+    is fine (no hidden units whose symmetry needs breaking); the outputs are all exactly 0 at the start."""
+
+    def __init__(self, features=256, classes=6):
+        super().__init__()
+        self.linear = nn.Linear(features, classes, bias=False)
+        nn.init.constant_(self.linear.weight, 0)
+
+    def forward(self, x):
+        return self.linear(x.flatten(1))
+
+
+def step_loss_rebuilt(model, batch, loss_fn, optimizer):
+    """speechbrain #735: 'element 0 of tensors does not require grad' answered by making the loss a new tensor
+    with requires_grad=True: backward() runs, and no gradient reaches the model."""
+    inputs, targets = batch
+    optimizer.zero_grad()
+    loss = loss_fn(model(inputs), targets)
+    loss = torch.tensor(loss.item(), requires_grad=True)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
+def step_zero_grad_after_step(model, batch, loss_fn, optimizer):
+    """SAGPool #15 asks whether zero_grad() after step() matters: it does not, the gradients are zero again
+    before the next backward()."""
+    inputs, targets = batch
+    loss = loss_fn(model(inputs), targets)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    return loss
+
+
 FIELD_ZOO: list[FieldPatient] = [
     # --- data ---------------------------------------------------------------------------------------
     FP("lstm-sensor-nan-readings", S({"data-nonfinite"}),
@@ -2630,7 +2686,20 @@ FIELD_ZOO: list[FieldPatient] = [
     FP("cnn-bn-head-last-batch-of-one", S({"training-crashed"}),
        lambda: P(BNHeadCNN, TensorDataset(*pattern_images(n=385, channels=3, size=16, classes=10)), batch_size=32),
        "https://github.com/openvinotoolkit/nncf/pull/379"),
+    # --- a constant init, a loss rebuilt from its value ------------------------------------------------------
+    FP("mlp-constant-init-zero", S({"bad-init"}),
+       lambda: P(ConstantInitMLP, TensorDataset(*pattern_images()), batch_size=64),
+       "https://github.com/wagonhelm/NaNmnist/issues/2"),
+    FP("speech-cnn-loss-rebuilt-requires-grad", S({"no-trainable-params"}),
+       lambda: P(AudioCNN, TensorDataset(*waveforms()), batch_size=32, train_step=step_loss_rebuilt),
+       "https://github.com/speechbrain/speechbrain/issues/735"),
     # --- healthy, though they look sick -------------------------------------------------------------------
+    FP("healthy-linear-model-zero-init", HEALTHY,
+       lambda: P(ZeroInitLinear, TensorDataset(*pattern_images()), batch_size=64),
+       "https://github.com/jthickstun/pytorch_musicnet/issues/4"),
+    FP("healthy-encoder-zero-grad-after-step", HEALTHY,
+       lambda: P(TinyEncoder, TensorDataset(*topic_tokens()), lr=3e-4, train_step=step_zero_grad_after_step),
+       "https://github.com/inyeoplee77/SAGPool/issues/15"),
     FP("healthy-bn-head-drop-last", HEALTHY,
        lambda: P(BNHeadCNN, TensorDataset(*pattern_images(n=385, channels=3, size=16, classes=10)), batch_size=32,
                  drop_last=True),

@@ -354,3 +354,64 @@ def test_a_loader_that_drops_the_last_batch_never_draws_it():
     report = battery(make_patient(model=FixedBatchView, data=blobs(n=200), batch_size=32, drop_last=True),
                      probes=PROBES)
     assert "training-crashed" not in codes(report) and report.probes["structure"].metrics["last_batch"] is None
+
+
+def step_loss_rebuilt(model, batch, loss_fn, optimizer):
+    """'does not require grad' answered with a new tensor: torch.tensor(loss.item(), requires_grad=True)."""
+    x, y = batch
+    optimizer.zero_grad()
+    loss = torch.tensor(loss_fn(model(x), y).item(), requires_grad=True)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
+def step_zero_grad_between(model, batch, loss_fn, optimizer):
+    x, y = batch
+    loss = loss_fn(model(x), y)
+    loss.backward()
+    optimizer.zero_grad()
+    optimizer.step()
+    return loss
+
+
+def test_a_loss_rebuilt_from_its_value_reaches_no_parameter_and_is_not_a_stray_weight():
+    """The rebuilt loss is a leaf that takes a gradient: it is the loss, not an unregistered tensor of the model."""
+    patient = make_patient(train_step=step_loss_rebuilt)
+    report = battery(patient, probes=PROBES, budget=30)
+    structure = report.probes["structure"].metrics
+    assert structure["loss_rebuilt"] is True and structure["unregistered"] == []
+    assert codes(report)[0] == "no-trainable-params" and "unregistered-module" not in codes(report)
+    assert top(report).evidence["loss_rebuilt"] is True and "made anew from its value" in top(report).title
+
+
+@pytest.mark.parametrize("step", [step_loss_rebuilt, step_zero_grad_between])
+def test_a_gradient_lost_in_train_step_is_confirmed_by_the_standard_step(step):
+    """The same model, loss and optimizer with the standard step (zero_grad, forward, loss, backward, step) train:
+    the user's step is where the gradient goes missing."""
+    report = battery(make_patient(train_step=step), probes=PROBES, budget=30)
+    found = top(report)
+    assert found.code == "no-trainable-params" and found.status == "confirmed", (found.code, found.status)
+    assert "standard step" in found.treatment["tried"]
+
+
+def test_a_gradient_lost_by_the_model_itself_gets_no_standard_step_cure():
+    """A detached body loses the gradient in forward(): replacing a step the user did not write changes nothing."""
+    report = battery(make_patient(model=Detached), probes=PROBES)
+    assert top(report).code == "no-trainable-params" and top(report).status != "confirmed"
+
+
+def test_outputs_that_are_all_zero_are_a_zero_init_not_a_relu_output():
+    """A linear model initialised to zero (fine: no hidden units) hands the loss exact zeros at the start, with no
+    positive value beside them: no ReLU clips anything, and nothing critical is found."""
+    class ZeroLinear(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(10, 3, bias=False)
+            nn.init.zeros_(self.linear.weight)
+
+        def forward(self, x):
+            return self.linear(x)
+
+    report = battery(make_patient(model=ZeroLinear))
+    assert not [f.code for f in report.findings if f.severity == "critical"], codes(report)

@@ -266,8 +266,9 @@ class NoTrainableParams(Diagnosis):
     doc = """
     ## What it detects
     One of: every parameter has `requires_grad=False` (or the model has none); the loss is not
-    connected to any parameter; gradients exist after `backward()` but none reaches
-    `optimizer.step()`; or layers that forward() does call get no gradient (their output is detached,
+    connected to any parameter (among them a loss made anew from its value, a leaf tensor such as
+    `torch.tensor(loss.item(), requires_grad=True)` makes to silence "does not require grad");
+    gradients exist after `backward()` but none reaches `optimizer.step()`; or layers that forward() does call get no gradient (their output is detached,
     computed under `torch.no_grad()`, or goes through numpy), covering a large share of the model.
     Also, as warnings, layers whose gradient stays exactly zero for the whole overfit probe (when no
     ReLU layer is dead and the sigmoid/tanh the layer feeds is not pinned at its bounds, 90% of its
@@ -288,7 +289,10 @@ class NoTrainableParams(Diagnosis):
     ## Fix
     `requires_grad_(True)` on what should learn; keep the whole computation in torch with autograd
     on; call `optimizer.zero_grad()` at the start of the step. For a frozen model the cure tried on
-    a copy makes every parameter trainable.
+    a copy makes every parameter trainable; where the user's `train_step` loses the gradient (the
+    rebuilt loss, nothing or zeros at `optimizer.step()`), the cure trains the same model, loss and
+    optimizer with the standard step in its place: confirmed when that memorises the batch or
+    trains clearly better.
 
     ## Known false positives
     Deliberate fine-tuning of a small head on a frozen backbone is only reported when the set-up
@@ -304,7 +308,7 @@ class NoTrainableParams(Diagnosis):
         if not m.get("parameters") or not m.get("trainable_tensors"):
             return self._nothing(m)
         # 2. the loss does not reach any parameter, or no gradient reaches optimizer.step()
-        if m.get("loss_requires_grad") is False or m.get("grads_at_step") is False:
+        if m.get("loss_requires_grad") is False or m.get("grads_at_step") is False or m.get("loss_rebuilt"):
             return self._no_gradients(m)
         # 3. layers forward() calls but the loss does not reach
         cut = [e for e in m.get("no_grad_path") or [] if e.get("called")]
@@ -350,7 +354,16 @@ class NoTrainableParams(Diagnosis):
                             title=f"Every one of the model's {m['parameters']} values is frozen (requires_grad=False)")
 
     def cures(self, ctx, finding):
-        if not finding.evidence.get("frozen"):
+        e = finding.evidence
+        if e.get("custom_train_step") and ctx.patient.train_step is not None and \
+                (e.get("loss_rebuilt") or e.get("grads_at_step") is False or e.get("grads_all_zero")):
+            # the gradient is lost between the user's backward() and step(): the standard step on the same model,
+            # loss and optimizer (zero_grad, forward, loss, backward, step) must then train
+            variant = ctx.patient.variant("the standard step (zero_grad, forward, loss, backward, step) in place of "
+                                          "train_step", train_step=None)
+            return [Cure("trained with the standard step in place of train_step", variant,
+                         judge=judges.either(judges.repairs(judges.memorised), REWIRED))]
+        if not e.get("frozen"):
             return []  # detached graphs and dead code have no generic cure
         variant = ctx.patient.variant("every parameter trainable", model_factory=unfrozen(ctx.patient.model_factory))
         return [Cure("set requires_grad=True on every parameter", variant, judge=REWIRED)]
@@ -358,7 +371,12 @@ class NoTrainableParams(Diagnosis):
     def _no_gradients(self, m: dict):
         evidence = {"trainable_parameters": m.get("trainable_parameters"),
                     "loss_requires_grad": m.get("loss_requires_grad"), "grads_at_step": m.get("grads_at_step"),
-                    "step_error": m.get("step_error")}
+                    "step_error": m.get("step_error"), "custom_train_step": m.get("custom_train_step")}
+        if m.get("loss_rebuilt"):
+            evidence["loss_rebuilt"] = True
+            return self.finding(0.97, evidence, title="backward() runs on a loss made anew from its value (a leaf "
+                                                      "tensor, as torch.tensor(loss.item(), requires_grad=True) "
+                                                      "makes): it is cut from the model, no parameter gets a gradient")
         if m.get("loss_requires_grad") is False:
             return self.finding(0.95, evidence, title="The loss is not connected to any trainable parameter "
                                                       "(detached outputs, .item(), numpy, torch.no_grad())")

@@ -233,8 +233,10 @@ class BoundedOutputActivation(PairingDiagnosis):
     ## What it detects
     The model's last activation bounds its outputs in a way the loss cannot live with, judged by the
     output values on a fresh model (the last module/op is supporting evidence):
-    - ReLU-like outputs (>= 0 with exact zeros) fed to a loss that takes a log (Keras-style
-      categorical cross-entropy that normalises and logs, `torch.log(p)`, BCELoss);
+    - ReLU-like outputs (>= 0 with exact zeros beside positive values; outputs that are all exactly
+      zero say the output weights are zero, a zero init, not that a ReLU clips) fed to a loss that
+      takes a log (Keras-style categorical cross-entropy that normalises and logs, `torch.log(p)`,
+      BCELoss);
     - ReLU, sigmoid or softmax outputs fed to a loss that wants raw logits (CrossEntropyLoss,
       BCEWithLogitsLoss) when it is not a plain double softmax;
     - a regression head whose activation cannot reach the targets (ReLU with negative targets,

@@ -71,9 +71,10 @@ class Pairing:
             return False
         if self.output_op in RELU_OPS or self.last_module in RELU_MODULES:
             return True
-        # exact zeros, but not from a softmax/sigmoid that underflowed
+        # exact zeros beside positive values (what a ReLU passes), not from a softmax/sigmoid that underflowed;
+        # outputs that are all exactly zero say the output layer's weights are (a zero init), not that a ReLU clips
         squashed = self.kind == "probabilities" or self.sigmoid_like or self.output_op in BOUNDED_OPS
-        return o.get("zero_share", 0) >= RELU_ZERO_SHARE and not squashed
+        return o.get("zero_share", 0) >= RELU_ZERO_SHARE and (o.get("max") or 0) > 0 and not squashed
 
     @property
     def sigmoid_like(self) -> bool:

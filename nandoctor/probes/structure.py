@@ -124,11 +124,11 @@ def skips_inputs(info: dict) -> bool:
 
 # --- the autograd graph and the module tree ----------------------------------------------------
 def graph_leaves(root: torch.Tensor) -> dict[int, torch.Tensor]:
-    """Every tensor that accumulates a gradient from ``root`` (the graph's AccumulateGrad leaves)."""
+    """Every tensor that accumulates a gradient from ``root`` (the graph's AccumulateGrad leaves). A root that is
+    a leaf itself (a loss rebuilt from its value: ``torch.tensor(loss.item(), requires_grad=True)``) reaches
+    nothing: it is the loss, not a weight."""
     leaves: dict[int, torch.Tensor] = {}
     if root.grad_fn is None:
-        if root.requires_grad:
-            leaves[id(root)] = root
         return leaves
     seen, stack = set(), [root.grad_fn]
     while stack:
@@ -186,6 +186,7 @@ class StepTrace:
     grads: dict[int, torch.Tensor | None] = field(default_factory=dict)  # registered param id -> grad at step()
     module_names: dict[int, str] = field(default_factory=dict)  # the model's module tree right after the step
     loss_requires_grad: bool | None = None
+    loss_rebuilt: bool | None = None   # backward() ran on leaf tensors only: a loss made anew from a value
     graph_walked: bool = False
     stepped: bool = False   # the call ran optimizer.step()
     error: dict | None = None
@@ -217,6 +218,7 @@ def traced_step(patient, model: nn.Module, optimizer, batch, params: dict[int, n
         trace.leaves.update(graph_leaves(root))
     trace.graph_walked = bool(tracer.roots)  # False when the step never called tensor.backward()
     trace.loss_requires_grad = any(r.requires_grad for r in tracer.roots) if tracer.roots else None
+    trace.loss_rebuilt = all(r.grad_fn is None and r.requires_grad for r in tracer.roots) if tracer.roots else None
     trace.called, trace.strided = tracer.called, tracer.strided
     trace.module_names = {id(m): n for n, m in model.named_modules()}
     return trace
@@ -235,6 +237,7 @@ class StructureMetrics(Metrics):
     not_in_optimizer_numel: int | None = None
     step_error: dict | None = None
     loss_requires_grad: bool | None = None
+    loss_rebuilt: bool | None = None           # backward() ran on a leaf: a loss rebuilt from its value, cut off
     unregistered: dict | None = None           # modules/parameters that took part but are not registered
     no_grad_path: list | None = None           # trainable parameters the loss does not reach
     no_grad_path_numel: int | None = None
@@ -286,6 +289,7 @@ class Structure(Probe):
         first = traces[0]
         metrics["step_error"] = first.error
         metrics["loss_requires_grad"] = first.loss_requires_grad
+        metrics["loss_rebuilt"] = first.loss_rebuilt
         # 4. what took part that is not registered; what is registered but got no gradient
         metrics["unregistered"] = unregistered(model, traces, params, modules_before)
         metrics.update(gradient_reach(first, trainable, params, names, model))
