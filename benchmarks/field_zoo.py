@@ -2693,7 +2693,18 @@ FIELD_ZOO: list[FieldPatient] = [
     FP("speech-cnn-loss-rebuilt-requires-grad", S({"no-trainable-params"}),
        lambda: P(AudioCNN, TensorDataset(*waveforms()), batch_size=32, train_step=step_loss_rebuilt),
        "https://github.com/speechbrain/speechbrain/issues/735"),
+    # --- a weight decay that holds the weights at zero ------------------------------------------------------
+    FP("encoder-adam-coupled-weight-decay-0.1", S({"cannot-overfit-batch"}),   # BERT-pytorch: 0.01 at BERT's scale
+       lambda: P(TinyEncoder, TensorDataset(*topic_tokens()), lr=3e-4, weight_decay=0.1),
+       "https://github.com/codertimo/BERT-pytorch/issues/32"),
+    FP("resnet-sgd-weight-decay-0.1", S({"cannot-overfit-batch"}),
+       lambda: P(ResNetMini, TensorDataset(*pattern_images()), opt=torch.optim.SGD, lr=0.05, momentum=0.9,
+                 weight_decay=0.1, batch_size=32),
+       "https://github.com/Joker316701882/Additive-Margin-Softmax/issues/16"),
     # --- healthy, though they look sick -------------------------------------------------------------------
+    FP("healthy-encoder-adamw-weight-decay-0.05", HEALTHY,
+       lambda: P(TinyEncoder, TensorDataset(*topic_tokens()), opt=torch.optim.AdamW, lr=3e-4, weight_decay=0.05),
+       "https://github.com/facebookresearch/deit/issues/68"),
     FP("healthy-linear-model-zero-init", HEALTHY,
        lambda: P(ZeroInitLinear, TensorDataset(*pattern_images()), batch_size=64),
        "https://github.com/jthickstun/pytorch_musicnet/issues/4"),

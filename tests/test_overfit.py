@@ -146,3 +146,28 @@ def test_the_overfit_summary_says_memorised_or_how_far_it_got_in_numbers():
     assert overfit_summary(OverfitMetrics(initial_loss=2.3, tail_loss=None)) is None
     report = battery(make_patient(), probes=["overfit"])
     assert report.probes["overfit"].metrics["summary"].startswith("memorised the batch: loss ")
+
+
+def test_a_weight_decay_that_holds_the_weights_at_zero_is_confirmed_by_training_without_it():
+    """SGD with weight_decay=1: every step pulls the weights back to zero; without it the same batch memorises."""
+    patient = make_patient(optimizer=torch.optim.SGD, lr=0.05, momentum=0.9, weight_decay=1.0)
+    report = battery(patient, probes=["structure", "overfit"], budget=30)
+    found = report.findings[0]
+    assert found.code == "cannot-overfit-batch" and found.status == "confirmed", codes(report)
+    assert found.role == "cause" and found.title.startswith("weight_decay=1 pulls the weights")
+    assert found.evidence["weight_decay"] == 1.0 and "weight_decay=0" in found.treatment["tried"]
+
+
+@pytest.mark.parametrize("optimizer, decay", [(torch.optim.AdamW, 0.05), (torch.optim.SGD, 5e-4)])
+def test_an_ordinary_weight_decay_gets_no_cure(optimizer, decay):
+    """AdamW's decoupled 0.05 (DeiT's) and SGD's 5e-4 are ordinary: the capacity finding, if any, is not blamed on them."""
+    from nandoctor.diagnoses import get
+    from nandoctor.records import Finding
+
+    class Ctx:
+        patient = make_patient(optimizer=optimizer, lr=1e-3, weight_decay=decay)
+        evidence = None
+
+    finding = Finding(code="cannot-overfit-batch", severity="critical", title="The model cannot memorise",
+                      confidence=0.8, evidence={}, fix="")
+    assert get("cannot-overfit-batch").cures(Ctx(), finding) == []

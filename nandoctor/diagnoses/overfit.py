@@ -57,7 +57,9 @@ class CannotOverfitBatch(Diagnosis):
     thresholds = {"critical_below_drop": 0.25, "warning_below_drop": 0.9,
                   "still_learning_drop": 0.1,  # the second half of the run still took 10% of the start off
                   "warning_min_steps": 120,    # below this many steps only a loss that does not move is evidence:
-                  "stuck_below_drop": 0.05}    # less than 5% off; 5-90% is "not yet", whatever the budget allowed
+                  "stuck_below_drop": 0.05,    # less than 5% off; 5-90% is "not yet", whatever the budget allowed
+                  "weight_decay_suspect": 0.01,             # L2 in the gradient (SGD, Adam): its cure is tried
+                  "decoupled_weight_decay_suspect": 0.1}    # decoupled (AdamW, default 0.01): from here
     fix = ("Check that every layer is trainable and in the optimizer, that the loss matches the model's "
            "outputs, and that the learning rate is in the useful range (run `nandoctor lr-sweep`).")
     doc = """
@@ -90,10 +92,17 @@ class CannotOverfitBatch(Diagnosis):
     the finding is confirmed, names the squeeze, and becomes the cause of the symptoms it explains
     (a sigmoid pinned behind the squeeze).
 
+    Where the optimizer has a large weight decay (from 0.01 when it is added to the gradient, as
+    SGD, Adam and RMSprop do; above 0.1 when it is decoupled, as AdamW's is), the same training is
+    tried with `weight_decay=0`: when that memorises the batch (or trains clearly better), the
+    finding is confirmed and becomes the cause, naming the decay (Adam's coupled 0.01 in BERT-pytorch
+    #32; an SGD run whose every step pulls the weights back to zero).
+
     ## Fix
     Look at the findings ranked above this one: they usually name the cause. Otherwise check the
     learning rate with `nandoctor lr-sweep`, make the model bigger, and verify the labels. A
-    confirmed squeeze: widen that layer.
+    confirmed squeeze: widen that layer. A confirmed weight decay: lower it (1e-4 to 5e-4 for SGD
+    and Adam, 0.01 to 0.1 for AdamW).
 
     ## Known false positives
     Very small budgets (few steps) on slow models; heavy regularisation (dropout, weight decay) or
@@ -133,8 +142,9 @@ class CannotOverfitBatch(Diagnosis):
         same model with that layer (and the one reading it) widened, trained on the same batch."""
         r = ctx.evidence.ok("overfit") if ctx.evidence is not None else None
         b = bottleneck(r.data.get("recorder")) if r is not None else None
+        cures = self._without_weight_decay(ctx, finding)
         if b is None:
-            return []
+            return cures
         finding.evidence["bottleneck"] = b
         variant = ctx.patient.variant(f"{b['layer']} widened to {b['widened_to']} units",
                                       model_factory=bottleneck_widened(ctx.patient, b["layer"], b["reader"],
@@ -146,7 +156,28 @@ class CannotOverfitBatch(Diagnosis):
                    "title": f"Every sample is squeezed through {b['units']} unit(s) of `{b['layer']}`: "
                             f"{finding.title[0].lower()}{finding.title[1:]}"}
         return [Cure(f"`{b['layer']}` ({b['units']} unit(s)) and `{b['reader']}` widened to {b['widened_to']} units",
-                     variant, judge=judges.either(judges.beats_control, REWIRED), fix=fix, becomes=becomes)]
+                     variant, judge=judges.either(judges.beats_control, REWIRED), fix=fix, becomes=becomes)] + cures
+
+    def _without_weight_decay(self, ctx, finding) -> list:
+        """A large weight decay pulls every weight to zero at each step (from 0.01 where it is added to the gradient,
+        as SGD and Adam do; above 0.1 where it is decoupled, AdamW); the same training with weight_decay=0 must
+        memorise the batch (or train clearly better) for the decay to be the cause."""
+        kwargs = dict(ctx.patient.optimizer_kwargs or {})
+        decay = kwargs.get("weight_decay")
+        name = getattr(ctx.patient.optimizer_cls, "__name__", "")
+        decoupled = name.endswith("W") or bool(kwargs.get("decoupled_weight_decay"))
+        suspect = self.thresholds["decoupled_weight_decay_suspect" if decoupled else "weight_decay_suspect"]
+        if not isinstance(decay, (int, float)) or isinstance(decay, bool) or decay < suspect:
+            return []
+        finding.evidence["weight_decay"] = float(decay)
+        variant = ctx.patient.variant(f"weight_decay={decay:g} -> 0", optimizer_kwargs={**kwargs, "weight_decay": 0.0})
+        becomes = {"role": "cause", "generic": False, "explains": SQUEEZED,
+                   "title": f"weight_decay={decay:g} pulls the weights to zero faster than the loss moves them: "
+                            f"{finding.title[0].lower()}{finding.title[1:]}"}
+        fix = (f"Lower the weight decay (weight_decay={decay:g} here): 1e-4 to 5e-4 for SGD or Adam, where it is "
+               f"added to the gradient, 0.01 to 0.1 for AdamW, where it is decoupled; exclude biases and norm layers.")
+        return [Cure(f"trained with weight_decay=0 (was {decay:g})", variant,
+                     judge=judges.either(judges.repairs(judges.memorised), REWIRED), fix=fix, becomes=becomes)]
 
     def gone_with(self, finding, cause_treatment):
         """The cause's cure trained on the same fixed batch (the overfit protocol) and memorised it, where
