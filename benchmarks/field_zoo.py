@@ -498,6 +498,13 @@ def frames_with_blanks():
 # target-out-of-range
 
 
+def unet_masks_0_255_float():
+    """Pytorch-Medical-Segmentation #8: PNG masks read as 0/255 floats into BCEWithLogitsLoss, which takes any
+    float target: the loss goes below zero without bound."""
+    images, masks = disc_masks()
+    return TensorDataset(images, masks * 255.0)
+
+
 def unet_masks_0_255():
     """Pytorch-UNet #291: masks read as greyscale 0/255, not class indices 0/1."""
     images, masks = disc_masks()
@@ -2406,6 +2413,9 @@ FIELD_ZOO: list[FieldPatient] = [
     FP("unet-masks-0-255-into-ce", S({"target-out-of-range"}),
        lambda: P(lambda: TinyUNet(out=2), unet_masks_0_255(), batch_size=8),
        "https://github.com/milesial/Pytorch-UNet/issues/291"),
+    FP("unet-masks-0-255-into-bce-with-logits", S({"target-out-of-range"}),
+       lambda: P(lambda: TinyUNet(out=1), unet_masks_0_255_float(), nn.BCEWithLogitsLoss(), batch_size=8),
+       "https://github.com/MontaEllis/Pytorch-Medical-Segmentation/issues/8"),
     FP("gru-labels-1-to-n", S({"target-out-of-range"}),
        lambda: P(GRUClassifier, TensorDataset(wave_sequences()[0], wave_sequences()[1] + 1)),
        "https://github.com/pytorch/pytorch/issues/15666"),

@@ -73,6 +73,18 @@ def test_labels_off_in_the_other_common_ways_are_cured_by_remapping(relabel, tri
     assert crash.explained_by == "target-out-of-range" and crash.status == "confirmed"
 
 
+def test_a_0_255_mask_under_bce_with_logits_is_cured_by_mapping_it_to_0_1():
+    """BCEWithLogitsLoss takes any float target without a crash: a target of 255 drives the loss below zero
+    without bound; mapped to 0/1 the same training runs clean and fits."""
+    x, y = blobs(n=256, classes=2).tensors
+    report = battery(make_patient(model=lambda: mlp(classes=1), data=TensorDataset(x, 255.0 * y.float().unsqueeze(1)),
+                                  loss=nn.BCEWithLogitsLoss()), budget=20)
+    top = report.findings[0]
+    assert top.code == "target-out-of-range" and top.status == "confirmed", (top.title, top.treatment)
+    assert top.treatment["tried"].startswith("targets mapped from 0/255 to 0/1")
+    assert min(top.treatment["before"]["tail_loss"], top.treatment["before"]["final_loss"]) < 0
+
+
 def test_float_labels_are_a_wrong_dtype():
     report = scan(make_patient(data=dp.float_labels()))
     top = report.findings[0]

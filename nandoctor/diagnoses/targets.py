@@ -8,7 +8,8 @@ import re
 from nandoctor.diagnoses import Diagnosis
 from nandoctor.diagnoses.data_common import LABEL_ERROR_PATTERNS, LOSS_FILES, SCAN, SHOWN, coverage, plot, scan
 from nandoctor.records import Evidence
-from nandoctor.treatments import Cure  # judged by beats_control: a crash is cured only when the run then trains
+from nandoctor.patient import split_batch
+from nandoctor.treatments import Cure, judges  # beats_control by default: a crash is cured when it then trains
 
 
 def label_error(error: dict | None) -> str | None:
@@ -82,8 +83,10 @@ class TargetOutOfRange(Diagnosis):
     ## Fix
     Convert labels with `torch.as_tensor(y, dtype=torch.long)` (or `target_dtype: long` for
     `nandoctor.datasets.CSVDataset`); map labels to `0..C-1` (1-based labels: subtract 1); make the
-    model output one score per class; use float targets in `[0, 1]` for BCE. When the cure is simple
-    (cast to long, shift by one) nandoctor tries it on a copy and says whether training then runs.
+    model output one score per class; use float targets in `[0, 1]` for BCE (a PNG mask read as 0/255:
+    `mask > 0`; BCE on a target of 255 runs below zero without bound). When the cure is simple (cast
+    to long, shift by one, 0/255 to 0/1) nandoctor tries it on a copy and says whether training then
+    runs.
 
     ## Known false positives
     A loss that maps labels itself (a custom loss that one-hot encodes with a larger C) is judged by
@@ -130,12 +133,22 @@ class TargetOutOfRange(Diagnosis):
 
     def cures(self, ctx, finding):
         """Cast the labels to long, shift 1-based (or -1-based) labels to 0-based, or map a 0/255 binary mask to
-        0/1, on a copy; only where a probe crashed on them."""
+        0/1, on a copy; only where a probe crashed on them, but for a 0/255 mask under a BCE loss (no crash: the
+        loss takes any float, and runs below zero), tried where the overfit batch holds such a target."""
         e = finding.evidence
-        if not e.get("crashed_in"):
-            return []  # without a crash the fixed batch may hold no bad label: the cure would prove nothing
         loss = ctx.patient.loss_fn
         n, lo, hi = e.get("model_outputs"), e.get("label_min"), e.get("label_max")
+        if e.get("valid_range") == "[0, 1]" and lo == 0 and isinstance(hi, (int, float)) and hi > 1 and \
+                _batch_exceeds(ctx.patient, 1.0):
+            # a binary mask saved as 0/255 under a BCE loss (no crash: the loss takes any float): foreground is
+            # every value above 0. A target of 255 sends the loss below zero without bound (never clean): the copy
+            # must memorise the batch, or train clean where the untreated run did not
+            variant = ctx.patient.variant(f"targets mapped 0/{hi:g} to 0/1",
+                                          loss_fn=lambda out, y: loss(out, (y > 0).to(y.dtype)))
+            return [Cure(f"targets mapped from 0/{hi:g} to 0/1 (y > 0)", variant,
+                         judge=judges.either(judges.repairs(judges.memorised), judges.fixes(judges.trains)))]
+        if not e.get("crashed_in"):
+            return []  # without a crash the fixed batch may hold no bad label: the cure would prove nothing
         if e.get("expected_dtype", "").startswith("int64") and not e.get("labels_out_of_range"):
             variant = ctx.patient.variant("labels cast to torch.long", loss_fn=lambda out, y: loss(out, y.long()))
             return [Cure("labels cast to torch.long", variant)]
@@ -332,3 +345,12 @@ def labels_like(t: dict) -> bool:
     if t.get("kind") in ("class", "binary"):
         return (len(t.get("shape") or []) == 0 or t.get("shape") == [1]) and bool(t.get("integer_valued"))
     return t.get("kind") == "unknown" and str(t.get("dtype", "")).startswith(("int", "uint")) and not t.get("shape")
+
+
+def _batch_exceeds(patient, bound: float) -> bool:
+    """The overfit probe's batch holds a target above ``bound`` (so a cure trained on it can show something)."""
+    try:
+        targets = split_batch(patient.fixed_batch())[1]
+        return bool((targets.float() > bound).any())
+    except Exception:   # no tensor targets, a batch that does not load: nothing to show on it
+        return False
