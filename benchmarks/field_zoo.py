@@ -125,6 +125,12 @@ def standardise(x):
     return (x - x.mean(0)) / x.std(0)
 
 
+def prices_in_dollars():
+    """dl-keras-tf #9 (Ames): the features standardised, the sale price left in dollars (~300 000)."""
+    x, price = house_prices()
+    return TensorDataset(standardise(x), price * 1000.0)
+
+
 def wave_sequences(n=384, length=24, channels=3, classes=3, seed=0):
     """``[n, length, channels]`` sensor sequences whose class sets the frequency of a noisy sine."""
     g = _gen(seed)
@@ -2429,6 +2435,12 @@ FIELD_ZOO: list[FieldPatient] = [
     FP("house-prices-raw-units-sgd", S({"data-unnormalized"}),
        lambda: P(lambda: mlp(6, 1), TensorDataset(*house_prices()), nn.MSELoss(), torch.optim.SGD, lr=1e-3),
        "https://github.com/Liam0205/liam0205.github.io/issues/262"),
+    FP("ames-prices-in-dollars-sgd-0.1", S({"data-unnormalized"}),
+       lambda: P(lambda: mlp(6, 1), prices_in_dollars(), nn.MSELoss(), torch.optim.SGD, lr=0.1, batch_size=16),
+       "https://github.com/rstudio-conf-2020/dl-keras-tf/issues/9"),
+    FP("regression-prices-in-dollars-adam", S({"data-unnormalized"}),
+       lambda: P(lambda: mlp(6, 1), prices_in_dollars(), nn.MSELoss()),
+       "https://github.com/dnouri/nolearn/issues/72"),
     FP("tabular-constant-sensor-column", S({"data-constant-feature"}),
        lambda: P(lambda: mlp(10, 3), constant_sensor_table(), batch_size=64),
        "https://github.com/fastai/fastai/issues/889"),

@@ -379,3 +379,35 @@ def test_outliers_a_robust_loss_tolerates_are_confirmed_by_the_batch_they_keep_f
     assert top.code == "sample-loss-outlier" and top.status == "confirmed", top.treatment
     assert top.evidence["many_outliers"] is False and sorted(top.evidence["sample_indices"]) == sorted(held + [5, 77])
     assert "overfit run on a batch of the data without" in top.treatment["tried"]
+
+
+def priced_regression(scale_inside: bool):
+    """Standardised features, targets in the hundreds of thousands; with ``scale_inside`` the model undoes a
+    standardisation of its own output (what a fitted target scaler does), which is healthy."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 6, generator=gen)
+    y = 3e5 + 7e4 * (x @ torch.randn(6, 1, generator=gen)) / 2.5
+
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = mlp(6, 1)
+
+        def forward(self, inputs):
+            return self.net(inputs) * 7e4 + 3e5
+
+    return make_patient(model=Scaled if scale_inside else (lambda: mlp(6, 1)), data=TensorDataset(x, y),
+                        loss=nn.MSELoss(), lr=1e-3)
+
+
+def test_regression_targets_far_from_unit_scale_are_confirmed_by_standardising_them():
+    report = battery(priced_regression(scale_inside=False), budget=30)
+    top = report.findings[0]
+    assert top.code == "data-unnormalized" and top.status == "confirmed", codes(report)
+    assert top.evidence["targets"]["mean"] == pytest.approx(3e5, rel=0.05) and "targets standardised" in \
+        top.treatment["tried"]
+
+
+def test_large_targets_that_the_model_scales_itself_are_healthy():
+    report = battery(priced_regression(scale_inside=True), budget=30)
+    assert not [f.code for f in report.findings if f.severity == "critical"], codes(report)

@@ -172,7 +172,8 @@ class DataUnnormalized(Diagnosis):
         "far_below": 0.01,      # every feature's magnitude at most this: far below unit scale
         "spread_ratio": 1e3,    # largest / smallest feature spread at least this: wildly different scales
         "critical_scale": 1e4,  # at least this is critical even while training still runs
-    }
+        "target_far_above": 100.0,  # regression targets whose mean or spread is this large, where training
+    }                               # is in trouble: a candidate for the targets' own standardisation
     fix = ("Standardise the inputs with statistics of the training set: x = (x - mean) / std per feature "
            "(sklearn StandardScaler, or transforms.Normalize(mean, std) for images after ToTensor()).")
     doc = """
@@ -201,8 +202,17 @@ class DataUnnormalized(Diagnosis):
     that starts within 2x the expected loss, trains (memorised, or 25% off its loss) and ends no
     worse proves the cause too; two runs stuck at one loss prove nothing.
 
+    Regression targets far from unit scale (a mean or spread of `target_far_above` or more: sale
+    prices in dollars) where the inputs are fine and training is in trouble: errors and gradients of
+    that size, and an output layer that starts near 0 with that far to go. A candidate its cure
+    decides: the same training with the targets standardised in the loss (the scan's mean and std),
+    which must memorise the batch or train clearly better than the untreated run; confirmed, it
+    explains the LR findings that scale caused.
+
     ## Fix
-    Standardise with the training set's mean and std (store them; use the same for validation).
+    Standardise with the training set's mean and std (store them; use the same for validation). For
+    regression targets, standardise them too and undo it on the predictions (or inside the model, as
+    a fitted scaler does).
 
     ## Known false positives
     Models that normalise their own input (a BatchNorm or LayerNorm first layer, or a scaling inside
@@ -219,7 +229,7 @@ class DataUnnormalized(Diagnosis):
         # year in a time-ordered file) may be a real quantity: its scale is judged too
         cols = [c for c in (scaled(f) for f in features(m) if f["j"] not in skip) if c is not None]
         if not cols:
-            return None
+            return self._targets(ev, m, r)
         th = self.thresholds
         big = max(cols, key=lambda c: c["magnitude"])
         spread = max(c["scale"] for c in cols) / min(c["scale"] for c in cols)
@@ -236,7 +246,7 @@ class DataUnnormalized(Diagnosis):
         if spread >= th["spread_ratio"]:
             reasons.append(f"column spreads differ {spread:.3g}x")
         if not reasons:
-            return None
+            return self._targets(ev, m, r)
         trouble = training_trouble(ev)
         critical = big["magnitude"] >= th["critical_scale"] or trouble is not None
         worst = sorted(cols, key=lambda c: -c["magnitude"])[:SHOWN]
@@ -255,11 +265,43 @@ class DataUnnormalized(Diagnosis):
                             severity="critical" if critical else "warning", plots=plot(r, "data-features"),
                             title="Inputs are far from unit scale: " + "; ".join(reasons))
 
+    def _targets(self, ev: Evidence, m: dict, r):
+        """Inputs at unit scale, regression targets far from it (prices in dollars), and training in trouble: the
+        output layer starts near 0 and has to travel to the targets' scale, which at the configured LR takes
+        longer than any training runs. A candidate its cure decides (the targets standardised)."""
+        t = m.get("targets") or {}
+        mean, std = t.get("mean"), t.get("std")
+        if t.get("kind") != "regression" or not (finite(mean) and finite(std)):
+            return None
+        scale = max(abs(mean), std)
+        trouble = training_trouble(ev)
+        if scale < self.thresholds["target_far_above"] or trouble is None:
+            return None
+        evidence = {"targets": {"mean": mean, "std": std, "min": t.get("min"), "max": t.get("max")},
+                    "target_scale": scale, "training_trouble": trouble, **coverage(m)}
+        finding = self.finding(0.75, evidence, severity="warning", plots=plot(r, "data-features"),
+                               title=f"The regression targets are far from unit scale (mean {fmt(mean)}, std "
+                                     f"{fmt(std)}): errors and gradients of that size, and an output layer that "
+                                     f"starts near 0")
+        finding.explains = tuple(dict.fromkeys(finding.explains + ("lr-too-low", "lr-too-high")))
+        return finding
+
     def cures(self, ctx, finding):
-        """Put a fixed standardisation (the scan's mean and std) in front of a copy of the model."""
+        """Put a fixed standardisation (the scan's mean and std) in front of a copy of the model; for the targets,
+        standardise them in the loss."""
         r = scan(ctx.evidence)
         if r is None:
             return []
+        t = finding.evidence.get("targets")
+        if t is not None:
+            mean, std = float(t["mean"]), float(t["std"]) or 1.0
+            loss = ctx.patient.loss_fn
+            variant = ctx.patient.variant("targets standardised", loss_fn=lambda out, y: loss(out, (y - mean) / std))
+            fix = (f"Standardise the targets with the training set's statistics, y = (y - {fmt(mean)}) / {fmt(std)}, "
+                   f"and undo it on the predictions (or scale them inside the model, as a fitted scaler does).")
+            return [Cure(f"targets standardised in the loss ((y - {fmt(mean)}) / {fmt(std)})", variant,
+                         severity="critical", refuted_severity="info", fix=fix,
+                         judge=judges.either(judges.beats_control, *starts_repaired(ctx.evidence)))]
         layout = (r.metrics.get("inputs") or {}).get("layout")
         f = r.metrics.get("features") or {}
         if layout not in ("features", "channels", "sequence") or r.metrics.get("features_truncated") or \

@@ -17,6 +17,8 @@ amount of state, whatever the number of chunks (``PerSample`` excepted):
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 MAX_CLASSES = 10_000      # a class histogram is kept for integer labels in [0, MAX_CLASSES)
@@ -332,6 +334,7 @@ class TargetStats:
         self.negative = 0
         self.out_of_range = IndexList()
         self.out_of_range_values: dict[float, int] = {}
+        self.total, self.total_sq, self.values = 0.0, 0.0, 0   # regression targets: their mean and spread
 
     def update(self, y: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Take the targets ``y`` ([B, ...]) of the samples ``index`` ([B]); return the [B] mask of bad labels."""
@@ -343,6 +346,10 @@ class TargetStats:
         if vals.numel():
             self.min, self.max = min(self.min, float(vals.min())), max(self.max, float(vals.max()))
             self.integer &= bool((vals == vals.round()).all())
+            if self.kind == "regression":
+                self.total += float(vals.sum())
+                self.total_sq += float((vals * vals).sum())
+                self.values += vals.numel()
         # 1. the class histogram (integer labels, small range)
         if self.integer and vals.numel() and self.kind in ("class", "binary", "unknown"):
             lab = vals.round().long()
@@ -372,12 +379,20 @@ class TargetStats:
             return finite & ((v < 0) | (v > 1))
         return None
 
+    def _moments(self) -> dict:
+        """Regression targets: the mean and standard deviation of every finite target value."""
+        if self.kind != "regression" or not self.values:
+            return {}
+        mean = self.total / self.values
+        return {"mean": mean, "std": math.sqrt(max(0.0, self.total_sq / self.values - mean * mean))}
+
     def result(self) -> dict:
         hist = {int(c): int(k) for c, k in enumerate(self.counts.tolist()) if k}
         return {"dtype": self.dtype, "shape": self.shape, "kind": self.kind, "n_classes": self.n_classes,
                 "min": self.min if self.min != float("inf") else None,
                 "max": self.max if self.max != float("-inf") else None,
                 "integer_valued": self.integer, "histogram": hist if len(hist) <= 200 else None,
+                **self._moments(),
                 "classes_seen": len(hist), "negative_labels": self.negative,
                 "out_of_range": {**self.out_of_range.result(),
                                  "values": {_num(k): c for k, c in sorted(self.out_of_range_values.items())}}}
