@@ -2384,6 +2384,18 @@ class ZeroInitLinear(nn.Module):
         return self.linear(x.flatten(1))
 
 
+class PadMaskOnTokensEncoder(TinyEncoder):
+    """pytorch #24816 and #64525: the key padding mask given True where the tokens are (x != 0, the
+    attention-mask convention of other libraries), so a sequence without padding has every key masked. Training
+    (the SDPA path) zero-fills such rows; evaluation under no_grad takes the fused fast path, whose softmax over
+    the empty set is NaN (pytorch #190486)."""
+
+    def forward(self, x):
+        h = self.embed(x) + self.pos[:, :x.shape[1]]
+        h = self.encoder(h, src_key_padding_mask=(x != 0))
+        return self.fc(h.mean(dim=1))
+
+
 def step_loss_rebuilt(model, batch, loss_fn, optimizer):
     """speechbrain #735: 'element 0 of tensors does not require grad' answered by making the loss a new tensor
     with requires_grad=True: backward() runs, and no gradient reaches the model."""
@@ -2723,6 +2735,9 @@ FIELD_ZOO: list[FieldPatient] = [
        lambda: P(ResNetMini, TensorDataset(*pattern_images()), opt=torch.optim.SGD, lr=0.05, momentum=0.9,
                  weight_decay=0.1, batch_size=32),
        "https://github.com/Joker316701882/Additive-Margin-Softmax/issues/16"),
+    FP("encoder-padding-mask-true-on-tokens", S({"nonfinite-source"}),
+       lambda: P(PadMaskOnTokensEncoder, TensorDataset(*topic_tokens(pad_to=True))),
+       "https://github.com/pytorch/pytorch/issues/24816"),
     # --- healthy, though they look sick -------------------------------------------------------------------
     FP("healthy-encoder-adamw-weight-decay-0.05", HEALTHY,
        lambda: P(TinyEncoder, TensorDataset(*topic_tokens()), opt=torch.optim.AdamW, lr=3e-4, weight_decay=0.05),

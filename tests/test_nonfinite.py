@@ -137,3 +137,34 @@ def test_recorder_named_module_is_reported_without_the_nonfinite_probe():
     finding = get("nonfinite-source").check(Evidence({"overfit": ProbeResult(name="overfit",
                                                                              data={"run": run, "recorder": rec})}))
     assert finding.evidence["module"] == "2" and finding.evidence["input_stats"] == [fwd["input"]]
+
+
+class RowNormalised(torch.nn.Module):
+    """Each input row divided by its own norm: a row of zeros (a blank record) becomes 0/0."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(10, 32), torch.nn.ReLU(), torch.nn.Linear(32, 3))
+
+    def forward(self, x):
+        return self.net(x / x.norm(dim=1, keepdim=True))
+
+
+def test_a_nan_born_in_the_model_on_samples_outside_the_batch_is_named_with_them():
+    """Training on one batch stays finite; the scan finds samples with finite inputs and a NaN loss; one checked
+    forward pass on them names the division in the user's forward(), and the samples rank under it."""
+    from torch.utils.data import TensorDataset
+    from patients import battery, blobs, make_patient
+
+    x, y = blobs(n=256).tensors
+    probe = make_patient(model=RowNormalised, data=TensorDataset(x, y))
+    blank = [i for i in range(256) if i not in set(probe.fixed_indices())][:3]
+    x = x.clone()
+    x[blank] = 0.0
+    report = battery(make_patient(model=RowNormalised, data=TensorDataset(x, y)), budget=30)
+    top = report.findings[0]
+    assert top.code == "nonfinite-source", [(f.code, f.status) for f in report.findings]
+    assert set(blank) <= set(top.evidence["samples"]) and top.evidence["in_model"] is True
+    assert "div" in top.evidence["op"] and "test_nonfinite.py" in top.evidence["where"]
+    outlier = next(f for f in report.findings if f.code == "sample-loss-outlier")
+    assert outlier.explained_by == "nonfinite-source"

@@ -36,6 +36,14 @@ class NonfiniteSource(Diagnosis):
     inputs and a non-finite output (op, module, line of the user's code, input statistics), or, for a
     birth in backward, the backward function `torch.autograd.detect_anomaly` names.
 
+    Where training on one batch stays finite but the data scan found samples with finite inputs and
+    a NaN loss, the probe runs one checked forward pass on (up to 8 of) them as the scan did (eval
+    mode, no gradient: the path inference takes, which is not always the one training takes; PyTorch's
+    fused attention fast path is NaN on a row whose keys are all masked, where training's path
+    zero-fills it). An op inside the model that turns them non-finite is reported with the samples
+    (`samples`, `mode`, `during_training: false`), as a direct observation; the samples' own finding
+    ranks under it.
+
     ## Why it breaks training
     One NaN spreads through every later op: the loss becomes NaN, every gradient becomes NaN, and
     after one optimizer step every weight is NaN too; training is over even if the loss is printed
@@ -68,10 +76,10 @@ class NonfiniteSource(Diagnosis):
         run, rec = r.data.get("run"), r.data["recorder"]
         fwd, grad = rec.nonfinite_forward, rec.nonfinite_grad
         loss_step = run.nonfinite_step if run is not None else None
-        if fwd is None and grad is None and loss_step is None:
-            return None
-        # 1. the op, when the nonfinite probe narrowed it
         nf = ev.ok("nonfinite")
+        if fwd is None and grad is None and loss_step is None:
+            return self._on_samples(nf)
+        # 1. the op, when the nonfinite probe narrowed it
         birth = nf.metrics.get("birth") if nf is not None else None
         steps = [s for s in (loss_step, (fwd or {}).get("step"), (grad or {}).get("step")) if s is not None]
         step = nf.metrics.get("step") if birth is not None else min(steps)
@@ -116,11 +124,36 @@ class NonfiniteSource(Diagnosis):
                                       f"{step}", fix="The first NaN/Inf is born in optimizer.step(): " + hint)
         return self.finding(self.thresholds["confidence_model"], evidence, title=title)
 
+    def _on_samples(self, nf):
+        """Training on one batch stayed finite, but the data scan found samples with finite inputs and a NaN loss,
+        and one checked forward pass on them (eval mode, no gradient, as the scan and any evaluation run them)
+        found the op inside the model where it is born: a model that breaks on those inputs, or on the path
+        inference takes (PyTorch's fused attention fast path, say, on a row whose keys are all masked)."""
+        m = nf.metrics if nf is not None else {}
+        birth, samples = m.get("birth"), m.get("samples")
+        if not samples or not birth or birth.get("phase") != "forward" or not birth.get("in_model"):
+            return None   # nothing born in the model (a loss on wrong targets, the data): the others judge that
+        evidence = self._evidence(birth, None, None, None)
+        evidence.update(samples=samples, mode=m.get("mode"), during_training=False)
+        where = evidence.get("op") or evidence.get("module")
+        shown = ", ".join(str(i) for i in samples[:5])
+        finding = self.finding(self.thresholds["confidence_model"], evidence,
+                               title=f"NaN/Inf is born in {where}" +
+                                     (f" (module `{evidence['module']}`)" if evidence.get("op") and evidence.get("module")
+                                      else "") +
+                                     f" on sample(s) {shown} ({m.get('mode')}, as the data scan and an evaluation run "
+                                     f"them); training on one batch stayed finite")
+        finding.explains = tuple(dict.fromkeys(finding.explains + ("sample-loss-outlier", "train-eval-gap")))
+        finding.observed = True   # seen directly: the model's own op turns those finite samples into NaN
+        return finding
+
     def cures(self, ctx, finding):
         """Born in the optimizer's update with eps <= 0: the same training with the default eps. Born in a
         forward op at the user's line (a log, a root, a fractional power, a division): the same training with
         that call's argument moved into the op's domain there (``treatments.guards``)."""
         e = finding.evidence
+        if e.get("during_training") is False:
+            return []   # born outside the training step: a guard judged by a training run would prove nothing
         if e.get("phase") == "forward" and e.get("where") and guardable(e.get("op")):
             tried = f"guarded {e['op']} at {e['where']} (its argument kept inside the op's domain)"
             # confirmed, the NaN is born there and nowhere else: what breaks the training, wherever the call is

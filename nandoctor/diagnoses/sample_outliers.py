@@ -131,8 +131,16 @@ class SampleLossOutlier(Diagnosis):
                                                        + flagged_inputs + flagged_grads]
         evidence["sample_indices"] = list(dict.fromkeys(ranked))[:SHOWN]  # worst first, each once
         confidence = 0.5 if many and severity == "info" else 0.9 if severity == "critical" else 0.8
-        return self.finding(confidence, evidence, severity=severity, plots=plot(r, "data-sample-loss"),
-                            title=self._title(evidence, worst_ratio, worst_magnitude))
+        finding = self.finding(confidence, evidence, severity=severity, plots=plot(r, "data-sample-loss"),
+                               title=self._title(evidence, worst_ratio, worst_magnitude))
+        nf = ev.ok("nonfinite")
+        if nonfinite.get("count") and nf is not None and nf.metrics.get("samples") and \
+                (nf.metrics.get("birth") or {}).get("in_model"):
+            # a checked forward pass on those samples found the op in the model where their NaN is born: the
+            # samples show the fault, they are not it
+            finding.role = "symptom"
+            finding.explains = tuple(c for c in finding.explains if c != "nonfinite-source")
+        return finding
 
     def cures(self, ctx, finding):
         """Train on the data stream with and without the samples named (every one of them must be listed) and

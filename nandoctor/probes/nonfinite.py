@@ -24,6 +24,7 @@ from torch.nn.modules import module as module_hooks
 from torch.overrides import TorchFunctionMode, resolve_name
 
 from nandoctor.loading import display_path, is_user_file
+from nandoctor.patient import split_batch
 from nandoctor.planning import StepNeed
 from nandoctor.probes import Inconclusive, Probe, ProbeContext
 from nandoctor.probes.instrument import tensor_stats
@@ -31,6 +32,7 @@ from nandoctor.probes.training import error_record
 from nandoctor.records import Metrics, ProbeResult
 
 EXTRA_STEPS = 5   # checked steps past the recorded one, in case the replay drifts (dropout draws)
+SAMPLES_CHECKED = 8   # samples whose NaN loss the scan found (finite inputs) run through one checked forward
 ANOMALY = re.compile(r"Function '(\w+)' returned nan values in its (\d+)\w* output")
 FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
 
@@ -154,6 +156,8 @@ class NonFiniteMetrics(Metrics):
     recorded_step: int | None = None    # the step it saw it at
     replayed_steps: int | None = None
     birth: dict | None = None           # the op/module and the user's line where the first NaN/Inf was born
+    samples: list | None = None         # the training stayed finite: the scanned samples whose loss was not,
+    mode: str | None = None             # checked in the scan's mode (eval, no_grad: the model's inference path)
     step: int | None = None
     stopped: str | None = None
     error: dict | None = None
@@ -191,6 +195,9 @@ class NonFinite(Probe):
             return self.result(status="skipped", reason="the overfit probe did not run")
         target = self._target(ctx)
         if target is None:
+            samples = self._scanned_samples(ctx)
+            if samples:
+                return self.result(metrics=self._checked_samples(ctx.patient, samples))
             return self.result(metrics={"triggered": False})
         # 2. replay up to the step, then check every call from there
         patient = ctx.patient
@@ -221,6 +228,29 @@ class NonFinite(Probe):
             raise Inconclusive(f"stopped by its deadline after replaying {done} of the {target + 1} steps "
                                f"up to the first non-finite value; run with a larger --budget")
         return self.result(metrics=metrics)
+
+    @staticmethod
+    def _scanned_samples(ctx: ProbeContext) -> list[int]:
+        """The first samples whose loss the data scan found non-finite though their inputs were finite."""
+        scan = ctx.evidence.ok("data_scan")
+        loss = (scan.metrics.get("loss") or {}) if scan is not None else {}
+        return [int(i) for i in ((loss.get("nonfinite") or {}).get("indices") or [])[:SAMPLES_CHECKED]]
+
+    @staticmethod
+    def _checked_samples(patient, samples: list[int]) -> dict:
+        """One forward pass and loss on those samples, as the scan ran them (eval mode, no gradient: the path
+        inference takes, which may not be the one training takes), with every torch call checked."""
+        metrics: dict = {"triggered": True, "samples": samples, "mode": "eval, no_grad", "birth": None}
+        try:
+            model = patient.new_model().eval()
+            inputs, targets = split_batch(patient.batch_of(samples))
+            checker = BirthChecker(model)
+            with torch.no_grad(), patient.autocast(), checker:
+                patient.loss_fn(model(inputs), targets)
+            metrics["birth"] = checker.birth
+        except Exception as exc:   # the user's code raised on them: evidence, not a birth
+            metrics["error"] = error_record(exc)
+        return metrics
 
     @staticmethod
     def _checked_step(patient, model, optimizer, batch) -> dict | None:
