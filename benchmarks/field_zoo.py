@@ -2384,6 +2384,15 @@ class ZeroInitLinear(nn.Module):
         return self.linear(x.flatten(1))
 
 
+class TaggerTagsLast(Tagger):
+    """poutyne #57: per-token scores returned [B, T, tags] straight from the Linear into CrossEntropyLoss, which
+    reads the classes on dim 1; with as many tags as tokens (16) nothing raises."""
+
+    def forward(self, x):
+        h, _ = self.rnn(self.embed(x))
+        return self.fc(h)
+
+
 class PadMaskOnTokensEncoder(TinyEncoder):
     """pytorch #24816 and #64525: the key padding mask given True where the tokens are (x != 0, the
     attention-mask convention of other libraries), so a sequence without padding has every key masked. Training
@@ -2735,6 +2744,9 @@ FIELD_ZOO: list[FieldPatient] = [
        lambda: P(ResNetMini, TensorDataset(*pattern_images()), opt=torch.optim.SGD, lr=0.05, momentum=0.9,
                  weight_decay=0.1, batch_size=32),
        "https://github.com/Joker316701882/Additive-Margin-Softmax/issues/16"),
+    FP("tagger-scores-tags-last-into-ce", S({"loss-shape-mismatch"}),
+       lambda: P(lambda: TaggerTagsLast(tags=16), TensorDataset(*tagged_tokens(tags=16))),
+       "https://github.com/freud14/poutyne/pull/57"),
     FP("encoder-padding-mask-true-on-tokens", S({"nonfinite-source"}),
        lambda: P(PadMaskOnTokensEncoder, TensorDataset(*topic_tokens(pad_to=True))),
        "https://github.com/pytorch/pytorch/issues/24816"),

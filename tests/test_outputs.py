@@ -266,3 +266,34 @@ def test_raw_output_weights_are_redrawn_and_the_start_comes_down():
     assert found.confirmed, found.treatment
     assert "raw output weights" in found.treatment["tried"]
     assert found.treatment["after"]["initial_loss"] < 2.0 * found.evidence["expected_initial_loss"]
+
+
+class TagsLast(nn.Module):
+    """Per-token scores [B, T, C] from a Linear, straight into CrossEntropyLoss; T == C so nothing raises."""
+
+    def __init__(self, vocab=40, tags=12, transpose=False):
+        super().__init__()
+        self.embed, self.fc, self.transpose = nn.Embedding(vocab, 16), nn.Linear(16, tags), transpose
+
+    def forward(self, x):
+        out = self.fc(self.embed(x))
+        return out.transpose(1, 2) if self.transpose else out
+
+
+def tag_data(n=256, length=12, vocab=40, tags=12):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, vocab, (n, length), generator=gen)
+    return TensorDataset(x, torch.randint(0, tags, (vocab,), generator=gen)[x])
+
+
+def test_classes_on_the_last_dim_into_cross_entropy_are_found_and_cured_by_moving_the_axis():
+    report = battery(make_patient(model=TagsLast, data=tag_data()), budget=30)
+    top = report.findings[0]
+    assert top.code == "loss-shape-mismatch" and top.status == "confirmed", [(f.code, f.status) for f in report.findings]
+    assert top.evidence["classes_read_on"] == 1 and top.evidence["classes_made_on"] == 2
+    assert "class axis" in top.treatment["tried"]
+
+
+def test_classes_moved_to_dim_1_before_cross_entropy_are_healthy():
+    report = battery(make_patient(model=lambda: TagsLast(transpose=True), data=tag_data()), budget=30)
+    assert "loss-shape-mismatch" not in [f.code for f in report.findings]

@@ -60,6 +60,13 @@ class LossShapeMismatch(Diagnosis):
     The op, the output and target shapes, the shape they broadcast to, PyTorch's warning or the
     exception with the user's line.
 
+    Also the class axis: `CrossEntropyLoss`/`NLLLoss` on outputs of 3 or more dims read the classes
+    on dim 1 (`[N, C, T]`), while an `nn.Linear` output layer puts them last (`[N, T, C]`). Where
+    the loss gets the Linear's output directly and the targets have the shape it then expects (`T`
+    equal to `C`, or it raises), it scores every position against the wrong axis silently; the
+    cure moves the class axis to dim 1 before the loss and must memorise the batch or train clearly
+    better.
+
     ## Fix
     Give the loss equal shapes: `outputs.squeeze(1)` or `targets.unsqueeze(1)` / `view(-1, 1)` in
     the dataset. The treatment reshapes the outputs to the targets' shape on a copy (when they hold
@@ -79,6 +86,9 @@ class LossShapeMismatch(Diagnosis):
         p = Pairing.of(ev)
         if p is None:
             return None
+        axis = self._classes_on_last_dim(p)
+        if axis is not None:
+            return axis
         # 2. a broadcast that grows the tensor, in a traced op or in a built-in elementwise loss
         grown = list(p.trace.get("broadcast") or [])
         partial = []
@@ -103,6 +113,26 @@ class LossShapeMismatch(Diagnosis):
         return self.finding(confidence, evidence, title=title, probes=["outputs"],
                             severity="critical" if confidence >= 0.9 else "warning")
 
+    def _classes_on_last_dim(self, p: Pairing) -> Finding | None:
+        """CrossEntropyLoss/NLLLoss on outputs of 3 or more dims read the classes on dim 1 (``[N, C, T]``); an
+        nn.Linear puts its outputs on the last dim (``[N, T, C]``). Straight from a Linear, with targets of the
+        shape the loss then expects (``[N, T]``: dim 1 and the last the same size, else the loss raises), every
+        position is scored against the wrong axis and nothing says so."""
+        shape, targets = p.outputs.get("shape") or [], (p.metrics.get("targets") or {}).get("shape") or []
+        last = p.metrics.get("last_module") or {}
+        if p.applies not in ("cross_entropy", "nll_loss") or len(shape) < 3 or not last.get("is_output") or \
+                last.get("type") != "Linear" or list(targets) != [shape[0]] + list(shape[2:]):
+            return None
+        evidence = {"outputs_shape": shape, "targets_shape": targets, "loss": p.loss_name,
+                    "output_layer": last.get("name"), "classes_read_on": 1, "classes_made_on": len(shape) - 1}
+        return self.finding(0.9, evidence, probes=["outputs"],
+                            title=f"{p.loss_name} reads the classes on dim 1 of the outputs {shape}, but the output "
+                                  f"layer `{last.get('name')}` (nn.Linear) puts them on the last dim: every "
+                                  f"position is scored against the wrong axis",
+                            fix="Move the class axis to dim 1 before the loss: loss_fn(outputs.permute(0, 2, 1), "
+                                "targets) for [N, T, C] (outputs.movedim(-1, 1) for any rank), or flatten both: "
+                                "loss_fn(outputs.reshape(-1, C), targets.reshape(-1)).")
+
     def _crash_finding(self, ev: Evidence, err: dict) -> Finding:
         p = Pairing.of(ev)
         evidence = {"exception": err.get("type"), "message": err.get("message"), "where": err.get("where"),
@@ -113,6 +143,12 @@ class LossShapeMismatch(Diagnosis):
                             title=f"The loss raises on mismatched shapes: {(err.get('message') or '')[:120]}")
 
     def cures(self, ctx, finding: Finding) -> list:
+        if finding.evidence.get("classes_made_on") is not None:
+            loss = ctx.patient.loss_fn
+            tried = "moved the class axis of the outputs from the last dim to dim 1 before the loss"
+            variant = ctx.patient.variant("class axis moved to dim 1",
+                                          loss_fn=lambda out, y: loss(out.movedim(-1, 1), y))
+            return [Cure(tried, variant, judge=judges.either(judges.repairs(judges.memorised), judges.beats_control))]
         a, b = finding.evidence.get("outputs_shape"), finding.evidence.get("targets_shape")
         if not a or not b or numel(a) != numel(b):
             return []
